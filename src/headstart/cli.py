@@ -26,7 +26,7 @@ from .errors import HeadstartError
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Transfer learning for image classification, on a CPU, in seconds.")
 out = Console(soft_wrap=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

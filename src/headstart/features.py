@@ -203,8 +203,8 @@ def extract_features(backbone: Backbone, images: Sequence["str | os.PathLike | I
     X = (np.stack([out[i] for i in index]).astype(np.float32) if len(index)
          else np.zeros((0, backbone.num_features), np.float32))
     skipped.sort(key=lambda s: s.path)
-    if bad or skipped:
-        logger.warning("%d image(s) skipped", len(skipped))
+    if skipped:
+        logger.info("%d image(s) skipped", len(skipped))
     return Features(X=X, index=index, skipped=skipped, computed=len(todo) - len(bad))
 
 

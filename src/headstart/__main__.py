@@ -1,0 +1,5 @@
+"""``python -m headstart`` runs the CLI."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from headstart.backbones import (Preprocess, backbone_from_state, list_backbones,
+                                 load_backbone)
+from headstart.errors import BackboneError
+from headstart.features import preprocess_image
+
+CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+ESPRESSO = 967
+
+
+def _top1(bb, array: np.ndarray) -> int:
+    x = torch.from_numpy(preprocess_image(Image.fromarray(array), bb.preprocess))[None]
+    with torch.no_grad():
+        return int(bb.model(x).argmax())
+
+
+def test_default_weights_are_real_imagenet_weights_offline():
+    skimage_data = pytest.importorskip("skimage.data")
+    bb = load_backbone(keep_classifier=True)
+    assert _top1(bb, skimage_data.chelsea()) in CAT_CLASSES
+    assert _top1(bb, skimage_data.coffee()) == ESPRESSO
+
+
+def test_default_backbone_config_drives_preprocessing(backbone):
+    assert backbone.timm_name == "tf_efficientnet_lite0"
+    assert backbone.preprocess == Preprocess(224, 0.875, "bicubic", (0.5,) * 3, (0.5,) * 3)
+    assert backbone.num_features == 1280
+    x = torch.zeros(2, 3, 224, 224)
+    with torch.no_grad():
+        assert tuple(backbone.model(x).shape) == (2, 1280)
+    assert not any(p.requires_grad for p in backbone.model.parameters())
+
+
+def test_unknown_backbone_name_suggests_close_names():
+    with pytest.raises(BackboneError, match="unknown backbone 'efficientnet_lite9'.*Did you"):
+        load_backbone("efficientnet_lite9")
+
+
+def test_download_backbone_offline_fails_fast_with_advice():
+    t = time.perf_counter()
+    with pytest.raises(BackboneError, match="--weights FILE"):
+        load_backbone("resnet18")
+    assert time.perf_counter() - t < 15
+
+
+def test_local_weights_file_gives_identical_features(tmp_path, backbone):
+    from safetensors.torch import save_file
+
+    full = load_backbone(keep_classifier=True)
+    path = tmp_path / "lite0.safetensors"
+    save_file({k: v.contiguous() for k, v in full.model.state_dict().items()}, str(path))
+    other = load_backbone("tf_efficientnet_lite0", weights=path)
+    assert other.weights_id.startswith("file:")
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(other.model(x), backbone.model(x), atol=1e-6)
+
+
+def test_weights_file_that_does_not_fit_is_a_clear_error(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "wrong.safetensors"
+    save_file({"w": torch.zeros(3)}, str(path))
+    with pytest.raises(BackboneError, match="do not fit"):
+        load_backbone("tf_efficientnet_lite0", weights=path)
+    with pytest.raises(BackboneError, match="not found"):
+        load_backbone("tf_efficientnet_lite0", weights=tmp_path / "missing.pth")
+
+
+def test_rebuilt_from_state_matches(backbone):
+    state = backbone.model.state_dict()
+    again = backbone_from_state(backbone.spec(), state)
+    assert again.identity() == backbone.identity()
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(again.model(x), backbone.model(x))
+
+
+def test_list_backbones_marks_offline_and_download():
+    rows = {r["name"]: r for r in list_backbones()}
+    assert rows["efficientnet_lite0"]["status"] == "offline"
+    assert rows["resnet50"]["status"] in ("download", "cached")
+    assert rows["efficientnet_lite1"]["status"] in ("offline", "install")

@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from headstart.data import (UnreadableImage, find_images, load_dataset, load_labelled,
+                            read_image, stratified_split)
+from headstart.errors import DataError
+
+from .conftest import EXAMPLES, copy_images
+
+
+def _save(img: Image.Image, path: Path, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, **kw)
+    return path
+
+
+def test_class_folder_layout(small_data):
+    ds = load_dataset(small_data)
+    assert ds.layout == "class folders"
+    assert ds.train.classes == ["elephant", "giraffe"]
+    assert ds.train.counts() == {"elephant": 6, "giraffe": 6}
+    assert ds.val is None
+
+
+def test_train_val_layout_uses_val_and_keeps_class_order(tmp_path):
+    copy_images(tmp_path / "d" / "train", 4)
+    copy_images(tmp_path / "d" / "valid", 2, split="test")
+    ds = load_dataset(tmp_path / "d")
+    assert ds.layout == "train/val"
+    assert ds.train.counts() == {"elephant": 4, "giraffe": 4}
+    assert ds.val.counts() == {"elephant": 2, "giraffe": 2}
+
+
+def test_csv_layout_with_relative_paths_and_split(tmp_path):
+    copy_images(tmp_path / "imgs", 3)
+    rows = ["path,label,split"]
+    for i, f in enumerate(sorted((tmp_path / "imgs").rglob("*.jpg"))):
+        rows.append(f"imgs/{f.parent.name}/{f.name},{f.parent.name},{'val' if i % 3 == 0 else 'train'}")
+    rows.append("imgs/missing.jpg,giraffe,train")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    ds = load_dataset(tmp_path / "labels.csv")
+    assert ds.layout == "csv"
+    assert len(ds.train) + len(ds.val) == 6
+    assert [s.reason for s in ds.skipped] == ["file not found"]
+    images, _ = load_labelled(tmp_path / "labels.csv", ["elephant", "giraffe"])
+    assert len(images) == len(ds.val)
+
+
+def test_one_class_is_a_clear_error(tmp_path):
+    copy_images(tmp_path / "d", 3)
+    shutil.rmtree(tmp_path / "d" / "giraffe")
+    with pytest.raises(DataError, match="at least 2 classes.*elephant"):
+        load_dataset(tmp_path / "d")
+
+
+def test_empty_class_folder_is_a_clear_error(tmp_path):
+    copy_images(tmp_path / "d", 3)
+    (tmp_path / "d" / "zebra").mkdir()
+    with pytest.raises(DataError, match=r"\['zebra'\] have no usable images"):
+        load_dataset(tmp_path / "d")
+
+
+def test_missing_path_and_unknown_eval_class(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_dataset(tmp_path / "nope")
+    copy_images(tmp_path / "d", 1)
+    with pytest.raises(DataError, match="do not exist in the training classes"):
+        load_labelled(tmp_path / "d", ["elephant", "lion"])
+
+
+def test_non_images_and_loose_files_are_reported(small_data):
+    (small_data / "giraffe" / "notes.txt").write_text("hello")
+    (small_data / "readme.jpg").write_bytes(b"x")
+    (small_data / "giraffe" / ".hidden.jpg").write_bytes(b"x")
+    ds = load_dataset(small_data)
+    reasons = {Path(s.path).name: s.reason for s in ds.skipped}
+    assert reasons == {"notes.txt": "not an image type (.txt)",
+                       "readme.jpg": "not inside a class folder"}
+
+
+def test_read_image_applies_exif_orientation(tmp_path):
+    img = Image.new("RGB", (60, 30), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = _save(img, tmp_path / "rot.jpg", exif=exif.tobytes())
+    assert read_image(path).size == (30, 60)
+
+
+@pytest.mark.parametrize("mode,fmt", [("L", "PNG"), ("P", "GIF"), ("CMYK", "JPEG"),
+                                      ("RGB", "WEBP"), ("RGB", "TIFF"), ("RGB", "BMP"),
+                                      ("I;16", "PNG"), ("LA", "PNG")])
+def test_read_image_converts_every_mode_to_rgb(tmp_path, mode, fmt):
+    img = Image.new(mode, (40, 40))
+    path = _save(img, tmp_path / f"x.{fmt.lower()}", format=fmt)
+    out = read_image(path)
+    assert out.mode == "RGB" and out.size == (40, 40)
+
+
+def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
+    a = np.full((8, 8), 32768, dtype=np.uint16)
+    path = _save(Image.fromarray(a), tmp_path / "deep.png")
+    assert abs(int(np.asarray(read_image(path))[0, 0, 0]) - 128) <= 1
+
+
+def test_transparency_is_composited_on_white(tmp_path):
+    path = _save(Image.new("RGBA", (10, 10), (0, 0, 0, 0)), tmp_path / "clear.png")
+    assert np.asarray(read_image(path)).min() == 255
+
+
+def test_animated_gif_gives_first_frame(tmp_path):
+    frames = [Image.new("RGB", (10, 10), c) for c in ((255, 0, 0), (0, 0, 255))]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    assert tuple(np.asarray(read_image(path))[0, 0]) == (255, 0, 0)
+
+
+def test_unreadable_files_give_reasons(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "page.jpg").write_text("<html>not an image</html>")
+    good = (EXAMPLES / "train" / "giraffe").iterdir().__next__().read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(good[: len(good) // 2])
+    reasons = {}
+    for name in ("empty.jpg", "page.jpg", "cut.jpg", "missing.jpg"):
+        with pytest.raises(UnreadableImage) as e:
+            read_image(tmp_path / name)
+        reasons[name] = str(e.value)
+    assert reasons["empty.jpg"] == "empty file"
+    assert reasons["page.jpg"] == "not an image"
+    assert "truncated" in reasons["cut.jpg"]
+    assert reasons["missing.jpg"] == "file not found"
+
+
+def test_find_images_expands_folders_and_rejects_missing(small_data):
+    files, skipped = find_images([small_data])
+    assert len(files) == 12 and not skipped
+    with pytest.raises(DataError, match="not found"):
+        find_images([small_data / "nope.jpg"])
+
+
+def test_stratified_split_keeps_each_class_in_train():
+    y = [0] * 10 + [1] * 5 + [2]
+    tr, va = stratified_split(y, 0.2, seed=3)
+    assert sorted(np.concatenate([tr, va]).tolist()) == list(range(16))
+    held = np.bincount(np.asarray(y)[va], minlength=3).tolist()
+    assert held == [2, 1, 0]
+    assert stratified_split(y, 0.2, seed=3)[1].tolist() == va.tolist()

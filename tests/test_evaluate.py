@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from headstart.errors import DataError
+from headstart.evaluate import classification_metrics, evaluate
+
+from .conftest import EXAMPLES
+
+
+def test_metrics_on_known_predictions():
+    y_true = np.array([0, 0, 0, 1, 1, 2])
+    y_pred = np.array([0, 0, 1, 1, 1, 0])
+    m = classification_metrics(y_true, y_pred, ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["confusion_matrix"] == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
+    assert m["per_class"]["a"] == pytest.approx(
+        {"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3})
+    assert m["per_class"]["c"]["f1"] == 0.0
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8 + 0.0) / 3)
+
+
+def test_evaluate_uses_the_held_out_split(trained, tmp_path):
+    clf, _ = trained
+    shutil.copytree(EXAMPLES / "train", tmp_path / "d" / "train")
+    shutil.copytree(EXAMPLES / "test", tmp_path / "d" / "test")
+    (tmp_path / "d" / "test" / "giraffe" / "broken.jpg").write_text("oops")
+    m = evaluate(clf, tmp_path / "d")
+    assert m["n_images"] == 30
+    assert m["accuracy"] >= 0.9
+    assert [s["reason"] for s in m["skipped"]] == ["not an image"]
+    assert sum(map(sum, m["confusion_matrix"])) == 30
+
+
+def test_evaluate_rejects_unknown_classes(trained, tmp_path):
+    clf, _ = trained
+    shutil.copytree(EXAMPLES / "test" / "giraffe", tmp_path / "d" / "zebra")
+    with pytest.raises(DataError, match="zebra"):
+        evaluate(clf, tmp_path / "d")

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+from headstart.errors import HeadstartError
+from headstart.heads import AutoHead, LinearHead, MLPHead, head_from_state, make_head
+
+
+def blobs(n_per_class=(40, 40, 40), d=32, sep=3.0, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(n_per_class), d)) * sep
+    X = np.concatenate([c + rng.normal(size=(n, d)) for c, n in zip(centres, n_per_class)])
+    y = np.concatenate([[k] * n for k, n in enumerate(n_per_class)])
+    return X.astype(np.float32), y
+
+
+@pytest.mark.parametrize("head", [LinearHead(), MLPHead(), AutoHead()])
+def test_heads_learn_separable_classes(head):
+    X, y = blobs()
+    Xt, yt = blobs(seed=0)[0] + np.random.default_rng(9).normal(size=X.shape) * 0.1, y
+    fitted = head.fit(X, y)
+    assert fitted is head
+    assert head.score(Xt, yt) > 0.95
+    p = head.predict_proba(Xt)
+    assert p.shape == (120, 3)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
+    assert set(head.predict(Xt)) <= {0, 1, 2}
+
+
+def test_sklearn_api_params_and_clone():
+    h = LinearHead(cv=3, Cs=(0.1, 1.0))
+    assert h.get_params()["cv"] == 3
+    c = clone(h)
+    assert c.get_params() == h.get_params() and not hasattr(c, "coef_")
+
+
+def test_linear_cv_picks_a_c_and_reports_score():
+    X, y = blobs(sep=0.6)
+    h = LinearHead().fit(X, y)
+    assert h.C_ in h.Cs and 0.4 < h.cv_score_ <= 1.0
+
+
+def test_class_weights_help_the_minority_class():
+    X, y = blobs((200, 12), d=16, sep=0.45, seed=2)
+    Xt, yt = blobs((200, 200), d=16, sep=0.45, seed=2)  # same centres, balanced test
+    recall = {}
+    for cw in (None, "balanced"):
+        pred = LinearHead(class_weight=cw, Cs=(1.0,), cv=2).fit(X, y).predict(Xt)
+        recall[cw] = np.mean(pred[yt == 1] == 1)
+    assert recall["balanced"] > recall[None]
+
+
+def test_auto_head_reports_both_scores_and_picks_the_best():
+    X, y = blobs(sep=0.5)
+    h = AutoHead().fit(X, y)
+    assert set(h.cv_scores_) == {"linear", "mlp"}
+    assert h.kind_ == max(h.cv_scores_, key=lambda k: (h.cv_scores_[k], k == "linear"))
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_state_round_trip_gives_identical_predictions(kind):
+    X, y = blobs()
+    h = make_head(kind).fit(X, y)
+    again = head_from_state(kind, {k: v.copy() for k, v in h.state().items()})
+    np.testing.assert_array_equal(again.predict_proba(X), h.predict_proba(X))
+
+
+def test_mlp_is_reproducible_with_a_seed():
+    X, y = blobs(sep=0.8)
+    a = MLPHead(random_state=4).fit(X, y).predict_proba(X)
+    b = MLPHead(random_state=4).fit(X, y).predict_proba(X)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_bad_input_is_named():
+    with pytest.raises(HeadstartError, match="at least 2 classes"):
+        LinearHead().fit(np.zeros((4, 3)), [1, 1, 1, 1])
+    with pytest.raises(HeadstartError, match="--head: expected one of"):
+        make_head("svm")
+
+
+def test_tiny_classes_without_cv_still_fit():
+    X, y = blobs((1, 1, 2), sep=5.0)
+    h = AutoHead().fit(X, y)
+    assert h.kind_ == "linear" and (h.predict(X) == y).all()

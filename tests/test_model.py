@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from headstart import Classifier
+from headstart.errors import DataError, ModelError
+
+from .conftest import EXAMPLES
+
+
+def _test_images():
+    return sorted((EXAMPLES / "test").rglob("*.jpg"))
+
+
+def test_fit_summary_and_accuracy(trained):
+    clf, _ = trained
+    s = clf.summary_
+    assert clf.classes_ == ["elephant", "giraffe"]
+    assert s["train_counts"] == {"elephant": 10, "giraffe": 10}
+    assert s["val_images"] == 4 and 0.0 <= s["val_accuracy"] <= 1.0
+    truth = [p.parent.name for p in _test_images()]
+    acc = np.mean(np.asarray(clf.predict(_test_images())) == np.asarray(truth))
+    assert acc >= 0.9
+
+
+def test_loaded_model_predicts_exactly_like_the_fitted_one(trained, tmp_path):
+    clf, out = trained
+    loaded = Classifier.load(out, cache=False)  # recompute features with the saved backbone
+    np.testing.assert_array_equal(loaded.predict_proba(_test_images()),
+                                  clf.predict_proba(_test_images()))
+    assert loaded.classes_ == clf.classes_ and loaded.summary_ == clf.summary_
+
+
+def test_model_directory_is_safetensors_and_json(trained):
+    _, out = trained
+    assert sorted(p.name for p in out.iterdir()) == [
+        "backbone.safetensors", "head.safetensors", "headstart.json"]
+    meta = json.loads((out / "headstart.json").read_text())
+    assert meta["backbone"]["preprocess"]["size"] == 224
+    assert meta["head"]["kind"] == "linear"
+    for f in out.iterdir():
+        assert not f.read_bytes().startswith(b"\x80")  # no pickle
+
+
+def test_save_replaces_a_model_atomically_and_refuses_other_folders(trained, tmp_path):
+    clf, _ = trained
+    target = tmp_path / "m"
+    clf.save(target)
+    (target / "headstart.json").write_text("{}")  # an older model
+    clf.save(target)
+    assert json.loads((target / "headstart.json").read_text())["classes"] == clf.classes_
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temp leftovers
+    precious = tmp_path / "photos"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("mine")
+    with pytest.raises(ModelError, match="not a headstart model"):
+        clf.save(precious)
+    assert (precious / "keep.txt").read_text() == "mine"
+
+
+def test_load_errors_are_clear(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        Classifier.load(tmp_path / "none")
+    (tmp_path / "x").mkdir()
+    with pytest.raises(ModelError, match="not a headstart model"):
+        Classifier.load(tmp_path / "x")
+    with pytest.raises(ModelError, match="not fitted"):
+        Classifier().predict([])
+
+
+def test_fit_from_paths_and_labels_and_pil_prediction(tmp_path):
+    files = sorted((EXAMPLES / "train").rglob("*.jpg"))
+    labels = [f.parent.name for f in files]
+    clf = Classifier(head="linear").fit(files, labels)
+    assert clf.classes_ == ["elephant", "giraffe"]
+    img = Image.open(_test_images()[-1])
+    assert clf.predict([img]) == ["giraffe"]
+
+
+def test_unreadable_image_in_predict(trained, tmp_path):
+    clf, _ = trained
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG broken")
+    with pytest.raises(DataError, match="cannot be read"):
+        clf.predict([bad])
+    pred = clf.predict_images([bad] + _test_images()[:2])
+    assert len(pred.sources) == 2 and pred.skipped[0].path == str(bad)
+    assert sum(pred.counts().values()) == 2
+
+
+def test_validation_fraction_is_checked(small_data):
+    with pytest.raises(DataError, match="val_fraction"):
+        Classifier(val_fraction=1.5).fit(small_data)
