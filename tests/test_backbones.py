@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from headstart.backbones import (Preprocess, backbone_from_state, list_backbones,
+from headstart.backbones import (Preprocess, backbone_from_file, list_backbones,
                                  load_backbone)
 from headstart.errors import BackboneError
 from headstart.features import preprocess_image
@@ -75,10 +75,14 @@ def test_weights_file_that_does_not_fit_is_a_clear_error(tmp_path):
         load_backbone("tf_efficientnet_lite0", weights=tmp_path / "missing.pth")
 
 
-def test_rebuilt_from_state_matches(backbone):
-    state = backbone.model.state_dict()
-    again = backbone_from_state(backbone.spec(), state)
+def test_rebuilt_from_file_matches_and_loads_lazily(backbone, tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in backbone.model.state_dict().items()},
+              str(tmp_path / "b.safetensors"))
+    again = backbone_from_file(backbone.spec(), tmp_path / "b.safetensors")
     assert again.identity() == backbone.identity()
+    assert again._model is None
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(again.model(x), backbone.model(x))

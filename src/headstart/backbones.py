@@ -21,7 +21,7 @@ import os
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlparse
 
 from .errors import BackboneError
@@ -32,7 +32,7 @@ __all__ = [
     "Preprocess",
     "list_backbones",
     "load_backbone",
-    "backbone_from_state",
+    "backbone_from_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,6 @@ class Preprocess:
                    mean=tuple(d["mean"]), std=tuple(d["std"]))
 
 
-@dataclass
 class Backbone:
     """A frozen feature extractor.
 
@@ -115,17 +114,34 @@ class Backbone:
         timm_name: the timm architecture that implements it.
         model: a ``torch.nn.Module`` in eval mode, ``(N, 3, S, S) -> (N, num_features)``
             (or ``(N, 1000)`` ImageNet logits when loaded with ``keep_classifier=True``).
+            A backbone rebuilt from a saved model creates it on first access, so that a
+            cached inference engine can run without importing PyTorch at all.
         preprocess: the input transform the weights were trained with.
         weights_id: a string naming the exact weights (used to key the feature cache).
         num_features: length of the pooled feature vector.
     """
 
-    name: str
-    timm_name: str
-    model: Any
-    preprocess: Preprocess
-    weights_id: str
-    num_features: int
+    def __init__(self, name: str, timm_name: str, preprocess: Preprocess, weights_id: str,
+                 num_features: int, model: Any = None,
+                 loader: Callable[[], Any] | None = None) -> None:
+        if model is None and loader is None:
+            raise ValueError("Backbone needs a model or a loader")
+        self.name = name
+        self.timm_name = timm_name
+        self.preprocess = preprocess
+        self.weights_id = weights_id
+        self.num_features = num_features
+        self._model = model
+        self._loader = loader
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            self._model = self._loader()
+        return self._model
+
+    def __repr__(self) -> str:
+        return f"Backbone({self.name!r}, weights={self.weights_id!r})"
 
     def spec(self) -> dict[str, Any]:
         """JSON-serialisable description (everything except the weights themselves)."""
@@ -319,18 +335,24 @@ def _hub_weights_file(name: str) -> tuple[str, str]:
     return path, f"hub:{hub_id}"
 
 
-def backbone_from_state(spec: dict[str, Any], state: dict[str, Any]) -> Backbone:
-    """Rebuild a saved backbone (see :meth:`Backbone.spec`) from its feature-model weights."""
-    import timm
+def backbone_from_file(spec: dict[str, Any], path: str | os.PathLike) -> Backbone:
+    """A saved backbone (see :meth:`Backbone.spec`) whose feature-model weights are in the
+    safetensors file ``path``; the model is built on first use."""
 
-    try:
-        model = timm.create_model(spec["timm_name"], pretrained=False, num_classes=0)
-        model.load_state_dict(state)
-    except Exception as e:  # noqa: BLE001
-        raise BackboneError(f"saved backbone {spec.get('timm_name')!r} cannot be "
-                            f"rebuilt with this timm version: {e}") from None
-    model.eval()
-    model.requires_grad_(False)
-    return Backbone(name=spec["name"], timm_name=spec["timm_name"], model=model,
+    def build() -> Any:
+        import timm
+        from safetensors.torch import load_file
+
+        try:
+            model = timm.create_model(spec["timm_name"], pretrained=False, num_classes=0)
+            model.load_state_dict(load_file(str(path)))
+        except Exception as e:  # noqa: BLE001
+            raise BackboneError(f"saved backbone {spec.get('timm_name')!r} cannot be rebuilt "
+                                f"from {path}: {e}") from None
+        model.eval()
+        model.requires_grad_(False)
+        return model
+
+    return Backbone(name=spec["name"], timm_name=spec["timm_name"], loader=build,
                     preprocess=Preprocess.from_dict(spec["preprocess"]),
                     weights_id=spec["weights_id"], num_features=int(spec["num_features"]))

@@ -26,9 +26,10 @@ from PIL import Image
 
 from .backbones import Backbone, Preprocess
 from .data import Skipped, UnreadableImage, read_image
+from .runtime import Engine, make_engine
 
-__all__ = ["FeatureCache", "Features", "extract_features", "preprocess_image",
-           "resolve_cache_dir"]
+__all__ = ["FeatureCache", "Features", "extract_features", "normalize", "prepare_image",
+           "preprocess_image", "resolve_cache_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,34 +50,48 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(platformdirs.user_cache_dir("headstart", appauthor=False))
 
 
-def preprocess_image(img: Image.Image, pre: Preprocess) -> np.ndarray:
-    """Resize, centre-crop and normalise one RGB image to a ``(3, S, S)`` float32 array."""
-    scale = int(pre.size / pre.crop_pct)
-    w, h = img.size
-    if w <= h:
-        nw, nh = scale, max(scale, round(h * scale / w))
-    else:
-        nw, nh = max(scale, round(w * scale / h)), scale
-    img = img.resize((nw, nh), _RESAMPLE.get(pre.interpolation, Image.BICUBIC))
-    left, top = (nw - pre.size) // 2, (nh - pre.size) // 2
-    img = img.crop((left, top, left + pre.size, top + pre.size))
-    a = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
-    a = (a - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
-    return np.ascontiguousarray(a.transpose(2, 0, 1))
+def _crop_box(width: int, height: int, pre: Preprocess) -> tuple[float, float, float, float]:
+    """Source-pixel box that "resize shorter side to size/crop_pct, centre-crop size" keeps."""
+    side = min(width, height) * pre.size / int(pre.size / pre.crop_pct)
+    left, top = (width - side) / 2, (height - side) / 2
+    return (left, top, left + side, top + side)
 
 
-def _load(source: "str | os.PathLike | Image.Image", pre: Preprocess) -> np.ndarray:
-    """Decode (JPEGs in DCT draft mode, never below the resize target) and preprocess."""
-    if isinstance(source, Image.Image):
-        return preprocess_image(read_image(source), pre)
+def prepare_image(source: "str | os.PathLike | Image.Image", pre: Preprocess) -> np.ndarray:
+    """Decode, resize and centre-crop one image to ``(S, S, 3)`` uint8 RGB.
+
+    Large JPEGs are decoded in draft mode (DCT-domain downscaling, never below the resize
+    target) before the exact resize; the crop and the resize are one resampling step.
+
+    Raises:
+        UnreadableImage: the file cannot be decoded.
+    """
     target = int(pre.size / pre.crop_pct)
-    try:
-        img = Image.open(source)
-        if img.format == "JPEG":
-            img.draft("RGB", (target, target))
-    except Exception:  # noqa: BLE001 - read_image below gives the reason
-        img = source
-    return preprocess_image(read_image(img if isinstance(img, Image.Image) else source), pre)
+    img: "str | os.PathLike | Image.Image" = source
+    if not isinstance(source, Image.Image):
+        try:
+            img = Image.open(source)
+            if img.format == "JPEG":
+                img.draft("RGB", (target, target))
+        except Exception:  # noqa: BLE001 - read_image below gives the reason
+            img = source
+    rgb = read_image(img)
+    box = _crop_box(*rgb.size, pre)
+    out = rgb.resize((pre.size, pre.size), _RESAMPLE.get(pre.interpolation, Image.BICUBIC),
+                     box=box)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def normalize(batch: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """``(N, S, S, 3)`` uint8 -> ``(N, 3, S, S)`` float32 ``(x / 255 - mean) / std``."""
+    x = batch.astype(np.float32) * (1.0 / 255.0)
+    x = (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def preprocess_image(img: "str | os.PathLike | Image.Image", pre: Preprocess) -> np.ndarray:
+    """One image as the backbone's normalised ``(3, S, S)`` float32 input."""
+    return normalize(prepare_image(img, pre)[None], pre)[0]
 
 
 def file_hash(path: str | os.PathLike) -> str:
@@ -124,12 +139,14 @@ class Features:
         index: ``(M,)`` positions of those images in the input sequence.
         skipped: the inputs that could not be decoded, with reasons.
         computed: how many of the M needed a backbone forward pass (the rest were cached).
+        engine: the inference engine used (reuse it for the next call), None if unused.
     """
 
     X: np.ndarray
     index: np.ndarray
     skipped: list[Skipped] = field(default_factory=list)
     computed: int = 0
+    engine: Engine | None = None
 
 
 def _default_workers() -> int:
@@ -138,15 +155,16 @@ def _default_workers() -> int:
 
 def extract_features(backbone: Backbone, images: Sequence["str | os.PathLike | Image.Image"],
                      cache: FeatureCache | None = None, batch_size: int = 32,
-                     progress: ProgressFn | None = None, workers: int | None = None
-                     ) -> Features:
+                     progress: ProgressFn | None = None, workers: int | None = None,
+                     runtime: str = "auto", engine: Engine | None = None) -> Features:
     """Pooled features of ``images`` (paths or PIL images) under ``backbone``.
 
-    Unreadable files are skipped and listed in ``Features.skipped``; the result does not
-    depend on ``workers`` or ``batch_size``. PIL images are never cached (no stable key).
+    Images are decoded by ``workers`` threads while the engine (see
+    :mod:`headstart.runtime`; ``engine`` reuses one, else ``runtime`` picks one) works on
+    the previous batch. Unreadable files are skipped and listed in ``Features.skipped``;
+    the result does not depend on ``workers`` or ``batch_size``. PIL images are never
+    cached (they have no file to hash).
     """
-    import torch
-
     n = len(images)
     key = backbone.identity()
     out: dict[int, np.ndarray] = {}
@@ -168,16 +186,13 @@ def extract_features(backbone: Backbone, images: Sequence["str | os.PathLike | I
     done = n - len(todo)
     if progress:
         progress(done, n)
-    device = _device()
-    model = backbone.model.to(device)
-    bad = set()
+    failed = 0
 
     def load(i: int) -> np.ndarray | None:
         try:
-            return _load(images[i], backbone.preprocess)
+            return prepare_image(images[i], backbone.preprocess)
         except UnreadableImage as e:
             skipped.append(Skipped(str(images[i]), str(e)))
-            bad.add(i)
             return None
 
     batches = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
@@ -188,11 +203,13 @@ def extract_features(backbone: Backbone, images: Sequence["str | os.PathLike | I
             if bi + 2 < len(batches):
                 pending.append(pool.map(load, batches[bi + 2]))
             keep = [i for i, a in zip(batch, arrays) if a is not None]
+            failed += len(batch) - len(keep)
             if keep:
-                x = torch.from_numpy(np.stack([a for a in arrays if a is not None]))
-                with torch.inference_mode():
-                    feats = model(x.to(device)).float().cpu().numpy()
-                for i, f in zip(keep, feats):
+                x = np.stack([a for a in arrays if a is not None])
+                if engine is None:
+                    root = cache.root if cache is not None else resolve_cache_dir()
+                    engine = make_engine(backbone, root, runtime, sample=x[:8])
+                for i, f in zip(keep, engine(x)):
                     out[i] = f
                     if cache is not None and i in digests:
                         cache.put(key, digests[i], f)
@@ -205,7 +222,8 @@ def extract_features(backbone: Backbone, images: Sequence["str | os.PathLike | I
     skipped.sort(key=lambda s: s.path)
     if skipped:
         logger.info("%d image(s) skipped", len(skipped))
-    return Features(X=X, index=index, skipped=skipped, computed=len(todo) - len(bad))
+    return Features(X=X, index=index, skipped=skipped, computed=len(todo) - failed,
+                    engine=engine)
 
 
 def _os_reason(e: OSError) -> str:
@@ -216,9 +234,3 @@ def _os_reason(e: OSError) -> str:
     if isinstance(e, IsADirectoryError):
         return "is a directory"
     return f"cannot read: {e.strerror or e}"
-
-
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"

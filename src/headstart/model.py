@@ -28,10 +28,10 @@ import numpy as np
 from PIL import Image
 
 from . import __version__
-from .backbones import DEFAULT_BACKBONE, backbone_from_state, load_backbone
+from .backbones import DEFAULT_BACKBONE, backbone_from_file, load_backbone
 from .data import Dataset, ImageSet, Skipped, check_classes, load_dataset, stratified_split
 from .errors import DataError, ModelError
-from .features import FeatureCache, ProgressFn, extract_features
+from .features import FeatureCache, Features, ProgressFn, extract_features
 from .heads import AutoHead, head_from_state, make_head
 
 __all__ = ["Classifier", "Predictions", "MODEL_FILE"]
@@ -79,6 +79,9 @@ class Classifier:
             images are given.
         cache_dir: feature cache location (default: ``$HEADSTART_CACHE`` or the user
             cache); ``cache=False`` disables the cache.
+        batch_size: images per backbone call.
+        runtime: inference engine, ``auto`` (fastest available), ``openvino``,
+            ``onnxruntime`` or ``torch`` (see :mod:`headstart.runtime`).
 
     Fitted attributes: ``classes_``, ``backbone_``, ``head_``, ``summary_``, ``skipped_``.
     """
@@ -86,7 +89,8 @@ class Classifier:
     def __init__(self, backbone: str = DEFAULT_BACKBONE, head: str = "auto",
                  weights: str | os.PathLike | None = None, seed: int = 0,
                  val_fraction: float = 0.2, cache: bool = True,
-                 cache_dir: str | os.PathLike | None = None, batch_size: int = 32) -> None:
+                 cache_dir: str | os.PathLike | None = None, batch_size: int = 32,
+                 runtime: str = "auto") -> None:
         self.backbone = backbone
         self.head = head
         self.weights = weights
@@ -95,6 +99,7 @@ class Classifier:
         self.cache = cache
         self.cache_dir = cache_dir
         self.batch_size = batch_size
+        self.runtime = runtime
 
     # ----------------------------------------------------------------- training
     def fit(self, data: str | os.PathLike | Sequence[Any], labels: Sequence[str] | None = None,
@@ -117,11 +122,10 @@ class Classifier:
                             f"{self.val_fraction}")
         dataset = self._dataset(data, labels, val)
         self.backbone_ = load_backbone(self.backbone, self.weights)
-        cache = FeatureCache(self.cache_dir) if self.cache else None
         train_items = list(dataset.train.paths)
         val_items = list(dataset.val.paths) if dataset.val is not None else []
-        feats = extract_features(self.backbone_, train_items + val_items, cache,
-                                 self.batch_size, progress)
+        self.engine_ = None
+        feats = self._features(train_items + val_items, progress)
         self.skipped_ = dataset.skipped + feats.skipped
         n_train = len(train_items)
         is_train = feats.index < n_train
@@ -162,10 +166,18 @@ class Classifier:
             "skipped": len(self.skipped_),
             "features_computed": feats.computed,
             "features_cached": int(len(feats.index) - feats.computed),
+            "runtime": self.engine_.name if self.engine_ is not None else "cache",
             "seconds": round(time.perf_counter() - t0, 2),
         }
         logger.info("trained %s head: val accuracy %.4f", self.head_kind_, val_acc)
         return self
+
+    def _features(self, images: list[Any], progress: ProgressFn | None) -> Features:
+        cache = FeatureCache(self.cache_dir) if self.cache else None
+        feats = extract_features(self.backbone_, images, cache, self.batch_size, progress,
+                                 runtime=self.runtime, engine=getattr(self, "engine_", None))
+        self.engine_ = feats.engine or getattr(self, "engine_", None)
+        return feats
 
     def _dataset(self, data: Any, labels: Sequence[str] | None, val: Any) -> Dataset:
         if labels is None:
@@ -196,9 +208,7 @@ class Classifier:
                        ) -> Predictions:
         """Predict paths or PIL images; unreadable files are skipped and reported."""
         self._check_fitted()
-        cache = FeatureCache(self.cache_dir) if self.cache else None
-        feats = extract_features(self.backbone_, list(images), cache, self.batch_size,
-                                 progress)
+        feats = self._features(list(images), progress)
         proba = self.head_.predict_proba(feats.X) if len(feats.X) else \
             np.zeros((0, len(self.classes_)), np.float32)
         labels = [self.classes_[int(i)] for i in np.argmax(proba, axis=1)]
@@ -264,14 +274,14 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | os.PathLike, cache: bool = True,
-             cache_dir: str | os.PathLike | None = None) -> "Classifier":
+             cache_dir: str | os.PathLike | None = None, runtime: str = "auto"
+             ) -> "Classifier":
         """Load a model directory written by :meth:`save`.
 
         Raises:
             ModelError: missing directory or files, or not a headstart model.
         """
         from safetensors.numpy import load_file as load_np
-        from safetensors.torch import load_file as load_torch
 
         d = Path(path)
         if not d.is_dir():
@@ -284,14 +294,15 @@ class Classifier:
             raise ModelError(f"{d}: unsupported model format {meta.get('format')!r} "
                              f"version {meta.get('format_version')!r}")
         try:
-            bstate = load_torch(str(d / "backbone.safetensors"))
             hstate = load_np(str(d / "head.safetensors"))
         except Exception as e:  # noqa: BLE001 - missing or corrupt weight files
             raise ModelError(f"{d}: cannot read model weights: {e}") from None
+        if not (d / "backbone.safetensors").is_file():
+            raise ModelError(f"{d}: backbone.safetensors is missing")
         spec = meta["backbone"]
         clf = cls(backbone=spec["name"], head=meta["head"]["kind"], cache=cache,
-                  cache_dir=cache_dir)
-        clf.backbone_ = backbone_from_state(spec, bstate)
+                  cache_dir=cache_dir, runtime=runtime)
+        clf.backbone_ = backbone_from_file(spec, d / "backbone.safetensors")
         clf.head_ = head_from_state(meta["head"]["kind"], hstate)
         clf.head_kind_ = meta["head"]["kind"]
         clf.classes_ = list(meta["classes"])
