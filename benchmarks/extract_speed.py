@@ -111,11 +111,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         env = {**os.environ, "HEADSTART_CACHE": str(tmp / "cache")}
-        # a model to predict with (also exports and checks the engine graph once)
-        subprocess.run([sys.executable, "-m", "headstart", "train", str(a.data), "--out",
-                        str(tmp / "m"), "--head", "linear"], env=env, check=True,
-                       capture_output=True)
-        shutil.rmtree(tmp / "cache" / "features")
+        def train(out: str, *flags: str) -> dict:
+            r = subprocess.run([sys.executable, "-m", "headstart", "train", str(a.data),
+                                "--out", str(tmp / out), "--head", "linear", "--json", *flags],
+                               env=env, check=True, capture_output=True, text=True)
+            shutil.rmtree(tmp / "cache" / "features")
+            return json.loads(r.stdout)
+
+        # models to predict with (this also exports and checks the engine graphs once)
+        fast = train("m")
+        slow = train("m_torch", "--runtime", "torch")
+        print(f"hymenoptera val accuracy, head on {fast['runtime']} features "
+              f"{fast['val_accuracy']:.4f}, on PyTorch features {slow['val_accuracy']:.4f}")
+        if a.int8:
+            q = train("m8", "--int8")["int8"]
+            print(f"int8: val accuracy {q['val_accuracy_int8']:.4f} "
+                  f"(FP32 {q['val_accuracy_fp32']:.4f})")
         t_a = min(baseline(files, w) for w in (0, 2))
         t_b, engine = headstart_api(files, tmp / "m", tmp / "cache")
         shutil.rmtree(tmp / "cache" / "features")
@@ -127,11 +138,16 @@ def main() -> None:
         assert len(json.loads(r.stdout)["predictions"]) >= n
         rows = [("a  timm eager + DataLoader", t_a), (f"b  headstart ({engine})", t_b),
                 ("b' headstart predict CLI, cold cache", t_cli)]
+        if a.int8:
+            shutil.rmtree(tmp / "cache" / "features")
+            t_c, engine8 = headstart_api(files, tmp / "m8", tmp / "cache")
+            rows.append((f"c  headstart --int8 ({engine8})", t_c))
         for name, t in rows:
             ips = n / t
             print(f"{name:40s} {t:6.1f} s  {ips:6.1f} img/s  "
                   f"{ips * gf / peak:5.1%} of FP32 peak")
-        print(f"ratio b/a = {t_a / t_b:.2f}   b'/a = {t_a / t_cli:.2f}")
+        print(f"ratio b/a = {t_a / t_b:.2f}   b'/a = {t_a / t_cli:.2f}"
+              + (f"   c/a = {t_a / t_c:.2f}" if a.int8 else ""))
 
 
 if __name__ == "__main__":

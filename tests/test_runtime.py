@@ -72,3 +72,20 @@ def test_prediction_with_cached_engine_does_not_import_torch(trained):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "['giraffe', 'giraffe', 'giraffe'] openvino" in r.stdout
+
+
+def test_int8_model_is_checked_saved_and_reloaded(tmp_path):
+    from headstart import Classifier
+
+    clf = Classifier(head="linear", int8=True).fit(EXAMPLES / "train")
+    q = clf.summary_["int8"]
+    assert q["variant"].startswith("int8-") and clf.engine_.name == "openvino-int8"
+    assert q["drop"] == pytest.approx(q["val_accuracy_fp32"] - q["val_accuracy_int8"])
+    out = clf.save(tmp_path / "m8")
+    assert (out / "backbone.int8.xml").is_file() and (out / "backbone.int8.bin").is_file()
+    test = sorted((EXAMPLES / "test").rglob("*.jpg"))
+    loaded = Classifier.load(out, cache=False)
+    assert loaded.engine_.name == "openvino-int8"
+    np.testing.assert_allclose(loaded.predict_proba(test), clf.predict_proba(test), atol=1e-5)
+    truth = [p.parent.name for p in test]
+    assert np.mean(np.asarray(loaded.predict(test)) == np.asarray(truth)) >= 0.9

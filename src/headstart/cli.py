@@ -27,6 +27,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
                   help="Transfer learning for image classification, on a CPU, in seconds.")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+RUNTIME_HELP = "Inference engine: auto | openvino | onnxruntime | torch."
 
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -86,6 +87,8 @@ def train(
     val: Optional[Path] = typer.Option(None, help="Validation folder of class folders."),
     seed: int = typer.Option(0, help="Random seed."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
+    runtime: str = typer.Option("auto", help=RUNTIME_HELP),
+    int8: bool = typer.Option(False, "--int8", help="Quantise the backbone to INT8 (NNCF)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Train a classifier on a folder of labelled images."""
@@ -95,7 +98,7 @@ def train(
     if head not in HEADS:
         raise HeadstartError(f"--head: expected one of {', '.join(HEADS)}, got {head!r}")
     clf = Classifier(backbone=backbone, head=head, weights=weights, seed=seed,
-                     cache_dir=cache_dir)
+                     cache_dir=cache_dir, runtime=runtime, int8=int8)
     with _progress("features") as progress:
         clf.fit(data, val=val, progress=progress)
     saved = clf.save(out_dir)
@@ -107,13 +110,17 @@ def train(
         return
     counts = ", ".join(f"{c} {n}" for c, n in s["train_counts"].items())
     out.print(f"data        {data} ({s['layout']}): {counts}", highlight=False)
-    out.print(f"backbone    {s['backbone']}: {s['features_computed']} images computed, "
-              f"{s['features_cached']} from cache", highlight=False)
+    out.print(f"backbone    {s['backbone']}: {s['features_computed']} images computed "
+              f"({s['runtime']}), {s['features_cached']} from cache", highlight=False)
     cv = ", ".join(f"{k} {v:.3f}" for k, v in s["head_cv_accuracy"].items())
     out.print(f"head        {s['head']}" + (f" (CV accuracy: {cv})" if cv else ""),
               highlight=False)
     out.print(f"validation  accuracy {s['val_accuracy']:.4f} on {s['val_images']} images "
               f"({s['val_source']})", highlight=False)
+    if s["int8"]:
+        q = s["int8"]
+        out.print(f"int8        validation accuracy {q['val_accuracy_int8']:.4f} "
+                  f"(FP32: {q['val_accuracy_fp32']:.4f})", highlight=False)
     out.print(f"saved       {saved} in {s['seconds']:.1f} s", highlight=False)
 
 
@@ -125,12 +132,13 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     csv_file: Optional[Path] = typer.Option(None, "--csv", help="Also write a CSV here."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
+    runtime: str = typer.Option("auto", help=RUNTIME_HELP),
 ) -> None:
     """Predict the class of images, then count images per class."""
     from .data import find_images
     from .model import Classifier
 
-    clf = Classifier.load(model, cache_dir=cache_dir)
+    clf = Classifier.load(model, cache_dir=cache_dir, runtime=runtime)
     files, skipped = find_images(paths)
     with _progress("predict") as progress:
         pred = clf.predict_images(files, progress)
@@ -165,12 +173,13 @@ def evaluate(
     data: Path = typer.Argument(..., help="Labelled images (class folders, train/test, CSV)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
+    runtime: str = typer.Option("auto", help=RUNTIME_HELP),
 ) -> None:
     """Accuracy, per-class precision/recall/F1 and confusion matrix on labelled images."""
     from .evaluate import evaluate as run_evaluate
     from .model import Classifier
 
-    clf = Classifier.load(model, cache_dir=cache_dir)
+    clf = Classifier.load(model, cache_dir=cache_dir, runtime=runtime)
     with _progress("evaluate") as progress:
         m = run_evaluate(clf, data, progress)
     if m["skipped"]:

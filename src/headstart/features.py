@@ -166,7 +166,7 @@ def extract_features(backbone: Backbone, images: Sequence["str | os.PathLike | I
     cached (they have no file to hash).
     """
     n = len(images)
-    key = backbone.identity()
+    key = backbone.identity() + (f"-{engine.variant}" if engine and engine.variant else "")
     out: dict[int, np.ndarray] = {}
     skipped: list[Skipped] = []
     digests: dict[int, str] = {}

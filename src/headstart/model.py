@@ -31,7 +31,9 @@ from . import __version__
 from .backbones import DEFAULT_BACKBONE, backbone_from_file, load_backbone
 from .data import Dataset, ImageSet, Skipped, check_classes, load_dataset, stratified_split
 from .errors import DataError, ModelError
-from .features import FeatureCache, Features, ProgressFn, extract_features
+from .features import (FeatureCache, Features, ProgressFn, extract_features, prepare_image,
+                       resolve_cache_dir)
+from .runtime import int8_engine, openvino_ir_engine
 from .heads import AutoHead, head_from_state, make_head
 
 __all__ = ["Classifier", "Predictions", "MODEL_FILE"]
@@ -39,6 +41,7 @@ __all__ = ["Classifier", "Predictions", "MODEL_FILE"]
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "headstart.json"
+INT8_XML = "backbone.int8.xml"
 FORMAT = "headstart-model"
 FORMAT_VERSION = 1
 
@@ -82,6 +85,8 @@ class Classifier:
         batch_size: images per backbone call.
         runtime: inference engine, ``auto`` (fastest available), ``openvino``,
             ``onnxruntime`` or ``torch`` (see :mod:`headstart.runtime`).
+        int8: quantise the backbone to INT8 with NNCF, calibrated on the training images;
+            the validation accuracy with and without INT8 is reported in ``summary_``.
 
     Fitted attributes: ``classes_``, ``backbone_``, ``head_``, ``summary_``, ``skipped_``.
     """
@@ -90,7 +95,7 @@ class Classifier:
                  weights: str | os.PathLike | None = None, seed: int = 0,
                  val_fraction: float = 0.2, cache: bool = True,
                  cache_dir: str | os.PathLike | None = None, batch_size: int = 32,
-                 runtime: str = "auto") -> None:
+                 runtime: str = "auto", int8: bool = False) -> None:
         self.backbone = backbone
         self.head = head
         self.weights = weights
@@ -100,6 +105,7 @@ class Classifier:
         self.cache_dir = cache_dir
         self.batch_size = batch_size
         self.runtime = runtime
+        self.int8 = int8
 
     # ----------------------------------------------------------------- training
     def fit(self, data: str | os.PathLike | Sequence[Any], labels: Sequence[str] | None = None,
@@ -125,31 +131,35 @@ class Classifier:
         train_items = list(dataset.train.paths)
         val_items = list(dataset.val.paths) if dataset.val is not None else []
         self.engine_ = None
-        feats = self._features(train_items + val_items, progress)
+        items = train_items + val_items
+        feats = self._features(items, progress)
         self.skipped_ = dataset.skipped + feats.skipped
-        n_train = len(train_items)
-        is_train = feats.index < n_train
         y_all = np.asarray(dataset.train.labels + (dataset.val.labels if dataset.val else []))
-        Xtr, ytr = feats.X[is_train], y_all[feats.index[is_train]]
-        Xva, yva = feats.X[~is_train], y_all[feats.index[~is_train]]
+        is_train = feats.index < len(train_items)
+        ytr = y_all[feats.index[is_train]]
         self.classes_ = list(dataset.train.classes)
         check_classes(ImageSet([Path()] * len(ytr), ytr.tolist(), self.classes_),
                       f"{data} (after skipping unreadable files)")
-        if len(yva):
-            self.head_, chooser = self._fit_head(Xtr, ytr)
-            val_acc = float(np.mean(self.head_.predict(Xva) == yva))
-            val_source = "validation split"
-        else:
-            tr, va = stratified_split(ytr, self.val_fraction, self.seed)
-            if len(va) == 0:
-                raise DataError(f"{data}: too few images to hold out a validation fold; "
-                                "need at least 2 images in some class")
-            probe, _ = self._fit_head(Xtr[tr], ytr[tr])
-            yva = ytr[va]
-            val_acc = float(np.mean(probe.predict(Xtr[va]) == yva))
-            self.head_, chooser = self._fit_head(Xtr, ytr)
-            val_source = (f"held-out {self.val_fraction:.0%} of each class, measured before "
-                          "the final refit on all training images")
+        fitted = self._fit_validate(feats.X, y_all[feats.index], is_train)
+        int8_summary = None
+        if self.int8:
+            fp32_acc = fitted[2]
+            calibration = [items[i] for i in feats.index[is_train]]
+            step = max(1, len(calibration) // 300)
+            self.engine_ = int8_engine(
+                self.backbone_, resolve_cache_dir(self.cache_dir),
+                np.stack([prepare_image(p, self.backbone_.preprocess)
+                          for p in calibration[::step][:300]]))
+            feats8 = self._features([items[i] for i in feats.index], progress)
+            fitted = self._fit_validate(feats8.X, y_all[feats.index], is_train)
+            drop = fp32_acc - fitted[2]
+            int8_summary = {"variant": self.engine_.variant, "val_accuracy_fp32": fp32_acc,
+                            "val_accuracy_int8": fitted[2], "drop": drop}
+            if drop > 0.005:
+                logger.warning("INT8 lowers validation accuracy by %.1f points (%.4f -> %.4f); "
+                               "consider training without --int8", 100 * drop, fp32_acc,
+                               fitted[2])
+        self.head_, chooser, val_acc, n_val, val_source = fitted
         self.summary_ = {
             "headstart_version": __version__,
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -160,17 +170,42 @@ class Classifier:
             "head_cv_accuracy": chooser,
             "train_counts": {c: int(n) for c, n in
                              zip(self.classes_, np.bincount(ytr, minlength=len(self.classes_)))},
-            "val_images": int(len(yva)),
+            "val_images": n_val,
             "val_accuracy": val_acc,
             "val_source": val_source,
             "skipped": len(self.skipped_),
             "features_computed": feats.computed,
             "features_cached": int(len(feats.index) - feats.computed),
             "runtime": self.engine_.name if self.engine_ is not None else "cache",
+            "int8": int8_summary,
             "seconds": round(time.perf_counter() - t0, 2),
         }
         logger.info("trained %s head: val accuracy %.4f", self.head_kind_, val_acc)
         return self
+
+    def _fit_validate(self, X: np.ndarray, y: np.ndarray, is_train: np.ndarray
+                      ) -> tuple[Any, dict[str, float], float, int, str]:
+        """Fit the head on the training rows and measure it on validation rows.
+
+        Without validation rows, a stratified ``val_fraction`` of the training rows is held
+        out to measure a probe head, then the head is refitted on all training rows.
+        Returns ``(head, cv_scores, val_accuracy, n_val, how_measured)``.
+        """
+        Xtr, ytr, Xva, yva = X[is_train], y[is_train], X[~is_train], y[~is_train]
+        if len(yva):
+            head, chooser = self._fit_head(Xtr, ytr)
+            return (head, chooser, float(np.mean(head.predict(Xva) == yva)), len(yva),
+                    "validation split")
+        tr, va = stratified_split(ytr, self.val_fraction, self.seed)
+        if len(va) == 0:
+            raise DataError("too few images to hold out a validation fold; "
+                            "need at least 2 images in some class")
+        probe, _ = self._fit_head(Xtr[tr], ytr[tr])
+        val_acc = float(np.mean(probe.predict(Xtr[va]) == ytr[va]))
+        head, chooser = self._fit_head(Xtr, ytr)
+        return (head, chooser, val_acc, len(va),
+                f"held-out {self.val_fraction:.0%} of each class, measured before the final "
+                "refit on all training images")
 
     def _features(self, images: list[Any], progress: ProgressFn | None) -> Features:
         cache = FeatureCache(self.cache_dir) if self.cache else None
@@ -254,12 +289,17 @@ class Classifier:
         try:
             meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
                     "classes": self.classes_, "backbone": self.backbone_.spec(),
-                    "head": {"kind": self.head_kind_}, "summary": self.summary_}
+                    "head": {"kind": self.head_kind_}, "summary": self.summary_,
+                    "int8": self._int8_engine().variant if self._int8_engine() else None}
             (tmp / MODEL_FILE).write_text(json.dumps(meta, indent=2) + "\n")
             state = {k: v.contiguous() for k, v in self.backbone_.model.state_dict().items()}
             save_torch(state, str(tmp / "backbone.safetensors"))
             save_np({k: np.ascontiguousarray(v) for k, v in self.head_.state().items()},
                     str(tmp / "head.safetensors"))
+            if self._int8_engine() is not None:
+                ir = self.engine_.ir
+                shutil.copyfile(ir, tmp / INT8_XML)
+                shutil.copyfile(ir.with_suffix(".bin"), tmp / INT8_XML.replace(".xml", ".bin"))
             old = None
             if out.exists():
                 old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -308,5 +348,13 @@ class Classifier:
         clf.classes_ = list(meta["classes"])
         clf.summary_ = meta.get("summary", {})
         clf.skipped_ = []
+        clf.engine_ = None
+        if meta.get("int8"):
+            clf.int8 = True
+            clf.engine_ = openvino_ir_engine(d / INT8_XML, meta["int8"])
         return clf
+
+    def _int8_engine(self) -> Any:
+        engine = getattr(self, "engine_", None)
+        return engine if engine is not None and engine.variant.startswith("int8") else None
 

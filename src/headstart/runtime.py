@@ -29,7 +29,8 @@ import numpy as np
 from .backbones import Backbone
 from .errors import HeadstartError
 
-__all__ = ["RUNTIMES", "Engine", "image_features_module", "make_engine", "cosine_parity"]
+__all__ = ["RUNTIMES", "Engine", "cosine_parity", "image_features_module", "int8_engine",
+           "make_engine", "openvino_ir_engine"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +62,18 @@ def image_features_module(backbone: Backbone) -> Any:
 
 
 class Engine:
-    """A compiled feature extractor: ``engine(batch_u8) -> (N, D)`` float32."""
+    """A compiled feature extractor: ``engine(batch_u8) -> (N, D)`` float32.
 
-    def __init__(self, name: str, fn: Callable[[np.ndarray], np.ndarray]) -> None:
+    ``variant`` is empty for FP32 engines, whose features agree with PyTorch and share one
+    feature cache; a quantised engine names its variant (``int8-<calibration hash>``) so its
+    features are cached apart. ``ir`` is the OpenVINO IR file behind it, if any.
+    """
+
+    def __init__(self, name: str, fn: Callable[[np.ndarray], np.ndarray], variant: str = "",
+                 ir: Path | None = None) -> None:
         self.name = name
+        self.variant = variant
+        self.ir = ir
         self._fn = fn
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -113,12 +122,13 @@ def _export_openvino(backbone: Backbone, folder: Path) -> None:
     ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=False)
 
 
-def _load_openvino(folder: Path) -> Callable[[np.ndarray], np.ndarray]:
+def _load_openvino(folder: Path, xml: str = "model.xml") -> Callable[[np.ndarray], np.ndarray]:
     import openvino as ov
 
     core = ov.Core()
+    core.set_property({"CACHE_DIR": str(folder / "compiled")})  # faster compile next time
     # f32: CPUs with bf16 units would otherwise silently compute in bf16
-    compiled = core.compile_model(str(folder / "model.xml"), "CPU",
+    compiled = core.compile_model(str(folder / xml), "CPU",
                                   {"PERFORMANCE_HINT": "LATENCY",
                                    "INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
@@ -197,7 +207,7 @@ def _compiled(backbone: Backbone, name: str, cache_root: Path, sample: np.ndarra
                           f"{check['min_cosine']:.6f} <= {PARITY_MIN_COSINE}); using PyTorch",
                           RuntimeWarning, stacklevel=3)
             return None
-        return Engine(name, load(folder))
+        return Engine(name, load(folder), ir=folder / "model.xml" if name == "openvino" else None)
     except Exception as e:  # noqa: BLE001 - any export or compile failure falls back
         warnings.warn(f"{name} unavailable for {backbone.name} ({type(e).__name__}: {e}); "
                       "using PyTorch", RuntimeWarning, stacklevel=3)
@@ -238,3 +248,56 @@ def make_engine(backbone: Backbone, cache_root: Path, runtime: str = "auto",
         if engine is not None:
             return engine
     return _torch_engine(backbone)
+
+
+def int8_engine(backbone: Backbone, cache_root: Path, calibration: np.ndarray) -> Engine:
+    """An OpenVINO engine quantised to INT8 with NNCF post-training quantisation.
+
+    Args:
+        calibration: ``(n, S, S, 3)`` uint8 images (the user's own training images; up to
+            300 are used). The quantised graph is cached per calibration set.
+
+    Raises:
+        HeadstartError: OpenVINO or NNCF is not installed, or the FP32 graph failed.
+    """
+    import hashlib
+
+    for module, pip_name in (("openvino", "openvino"), ("nncf", "nncf")):
+        if not _installed(module):
+            raise HeadstartError(f"--int8 needs {pip_name}: pip install 'headstart[int8]'")
+    calibration = calibration[:300]
+    digest = hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest()[:12]
+    variant = f"int8-{digest}"
+    folder = cache_root / "runtimes" / backbone.identity() / variant
+    if not (folder / "model.xml").is_file():
+        fp32 = make_engine(backbone, cache_root, "openvino", sample=calibration[:8])
+        if fp32.ir is None:
+            raise HeadstartError("--int8: the OpenVINO FP32 graph failed its check; "
+                                 "cannot quantise (see the warning above)")
+        import contextlib
+        import sys
+
+        import nncf
+        import openvino as ov
+
+        tmp = Path(tempfile.mkdtemp(prefix=".int8-", dir=_mkdir(folder.parent)))
+        try:
+            data = nncf.Dataset([calibration[i:i + 1] for i in range(len(calibration))])
+            with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantized = nncf.quantize(ov.Core().read_model(str(fp32.ir)), data,
+                                          subset_size=len(calibration))
+            ov.save_model(quantized, str(tmp / "model.xml"), compress_to_fp16=False)
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return openvino_ir_engine(folder / "model.xml", variant)
+
+
+def openvino_ir_engine(xml: Path, variant: str = "") -> Engine:
+    """An engine that runs a saved OpenVINO IR file (``.xml`` beside its ``.bin``)."""
+    if not _installed("openvino"):
+        raise HeadstartError(f"{xml} needs OpenVINO: pip install openvino")
+    return Engine("openvino-int8" if variant.startswith("int8") else "openvino",
+                  _load_openvino(xml.parent, xml.name), variant=variant, ir=xml)
