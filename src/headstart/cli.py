@@ -89,18 +89,51 @@ def train(
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
     runtime: str = typer.Option("auto", help=RUNTIME_HELP),
     int8: bool = typer.Option(False, "--int8", help="Quantise the backbone to INT8 (NNCF)."),
+    finetune: str = typer.Option("off", help="off | auto | all | last-N: unfreeze the "
+                                 "backbone (or its top N stages) and keep training."),
+    augment: str = typer.Option("light", help="Fine-tuning augmentation: none|light|strong."),
+    image_size: Optional[int] = typer.Option(None, help="Fine-tuning input size in pixels."),
+    epochs: int = typer.Option(15, help="Maximum fine-tuning epochs."),
+    lr: float = typer.Option(1e-3, help="Fine-tuning learning rate of the head."),
+    backbone_lr_factor: float = typer.Option(0.1, help="Backbone lr = lr x this factor."),
+    patience: int = typer.Option(4, help="Stop after this many epochs without improvement."),
+    max_minutes: Optional[float] = typer.Option(None, help="Time limit of fine-tuning."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fine-tune."),
+    accelerator: str = typer.Option("auto", help="Lightning accelerator: auto|cpu|gpu|..."),
+    devices: str = typer.Option("1", help="Lightning devices (number, list or auto)."),
+    strategy: str = typer.Option("auto", help="Lightning strategy, e.g. ddp."),
+    num_nodes: int = typer.Option(1, help="Lightning number of nodes."),
+    precision: Optional[str] = typer.Option(None, help="Lightning precision, e.g. "
+                                            "16-mixed (default on GPU) or 32-true."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Train a classifier on a folder of labelled images."""
+    from .finetune import FinetuneConfig
     from .heads import HEADS
     from .model import Classifier
 
     if head not in HEADS:
         raise HeadstartError(f"--head: expected one of {', '.join(HEADS)}, got {head!r}")
+    config = FinetuneConfig(
+        mode=finetune, augment=augment, image_size=image_size, max_epochs=epochs, lr=lr,
+        backbone_lr_factor=backbone_lr_factor, patience=patience, max_minutes=max_minutes,
+        resume=resume, accelerator=accelerator,
+        devices=int(devices) if devices.isdigit() else devices, strategy=strategy,
+        num_nodes=num_nodes, precision=precision)
+    config.check()
     clf = Classifier(backbone=backbone, head=head, weights=weights, seed=seed,
-                     cache_dir=cache_dir, runtime=runtime, int8=int8)
+                     cache_dir=cache_dir, runtime=runtime, int8=int8, finetune=finetune,
+                     finetune_config=config)
+
+    def on_epoch(row: dict) -> None:
+        err.print(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f}  "
+                  f"val accuracy {row['val_accuracy']:.4f}  ({row['seconds']:.0f} s)",
+                  highlight=False)
+
     with _progress("features") as progress:
-        clf.fit(data, val=val, progress=progress)
+        clf.fit(data, val=val, progress=progress, on_epoch=on_epoch)
+    if not clf.is_global_zero_:
+        return  # other DDP ranks: rank 0 writes the model and the report
     saved = clf.save(out_dir)
     s = clf.summary_
     _print_skipped(clf.skipped_)
@@ -117,6 +150,14 @@ def train(
               highlight=False)
     out.print(f"validation  accuracy {s['val_accuracy']:.4f} on {s['val_images']} images "
               f"({s['val_source']})", highlight=False)
+    if s["finetune"]:
+        f = s["finetune"]
+        if f["ran"]:
+            out.print(f"finetune    {f['mode']} at {f['image_size']} px, {f['epochs']} epochs: "
+                      f"val accuracy {f['val_accuracy_finetuned']:.4f} vs head only "
+                      f"{f['val_accuracy_head_only']:.4f}; kept {f['kept']}", highlight=False)
+        else:
+            out.print(f"finetune    skipped: {f['reason']}", highlight=False)
     if s["int8"]:
         q = s["int8"]
         out.print(f"int8        validation accuracy {q['val_accuracy_int8']:.4f} "

@@ -47,8 +47,9 @@ def _check_xy(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _folds(y: np.ndarray, cv: int, seed: int) -> StratifiedKFold | None:
-    """Stratified folds, as many as the smallest class allows (None if fewer than 2)."""
-    k = min(cv, int(np.bincount(y).min()))
+    """Stratified folds, as many as the smallest class allows (None if fewer than 2); at
+    most 3 from 1000 images on, where each fold is large enough to be a stable estimate."""
+    k = min(cv if len(y) < 1000 else min(cv, 3), int(np.bincount(y).min()))
     return StratifiedKFold(k, shuffle=True, random_state=seed) if k >= 2 else None
 
 
@@ -82,7 +83,7 @@ class LinearHead(_Head):
     of the chosen ``C``, NaN when a class is too small to cross-validate).
     """
 
-    def __init__(self, Cs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 1.0),
+    def __init__(self, Cs: tuple[float, ...] = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 1.0),
                  cv: int = 5, class_weight: str | None = "balanced", max_iter: int = 1000,
                  random_state: int = 0) -> None:
         self.Cs = Cs

@@ -20,19 +20,20 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
 from . import __version__
-from .backbones import DEFAULT_BACKBONE, backbone_from_file, load_backbone
+from .backbones import DEFAULT_BACKBONE, Backbone, backbone_from_file, load_backbone
 from .data import Dataset, ImageSet, Skipped, check_classes, load_dataset, stratified_split
 from .errors import DataError, ModelError
 from .features import (FeatureCache, Features, ProgressFn, extract_features, prepare_image,
                        resolve_cache_dir)
+from .finetune import FinetuneConfig, finetune_stage, write_metrics_csv
 from .runtime import int8_engine, openvino_ir_engine
 from .heads import AutoHead, head_from_state, make_head
 
@@ -87,6 +88,10 @@ class Classifier:
             ``onnxruntime`` or ``torch`` (see :mod:`headstart.runtime`).
         int8: quantise the backbone to INT8 with NNCF, calibrated on the training images;
             the validation accuracy with and without INT8 is reported in ``summary_``.
+        finetune: ``off``, ``auto``, ``all`` or ``last-N`` (see :mod:`headstart.finetune`);
+            the fine-tuned model is kept only if it beats the head-only model on the same
+            validation images, and both accuracies are reported in ``summary_``.
+        finetune_config: the other fine-tuning settings (:class:`FinetuneConfig`).
 
     Fitted attributes: ``classes_``, ``backbone_``, ``head_``, ``summary_``, ``skipped_``.
     """
@@ -95,7 +100,8 @@ class Classifier:
                  weights: str | os.PathLike | None = None, seed: int = 0,
                  val_fraction: float = 0.2, cache: bool = True,
                  cache_dir: str | os.PathLike | None = None, batch_size: int = 32,
-                 runtime: str = "auto", int8: bool = False) -> None:
+                 runtime: str = "auto", int8: bool = False, finetune: str = "off",
+                 finetune_config: FinetuneConfig | None = None) -> None:
         self.backbone = backbone
         self.head = head
         self.weights = weights
@@ -106,11 +112,13 @@ class Classifier:
         self.batch_size = batch_size
         self.runtime = runtime
         self.int8 = int8
+        self.finetune = finetune
+        self.finetune_config = finetune_config
 
     # ----------------------------------------------------------------- training
     def fit(self, data: str | os.PathLike | Sequence[Any], labels: Sequence[str] | None = None,
-            *, val: str | os.PathLike | None = None, progress: ProgressFn | None = None
-            ) -> "Classifier":
+            *, val: str | os.PathLike | None = None, progress: ProgressFn | None = None,
+            on_epoch: Callable[[dict[str, float]], None] | None = None) -> "Classifier":
         """Train the head on frozen features.
 
         Args:
@@ -121,6 +129,7 @@ class Classifier:
                 stratified ``val_fraction`` is held out to measure accuracy, then the head
                 is refitted on all images.
             progress: ``progress(done, total)`` called during feature extraction.
+            on_epoch: called with each fine-tuning epoch's metrics.
         """
         t0 = time.perf_counter()
         if self.val_fraction <= 0 or self.val_fraction >= 1:
@@ -141,6 +150,23 @@ class Classifier:
         check_classes(ImageSet([Path()] * len(ytr), ytr.tolist(), self.classes_),
                       f"{data} (after skipping unreadable files)")
         fitted = self._fit_validate(feats.X, y_all[feats.index], is_train)
+        self.history_: list[dict[str, float]] = []
+        self.is_global_zero_ = True
+        ft_summary = None
+        if self.finetune != "off":
+            cfg = replace(self.finetune_config or FinetuneConfig(), mode=self.finetune)
+            cfg.check()
+            stage = finetune_stage(
+                self.backbone_, [items[i] for i in feats.index], y_all[feats.index], is_train,
+                fitted[2], cfg, resolve_cache_dir(self.cache_dir),
+                lambda bb, paths: self._features(paths, None, bb).X, self.seed,
+                self.val_fraction, on_epoch)
+            ft_summary, self.history_ = stage.summary, stage.history
+            self.is_global_zero_ = stage.is_global_zero
+            if stage.backbone is not None:
+                self.backbone_, self.engine_, self.head_kind_ = stage.backbone, None, "linear"
+                fitted = (stage.head, {}, stage.val_accuracy, stage.summary["val_images"],
+                          fitted[4] + ", fine-tuned")
         int8_summary = None
         if self.int8:
             fp32_acc = fitted[2]
@@ -178,6 +204,7 @@ class Classifier:
             "features_cached": int(len(feats.index) - feats.computed),
             "runtime": self.engine_.name if self.engine_ is not None else "cache",
             "int8": int8_summary,
+            "finetune": ft_summary,
             "seconds": round(time.perf_counter() - t0, 2),
         }
         logger.info("trained %s head: val accuracy %.4f", self.head_kind_, val_acc)
@@ -207,8 +234,13 @@ class Classifier:
                 f"held-out {self.val_fraction:.0%} of each class, measured before the final "
                 "refit on all training images")
 
-    def _features(self, images: list[Any], progress: ProgressFn | None) -> Features:
+    def _features(self, images: list[Any], progress: ProgressFn | None,
+                  backbone: Backbone | None = None) -> Features:
+        """Features under the fitted backbone (reusing its engine), or another one."""
         cache = FeatureCache(self.cache_dir) if self.cache else None
+        if backbone is not None:
+            return extract_features(backbone, images, cache, self.batch_size, progress,
+                                    runtime=self.runtime)
         feats = extract_features(self.backbone_, images, cache, self.batch_size, progress,
                                  runtime=self.runtime, engine=getattr(self, "engine_", None))
         self.engine_ = feats.engine or getattr(self, "engine_", None)
@@ -280,6 +312,9 @@ class Classifier:
 
         self._check_fitted()
         out = Path(path)
+        if not getattr(self, "is_global_zero_", True):
+            logger.info("not rank 0: model not written")
+            return out
         if out.exists() and not (out.is_dir() and ((out / MODEL_FILE).is_file()
                                                    or not any(out.iterdir()))):
             raise ModelError(f"--out: {out} exists and is not a headstart model directory; "
@@ -296,6 +331,7 @@ class Classifier:
             save_torch(state, str(tmp / "backbone.safetensors"))
             save_np({k: np.ascontiguousarray(v) for k, v in self.head_.state().items()},
                     str(tmp / "head.safetensors"))
+            write_metrics_csv(getattr(self, "history_", []), tmp / "metrics.csv")
             if self._int8_engine() is not None:
                 ir = self.engine_.ir
                 shutil.copyfile(ir, tmp / INT8_XML)

@@ -1,0 +1,489 @@
+"""Fine-tuning: unfreeze the top of the backbone and keep training at a lower learning rate.
+
+Linear probe, then fine-tune: the new head starts from a logistic-regression head fitted on
+frozen features (at the fine-tuning image size), so the first steps do not wreck the
+pretrained features. Built on PyTorch Lightning, so scale-out is a matter of flags
+(``accelerator``, ``devices``, ``strategy``, ``num_nodes``, ``precision``).
+
+Rules:
+
+* ``mode``: ``off``; ``all``; ``last-N`` (unfreeze the top N stages of the backbone, as timm
+  groups them: stem, each block stage, the final conv); ``auto`` fine-tunes ``last-3`` only
+  when every class has at least :data:`AUTO_MIN_PER_CLASS` training images.
+* image size: the backbone's input size, unless the images are much smaller: when their
+  median shorter side is under half the input size they train at twice that side, rounded
+  up to a multiple of 32 and at least 64 px (28 px digits train at 64 px).
+* learning rates: head ``lr``, backbone ``lr * backbone_lr_factor`` (discriminative rates);
+  linear warmup for ``warmup_epochs`` then cosine decay to zero; AdamW with weight decay;
+  cross-entropy with label smoothing and class-balanced weights.
+* BatchNorm layers in frozen stages keep their ImageNet statistics (always in eval mode).
+* early stopping on validation accuracy (``patience`` epochs); the best epoch's weights
+  are restored at the end.
+* the fine-tuned model replaces the head-only one only if its validation accuracy is
+  higher on the same validation images (``keep="finetuned"`` keeps it regardless).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .backbones import Preprocess
+from .data import read_image
+from .errors import HeadstartError
+
+__all__ = ["AUTO_MIN_PER_CLASS", "FinetuneConfig", "FinetuneResult", "StageResult",
+           "choose_image_size", "finetune", "finetune_stage", "parse_mode",
+           "write_metrics_csv"]
+
+logger = logging.getLogger(__name__)
+
+AUTO_MIN_PER_CLASS = 50
+AUGMENTS = ("none", "light", "strong")
+
+
+def parse_mode(mode: str) -> str | int:
+    """``off`` / ``auto`` / ``all`` as is, ``last-N`` as the int N."""
+    if mode in ("off", "auto", "all"):
+        return mode
+    if mode.startswith("last-") and mode[5:].isdigit() and int(mode[5:]) >= 1:
+        return int(mode[5:])
+    raise HeadstartError(f"--finetune: expected off, auto, all or last-N (N >= 1), got {mode!r}")
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning settings; see the module docstring for the rules."""
+
+    mode: str = "off"
+    augment: str = "light"
+    image_size: int | None = None
+    lr: float = 1e-3
+    backbone_lr_factor: float = 0.1
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 1.0
+    max_epochs: int = 15
+    patience: int = 4
+    batch_size: int = 32
+    max_minutes: float | None = None
+    resume: bool = False
+    accelerator: str = "auto"
+    devices: int | str = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str | None = None
+    num_workers: int | None = None
+    keep: str = "better"
+
+    def check(self) -> None:
+        parse_mode(self.mode)
+        if self.keep not in ("better", "finetuned"):
+            raise HeadstartError(f"keep: expected 'better' or 'finetuned', got {self.keep!r}")
+        if self.augment not in AUGMENTS:
+            raise HeadstartError(f"--augment: expected one of {', '.join(AUGMENTS)}, "
+                                 f"got {self.augment!r}")
+        if self.image_size is not None and not 16 <= self.image_size <= 1024:
+            raise HeadstartError(f"--image-size: expected 16..1024 pixels, got {self.image_size}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise HeadstartError(f"--max-minutes: expected > 0, got {self.max_minutes}")
+
+
+@dataclass
+class FinetuneResult:
+    """What fine-tuning produced.
+
+    Attributes:
+        model: the fine-tuned backbone (``torch.nn.Module``), eval mode, frozen.
+        head_weight: ``(K, D)`` and ``head_bias`` ``(K,)`` of the linear head.
+        val_accuracy: best validation accuracy (restored epoch).
+        history: one dict per epoch (``epoch``, ``train_loss``, ``val_accuracy``,
+            ``val_loss``, ``lr``, ``seconds``).
+        unfrozen: names of the unfrozen stages; ``epochs``: epochs run; ``best_epoch``.
+    """
+
+    model: Any
+    head_weight: np.ndarray
+    head_bias: np.ndarray
+    val_accuracy: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    unfrozen: list[str] = field(default_factory=list)
+    epochs: int = 0
+    best_epoch: int = 0
+    is_global_zero: bool = True
+
+
+def choose_image_size(paths: Sequence[Any], default: int, sample: int = 64) -> int:
+    """The fine-tuning input size for these images (rule in the module docstring)."""
+    sides = []
+    for p in list(paths)[:: max(1, len(paths) // sample)][:sample]:
+        try:
+            with Image.open(p) as im:
+                sides.append(min(im.size))
+        except Exception:  # noqa: BLE001 - unreadable files were reported already
+            continue
+    if not sides:
+        return default
+    m = float(np.median(sides))
+    if m >= default / 2:
+        return default
+    return int(min(default, max(64, 32 * math.ceil(2 * m / 32))))
+
+
+def _stages(model: Any) -> list[tuple[str, list[str]]]:
+    """Backbone parameter names grouped into stages, bottom (stem) to top."""
+    from timm.models import group_parameters
+
+    try:
+        groups = group_parameters(model, model.group_matcher(coarse=True))
+        stages = [(f"stage {k}", names) for k, names in sorted(groups.items())]
+    except Exception:  # noqa: BLE001 - models without a group matcher: one stage per child
+        stages = [(n, [f"{n}.{p}" for p, _ in m.named_parameters()])
+                  for n, m in model.named_children()]
+    return [(name, names) for name, names in stages if names]
+
+
+class _Images:
+    """A torch Dataset of (image tensor, label) from files, with a transform."""
+
+    def __init__(self, paths: Sequence[Any], labels: Sequence[int], transform: Callable) -> None:
+        self.paths, self.labels, self.transform = list(paths), list(labels), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        return self.transform(self.paths[i]), int(self.labels[i])
+
+
+def _transforms(pre: Preprocess, augment: str) -> tuple[Callable, Callable]:
+    import timm.data
+    import torch
+
+    from .features import preprocess_image
+
+    def evaluate(path: Any) -> Any:  # exactly the decoding and resizing of inference
+        return torch.from_numpy(preprocess_image(path, pre))
+
+    if augment == "none":
+        return evaluate, evaluate
+    strong = augment == "strong"
+    augmented = timm.data.create_transform(
+        input_size=(3, pre.size, pre.size), is_training=True,
+        scale=(0.25, 1.0) if strong else (0.6, 1.0), hflip=0.5,
+        color_jitter=0.4 if strong else 0.0,
+        auto_augment="rand-m9-mstd0.5" if strong else None, re_prob=0.25 if strong else 0.0,
+        interpolation=pre.interpolation, mean=pre.mean, std=pre.std)
+
+    def train(path: Any) -> Any:
+        return augmented(read_image(path))
+    return train, evaluate
+
+
+def _module_class() -> Any:
+    import lightning as L
+    import torch
+    from torch import nn
+
+    class FinetuneModule(L.LightningModule):
+        """Backbone + linear head, with discriminative learning rates."""
+
+        def __init__(self, backbone: nn.Module, weight: np.ndarray, bias: np.ndarray,
+                     trainable: set[str], cfg: FinetuneConfig, class_weight: np.ndarray,
+                     steps_per_epoch: int) -> None:
+            super().__init__()
+            self.backbone = backbone
+            self.head = nn.Linear(weight.shape[1], weight.shape[0])
+            with torch.no_grad():
+                self.head.weight.copy_(torch.from_numpy(weight))
+                self.head.bias.copy_(torch.from_numpy(bias))
+            for name, p in self.backbone.named_parameters():
+                p.requires_grad_(name in trainable)
+            self.frozen_bn = [m for m in self.backbone.modules()
+                              if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                              and not any(p.requires_grad for p in m.parameters())]
+            self.cfg = cfg
+            self.steps_per_epoch = steps_per_epoch
+            self.loss = nn.CrossEntropyLoss(weight=torch.as_tensor(class_weight,
+                                                                   dtype=torch.float32),
+                                            label_smoothing=cfg.label_smoothing)
+            self._val: list[tuple[float, float, int]] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.backbone(x))
+
+        def train(self, mode: bool = True) -> "FinetuneModule":
+            super().train(mode)
+            for m in self.frozen_bn:  # frozen stages keep their ImageNet statistics
+                m.eval()
+            return self
+
+        def training_step(self, batch: Any, _: int) -> torch.Tensor:
+            x, y = batch
+            loss = self.loss(self(x), y)
+            self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True,
+                     batch_size=len(y))
+            return loss
+
+        def validation_step(self, batch: Any, _: int) -> None:
+            x, y = batch
+            logits = self(x)
+            self.log("val_loss", nn.functional.cross_entropy(logits, y), sync_dist=True,
+                     batch_size=len(y))
+            self.log("val_accuracy", (logits.argmax(1) == y).float().mean(), sync_dist=True,
+                     batch_size=len(y))
+
+        def configure_optimizers(self) -> Any:
+            groups = [{"params": list(self.head.parameters()), "lr": self.cfg.lr}]
+            backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+            if backbone:
+                groups.append({"params": backbone,
+                               "lr": self.cfg.lr * self.cfg.backbone_lr_factor})
+            opt = torch.optim.AdamW(groups, weight_decay=self.cfg.weight_decay)
+            warm = max(1, int(self.cfg.warmup_epochs * self.steps_per_epoch))
+            total = max(warm + 1, self.cfg.max_epochs * self.steps_per_epoch)
+
+            def factor(step: int) -> float:
+                if step < warm:
+                    return (step + 1) / warm
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / (total - warm))))
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    return FinetuneModule
+
+
+def _history_callback(history: list[dict[str, float]],
+                      on_epoch: Callable[[dict[str, float]], None] | None) -> Any:
+    import lightning as L
+
+    class History(L.Callback):
+        def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+            m = trainer.callback_metrics  # validation of this epoch has run already
+            row = {"epoch": trainer.current_epoch + 1,
+                   "train_loss": float(m.get("train_loss", float("nan"))),
+                   "val_loss": float(m.get("val_loss", float("nan"))),
+                   "val_accuracy": float(m.get("val_accuracy", float("nan"))),
+                   "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
+                   "seconds": round(time.perf_counter() - getattr(self, "t0", time.perf_counter()), 2)}
+            history.append(row)
+            if on_epoch is not None and trainer.is_global_zero:
+                on_epoch(row)
+
+    return History()
+
+
+def finetune(model: Any, pre: Preprocess, train: tuple[Sequence[Any], Sequence[int]],
+             val: tuple[Sequence[Any], Sequence[int]], head: tuple[np.ndarray, np.ndarray],
+             cfg: FinetuneConfig, workdir: Path,
+             on_epoch: Callable[[dict[str, float]], None] | None = None) -> FinetuneResult:
+    """Fine-tune ``model`` (a timm backbone without classifier) with a linear head.
+
+    Args:
+        pre: preprocessing at the fine-tuning image size.
+        train, val: ``(paths, labels)`` of readable images; labels in ``0..K-1``.
+        head: initial ``(weight (K, D), bias (K,))``, e.g. from a linear probe.
+        workdir: checkpoints (``last.ckpt`` for ``resume``, the best epoch).
+        on_epoch: called with each epoch's metrics row (on rank 0).
+    """
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    mode = parse_mode(cfg.mode)
+    stages = _stages(model)
+    if mode == "all":
+        chosen = stages
+    else:
+        chosen = stages[-int(mode if isinstance(mode, int) else 3):]
+    trainable = {n for _, names in chosen for n in names}
+    train_tf, eval_tf = _transforms(pre, cfg.augment)
+    workers = cfg.num_workers if cfg.num_workers is not None else \
+        (0 if (os.cpu_count() or 1) <= 2 else min(4, (os.cpu_count() or 1) // 2))
+    loader = torch.utils.data.DataLoader
+    g = torch.Generator().manual_seed(0)
+    train_dl = loader(_Images(*train, train_tf), batch_size=cfg.batch_size, shuffle=True,
+                      num_workers=workers, drop_last=len(train[0]) > cfg.batch_size,
+                      generator=g, persistent_workers=workers > 0)
+    val_dl = loader(_Images(*val, eval_tf), batch_size=cfg.batch_size * 2,
+                    num_workers=workers, persistent_workers=workers > 0)
+    k = head[0].shape[0]
+    counts = np.bincount(np.asarray(train[1]), minlength=k).astype(np.float32)
+    class_weight = len(train[1]) / (k * np.maximum(counts, 1))
+    module = _module_class()(model, head[0].astype(np.float32), head[1].astype(np.float32),
+                             trainable, cfg, class_weight, max(1, len(train_dl)))
+    workdir.mkdir(parents=True, exist_ok=True)
+    best = ModelCheckpoint(dirpath=workdir, filename="best", monitor="val_accuracy",
+                           mode="max", save_last=True, save_top_k=1)
+    history: list[dict[str, float]] = []
+    trainer = L.Trainer(
+        max_epochs=cfg.max_epochs, accelerator=cfg.accelerator, devices=cfg.devices,
+        strategy=cfg.strategy, num_nodes=cfg.num_nodes,
+        precision=cfg.precision or ("16-mixed" if torch.cuda.is_available() else "32-true"),
+        max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
+        callbacks=[best, EarlyStopping("val_accuracy", mode="max", patience=cfg.patience),
+                   _history_callback(history, on_epoch)],
+        logger=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, deterministic=False, default_root_dir=str(workdir))
+    ckpt = workdir / "last.ckpt"
+    if cfg.resume and not ckpt.is_file():
+        logger.warning("--resume: no checkpoint in %s; starting from the beginning", workdir)
+    elif not cfg.resume:
+        for old in workdir.glob("*.ckpt"):
+            if trainer.is_global_zero:
+                old.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+        trainer.fit(module, train_dl, val_dl,
+                    ckpt_path=str(ckpt) if cfg.resume and ckpt.is_file() else None)
+    if best.best_model_path:
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(state["state_dict"])
+    best_acc = float(best.best_model_score) if best.best_model_score is not None else \
+        float("nan")
+    best_epoch = max(history, key=lambda r: r["val_accuracy"])["epoch"] if history else 0
+    module.eval()
+    model = module.backbone.cpu().eval().requires_grad_(False)
+    return FinetuneResult(
+        model=model, head_weight=module.head.weight.detach().cpu().numpy().copy(),
+        head_bias=module.head.bias.detach().cpu().numpy().copy(), val_accuracy=best_acc,
+        history=history, unfrozen=[n for n, _ in chosen], epochs=trainer.current_epoch,
+        best_epoch=best_epoch, is_global_zero=trainer.is_global_zero)
+
+
+def _linear_init(X: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Linear-probe head ``(W (K, D), b (K,))`` on raw features (standardisation folded in)."""
+    from .heads import LinearHead
+
+    h = LinearHead(Cs=(0.01, 0.1), cv=3, random_state=seed).fit(X, y)
+    w = h.coef_ / h.scale_
+    return w.astype(np.float32), (h.intercept_ - w @ h.mean_).astype(np.float32)
+
+
+def _weights_digest(model: Any, *arrays: np.ndarray) -> str:
+    """Hash of a module's state (and extra arrays): equal hashes, equal weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class StageResult:
+    """Outcome of :func:`finetune_stage`: the kept backbone and head (if fine-tuning won),
+    the training summary and the per-epoch history."""
+
+    summary: dict[str, Any]
+    history: list[dict[str, float]]
+    backbone: Any = None
+    head: Any = None
+    val_accuracy: float = float("nan")
+    is_global_zero: bool = True
+
+
+def finetune_stage(backbone: Any, paths: Sequence[Any], y: np.ndarray, is_train: np.ndarray,
+                   head_only_accuracy: float, cfg: FinetuneConfig, cache_root: Path,
+                   features: Callable[[Any, list[Any]], np.ndarray], seed: int = 0,
+                   val_fraction: float = 0.2,
+                   on_epoch: Callable[[dict[str, float]], None] | None = None) -> StageResult:
+    """Decide, fine-tune, compare with the head-only model, keep the better.
+
+    Args:
+        backbone: the frozen :class:`~headstart.backbones.Backbone` of the head-only model.
+        paths, y, is_train: the readable images, labels ``(N,)`` and which are training
+            rows (the others are validation rows; without any, a stratified
+            ``val_fraction`` of the training rows is held out, the same rows the head-only
+            accuracy was measured on).
+        head_only_accuracy: validation accuracy of the head-only model on those rows.
+        features: ``features(backbone, paths) -> (N, D)`` (cached frozen features).
+    """
+    import copy
+
+    from .backbones import Backbone
+    from .data import stratified_split
+    from .heads import LinearHead
+
+    mode = parse_mode(cfg.mode)
+    counts = np.bincount(y[is_train])
+    summary: dict[str, Any] = {"mode": cfg.mode, "ran": False,
+                               "val_accuracy_head_only": head_only_accuracy}
+    if mode == "auto" and counts.min() < AUTO_MIN_PER_CLASS:
+        summary["reason"] = (f"--finetune auto: a class has {int(counts.min())} training "
+                             f"images, fewer than {AUTO_MIN_PER_CLASS}; kept the head only")
+        return StageResult(summary, [])
+    train_rows, val_rows = np.flatnonzero(is_train), np.flatnonzero(~is_train)
+    if not len(val_rows):
+        tr, va = stratified_split(y[train_rows], val_fraction, seed)
+        train_rows, val_rows = train_rows[tr], train_rows[va]
+    size = cfg.image_size or choose_image_size([paths[i] for i in train_rows],
+                                               backbone.preprocess.size)
+    pre = Preprocess(size, backbone.preprocess.crop_pct, backbone.preprocess.interpolation,
+                     backbone.preprocess.mean, backbone.preprocess.std)
+    probe = Backbone(backbone.name, backbone.timm_name, pre, backbone.weights_id,
+                     backbone.num_features, model=backbone.model)
+    X = features(probe, [paths[i] for i in train_rows])
+    w, b = _linear_init(X, y[train_rows], seed)
+    key = _weights_digest(backbone.model)[:8] + f"-{size}-{cfg.mode}-{len(paths)}"
+    t0 = time.perf_counter()
+    res = finetune(copy.deepcopy(backbone.model), pre,
+                   ([paths[i] for i in train_rows], y[train_rows].tolist()),
+                   ([paths[i] for i in val_rows], y[val_rows].tolist()), (w, b), cfg,
+                   cache_root / "finetune" / key, on_epoch)
+    summary.update({"ran": True, "image_size": size, "unfrozen": res.unfrozen,
+                    "epochs": res.epochs, "best_epoch": res.best_epoch,
+                    "train_images": int(len(train_rows)), "val_images": int(len(val_rows)),
+                    "minutes": round((time.perf_counter() - t0) / 60, 2),
+                    "weights_digest": _weights_digest(res.model, res.head_weight, res.head_bias),
+                    "config": asdict(cfg)})
+    tuned = Backbone(backbone.name, backbone.timm_name, pre,
+                     f"finetuned-{_weights_digest(res.model)}", backbone.num_features,
+                     model=res.model)
+    # measure it exactly as `headstart evaluate` will: same engine, same decoding
+    Xv = features(tuned, [paths[i] for i in val_rows])
+    accuracy = float(np.mean(np.argmax(Xv @ res.head_weight.T + res.head_bias, axis=1)
+                             == y[val_rows]))
+    kept = accuracy > head_only_accuracy or cfg.keep == "finetuned"
+    summary.update({"val_accuracy_finetuned": accuracy,
+                    "kept": "finetuned" if kept else "head-only"})
+    out = StageResult(summary, res.history, is_global_zero=res.is_global_zero)
+    if kept:
+        out.backbone = tuned
+        head = LinearHead()
+        head.classes_ = np.arange(len(w), dtype=np.int64)
+        head.mean_ = np.zeros(w.shape[1], np.float32)
+        head.scale_ = np.ones(w.shape[1], np.float32)
+        head.coef_, head.intercept_ = res.head_weight, res.head_bias
+        out.head, out.val_accuracy = head, accuracy
+    return out
+
+
+def write_metrics_csv(history: list[dict[str, float]], path: Path) -> None:
+    """One row per epoch: epoch, train_loss, val_loss, val_accuracy, lr, seconds."""
+    if not history:
+        return
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)

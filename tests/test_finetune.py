@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from headstart import Classifier
+from headstart.errors import HeadstartError
+from headstart.evaluate import evaluate
+from headstart.finetune import (AUTO_MIN_PER_CLASS, FinetuneConfig, _stages,
+                                choose_image_size, parse_mode)
+
+from .conftest import EXAMPLES
+
+QUICK = dict(max_epochs=2, augment="none", image_size=64, batch_size=8, num_workers=0)
+
+
+def test_parse_mode_and_config_errors():
+    assert parse_mode("off") == "off" and parse_mode("last-3") == 3
+    for bad in ("last-0", "some", "last-x"):
+        with pytest.raises(HeadstartError, match="--finetune"):
+            parse_mode(bad)
+    with pytest.raises(HeadstartError, match="--augment"):
+        FinetuneConfig(augment="extreme").check()
+    with pytest.raises(HeadstartError, match="--image-size"):
+        FinetuneConfig(image_size=4).check()
+    with pytest.raises(HeadstartError, match="keep"):
+        FinetuneConfig(keep="worse").check()
+
+
+def test_image_size_rule(tmp_path):
+    def images(side: int) -> list[Path]:
+        out = []
+        for i in range(3):
+            p = tmp_path / f"{side}_{i}.png"
+            Image.new("RGB", (side, side + 10)).save(p)
+            out.append(p)
+        return out
+    assert choose_image_size(images(28), 224) == 64      # digits: twice 28, rounded to 64
+    assert choose_image_size(images(80), 224) == 160     # 2 x 80 = 160
+    assert choose_image_size(images(120), 224) == 224    # not much smaller: unchanged
+    assert choose_image_size(images(600), 224) == 224
+
+
+def test_stages_split_the_backbone_bottom_to_top(backbone):
+    stages = _stages(backbone.model)
+    assert len(stages) == 8  # stem, 7 block stages (the last with the final conv)
+    assert stages[0][1][0].startswith("conv_stem")
+    assert any(n.startswith("conv_head") for n in stages[-1][1])
+
+
+def test_auto_skips_small_data_with_reason():
+    clf = Classifier(head="linear", finetune="auto").fit(EXAMPLES / "train")
+    f = clf.summary_["finetune"]
+    assert not f["ran"] and str(AUTO_MIN_PER_CLASS) in f["reason"]
+    assert clf.summary_["val_accuracy"] == f["val_accuracy_head_only"]
+
+
+def test_finetune_keeps_the_better_model_and_reports_both(tmp_path):
+    epochs = []
+    clf = Classifier(head="linear", finetune="last-2",
+                     finetune_config=FinetuneConfig(**QUICK)).fit(
+        EXAMPLES / "train", val=EXAMPLES / "test", on_epoch=epochs.append)
+    f = clf.summary_["finetune"]
+    assert f["ran"] and f["image_size"] == 64 and f["unfrozen"] == ["stage 6", "stage 7"]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert all(0 <= e["val_accuracy"] <= 1 and e["train_loss"] > 0 for e in epochs)
+    best = max(f["val_accuracy_head_only"], f["val_accuracy_finetuned"])
+    assert clf.summary_["val_accuracy"] == pytest.approx(best)
+    assert f["kept"] == ("finetuned" if f["val_accuracy_finetuned"] >
+                         f["val_accuracy_head_only"] else "head-only")
+    out = clf.save(tmp_path / "m")
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,train_loss") and len(rows) == 3
+
+
+def test_finetuned_model_reloads_and_evaluate_reproduces_val_accuracy(tmp_path):
+    cfg = FinetuneConfig(**{**QUICK, "keep": "finetuned"})
+    clf = Classifier(head="linear", finetune="all", finetune_config=cfg).fit(
+        EXAMPLES / "train", val=EXAMPLES / "test")
+    assert clf.summary_["finetune"]["kept"] == "finetuned"
+    assert clf.summary_["val_accuracy"] == clf.summary_["finetune"]["val_accuracy_finetuned"]
+    out = clf.save(tmp_path / "m")
+    meta = json.loads((out / "headstart.json").read_text())
+    assert meta["backbone"]["preprocess"]["size"] == 64
+    assert meta["backbone"]["weights_id"].startswith("finetuned-")
+    loaded = Classifier.load(out, cache=False)
+    files = sorted((EXAMPLES / "test").rglob("*.jpg"))
+    np.testing.assert_allclose(loaded.predict_proba(files), clf.predict_proba(files),
+                               atol=1e-4)
+    m = evaluate(loaded, EXAMPLES / "test")
+    assert m["accuracy"] == pytest.approx(clf.summary_["val_accuracy"], abs=1e-9)
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path):
+    cache = tmp_path / "cache"
+    cfg = FinetuneConfig(**{**QUICK, "max_epochs": 1})
+    first = Classifier(head="linear", finetune="last-1", finetune_config=cfg,
+                       cache_dir=cache).fit(EXAMPLES / "train")
+    assert first.summary_["finetune"]["epochs"] == 1
+    more = FinetuneConfig(**{**QUICK, "max_epochs": 2, "resume": True})
+    epochs = []
+    again = Classifier(head="linear", finetune="last-1", finetune_config=more,
+                       cache_dir=cache).fit(EXAMPLES / "train", on_epoch=epochs.append)
+    assert [e["epoch"] for e in epochs] == [2]  # epoch 1 was not run again
+    assert again.summary_["finetune"]["epochs"] == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_on_cpu_gives_identical_weights_and_one_writer(tmp_path):
+    data = EXAMPLES / "train"
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+           "PL_DISABLE_FORK": "1"}
+    r = subprocess.run([sys.executable, str(Path(__file__).with_name("ddp_script.py")),
+                        str(data), str(tmp_path)], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
+    assert [x["world_size"] for x in reports] == [2, 2]
+    assert reports[0]["digest"] == reports[1]["digest"]
+    assert [x["global_zero"] for x in reports] == [True, False]
+    assert (tmp_path / "model-rank0" / "headstart.json").is_file()
+    assert not (tmp_path / "model-rank1").exists()
