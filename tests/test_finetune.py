@@ -133,3 +133,25 @@ def test_two_process_ddp_on_cpu_gives_identical_weights_and_one_writer(tmp_path)
     assert [x["global_zero"] for x in reports] == [True, False]
     assert (tmp_path / "model-rank0" / "headstart.json").is_file()
     assert not (tmp_path / "model-rank1").exists()
+
+
+def test_max_minutes_bounds_training():
+    cfg = FinetuneConfig(**{**QUICK, "max_epochs": 50, "patience": 50, "max_minutes": 0.002})
+    clf = Classifier(head="linear", finetune="last-1", finetune_config=cfg).fit(
+        EXAMPLES / "train")
+    assert clf.summary_["finetune"]["epochs"] <= 2
+
+
+def test_cli_finetune_prints_epochs_and_writes_metrics(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "headstart", "train", str(EXAMPLES / "train"),
+                        "--out", str(tmp_path / "m"), "--head", "linear", "--finetune",
+                        "last-1", "--epochs", "2", "--image-size", "64", "--augment", "none"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "epoch   1" in r.stderr and "epoch   2" in r.stderr
+    assert "finetune    last-1 at 64 px, 2 epochs" in r.stdout
+    assert len((tmp_path / "m" / "metrics.csv").read_text().splitlines()) == 3
+    bad = subprocess.run([sys.executable, "-m", "headstart", "train", str(EXAMPLES / "train"),
+                          "--out", str(tmp_path / "m2"), "--finetune", "last-zero"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--finetune" in bad.stderr and "Traceback" not in bad.stderr
