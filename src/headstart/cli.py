@@ -105,6 +105,8 @@ def train(
     num_nodes: int = typer.Option(1, help="Lightning number of nodes."),
     precision: Optional[str] = typer.Option(None, help="Lightning precision, e.g. "
                                             "16-mixed (default on GPU) or 32-true."),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="Train a compact CNN "
+                                      "from random weights instead of transfer learning."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Train a classifier on a folder of labelled images."""
@@ -115,7 +117,8 @@ def train(
     if head not in HEADS:
         raise HeadstartError(f"--head: expected one of {', '.join(HEADS)}, got {head!r}")
     config = FinetuneConfig(
-        mode=finetune, augment=augment, image_size=image_size, max_epochs=epochs, lr=lr,
+        mode=finetune, augment=augment, image_size=image_size, max_epochs=epochs,
+        lr=lr if not from_scratch or lr != 1e-3 else 3e-3,
         backbone_lr_factor=backbone_lr_factor, patience=patience, max_minutes=max_minutes,
         resume=resume, accelerator=accelerator,
         devices=int(devices) if devices.isdigit() else devices, strategy=strategy,
@@ -123,7 +126,7 @@ def train(
     config.check()
     clf = Classifier(backbone=backbone, head=head, weights=weights, seed=seed,
                      cache_dir=cache_dir, runtime=runtime, int8=int8, finetune=finetune,
-                     finetune_config=config)
+                     finetune_config=config, from_scratch=from_scratch)
 
     def on_epoch(row: dict) -> None:
         err.print(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f}  "
@@ -143,8 +146,13 @@ def train(
         return
     counts = ", ".join(f"{c} {n}" for c, n in s["train_counts"].items())
     out.print(f"data        {data} ({s['layout']}): {counts}", highlight=False)
-    out.print(f"backbone    {s['backbone']}: {s['features_computed']} images computed "
-              f"({s['runtime']}), {s['features_cached']} from cache", highlight=False)
+    if not s["from_scratch"]:
+        out.print(f"backbone    {s['backbone']}: {s['features_computed']} images computed "
+                  f"({s['runtime']}), {s['features_cached']} from cache", highlight=False)
+    if s["from_scratch"]:
+        f = s["from_scratch"]
+        out.print(f"scratch     {f['arch']} from random weights at {f['image_size']} px, "
+                  f"{f['epochs']} epochs (best {f['best_epoch']})", highlight=False)
     cv = ", ".join(f"{k} {v:.3f}" for k, v in s["head_cv_accuracy"].items())
     out.print(f"head        {s['head']}" + (f" (CV accuracy: {cv})" if cv else ""),
               highlight=False)

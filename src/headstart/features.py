@@ -29,7 +29,7 @@ from .data import Skipped, UnreadableImage, read_image
 from .runtime import Engine, make_engine
 
 __all__ = ["FeatureCache", "Features", "extract_features", "normalize", "prepare_image",
-           "preprocess_image", "resolve_cache_dir"]
+           "preprocess_image", "readable", "resolve_cache_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +224,23 @@ def extract_features(backbone: Backbone, images: Sequence["str | os.PathLike | I
         logger.info("%d image(s) skipped", len(skipped))
     return Features(X=X, index=index, skipped=skipped, computed=len(todo) - failed,
                     engine=engine)
+
+
+def readable(images: Sequence["str | os.PathLike"], workers: int | None = None
+             ) -> tuple[np.ndarray, list[Skipped]]:
+    """Positions of the images that decode, and the others with reasons (decodes each)."""
+    def check(src: "str | os.PathLike") -> str | None:
+        try:
+            read_image(src)
+        except UnreadableImage as e:
+            return str(e)
+        return None
+
+    with ThreadPoolExecutor(workers or _default_workers()) as pool:
+        reasons = list(pool.map(check, images))
+    ok = np.asarray([i for i, r in enumerate(reasons) if r is None], dtype=int)
+    return ok, sorted((Skipped(str(images[i]), r) for i, r in enumerate(reasons)
+                       if r is not None), key=lambda s: s.path)
 
 
 def _os_reason(e: OSError) -> str:

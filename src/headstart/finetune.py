@@ -422,8 +422,6 @@ def finetune_stage(backbone: Any, paths: Sequence[Any], y: np.ndarray, is_train:
     import copy
 
     from .backbones import Backbone
-    from .data import stratified_split
-    from .heads import LinearHead
 
     mode = parse_mode(cfg.mode)
     counts = np.bincount(y[is_train])
@@ -433,10 +431,7 @@ def finetune_stage(backbone: Any, paths: Sequence[Any], y: np.ndarray, is_train:
         summary["reason"] = (f"--finetune auto: a class has {int(counts.min())} training "
                              f"images, fewer than {AUTO_MIN_PER_CLASS}; kept the head only")
         return StageResult(summary, [])
-    train_rows, val_rows = np.flatnonzero(is_train), np.flatnonzero(~is_train)
-    if not len(val_rows):
-        tr, va = stratified_split(y[train_rows], val_fraction, seed)
-        train_rows, val_rows = train_rows[tr], train_rows[va]
+    train_rows, val_rows = split_rows(y, is_train, val_fraction, seed)
     size = cfg.image_size or choose_image_size([paths[i] for i in train_rows],
                                                backbone.preprocess.size)
     pre = Preprocess(size, backbone.preprocess.crop_pct, backbone.preprocess.interpolation,
@@ -457,26 +452,50 @@ def finetune_stage(backbone: Any, paths: Sequence[Any], y: np.ndarray, is_train:
                     "minutes": round((time.perf_counter() - t0) / 60, 2),
                     "weights_digest": _weights_digest(res.model, res.head_weight, res.head_bias),
                     "config": asdict(cfg)})
-    tuned = Backbone(backbone.name, backbone.timm_name, pre,
-                     f"finetuned-{_weights_digest(res.model)}", backbone.num_features,
-                     model=res.model)
-    # measure it exactly as `headstart evaluate` will: same engine, same decoding
-    Xv = features(tuned, [paths[i] for i in val_rows])
-    accuracy = float(np.mean(np.argmax(Xv @ res.head_weight.T + res.head_bias, axis=1)
-                             == y[val_rows]))
+    tuned, head, accuracy = measured(backbone.name, backbone.timm_name, "finetuned", pre, res,
+                                     features, [paths[i] for i in val_rows], y[val_rows])
     kept = accuracy > head_only_accuracy or cfg.keep == "finetuned"
     summary.update({"val_accuracy_finetuned": accuracy,
                     "kept": "finetuned" if kept else "head-only"})
     out = StageResult(summary, res.history, is_global_zero=res.is_global_zero)
     if kept:
-        out.backbone = tuned
-        head = LinearHead()
-        head.classes_ = np.arange(len(w), dtype=np.int64)
-        head.mean_ = np.zeros(w.shape[1], np.float32)
-        head.scale_ = np.ones(w.shape[1], np.float32)
-        head.coef_, head.intercept_ = res.head_weight, res.head_bias
-        out.head, out.val_accuracy = head, accuracy
+        out.backbone, out.head, out.val_accuracy = tuned, head, accuracy
     return out
+
+
+def split_rows(y: np.ndarray, is_train: np.ndarray, val_fraction: float, seed: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation row indices: the validation rows if any, else a stratified
+    ``val_fraction`` of the training rows (the fold the head-only accuracy used)."""
+    from .data import stratified_split
+
+    train_rows, val_rows = np.flatnonzero(is_train), np.flatnonzero(~is_train)
+    if not len(val_rows):
+        tr, va = stratified_split(y[train_rows], val_fraction, seed)
+        train_rows, val_rows = train_rows[tr], train_rows[va]
+    return train_rows, val_rows
+
+
+def measured(name: str, timm_name: str, kind: str, pre: Preprocess, res: FinetuneResult,
+             features: Callable[[Any, list[Any]], np.ndarray], val_paths: list[Any],
+             y_val: np.ndarray) -> tuple[Any, Any, float]:
+    """The trained backbone and linear head as a model, and its validation accuracy measured
+    exactly as ``headstart evaluate`` will (same engine, same decoding)."""
+    from .backbones import Backbone
+    from .heads import LinearHead
+
+    tuned = Backbone(name, timm_name, pre,
+                     f"{kind}-{_weights_digest(res.model)}", int(res.model.num_features),
+                     model=res.model)
+    Xv = features(tuned, val_paths)
+    accuracy = float(np.mean(np.argmax(Xv @ res.head_weight.T + res.head_bias, axis=1)
+                             == y_val))
+    head = LinearHead()
+    k, d = res.head_weight.shape
+    head.classes_ = np.arange(k, dtype=np.int64)
+    head.mean_, head.scale_ = np.zeros(d, np.float32), np.ones(d, np.float32)
+    head.coef_, head.intercept_ = res.head_weight, res.head_bias
+    return tuned, head, accuracy
 
 
 def write_metrics_csv(history: list[dict[str, float]], path: Path) -> None:

@@ -32,8 +32,9 @@ from .backbones import DEFAULT_BACKBONE, Backbone, backbone_from_file, load_back
 from .data import Dataset, ImageSet, Skipped, check_classes, load_dataset, stratified_split
 from .errors import DataError, ModelError
 from .features import (FeatureCache, Features, ProgressFn, extract_features, prepare_image,
-                       resolve_cache_dir)
+                       readable, resolve_cache_dir)
 from .finetune import FinetuneConfig, finetune_stage, write_metrics_csv
+from .scratch import scratch_stage
 from .runtime import int8_engine, openvino_ir_engine
 from .heads import AutoHead, head_from_state, make_head
 
@@ -91,7 +92,11 @@ class Classifier:
         finetune: ``off``, ``auto``, ``all`` or ``last-N`` (see :mod:`headstart.finetune`);
             the fine-tuned model is kept only if it beats the head-only model on the same
             validation images, and both accuracies are reported in ``summary_``.
-        finetune_config: the other fine-tuning settings (:class:`FinetuneConfig`).
+        finetune_config: the other fine-tuning settings (:class:`FinetuneConfig`), also
+            used by ``from_scratch``.
+        from_scratch: train a compact CNN from random weights instead of transfer learning
+            (see :mod:`headstart.scratch`); ``backbone``, ``head`` and ``finetune`` are
+            then ignored.
 
     Fitted attributes: ``classes_``, ``backbone_``, ``head_``, ``summary_``, ``skipped_``.
     """
@@ -101,7 +106,8 @@ class Classifier:
                  val_fraction: float = 0.2, cache: bool = True,
                  cache_dir: str | os.PathLike | None = None, batch_size: int = 32,
                  runtime: str = "auto", int8: bool = False, finetune: str = "off",
-                 finetune_config: FinetuneConfig | None = None) -> None:
+                 finetune_config: FinetuneConfig | None = None,
+                 from_scratch: bool = False) -> None:
         self.backbone = backbone
         self.head = head
         self.weights = weights
@@ -114,6 +120,7 @@ class Classifier:
         self.int8 = int8
         self.finetune = finetune
         self.finetune_config = finetune_config
+        self.from_scratch = from_scratch
 
     # ----------------------------------------------------------------- training
     def fit(self, data: str | os.PathLike | Sequence[Any], labels: Sequence[str] | None = None,
@@ -136,6 +143,8 @@ class Classifier:
             raise DataError(f"val_fraction: expected a number in (0, 1), got "
                             f"{self.val_fraction}")
         dataset = self._dataset(data, labels, val)
+        if self.from_scratch:
+            return self._fit_scratch(dataset, data, t0, on_epoch)
         self.backbone_ = load_backbone(self.backbone, self.weights)
         train_items = list(dataset.train.paths)
         val_items = list(dataset.val.paths) if dataset.val is not None else []
@@ -205,9 +214,45 @@ class Classifier:
             "runtime": self.engine_.name if self.engine_ is not None else "cache",
             "int8": int8_summary,
             "finetune": ft_summary,
+            "from_scratch": None,
             "seconds": round(time.perf_counter() - t0, 2),
         }
         logger.info("trained %s head: val accuracy %.4f", self.head_kind_, val_acc)
+        return self
+
+    def _fit_scratch(self, dataset: Dataset, data: Any, t0: float,
+                     on_epoch: Callable[[dict[str, float]], None] | None) -> "Classifier":
+        items = list(dataset.train.paths) + (list(dataset.val.paths) if dataset.val else [])
+        y_all = np.asarray(dataset.train.labels + (dataset.val.labels if dataset.val else []))
+        ok, bad = readable(items)
+        self.skipped_ = dataset.skipped + bad
+        is_train = ok < len(dataset.train)
+        self.classes_ = list(dataset.train.classes)
+        check_classes(ImageSet([Path()] * int(is_train.sum()), y_all[ok[is_train]].tolist(),
+                               self.classes_), f"{data} (after skipping unreadable files)")
+        cfg = self.finetune_config or FinetuneConfig(lr=3e-3, augment="none")
+        cfg.check()
+        self.engine_ = None
+        stage = scratch_stage([items[i] for i in ok], y_all[ok], is_train, len(self.classes_),
+                              cfg, resolve_cache_dir(self.cache_dir),
+                              lambda bb, paths: self._features(paths, None, bb).X, self.seed,
+                              self.val_fraction, on_epoch=on_epoch)
+        self.backbone_, self.head_, self.head_kind_ = stage.backbone, stage.head, "linear"
+        self.history_, self.is_global_zero_ = stage.history, stage.is_global_zero
+        s = stage.summary
+        self.summary_ = {
+            "headstart_version": __version__,
+            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "data": str(data),
+            "layout": dataset.layout, "backbone": self.backbone_.name, "head": "linear",
+            "head_cv_accuracy": {},
+            "train_counts": {c: int(n) for c, n in zip(self.classes_, np.bincount(
+                y_all[ok[is_train]], minlength=len(self.classes_)))},
+            "val_images": s["val_images"], "val_accuracy": s["val_accuracy"],
+            "val_source": "validation split" if (~is_train).any() else
+            f"held-out {self.val_fraction:.0%} of each class",
+            "skipped": len(self.skipped_), "features_computed": 0, "features_cached": 0,
+            "runtime": "torch", "int8": None, "finetune": None, "from_scratch": s,
+            "seconds": round(time.perf_counter() - t0, 2)}
         return self
 
     def _fit_validate(self, X: np.ndarray, y: np.ndarray, is_train: np.ndarray
