@@ -59,3 +59,16 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     clf = Classifier(head="linear").fit(EXAMPLES / "train")
     out = clf.save(tmp_path_factory.mktemp("models") / "safari")
     return clf, out
+
+
+DIGITS = SHARED / "digits"
+
+
+def copy_digits(dst: Path, classes=("0", "1", "7"), train: int = 30, val: int = 15) -> Path:
+    """``dst/train|val/<digit>/`` with the first images of a few MNIST classes."""
+    for split, n in (("train", train), ("val", val)):
+        for c in classes:
+            (dst / split / c).mkdir(parents=True, exist_ok=True)
+            for f in sorted((DIGITS / split / c).iterdir())[:n]:
+                shutil.copy(f, dst / split / c / f.name)
+    return dst

@@ -253,6 +253,53 @@ def evaluate(
 
 @app.command()
 @_user_errors
+def advise(
+    data: Path = typer.Argument(..., help="Labelled images (class folders, train/val, CSV)."),
+    budget: float = typer.Option(120.0, help="Seconds of training for the from-scratch "
+                                 "baseline and the short fine-tune together."),
+    backbone: str = typer.Option("efficientnet_lite0", help="Backbone name."),
+    seed: int = typer.Option(0, help="Random seed."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Measure whether transfer learning suits the data, and recommend what to do."""
+    from .advise import advise as run_advise
+
+    if budget <= 0:
+        raise HeadstartError(f"--budget: expected seconds > 0, got {budget}")
+    with _progress("features") as progress:
+        r = run_advise(data, budget=budget, backbone=backbone, seed=seed,
+                       cache_dir=cache_dir, progress=progress)
+    if as_json:
+        _emit_json(r)
+        return
+    d, g, a = r["data_size"], r["domain_gap"], r["accuracy"]
+    out.print(f"data          {d['train_images']} training images "
+              f"({', '.join(f'{c} {n}' for c, n in d['train_counts'].items())}), "
+              f"imbalance {d['imbalance_ratio']:.1f}x; {d['val_images']} validation images",
+              highlight=False)
+    if g["level"]:
+        dist = f"{g['feature_distance']:.2f}" if g["feature_distance"] is not None else "n/a"
+        out.print(f"domain gap    {g['level']}: feature distance {dist} (near < 3.0, far >= "
+                  f"4.5), ImageNet confidence {g['imagenet_max_prob']:.2f}", highlight=False)
+    curve = ", ".join(f"{c['images']}: {c['accuracy']:.3f}" for c in r["learning_curve"])
+    out.print(f"learning curve {curve}"
+              + (" (still rising)" if r["learning_curve_still_rising"] else ""),
+              highlight=False)
+
+    def fmt(v: Optional[float]) -> str:
+        return f"{v:.4f}" if v is not None else "not run (budget)"
+    out.print(f"accuracy      head only {fmt(a['head_only'])}, fine-tuned "
+              f"{fmt(a['finetuned'])}, from scratch {fmt(a['from_scratch'])}",
+              highlight=False)
+    out.print(f"recommend     {r['recommendation']} (expected accuracy "
+              f"{r['predicted_accuracy']:.4f})", highlight=False)
+    for reason in r["reasons"]:
+        out.print(f"  because {reason}", highlight=False)
+
+
+@app.command()
+@_user_errors
 def backbones(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List backbones: which work offline and which need a download."""
     from .backbones import list_backbones

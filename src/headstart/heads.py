@@ -53,6 +53,20 @@ def _folds(y: np.ndarray, cv: int, seed: int) -> StratifiedKFold | None:
     return StratifiedKFold(k, shuffle=True, random_state=seed) if k >= 2 else None
 
 
+CV_MAX_IMAGES = 2000
+
+
+def _cv_subset(y: np.ndarray, seed: int) -> np.ndarray:
+    """Rows used for cross-validation: all, or a stratified sample of CV_MAX_IMAGES (the
+    final fit always uses every row; this bounds the cost of choosing hyper-parameters)."""
+    if len(y) <= CV_MAX_IMAGES:
+        return np.arange(len(y))
+    from .data import stratified_split
+
+    keep, _ = stratified_split(y, 1.0 - CV_MAX_IMAGES / len(y), seed)
+    return keep
+
+
 def _standardiser(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean = X.mean(axis=0)
     scale = X.std(axis=0)
@@ -97,16 +111,18 @@ class LinearHead(_Head):
         self.classes_ = np.unique(y)
         self.mean_, self.scale_ = _standardiser(X)
         Xs = (X - self.mean_) / self.scale_
-        folds = _folds(y, self.cv, self.random_state)
+        sub = _cv_subset(y, self.random_state)
+        Xc, yc = Xs[sub], y[sub]
+        folds = _folds(yc, self.cv, self.random_state)
         if folds is None:
             self.C_, self.cv_score_ = 0.01, float("nan")
         else:
             scores = np.zeros((folds.get_n_splits(), len(self.Cs)))
-            for f, (tr, te) in enumerate(folds.split(Xs, y)):
+            for f, (tr, te) in enumerate(folds.split(Xc, yc)):
                 lr = self._logreg(warm_start=True)
                 for j, C in enumerate(sorted(self.Cs)):
-                    lr.set_params(C=C).fit(Xs[tr], y[tr])
-                    scores[f, j] = np.mean(lr.predict(Xs[te]) == y[te])
+                    lr.set_params(C=C).fit(Xc[tr], yc[tr])
+                    scores[f, j] = np.mean(lr.predict(Xc[te]) == yc[te])
             mean = scores.mean(axis=0)
             best = int(np.argmax(mean))  # the smallest C (strongest L2) among the best
             self.C_, self.cv_score_ = float(sorted(self.Cs)[best]), float(mean[best])
@@ -221,7 +237,7 @@ class MLPHead(_Head):
 
 class AutoHead(_Head):
     """Cross-validates :class:`LinearHead` and :class:`MLPHead` on the same stratified folds
-    and keeps the better (the linear one on ties).
+    (of at most ``CV_MAX_IMAGES`` rows) and keeps the better (the linear one on ties).
 
     Fitted attributes: ``best_`` (the chosen, refitted head), ``kind_`` (``"linear"`` or
     ``"mlp"``), ``cv_scores_`` (mean CV accuracy of each candidate).
@@ -238,12 +254,13 @@ class AutoHead(_Head):
         self.classes_ = np.unique(y)
         linear = LinearHead(cv=self.cv, class_weight=self.class_weight,
                             random_state=self.random_state).fit(X, y)
-        folds = _folds(y, self.cv, self.random_state)
+        sub = _cv_subset(y, self.random_state)  # the rows LinearHead cross-validated on
+        folds = _folds(y[sub], self.cv, self.random_state)
         if folds is None:
             self.best_, self.kind_, self.cv_scores_ = linear, "linear", {}
             return self
         mlp = MLPHead(class_weight=self.class_weight, random_state=self.random_state)
-        mlp_score = float(cross_val_score(clone(mlp), X, y, cv=folds).mean())
+        mlp_score = float(cross_val_score(clone(mlp), X[sub], y[sub], cv=folds).mean())
         self.cv_scores_ = {"linear": linear.cv_score_, "mlp": mlp_score}
         if mlp_score > linear.cv_score_:
             self.best_, self.kind_ = mlp.fit(X, y), "mlp"

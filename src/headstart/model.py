@@ -28,7 +28,8 @@ import numpy as np
 from PIL import Image
 
 from . import __version__
-from .backbones import DEFAULT_BACKBONE, Backbone, backbone_from_file, load_backbone
+from .backbones import (DEFAULT_BACKBONE, Backbone, backbone_from_file, domain_gap,
+                        load_backbone)
 from .data import Dataset, ImageSet, Skipped, check_classes, load_dataset, stratified_split
 from .errors import DataError, ModelError
 from .features import (FeatureCache, Features, ProgressFn, extract_features, prepare_image,
@@ -158,6 +159,13 @@ class Classifier:
         self.classes_ = list(dataset.train.classes)
         check_classes(ImageSet([Path()] * len(ytr), ytr.tolist(), self.classes_),
                       f"{data} (after skipping unreadable files)")
+        gap = domain_gap(self.backbone_, feats.X[is_train])
+        if gap["level"] == "far":
+            logger.warning("these images look far from the backbone's pretraining photos "
+                           "(feature distance %.1f, ImageNet confidence %.2f): transfer "
+                           "learning may not be the right tool; run 'headstart advise %s'",
+                           gap["feature_distance"] or float("nan"),
+                           gap["imagenet_max_prob"] or float("nan"), data)
         fitted = self._fit_validate(feats.X, y_all[feats.index], is_train)
         self.history_: list[dict[str, float]] = []
         self.is_global_zero_ = True
@@ -215,6 +223,7 @@ class Classifier:
             "int8": int8_summary,
             "finetune": ft_summary,
             "from_scratch": None,
+            "domain_gap": gap,
             "seconds": round(time.perf_counter() - t0, 2),
         }
         logger.info("trained %s head: val accuracy %.4f", self.head_kind_, val_acc)

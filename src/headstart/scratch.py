@@ -2,7 +2,7 @@
 wrong tool (images far from ImageNet, or enough data to learn their own features).
 
 Same data pipeline, augmentation, early stopping and Lightning machinery as fine-tuning
-(:func:`headstart.finetune.finetune` with every stage trainable and a zero-initialised
+(:func:`headstart.finetune.finetune` with every stage trainable and a randomly initialised
 linear head), same model bundle, so ``predict``, ``evaluate`` and export work unchanged.
 
 Rules: the network is timm's ``resnet10t`` (4.9 M parameters) without pretrained weights;
@@ -60,11 +60,13 @@ def scratch_stage(paths: Sequence[Any], y: np.ndarray, is_train: np.ndarray, n_c
         torch.manual_seed(seed)
         model = timm.create_model(arch, pretrained=False, num_classes=0)
     d = int(model.num_features)
-    zeros = (np.zeros((n_classes, d), np.float32), np.zeros(n_classes, np.float32))
+    rng = np.random.default_rng(seed)  # a zero head would pass no gradient to the backbone
+    head = ((rng.standard_normal((n_classes, d)) / np.sqrt(d)).astype(np.float32),
+            np.zeros(n_classes, np.float32))
     run_cfg = replace(cfg, mode="all", backbone_lr_factor=1.0)
     t0 = time.perf_counter()
     res = finetune(model, pre, ([paths[i] for i in train_rows], y[train_rows].tolist()),
-                   ([paths[i] for i in val_rows], y[val_rows].tolist()), zeros, run_cfg,
+                   ([paths[i] for i in val_rows], y[val_rows].tolist()), head, run_cfg,
                    cache_root / "scratch" / f"{arch}-{size}-{len(paths)}-{seed}", on_epoch)
     tuned, head, accuracy = measured(f"scratch-{arch}", arch, "scratch", pre, res, features,
                                      [paths[i] for i in val_rows], y[val_rows])

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from headstart.advise import MARGIN, advise, recommend
+from headstart.backbones import domain_gap
+from headstart.features import extract_features
+
+from .conftest import EXAMPLES, copy_digits
+
+TRANSFER = {"head only", "head + fine-tune"}
+
+
+def consistent(r: dict) -> bool:
+    """The recommendation follows from the accuracies advise itself measured."""
+    a = r["accuracy"]
+    gain = None
+    if len(r["learning_curve"]) >= 2:
+        gain = r["learning_curve"][-1]["accuracy"] - r["learning_curve"][-2]["accuracy"]
+    choice, predicted, _ = recommend(a["head_only"], a["finetuned"], a["from_scratch"], gain,
+                                     r["data_size"]["val_images"])
+    return choice == r["recommendation"] and predicted == r["predicted_accuracy"]
+
+
+def test_recommend_rules():
+    assert recommend(0.80, 0.85, 0.95, 0.0)[0] == "train from scratch"
+    assert recommend(0.80, 0.90, 0.85, 0.0)[0] == "head + fine-tune"
+    assert recommend(0.80, 0.805, None, 0.05)[0] == "collect more data"
+    assert recommend(0.97, 0.975, 0.90, 0.05)[0] == "head only"
+    # with 4 validation images one image is 25 points: not a real difference
+    assert recommend(0.75, 1.0, None, 0.0, n_val=4)[0] == "head only"
+    choice, predicted, reasons = recommend(0.9, 0.9 + MARGIN, None, None, n_val=10_000)
+    assert choice == "head + fine-tune" and predicted == 0.9 + MARGIN and reasons
+
+
+def test_domain_gap_near_for_photos_far_for_digits(backbone, tmp_path):
+    photos = sorted((EXAMPLES / "test").rglob("*.jpg"))
+    digits = sorted((copy_digits(tmp_path, train=10, val=0) / "train").rglob("*.png"))
+    near = domain_gap(backbone, extract_features(backbone, photos).X)
+    far = domain_gap(backbone, extract_features(backbone, digits).X)
+    assert near["level"] == "near" and far["level"] == "far"
+    assert near["feature_distance"] < 3.0 <= 4.5 <= far["feature_distance"]
+    assert near["imagenet_max_prob"] > 0.3 > 0.2 > far["imagenet_max_prob"]
+    assert 0 < near["imagenet_entropy"] < far["imagenet_entropy"] < 1
+
+
+def test_advise_on_few_photos_recommends_transfer_learning():
+    r = advise(EXAMPLES / "train", budget=25)
+    assert r["domain_gap"]["level"] == "near"
+    assert r["recommendation"] in TRANSFER
+    assert consistent(r)
+    assert r["data_size"]["train_counts"] == {"elephant": 8, "giraffe": 8}
+    assert [c["fraction"] for c in r["learning_curve"]][-1] == 1.0
+    json.dumps(r)  # serialisable as documented
+
+
+def test_advise_cli_on_digits_is_far_and_consistent(tmp_path):
+    data = copy_digits(tmp_path / "d", train=40, val=20)
+    r = subprocess.run([sys.executable, "-m", "headstart", "advise", str(data), "--budget",
+                        "40", "--json"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["domain_gap"]["level"] == "far"
+    assert out["data_size"]["val_images"] == 60
+    assert out["accuracy"]["from_scratch"] is not None
+    assert consistent(out)
+
+
+def test_train_warns_when_images_are_far_from_imagenet(tmp_path):
+    data = copy_digits(tmp_path / "d", train=10, val=5)
+    r = subprocess.run([sys.executable, "-m", "headstart", "train", str(data), "--out",
+                        str(tmp_path / "m"), "--head", "linear"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    warnings = [ln for ln in r.stderr.splitlines() if "headstart advise" in ln]
+    assert len(warnings) == 1 and "far from" in warnings[0]
+    photos = subprocess.run([sys.executable, "-m", "headstart", "train",
+                             str(EXAMPLES / "train"), "--out", str(tmp_path / "p"),
+                             "--head", "linear"], capture_output=True, text=True, timeout=300)
+    assert "headstart advise" not in photos.stderr
+
+
+def test_budget_must_be_positive():
+    r = subprocess.run([sys.executable, "-m", "headstart", "advise", str(EXAMPLES / "train"),
+                        "--budget", "0"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--budget" in r.stderr
