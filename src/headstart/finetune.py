@@ -31,7 +31,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -286,6 +286,28 @@ def _history_callback(history: list[dict[str, float]],
     return History()
 
 
+def _epoch_seconds(module: Any, loader: Any, n_val: int, steps: int = 3) -> float:
+    """Estimated seconds of one epoch (training steps + validation), timed on a copy."""
+    import copy
+
+    import torch
+
+    probe = copy.deepcopy(module)
+    probe.train()
+    opt = torch.optim.AdamW([p for p in probe.parameters() if p.requires_grad], lr=0.0)
+    batches = iter(loader)
+    times = []
+    for _ in range(min(steps + 1, len(loader))):
+        x, y = next(batches)
+        t = time.perf_counter()
+        opt.zero_grad()
+        probe.loss(probe(x), y).backward()
+        opt.step()
+        times.append((time.perf_counter() - t) / len(y))
+    per_image = float(np.median(times[1:] if len(times) > 1 else times))
+    return per_image * len(loader.dataset) + per_image / 3 * n_val
+
+
 def finetune(model: Any, pre: Preprocess, train: tuple[Sequence[Any], Sequence[int]],
              val: tuple[Sequence[Any], Sequence[int]], head: tuple[np.ndarray, np.ndarray],
              cfg: FinetuneConfig, workdir: Path,
@@ -325,8 +347,18 @@ def finetune(model: Any, pre: Preprocess, train: tuple[Sequence[Any], Sequence[i
     k = head[0].shape[0]
     counts = np.bincount(np.asarray(train[1]), minlength=k).astype(np.float32)
     class_weight = len(train[1]) / (k * np.maximum(counts, 1))
-    module = _module_class()(model, head[0].astype(np.float32), head[1].astype(np.float32),
-                             trainable, cfg, class_weight, max(1, len(train_dl)))
+
+    def make(c: FinetuneConfig) -> Any:
+        return _module_class()(model, head[0].astype(np.float32), head[1].astype(np.float32),
+                               trainable, c, class_weight, max(1, len(train_dl)))
+    if cfg.max_minutes and not cfg.resume:
+        # fit the schedule to the time limit, so that the cosine decay ends within it
+        per_epoch = _epoch_seconds(make(cfg), train_dl, len(val[0]))
+        fit = max(1, int(0.85 * cfg.max_minutes * 60 / per_epoch))
+        if fit < cfg.max_epochs:
+            logger.info("time limit: %d epochs of about %.0f s", fit, per_epoch)
+            cfg = replace(cfg, max_epochs=fit)
+    module = make(cfg)
     workdir.mkdir(parents=True, exist_ok=True)
     best = ModelCheckpoint(dirpath=workdir, filename="best", monitor="val_accuracy",
                            mode="max", save_last=True, save_top_k=1)

@@ -7,8 +7,8 @@ linear head), same model bundle, so ``predict``, ``evaluate`` and export work un
 
 Rules: the network is timm's ``resnet10t`` (4.9 M parameters) without pretrained weights;
 images train at their median shorter side rounded up to a multiple of 32, between 32 and
-128 px (28 px digits train at 32 px), normalised with mean = std = 0.5; the backbone learns
-at the full learning rate.
+128 px (28 px digits train at 32 px), normalised with mean = std = 0.5; batches of 128 at
+64 px and below (else the configured size); the backbone learns at the full learning rate.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def scratch_stage(paths: Sequence[Any], y: np.ndarray, is_train: np.ndarray, n_c
     rng = np.random.default_rng(seed)  # a zero head would pass no gradient to the backbone
     head = ((rng.standard_normal((n_classes, d)) / np.sqrt(d)).astype(np.float32),
             np.zeros(n_classes, np.float32))
-    run_cfg = replace(cfg, mode="all", backbone_lr_factor=1.0)
+    run_cfg = replace(cfg, mode="all", backbone_lr_factor=1.0,
+                      batch_size=128 if size <= 64 and cfg.batch_size == 32 else cfg.batch_size)
     t0 = time.perf_counter()
     res = finetune(model, pre, ([paths[i] for i in train_rows], y[train_rows].tolist()),
                    ([paths[i] for i in val_rows], y[val_rows].tolist()), head, run_cfg,

@@ -1,0 +1,67 @@
+"""Acceptance figures of `headstart advise` (issue 5), through the CLI.
+
+    python benchmarks/advise_acceptance.py [--datasets ../shared/datasets] [--digits-budget 300]
+
+1. hymenoptera with the default budget: wall time (target < 3 min on 2 cores).
+2. safari (all 384 photos): gap near, transfer learning recommended.
+3. digits (10,000 training images, validated on digits/val): gap far; the recommendation
+   follows from the measured accuracies; then the recommended recipe is trained for real
+   (`train --from-scratch` when that is the advice) and evaluated on digits/val, to compare
+   with the accuracy advise predicted (target: within 2 points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def cli(*args: str) -> tuple[dict, float]:
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "headstart", *map(str, args), "--json"],
+                       capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"failed: headstart {' '.join(map(str, args))}\n{r.stderr}")
+    return json.loads(r.stdout), time.perf_counter() - t
+
+
+def show(name: str, r: dict, wall: float) -> None:
+    a, g = r["accuracy"], r["domain_gap"]
+    print(f"{name}: gap {g['level']} (distance {g['feature_distance']:.2f}, ImageNet "
+          f"confidence {g['imagenet_max_prob']:.2f}); head {a['head_only']}, fine-tuned "
+          f"{a['finetuned']}, scratch {a['from_scratch']}; curve "
+          f"{[round(c['accuracy'], 4) for c in r['learning_curve']]}; -> "
+          f"{r['recommendation']} ({r['predicted_accuracy']:.4f}); {wall / 60:.1f} min")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--datasets", type=Path,
+                    default=Path(__file__).resolve().parents[2] / "shared" / "datasets")
+    ap.add_argument("--digits-budget", type=float, default=300)
+    a = ap.parse_args()
+    for name in ("hymenoptera", "safari"):
+        r, wall = cli("advise", a.datasets / name)
+        show(name, r, wall)
+    digits = a.datasets / "digits"
+    r, wall = cli("advise", digits, "--budget", a.digits_budget)
+    show("digits", r, wall)
+    flags = {"train from scratch": ["--from-scratch"],
+             "head + fine-tune": ["--head", "linear", "--finetune", "all", "--augment", "none",
+                                  "--backbone-lr-factor", "0.5"],
+             }.get(r["recommendation"], [])
+    with tempfile.TemporaryDirectory() as tmp:
+        s, wall = cli("train", digits, "--out", f"{tmp}/m", *flags)
+        m, _ = cli("evaluate", f"{tmp}/m", digits / "val")
+    print(f"digits: train {' '.join(flags) or '(head only)'} -> {m['accuracy']:.4f} on "
+          f"digits/val in {wall / 60:.1f} min; advise predicted {r['predicted_accuracy']:.4f} "
+          f"(difference {100 * (m['accuracy'] - r['predicted_accuracy']):+.2f} points)")
+
+
+if __name__ == "__main__":
+    main()
