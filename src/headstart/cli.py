@@ -138,6 +138,9 @@ def train(
     if not clf.is_global_zero_:
         return  # other DDP ranks: rank 0 writes the model and the report
     saved = clf.save(out_dir)
+    from .report import write_model_report
+
+    write_model_report(clf, saved)
     s = clf.summary_
     _print_skipped(clf.skipped_)
     if as_json:
@@ -170,7 +173,12 @@ def train(
         q = s["int8"]
         out.print(f"int8        validation accuracy {q['val_accuracy_int8']:.4f} "
                   f"(FP32: {q['val_accuracy_fp32']:.4f})", highlight=False)
-    out.print(f"saved       {saved} in {s['seconds']:.1f} s", highlight=False)
+    c = s["calibration"]
+    if c.get("ece_before") is not None:
+        out.print(f"calibration temperature {c['temperature']:.2f} (ECE {c['ece_before']:.3f} "
+                  f"-> {c['ece_after']:.3f} on {c['fitted_on']})", highlight=False)
+    out.print(f"saved       {saved} in {s['seconds']:.1f} s (report: "
+              f"{saved / 'report.html'})", highlight=False)
 
 
 @app.command()
@@ -182,20 +190,24 @@ def predict(
     csv_file: Optional[Path] = typer.Option(None, "--csv", help="Also write a CSV here."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
     runtime: str = typer.Option("auto", help=RUNTIME_HELP),
+    no_unknown: bool = typer.Option(False, "--no-unknown",
+                                    help="Never answer 'unknown' for unfamiliar images."),
 ) -> None:
     """Predict the class of images, then count images per class."""
     from .data import find_images
     from .model import Classifier
 
-    clf = Classifier.load(model, cache_dir=cache_dir, runtime=runtime)
+    clf = Classifier.load(model, cache_dir=cache_dir, runtime=runtime, unknown=not no_unknown)
     files, skipped = find_images(paths)
     with _progress("predict") as progress:
         pred = clf.predict_images(files, progress)
     skipped = skipped + pred.skipped
     _print_skipped(skipped)
     rows = [{"path": p, "label": lab, "probability": float(pr.max()),
-             "probabilities": {c: float(v) for c, v in zip(pred.classes, pr)}}
-            for p, lab, pr in zip(pred.sources, pred.labels, pred.proba)]
+             "probabilities": {c: float(v) for c, v in zip(pred.classes, pr)},
+             "unknown": bool(rej), "unknown_score": float(sc)}
+            for p, lab, pr, rej, sc in zip(pred.sources, pred.labels, pred.proba,
+                                           pred.rejected, pred.ood_score)]
     if csv_file is not None:
         with csv_file.open("w", newline="") as fh:
             w = csv.writer(fh)
@@ -223,14 +235,24 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
     runtime: str = typer.Option("auto", help=RUNTIME_HELP),
+    report: Optional[Path] = typer.Option(None, help="Write an HTML report here (and "
+                                          "metrics.json beside it)."),
+    no_unknown: bool = typer.Option(False, "--no-unknown",
+                                    help="Never answer 'unknown' for unfamiliar images."),
 ) -> None:
     """Accuracy, per-class precision/recall/F1 and confusion matrix on labelled images."""
-    from .evaluate import evaluate as run_evaluate
+    from .evaluate import evaluation
     from .model import Classifier
 
-    clf = Classifier.load(model, cache_dir=cache_dir, runtime=runtime)
+    clf = Classifier.load(model, cache_dir=cache_dir, runtime=runtime, unknown=not no_unknown)
     with _progress("evaluate") as progress:
-        m = run_evaluate(clf, data, progress)
+        m, pred, y_true = evaluation(clf, data, progress)
+    if report is not None:
+        from .report import write_report
+
+        write_report(report, clf.classes_, pred.sources, y_true, pred.logits,
+                     clf.temperature_, pred.rejected, model,
+                     {"data": str(data), "model": str(model)})
     if m["skipped"]:
         err.print(f"[yellow]skipped {len(m['skipped'])} file(s)[/yellow]")
         for s in m["skipped"][:20]:
@@ -238,8 +260,13 @@ def evaluate(
     if as_json:
         _emit_json(m)
         return
+    lo, hi = m["accuracy_ci95"]
     out.print(f"accuracy {m['accuracy']:.4f} on {m['n_images']} images "
-              f"(macro F1 {m['macro_f1']:.4f})", highlight=False)
+              f"(95% CI {lo:.4f}-{hi:.4f}, macro F1 {m['macro_f1']:.4f})", highlight=False)
+    u, c = m["unknown"], m["calibration"]
+    out.print(f"unknown  {u['rejected']} images rejected ({u['rejected_fraction']:.1%}); "
+              f"calibration ECE {c['ece_before']:.3f} raw, {c['ece_after']:.3f} with "
+              f"temperature {c['temperature']:.2f}", highlight=False)
     table = Table("class", "precision", "recall", "f1", "support", box=None)
     for c, r in m["per_class"].items():
         table.add_row(c, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
@@ -249,6 +276,8 @@ def evaluate(
     for c, row in zip(m["classes"], m["confusion_matrix"]):
         cm.add_row(c, *map(str, row))
     out.print(cm)
+    if report is not None:
+        out.print(f"report   {report}", highlight=False)
 
 
 @app.command()

@@ -12,12 +12,14 @@ from typing import Any
 
 import numpy as np
 
+from .calibration import expected_calibration_error, softmax
 from .data import load_labelled
 from .errors import DataError
 from .features import ProgressFn
 from .model import Classifier
 
-__all__ = ["evaluate", "classification_metrics"]
+__all__ = ["bootstrap_ci", "classification_metrics", "evaluate", "evaluation",
+           "scored_metrics"]
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]
@@ -49,13 +51,40 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
     }
 
 
-def evaluate(clf: Classifier, data: str | os.PathLike, progress: ProgressFn | None = None
-             ) -> dict[str, Any]:
-    """Evaluate ``clf`` on labelled images (held-out split of ``data`` when it has one).
+def bootstrap_ci(correct: np.ndarray, n_boot: int = 2000, seed: int = 0
+                 ) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean of a 0/1 vector."""
+    correct = np.asarray(correct, dtype=float)
+    if len(correct) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = correct[rng.integers(0, len(correct), (n_boot, len(correct)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
-    Raises:
-        DataError: missing data, labels the model does not know, or no readable image.
-    """
+
+def scored_metrics(y_true: np.ndarray, logits: np.ndarray, temperature: float,
+                   classes: list[str], rejected: np.ndarray | None = None) -> dict[str, Any]:
+    """Classification metrics, bootstrap CI, calibration and rejection figures."""
+    proba = softmax(logits, temperature)
+    y_pred = proba.argmax(axis=1)
+    m = classification_metrics(y_true, y_pred, classes)
+    m["accuracy_ci95"] = list(bootstrap_ci(y_pred == y_true))
+    raw = softmax(logits)
+    m["calibration"] = {"temperature": float(temperature),
+                        "ece_before": expected_calibration_error(raw, y_true),
+                        "ece_after": expected_calibration_error(proba, y_true)}
+    if rejected is not None:
+        kept = ~rejected
+        m["unknown"] = {"rejected": int(rejected.sum()),
+                        "rejected_fraction": float(rejected.mean()) if len(rejected) else 0.0,
+                        "accuracy_accepted": float(np.mean(y_pred[kept] == y_true[kept]))
+                        if kept.any() else None}
+    return m
+
+
+def evaluation(clf: Classifier, data: str | os.PathLike, progress: ProgressFn | None = None
+               ) -> tuple[dict[str, Any], Any, np.ndarray]:
+    """:func:`evaluate`, also returning the predictions and true class indices."""
     images, skipped = load_labelled(data, clf.classes_)
     if len(images) == 0:
         raise DataError(f"{data}: no images to evaluate")
@@ -64,8 +93,22 @@ def evaluate(clf: Classifier, data: str | os.PathLike, progress: ProgressFn | No
         raise DataError(f"{data}: none of the {len(images)} images could be read")
     label_of = {str(p): lab for p, lab in zip(images.paths, images.labels)}
     y_true = np.asarray([label_of[s] for s in pred.sources])
-    y_pred = np.argmax(pred.proba, axis=1)
-    result = classification_metrics(y_true, y_pred, clf.classes_)
+    result = scored_metrics(y_true, pred.logits, getattr(clf, "temperature_", 1.0),
+                            clf.classes_, pred.rejected)
     result["skipped"] = [{"path": s.path, "reason": s.reason}
                          for s in skipped + pred.skipped]
-    return result
+    return result, pred, y_true
+
+
+def evaluate(clf: Classifier, data: str | os.PathLike, progress: ProgressFn | None = None
+             ) -> dict[str, Any]:
+    """Evaluate ``clf`` on labelled images (held-out split of ``data`` when it has one).
+
+    ``accuracy`` counts the class predictions (closed set); ``unknown`` says how many were
+    rejected and the accuracy on the rest; ``calibration`` gives the expected calibration
+    error of the raw and of the temperature-scaled probabilities on these images.
+
+    Raises:
+        DataError: missing data, labels the model does not know, or no readable image.
+    """
+    return evaluation(clf, data, progress)[0]

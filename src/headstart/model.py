@@ -34,7 +34,8 @@ from .data import Dataset, ImageSet, Skipped, check_classes, load_dataset, strat
 from .errors import DataError, ModelError
 from .features import (FeatureCache, Features, ProgressFn, extract_features, prepare_image,
                        readable, resolve_cache_dir)
-from .finetune import FinetuneConfig, finetune_stage, write_metrics_csv
+from .calibration import OutOfDistribution, fit_honesty, softmax
+from .finetune import FinetuneConfig, finetune_stage, split_rows, write_metrics_csv
 from .scratch import scratch_stage
 from .runtime import int8_engine, openvino_ir_engine
 from .heads import AutoHead, head_from_state, make_head
@@ -44,6 +45,7 @@ __all__ = ["Classifier", "Predictions", "MODEL_FILE"]
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "headstart.json"
+UNKNOWN = "unknown"
 INT8_XML = "backbone.int8.xml"
 FORMAT = "headstart-model"
 FORMAT_VERSION = 1
@@ -59,6 +61,10 @@ class Predictions:
         labels: the M predicted class names.
         classes: the K class names (column order of ``proba``).
         skipped: inputs that could not be decoded, with reasons.
+        logits: ``(M, K)`` head outputs before calibration (``proba`` is
+            ``softmax(logits / temperature)``).
+        ood_score: ``(M,)`` unlikeness to the training images; ``rejected``: ``(M,)``
+            whether it is above the model's threshold (the label is then ``unknown``).
     """
 
     sources: list[str]
@@ -66,10 +72,14 @@ class Predictions:
     labels: list[str]
     classes: list[str]
     skipped: list[Skipped] = field(default_factory=list)
+    logits: np.ndarray | None = None
+    ood_score: np.ndarray | None = None
+    rejected: np.ndarray | None = None
 
     def counts(self) -> dict[str, int]:
-        """How many images were predicted as each class."""
-        return {c: self.labels.count(c) for c in self.classes}
+        """How many images were predicted as each class (and as ``unknown``)."""
+        names = self.classes + ([UNKNOWN] if UNKNOWN in self.labels else [])
+        return {c: self.labels.count(c) for c in names}
 
 
 class Classifier:
@@ -98,6 +108,8 @@ class Classifier:
         from_scratch: train a compact CNN from random weights instead of transfer learning
             (see :mod:`headstart.scratch`); ``backbone``, ``head`` and ``finetune`` are
             then ignored.
+        unknown: label images unlike every training image ``unknown`` (see
+            :mod:`headstart.calibration`); probabilities are calibrated either way.
 
     Fitted attributes: ``classes_``, ``backbone_``, ``head_``, ``summary_``, ``skipped_``.
     """
@@ -108,7 +120,7 @@ class Classifier:
                  cache_dir: str | os.PathLike | None = None, batch_size: int = 32,
                  runtime: str = "auto", int8: bool = False, finetune: str = "off",
                  finetune_config: FinetuneConfig | None = None,
-                 from_scratch: bool = False) -> None:
+                 from_scratch: bool = False, unknown: bool = True) -> None:
         self.backbone = backbone
         self.head = head
         self.weights = weights
@@ -122,6 +134,7 @@ class Classifier:
         self.finetune = finetune
         self.finetune_config = finetune_config
         self.from_scratch = from_scratch
+        self.unknown = unknown
 
     # ----------------------------------------------------------------- training
     def fit(self, data: str | os.PathLike | Sequence[Any], labels: Sequence[str] | None = None,
@@ -203,6 +216,15 @@ class Classifier:
                                "consider training without --int8", 100 * drop, fp32_acc,
                                fitted[2])
         self.head_, chooser, val_acc, n_val, val_source = fitted
+        if self.int8:
+            Xf = feats8.X
+        elif ft_summary and ft_summary.get("kept") == "finetuned":
+            Xf = self._features([items[i] for i in feats.index], None).X
+        else:
+            Xf = feats.X
+        calib = self._fit_honesty(Xf, y_all[feats.index], is_train,
+                                  bool(ft_summary and ft_summary.get("kept") == "finetuned"),
+                                  [items[i] for i in feats.index])
         self.summary_ = {
             "headstart_version": __version__,
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -224,10 +246,28 @@ class Classifier:
             "finetune": ft_summary,
             "from_scratch": None,
             "domain_gap": gap,
+            "calibration": calib,
             "seconds": round(time.perf_counter() - t0, 2),
         }
         logger.info("trained %s head: val accuracy %.4f", self.head_kind_, val_acc)
         return self
+
+    def _fit_honesty(self, X: np.ndarray, y: np.ndarray, is_train: np.ndarray,
+                     held_out: bool, paths: list[Any]) -> dict[str, Any]:
+        """Fit ``temperature_`` and ``ood_`` on the final features ``X`` of all rows.
+
+        ``held_out``: the head was trained without the stratified held-out fold (fine-tuned
+        and from-scratch models), so that fold serves as validation when there is no split.
+        """
+        train_rows, val_rows = np.flatnonzero(is_train), np.flatnonzero(~is_train)
+        if held_out and not len(val_rows):
+            train_rows, val_rows = split_rows(y, is_train, self.val_fraction, self.seed)
+        self.temperature_, self.ood_, info, rows, logits = fit_honesty(
+            self.head_, self.head_kind_, X, y, train_rows, val_rows, self.seed)
+        self.val_report_ = {"sources": [paths[i] for i in rows], "y": y[rows],
+                            "logits": logits, "what": info["fitted_on"],
+                            "rejected": self.ood_.score(X[rows]) > self.ood_.threshold_}
+        return info
 
     def _fit_scratch(self, dataset: Dataset, data: Any, t0: float,
                      on_epoch: Callable[[dict[str, float]], None] | None) -> "Classifier":
@@ -249,6 +289,8 @@ class Classifier:
         self.backbone_, self.head_, self.head_kind_ = stage.backbone, stage.head, "linear"
         self.history_, self.is_global_zero_ = stage.history, stage.is_global_zero
         s = stage.summary
+        calib = self._fit_honesty(self._features([items[i] for i in ok], None).X, y_all[ok],
+                                  is_train, True, [items[i] for i in ok])
         self.summary_ = {
             "headstart_version": __version__,
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "data": str(data),
@@ -261,6 +303,7 @@ class Classifier:
             f"held-out {self.val_fraction:.0%} of each class",
             "skipped": len(self.skipped_), "features_computed": 0, "features_cached": 0,
             "runtime": "torch", "int8": None, "finetune": None, "from_scratch": s,
+            "calibration": calib,
             "seconds": round(time.perf_counter() - t0, 2)}
         return self
 
@@ -330,29 +373,39 @@ class Classifier:
         """Predict paths or PIL images; unreadable files are skipped and reported."""
         self._check_fitted()
         feats = self._features(list(images), progress)
-        proba = self.head_.predict_proba(feats.X) if len(feats.X) else \
-            np.zeros((0, len(self.classes_)), np.float32)
-        labels = [self.classes_[int(i)] for i in np.argmax(proba, axis=1)]
+        k = len(self.classes_)
+        logits = self.head_.decision_function(feats.X) if len(feats.X) else \
+            np.zeros((0, k), np.float32)
+        proba = softmax(logits, getattr(self, "temperature_", 1.0))
+        ood = getattr(self, "ood_", None)
+        score = ood.score(feats.X) if ood is not None else np.zeros(len(proba), np.float32)
+        rejected = (score > ood.threshold_) if ood is not None and self.unknown else \
+            np.zeros(len(proba), bool)
+        labels = [UNKNOWN if r else self.classes_[int(i)]
+                  for i, r in zip(np.argmax(proba, axis=1), rejected)]
         sources = [images[i] if isinstance(images[i], Image.Image) else str(images[i])
                    for i in feats.index]
-        return Predictions(sources, proba, labels, list(self.classes_), feats.skipped)
+        return Predictions(sources, proba, labels, list(self.classes_), feats.skipped,
+                           logits, score, rejected)
 
-    def predict_proba(self, images: Sequence[Any]) -> np.ndarray:
-        """Class probabilities ``(N, K)`` for N paths or PIL images.
-
-        Raises:
-            DataError: an image cannot be read (use :meth:`predict_images` to skip those).
-        """
+    def _all_readable(self, images: Sequence[Any]) -> Predictions:
         pred = self.predict_images(images)
         if pred.skipped:
             bad = "; ".join(f"{s.path}: {s.reason}" for s in pred.skipped[:3])
             raise DataError(f"{len(pred.skipped)} image(s) cannot be read: {bad}")
-        return pred.proba
+        return pred
+
+    def predict_proba(self, images: Sequence[Any]) -> np.ndarray:
+        """Calibrated class probabilities ``(N, K)`` for N paths or PIL images.
+
+        Raises:
+            DataError: an image cannot be read (use :meth:`predict_images` to skip those).
+        """
+        return self._all_readable(images).proba
 
     def predict(self, images: Sequence[Any]) -> list[str]:
-        """Predicted class names for N paths or PIL images."""
-        proba = self.predict_proba(images)
-        return [self.classes_[int(i)] for i in np.argmax(proba, axis=1)]
+        """Predicted class names (or ``unknown``) for N paths or PIL images."""
+        return self._all_readable(images).labels
 
     # ------------------------------------------------------------ save and load
     def save(self, path: str | os.PathLike) -> Path:
@@ -379,13 +432,17 @@ class Classifier:
             meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
                     "classes": self.classes_, "backbone": self.backbone_.spec(),
                     "head": {"kind": self.head_kind_}, "summary": self.summary_,
-                    "int8": self._int8_engine().variant if self._int8_engine() else None}
+                    "int8": self._int8_engine().variant if self._int8_engine() else None,
+                    "temperature": float(getattr(self, "temperature_", 1.0)),
+                    "ood": self.ood_.config() if getattr(self, "ood_", None) else None}
             (tmp / MODEL_FILE).write_text(json.dumps(meta, indent=2) + "\n")
             state = {k: v.contiguous() for k, v in self.backbone_.model.state_dict().items()}
             save_torch(state, str(tmp / "backbone.safetensors"))
             save_np({k: np.ascontiguousarray(v) for k, v in self.head_.state().items()},
                     str(tmp / "head.safetensors"))
             write_metrics_csv(getattr(self, "history_", []), tmp / "metrics.csv")
+            if getattr(self, "ood_", None) is not None:
+                save_np(self.ood_.state(), str(tmp / "ood.safetensors"))
             if self._int8_engine() is not None:
                 ir = self.engine_.ir
                 shutil.copyfile(ir, tmp / INT8_XML)
@@ -404,8 +461,8 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | os.PathLike, cache: bool = True,
-             cache_dir: str | os.PathLike | None = None, runtime: str = "auto"
-             ) -> "Classifier":
+             cache_dir: str | os.PathLike | None = None, runtime: str = "auto",
+             unknown: bool = True) -> "Classifier":
         """Load a model directory written by :meth:`save`.
 
         Raises:
@@ -431,7 +488,7 @@ class Classifier:
             raise ModelError(f"{d}: backbone.safetensors is missing")
         spec = meta["backbone"]
         clf = cls(backbone=spec["name"], head=meta["head"]["kind"], cache=cache,
-                  cache_dir=cache_dir, runtime=runtime)
+                  cache_dir=cache_dir, runtime=runtime, unknown=unknown)
         clf.backbone_ = backbone_from_file(spec, d / "backbone.safetensors")
         clf.head_ = head_from_state(meta["head"]["kind"], hstate)
         clf.head_kind_ = meta["head"]["kind"]
@@ -439,6 +496,10 @@ class Classifier:
         clf.summary_ = meta.get("summary", {})
         clf.skipped_ = []
         clf.engine_ = None
+        clf.temperature_ = float(meta.get("temperature", 1.0))
+        if meta.get("ood") and (d / "ood.safetensors").is_file():
+            clf.ood_ = OutOfDistribution.from_state(meta["ood"],
+                                                    load_np(str(d / "ood.safetensors")))
         if meta.get("int8"):
             clf.int8 = True
             clf.engine_ = openvino_ir_engine(d / INT8_XML, meta["int8"])

@@ -1,0 +1,193 @@
+"""Honest probabilities: temperature scaling, calibration error, and "unknown" rejection.
+
+* :func:`fit_temperature` finds the T that minimises the negative log-likelihood of
+  ``softmax(logits / T)`` on held-out predictions (validation images, or cross-validated
+  predictions when there are none); it changes confidence, never the predicted class.
+* :func:`expected_calibration_error` and :func:`reliability` measure how far confidence
+  is from accuracy (15 equal-width confidence bins).
+* :class:`OutOfDistribution` scores how unlike the training images an image is: one minus
+  the mean cosine similarity of its features to their ``k`` nearest training features.
+  The threshold is meant to keep 95% of in-distribution images: the 95th percentile of a
+  normal distribution fitted robustly (median, 1.4826 x MAD) to held-out scores (of the
+  validation images, else leave-one-out scores of the training images), widened by a
+  factor (1 + 1/sqrt(n)) because a quantile of few scores is itself uncertain. Above it,
+  the prediction is ``unknown``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["OutOfDistribution", "expected_calibration_error", "fit_honesty",
+           "fit_temperature", "reliability", "robust_quantile", "softmax"]
+
+MAX_REFERENCE = 2000
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``(N, K)`` logits divided by ``temperature``."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The temperature in [0.05, 20] minimising NLL of ``y`` (``(N,)``) under the logits."""
+    from scipy.optimize import minimize_scalar
+
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y, dtype=int)
+    if len(y) < 2:
+        return 1.0
+
+    def nll(log_t: float) -> float:
+        s = z / np.exp(log_t)
+        s = s - s.max(axis=1, keepdims=True)
+        return float(np.mean(np.log(np.exp(s).sum(axis=1)) - s[np.arange(len(y)), y]))
+    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(res.x))
+
+
+def reliability(proba: np.ndarray, y: np.ndarray, bins: int = 15) -> dict[str, list[float]]:
+    """Per confidence bin: mean confidence, accuracy and count (empty bins left out)."""
+    conf = proba.max(axis=1)
+    correct = (proba.argmax(axis=1) == np.asarray(y)).astype(float)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    out: dict[str, list[float]] = {"confidence": [], "accuracy": [], "count": [],
+                                   "lower": [], "upper": []}
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            out["confidence"].append(float(conf[m].mean()))
+            out["accuracy"].append(float(correct[m].mean()))
+            out["count"].append(int(m.sum()))
+            out["lower"].append(float(edges[b]))
+            out["upper"].append(float(edges[b + 1]))
+    return out
+
+
+def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """Sum over confidence bins of |accuracy - confidence| weighted by the bin's share."""
+    r = reliability(proba, y, bins)
+    n = max(sum(r["count"]), 1)
+    return float(sum(c / n * abs(a - p) for a, p, c in
+                     zip(r["accuracy"], r["confidence"], r["count"])))
+
+
+def robust_quantile(scores: np.ndarray, q: float = 0.95) -> float:
+    """Quantile ``q`` of a normal fitted by median and MAD, widened for small samples."""
+    from scipy.stats import norm
+
+    s = np.asarray(scores, dtype=np.float64)
+    med = float(np.median(s))
+    spread = 1.4826 * float(np.median(np.abs(s - med)))
+    return med + float(norm.ppf(q)) * spread * (1.0 + 1.0 / np.sqrt(max(len(s), 1)))
+
+
+class OutOfDistribution:
+    """k-NN cosine distance to the training features; see the module docstring.
+
+    Fitted attributes: ``reference_`` ``(M, D)`` unit-norm training features (at most
+    ``MAX_REFERENCE``, a seeded sample), ``threshold_``, ``k_``.
+    """
+
+    def __init__(self, k: int = 5, keep: float = 0.95, seed: int = 0) -> None:
+        self.k = k
+        self.keep = keep
+        self.seed = seed
+
+    @staticmethod
+    def _unit(X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        return X / (np.linalg.norm(X, axis=1, keepdims=True) + 1e-12)
+
+    def fit(self, X_train: np.ndarray, X_val: np.ndarray | None = None
+            ) -> "OutOfDistribution":
+        ref = self._unit(X_train)
+        if len(ref) > MAX_REFERENCE:
+            pick = np.random.default_rng(self.seed).choice(len(ref), MAX_REFERENCE,
+                                                           replace=False)
+            ref = ref[np.sort(pick)]
+        self.reference_ = ref
+        self.k_ = max(1, min(self.k, len(ref) - 1))
+        if X_val is not None and len(X_val):
+            scores = self.score(X_val)
+        else:  # leave one out: each training image against the others
+            sims = ref @ ref.T
+            np.fill_diagonal(sims, -np.inf)
+            top = -np.sort(-sims, axis=1)[:, :self.k_]
+            scores = 1.0 - top.mean(axis=1)
+        self.threshold_ = robust_quantile(scores, self.keep)
+        return self
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """``(N,)`` scores, higher = less like the training images."""
+        if len(X) == 0:
+            return np.zeros(0, np.float32)
+        sims = self._unit(X) @ self.reference_.T
+        k = min(self.k_, sims.shape[1])
+        top = -np.sort(-sims, axis=1)[:, :k]
+        return (1.0 - top.mean(axis=1)).astype(np.float32)
+
+    def state(self) -> dict[str, Any]:
+        return {"reference": self.reference_}
+
+    def config(self) -> dict[str, Any]:
+        return {"k": self.k_, "threshold": self.threshold_, "keep": self.keep}
+
+    @classmethod
+    def from_state(cls, config: dict[str, Any], state: dict[str, np.ndarray]
+                   ) -> "OutOfDistribution":
+        ood = cls(k=int(config["k"]), keep=float(config["keep"]))
+        ood.reference_, ood.k_ = state["reference"], int(config["k"])
+        ood.threshold_ = float(config["threshold"])
+        return ood
+
+
+def _cross_val_logits(kind: str, X: np.ndarray, y: np.ndarray, seed: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold logits of a ``kind`` head on ``X`` (empty when a class is too small)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from .heads import make_head
+
+    k = min(5, int(np.bincount(y).min()))
+    if k < 2:
+        return np.zeros((0, len(np.unique(y)))), np.zeros(0, int)
+    logits = np.zeros((len(y), len(np.unique(y))), np.float32)
+    for tr, te in StratifiedKFold(k, shuffle=True, random_state=seed).split(X, y):
+        logits[te] = make_head(kind, seed).fit(X[tr], y[tr]).decision_function(X[te])
+    return logits, y
+
+
+def fit_honesty(head: Any, kind: str, X: np.ndarray, y: np.ndarray, train_rows: np.ndarray,
+                val_rows: np.ndarray, seed: int = 0
+                ) -> tuple[float, OutOfDistribution, dict[str, Any], np.ndarray, np.ndarray]:
+    """Temperature and unknown-detector for a fitted ``head`` over features ``X`` ``(N, D)``.
+
+    With validation rows, both are fitted on them (the head never saw them); without,
+    the temperature comes from cross-validated logits of a ``kind`` head on the training
+    rows, and the detector's threshold from leave-one-out scores.
+    Returns ``(temperature, detector, summary, rows, logits)``: the rows whose held-out
+    logits the temperature was fitted on (for an honest report).
+    """
+    if len(val_rows):
+        logits, yv, rows = head.decision_function(X[val_rows]), y[val_rows], val_rows
+        source = "validation images"
+    else:
+        logits, yv = _cross_val_logits(kind if kind in ("linear", "mlp") else "linear",
+                                       X[train_rows], y[train_rows], seed)
+        rows = train_rows if len(yv) else train_rows[:0]
+        source = "cross-validated predictions on the training images"
+    t = fit_temperature(logits, yv) if len(yv) >= 2 else 1.0
+    info: dict[str, Any] = {"temperature": t, "fitted_on": source, "images": int(len(yv))}
+    if len(yv):
+        info["ece_before"] = expected_calibration_error(softmax(logits), yv)
+        info["ece_after"] = expected_calibration_error(softmax(logits, t), yv)
+    ood = OutOfDistribution(seed=seed).fit(X[train_rows],
+                                           X[val_rows] if len(val_rows) else None)
+    return t, ood, info, rows, logits

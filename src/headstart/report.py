@@ -1,0 +1,216 @@
+"""An honest evaluation report: one self-contained HTML file (plots and thumbnails embedded,
+no network), plus ``metrics.json`` beside it.
+
+Sections: accuracy with a 95% bootstrap confidence interval; per-class precision, recall,
+F1, support; confusion matrix (counts and row-normalised); reliability diagram and expected
+calibration error before and after temperature scaling; "unknown" rejections; a gallery of
+the misclassified and the least confident images; training curves (when the model has a
+``metrics.csv``); a dataset summary.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .calibration import expected_calibration_error, reliability, softmax
+from .data import UnreadableImage, read_image
+from .evaluate import scored_metrics
+
+__all__ = ["write_model_report", "write_report"]
+
+
+def _png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _confusion_png(cm: np.ndarray, classes: list[str]) -> str:
+    import matplotlib.pyplot as plt
+
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    size = max(4.0, 0.5 * len(classes) + 2)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size, size))
+    for ax, data, title, fmt in ((axes[0], cm, "counts", "{:d}"),
+                                 (axes[1], norm, "normalised by true class", "{:.2f}")):
+        ax.imshow(data, cmap="Blues", vmin=0)
+        ax.set_title(title)
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+        ax.set_yticks(range(len(classes)), classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        if len(classes) <= 20:
+            for (i, j), v in np.ndenumerate(data):
+                ax.text(j, i, fmt.format(v), ha="center", va="center",
+                        color="white" if v > data.max() / 2 else "black", fontsize=8)
+    return _png(fig)
+
+
+def _reliability_png(y: np.ndarray, logits: np.ndarray, t: float) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    for temp, name, color in ((1.0, "before", "tab:orange"), (t, f"after (T={t:.2f})",
+                                                                  "tab:blue")):
+        r = reliability(softmax(logits, temp), y)
+        ece = expected_calibration_error(softmax(logits, temp), y)
+        ax.plot(r["confidence"], r["accuracy"], "o-", color=color,
+                label=f"{name}: ECE {ece:.3f}")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(loc="upper left")
+    return _png(fig)
+
+
+def _curves_png(rows: list[dict[str, float]]) -> str:
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax2 = ax.twinx()
+    ax2.plot(epochs, [r["val_accuracy"] for r in rows], "s-", color="tab:green",
+             label="val accuracy")
+    ax2.set_ylabel("validation accuracy")
+    fig.legend(loc="upper center", ncol=2)
+    return _png(fig)
+
+
+def _thumb(source: Any) -> str:
+    try:
+        img = read_image(source)
+    except UnreadableImage:
+        return ""
+    img.thumbnail((112, 112))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _read_metrics_csv(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    with path.open() as fh:
+        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+
+
+def write_report(out: str | os.PathLike, classes: list[str], sources: Sequence[Any],
+                 y_true: np.ndarray, logits: np.ndarray, temperature: float,
+                 rejected: np.ndarray | None = None, model_dir: str | os.PathLike | None = None,
+                 dataset: dict[str, Any] | None = None, title: str = "headstart evaluation"
+                 ) -> dict[str, Any]:
+    """Write ``out`` (HTML) and ``metrics.json`` beside it; returns the metrics.
+
+    Args:
+        sources: the N evaluated images (paths or PIL images), ``y_true`` ``(N,)`` their
+            class indices, ``logits`` ``(N, K)`` the head's outputs before calibration.
+        rejected: ``(N,)`` which predictions were ``unknown``.
+        model_dir: where to find ``metrics.csv`` for the training curves.
+        dataset: extra facts for the dataset summary (name -> value).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = Path(out)
+    y_true = np.asarray(y_true, dtype=int)
+    m = scored_metrics(y_true, logits, temperature, classes, rejected)
+    proba = softmax(logits, temperature)
+    pred, conf = proba.argmax(axis=1), proba.max(axis=1)
+    lo, hi = m["accuracy_ci95"]
+    e = html.escape
+    parts = [f"<h1>{e(title)}</h1>",
+             '<section id="summary"><h2>Accuracy</h2>'
+             f'<p class="big">{m["accuracy"]:.1%} <span>95% CI {lo:.1%} to {hi:.1%} '
+             f'(bootstrap, {m["n_images"]} images)</span></p>'
+             f'<p>macro F1 {m["macro_f1"]:.3f}</p></section>']
+    rows = "".join(f"<tr><td>{e(c)}</td><td>{r['precision']:.3f}</td><td>{r['recall']:.3f}"
+                   f"</td><td>{r['f1']:.3f}</td><td>{r['support']}</td></tr>"
+                   for c, r in m["per_class"].items())
+    parts.append('<section id="per-class"><h2>Per class</h2><table><tr><th>class</th>'
+                 '<th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>'
+                 f"{rows}</table></section>")
+    cm = np.asarray(m["confusion_matrix"])
+    parts.append('<section id="confusion"><h2>Confusion matrix</h2>'
+                 f'<img alt="confusion matrix" src="data:image/png;base64,'
+                 f'{_confusion_png(cm, classes)}"></section>')
+    c = m["calibration"]
+    parts.append('<section id="calibration"><h2>Calibration</h2>'
+                 f'<p>Expected calibration error {c["ece_before"]:.3f} before, '
+                 f'{c["ece_after"]:.3f} after temperature scaling (T = '
+                 f'{c["temperature"]:.2f}, fitted on validation data at training time).</p>'
+                 '<img alt="reliability diagram" src="data:image/png;base64,'
+                 f'{_reliability_png(y_true, logits, temperature)}"></section>')
+    if "unknown" in m:
+        u = m["unknown"]
+        acc = f"{u['accuracy_accepted']:.1%}" if u["accuracy_accepted"] is not None else "n/a"
+        parts.append('<section id="unknown"><h2>Unknown rejection</h2>'
+                     f'<p>{u["rejected"]} of {m["n_images"]} images '
+                     f'({u["rejected_fraction"]:.1%}) were labelled <b>unknown</b> (unlike '
+                     f'every training image); accuracy on the others {acc}.</p></section>')
+    wrong = np.flatnonzero(pred != y_true)[:24]
+    unsure = [i for i in np.argsort(conf) if i not in set(wrong)][:12]
+    cards = []
+    for kind, idx in (("misclassified", wrong), ("least confident", unsure)):
+        for i in idx:
+            src = sources[i]
+            name = e(Path(str(src)).name) if not hasattr(src, "size") else "image"
+            cards.append(f'<figure class="{kind.split()[0]}"><img alt="{name}" '
+                         f'src="data:image/jpeg;base64,{_thumb(src)}"><figcaption>{kind}: '
+                         f'{name}<br>true {e(classes[y_true[i]])}, predicted '
+                         f'{e(classes[pred[i]])} ({conf[i]:.0%})</figcaption></figure>')
+    parts.append('<section id="gallery"><h2>Mistakes and least confident images</h2>'
+                 f'<div class="grid">{"".join(cards) or "<p>No mistakes.</p>"}</div></section>')
+    history = _read_metrics_csv(Path(model_dir) / "metrics.csv") if model_dir else []
+    if history:
+        parts.append('<section id="curves"><h2>Training curves</h2>'
+                     f'<img alt="training curves" src="data:image/png;base64,'
+                     f'{_curves_png(history)}"></section>')
+    facts = {"images evaluated": m["n_images"], "classes": len(classes),
+             **{f"support of {k}": v["support"] for k, v in m["per_class"].items()},
+             **(dataset or {})}
+    items = "".join(f"<tr><td>{e(str(k))}</td><td>{e(str(v))}</td></tr>"
+                    for k, v in facts.items())
+    parts.append(f'<section id="dataset"><h2>Dataset</h2><table>{items}</table></section>')
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
+             ".big{font-size:2em;margin:0}.big span{font-size:.45em;color:#555}"
+             ".grid{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;width:130px;"
+             "font-size:12px}figure img{max-width:112px;max-height:112px}img{max-width:100%}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f'<!doctype html><html><head><meta charset="utf-8"><title>{e(title)}'
+                   f"</title><style>{style}</style></head><body>{''.join(parts)}"
+                   "</body></html>\n")
+    (out.parent / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
+    return m
+
+
+def write_model_report(clf: Any, model_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """``report.html`` + ``metrics.json`` in ``model_dir`` from the validation predictions
+    kept by :meth:`Classifier.fit` (validation images, or out-of-fold predictions)."""
+    v = getattr(clf, "val_report_", None)
+    if not v or not len(v["y"]):
+        return None
+    s = clf.summary_
+    facts = {"data": s.get("data"), "layout": s.get("layout"), "backbone": s.get("backbone"),
+             "head": s.get("head"), "evaluated on": v["what"],
+             **{f"training images of {k}": n for k, n in s.get("train_counts", {}).items()}}
+    return write_report(Path(model_dir) / "report.html", clf.classes_, v["sources"], v["y"],
+                        v["logits"], clf.temperature_, v["rejected"], model_dir, facts,
+                        title=f"headstart model report: {Path(model_dir).name}")

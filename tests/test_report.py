@@ -1,0 +1,103 @@
+"""The HTML report, generated through the CLI and rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from headstart.evaluate import bootstrap_ci
+
+from .conftest import EXAMPLES
+
+SECTIONS = ["summary", "per-class", "confusion", "calibration", "unknown", "gallery",
+            "dataset"]
+CHROMIUM = "/usr/bin/chromium"
+
+
+def test_bootstrap_ci_brackets_the_mean_and_narrows_with_more_data():
+    small = np.array([1, 0, 1, 1, 1, 0, 1, 1, 1, 1])
+    lo, hi = bootstrap_ci(small)
+    assert lo < small.mean() < hi
+    lo2, hi2 = bootstrap_ci(np.tile(small, 50))
+    assert hi2 - lo2 < hi - lo
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("report")
+    model = tmp / "model"
+    r = subprocess.run([sys.executable, "-m", "headstart", "train", str(EXAMPLES / "train"),
+                        "--out", str(model), "--head", "linear", "--finetune", "last-1",
+                        "--epochs", "2", "--image-size", "64", "--augment", "none"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    report = tmp / "eval" / "report.html"
+    r = subprocess.run([sys.executable, "-m", "headstart", "evaluate", str(model),
+                        str(EXAMPLES / "test"), "--report", str(report)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "95% CI" in r.stdout and "unknown" in r.stdout
+    return model, report
+
+
+def test_evaluate_report_is_self_contained_with_metrics_json(reports):
+    _, report = reports
+    text = report.read_text()
+    for section in SECTIONS + ["curves"]:
+        assert f'id="{section}"' in text
+    assert not re.search(r"(src|href)=\"https?://", text)  # nothing from the network
+    assert text.count("data:image/png;base64,") >= 3  # confusion, reliability, curves
+    m = json.loads((report.parent / "metrics.json").read_text())
+    lo, hi = m["accuracy_ci95"]
+    assert lo <= m["accuracy"] <= hi and m["n_images"] == 30
+    assert m["calibration"]["temperature"] > 0
+    assert 0 <= m["unknown"]["rejected"] <= 30
+
+
+def test_train_writes_a_report_into_the_model_directory(reports):
+    model, _ = reports
+    assert (model / "report.html").is_file() and (model / "metrics.json").is_file()
+    assert 'id="curves"' in (model / "report.html").read_text()
+
+
+def test_report_renders_in_headless_chromium(reports, tmp_path):
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("Chromium missing in CI: tests/install-browser.sh did not run")
+        pytest.skip("Debian's chromium is not installed (bash tests/install-browser.sh)")
+    from playwright.sync_api import sync_playwright
+
+    _, report = reports
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        failed: list[str] = []
+        page.on("requestfailed", lambda req: failed.append(req.url))
+        page.goto(report.as_uri())
+        for section in SECTIONS:
+            assert page.locator(f"#{section}").is_visible(), section
+        assert page.locator("#summary .big").inner_text().endswith(")")
+        for alt in ("confusion matrix", "reliability diagram", "training curves"):
+            img = page.locator(f'img[alt="{alt}"]')
+            assert img.is_visible()
+            assert img.evaluate("e => e.complete && e.naturalWidth > 100"), alt
+        assert page.locator("#gallery figure img").count() >= 1
+        shot = tmp_path / "report.png"
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert not failed
+    assert shot.stat().st_size > 50_000
+    keep = os.environ.get("HEADSTART_ARTIFACTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(keep) / "report.png")
