@@ -12,13 +12,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import parser
 
 
 def cli(*args: str) -> tuple[dict, float]:
@@ -40,9 +41,7 @@ def show(name: str, r: dict, wall: float) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--datasets", type=Path,
-                    default=Path(__file__).resolve().parents[2] / "shared" / "datasets")
+    ap = parser(__doc__)
     ap.add_argument("--digits-budget", type=float, default=300)
     a = ap.parse_args()
     for name in ("hymenoptera", "safari"):

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -19,6 +18,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import parser, safari_split
 
 
 def cli(*args: str, env: dict[str, str]) -> tuple[dict, float]:
@@ -32,9 +33,7 @@ def cli(*args: str, env: dict[str, str]) -> tuple[dict, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--datasets", type=Path,
-                    default=Path(__file__).resolve().parents[2] / "shared" / "datasets")
+    ap = parser(__doc__)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -47,16 +46,9 @@ def main() -> None:
               f"cold {t_cold:.1f} s, warm {t_warm:.1f} s "
               f"(warm computed {warm['features_computed']} features)")
 
-        safari = a.datasets / "safari"
-        train, test = ["path,label"], ["path,label"]
-        for cls in sorted(p.name for p in safari.iterdir() if p.is_dir()):
-            files = sorted((safari / cls).iterdir())
-            train += [f"{f},{cls}" for f in files[:10]]
-            test += [f"{f},{cls}" for f in files[10:]]
-        (tmp / "train.csv").write_text("\n".join(train) + "\n")
-        (tmp / "test.csv").write_text("\n".join(test) + "\n")
-        cli("train", tmp / "train.csv", "--out", tmp / "safari", env=env)
-        m, t_eval = cli("evaluate", tmp / "safari", tmp / "test.csv", env=env)
+        train_csv, test_csv = safari_split(a.datasets, tmp)
+        cli("train", train_csv, "--out", tmp / "safari", env=env)
+        m, t_eval = cli("evaluate", tmp / "safari", test_csv, env=env)
         print(f"safari (10 per class): accuracy {m['accuracy']:.4f} on {m['n_images']} "
               f"images, evaluate {t_eval:.1f} s")
 

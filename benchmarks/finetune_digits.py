@@ -12,7 +12,6 @@ reported accuracy. Targets: >= 3 points better than head-only, <= 10 minutes on 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -21,11 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import parser
+
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--datasets", type=Path,
-                    default=Path(__file__).resolve().parents[2] / "shared" / "datasets")
+    ap = parser(__doc__)
     ap.add_argument("--epochs", type=int, default=8)
     a = ap.parse_args()
     digits = a.datasets / "digits"

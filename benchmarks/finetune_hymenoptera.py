@@ -9,7 +9,6 @@ the same 153 validation images. Prints both and the time.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -17,11 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import parser
+
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--datasets", type=Path,
-                    default=Path(__file__).resolve().parents[2] / "shared" / "datasets")
+    ap = parser(__doc__)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()

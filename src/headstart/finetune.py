@@ -123,8 +123,8 @@ class FinetuneResult:
     is_global_zero: bool = True
 
 
-def choose_image_size(paths: Sequence[Any], default: int, sample: int = 64) -> int:
-    """The fine-tuning input size for these images (rule in the module docstring)."""
+def median_short_side(paths: Sequence[Any], sample: int = 64) -> float | None:
+    """Median shorter side (pixels) of up to ``sample`` evenly spaced images (headers only)."""
     sides = []
     for p in list(paths)[:: max(1, len(paths) // sample)][:sample]:
         try:
@@ -132,10 +132,13 @@ def choose_image_size(paths: Sequence[Any], default: int, sample: int = 64) -> i
                 sides.append(min(im.size))
         except Exception:  # noqa: BLE001 - unreadable files were reported already
             continue
-    if not sides:
-        return default
-    m = float(np.median(sides))
-    if m >= default / 2:
+    return float(np.median(sides)) if sides else None
+
+
+def choose_image_size(paths: Sequence[Any], default: int) -> int:
+    """The fine-tuning input size for these images (rule in the module docstring)."""
+    m = median_short_side(paths)
+    if m is None or m >= default / 2:
         return default
     return int(min(default, max(64, 32 * math.ceil(2 * m / 32))))
 

@@ -20,26 +20,18 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from PIL import Image
-
 from .backbones import Preprocess
-from .finetune import FinetuneConfig, StageResult, finetune, measured, split_rows
+from .finetune import (FinetuneConfig, StageResult, finetune, measured, median_short_side,
+                       split_rows)
 
 __all__ = ["SCRATCH_ARCH", "scratch_image_size", "scratch_stage"]
 
 SCRATCH_ARCH = "resnet10t"
 
 
-def scratch_image_size(paths: Sequence[Any], sample: int = 64) -> int:
+def scratch_image_size(paths: Sequence[Any]) -> int:
     """Input size for training from scratch (rule in the module docstring)."""
-    sides = []
-    for p in list(paths)[:: max(1, len(paths) // sample)][:sample]:
-        try:
-            with Image.open(p) as im:
-                sides.append(min(im.size))
-        except Exception:  # noqa: BLE001 - unreadable files were reported already
-            continue
-    m = float(np.median(sides)) if sides else 128.0
+    m = median_short_side(paths) or 128.0
     return int(min(128, max(32, 32 * math.ceil(m / 32))))
 
 

@@ -1,0 +1,30 @@
+"""Helpers shared by the benchmark scripts (run them from the repository root)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser with ``--datasets`` (default ``../shared/datasets``)."""
+    ap = argparse.ArgumentParser(description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", type=Path, default=DATASETS)
+    return ap
+
+
+def safari_split(datasets: Path, folder: Path) -> tuple[Path, Path]:
+    """``train.csv`` (the first 10 safari images per class, by name) and ``test.csv`` (the
+    others) in ``folder``."""
+    safari = datasets / "safari"
+    train, test = ["path,label"], ["path,label"]
+    for cls in sorted(p.name for p in safari.iterdir() if p.is_dir()):
+        files = sorted((safari / cls).iterdir())
+        train += [f"{f},{cls}" for f in files[:10]]
+        test += [f"{f},{cls}" for f in files[10:]]
+    (folder / "train.csv").write_text("\n".join(train) + "\n")
+    (folder / "test.csv").write_text("\n".join(test) + "\n")
+    return folder / "train.csv", folder / "test.csv"
