@@ -43,8 +43,9 @@ def show(name: str, r: dict, wall: float) -> None:
 def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--digits-budget", type=float, default=300)
+    ap.add_argument("--digits-only", action="store_true")
     a = ap.parse_args()
-    for name in ("hymenoptera", "safari"):
+    for name in () if a.digits_only else ("hymenoptera", "safari"):
         r, wall = cli("advise", a.datasets / name)
         show(name, r, wall)
     digits = a.datasets / "digits"

@@ -91,10 +91,12 @@ def train(
     int8: bool = typer.Option(False, "--int8", help="Quantise the backbone to INT8 (NNCF)."),
     finetune: str = typer.Option("off", help="off | auto | all | last-N: unfreeze the "
                                  "backbone (or its top N stages) and keep training."),
-    augment: str = typer.Option("light", help="Fine-tuning augmentation: none|light|strong."),
+    augment: Optional[str] = typer.Option(None, help="Augmentation: none|light|strong "
+                                          "(default light; none with --from-scratch)."),
     image_size: Optional[int] = typer.Option(None, help="Fine-tuning input size in pixels."),
     epochs: int = typer.Option(15, help="Maximum fine-tuning epochs."),
-    lr: float = typer.Option(1e-3, help="Fine-tuning learning rate of the head."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate of the head (default 1e-3; "
+                                       "3e-3 with --from-scratch)."),
     backbone_lr_factor: float = typer.Option(0.1, help="Backbone lr = lr x this factor."),
     patience: int = typer.Option(4, help="Stop after this many epochs without improvement."),
     max_minutes: Optional[float] = typer.Option(None, help="Time limit of fine-tuning."),
@@ -117,8 +119,9 @@ def train(
     if head not in HEADS:
         raise HeadstartError(f"--head: expected one of {', '.join(HEADS)}, got {head!r}")
     config = FinetuneConfig(
-        mode=finetune, augment=augment, image_size=image_size, max_epochs=epochs,
-        lr=lr if not from_scratch or lr != 1e-3 else 3e-3,
+        mode=finetune, augment=augment or ("none" if from_scratch else "light"),
+        image_size=image_size, max_epochs=epochs,
+        lr=lr if lr is not None else (3e-3 if from_scratch else 1e-3),
         backbone_lr_factor=backbone_lr_factor, patience=patience, max_minutes=max_minutes,
         resume=resume, accelerator=accelerator,
         devices=int(devices) if devices.isdigit() else devices, strategy=strategy,
