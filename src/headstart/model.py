@@ -179,7 +179,8 @@ class Classifier:
                            "learning may not be the right tool; run 'headstart advise %s'",
                            gap["feature_distance"] or float("nan"),
                            gap["imagenet_max_prob"] or float("nan"), data)
-        fitted = self._fit_validate(feats.X, y_all[feats.index], is_train)
+        usable, y = [items[i] for i in feats.index], y_all[feats.index]
+        fitted = self._fit_validate(feats.X, y, is_train)
         self.history_: list[dict[str, float]] = []
         self.is_global_zero_ = True
         ft_summary = None
@@ -187,8 +188,7 @@ class Classifier:
             cfg = replace(self.finetune_config or FinetuneConfig(), mode=self.finetune)
             cfg.check()
             stage = finetune_stage(
-                self.backbone_, [items[i] for i in feats.index], y_all[feats.index], is_train,
-                fitted[2], cfg, resolve_cache_dir(self.cache_dir),
+                self.backbone_, usable, y, is_train, fitted[2], cfg, resolve_cache_dir(self.cache_dir),
                 lambda bb, paths: self._features(paths, None, bb).X, self.seed,
                 self.val_fraction, on_epoch)
             ft_summary, self.history_ = stage.summary, stage.history
@@ -200,14 +200,14 @@ class Classifier:
         int8_summary = None
         if self.int8:
             fp32_acc = fitted[2]
-            calibration = [items[i] for i in feats.index[is_train]]
+            calibration = [p for p, t in zip(usable, is_train) if t]
             step = max(1, len(calibration) // 300)
             self.engine_ = int8_engine(
                 self.backbone_, resolve_cache_dir(self.cache_dir),
                 np.stack([prepare_image(p, self.backbone_.preprocess)
                           for p in calibration[::step][:300]]))
-            feats8 = self._features([items[i] for i in feats.index], progress)
-            fitted = self._fit_validate(feats8.X, y_all[feats.index], is_train)
+            feats8 = self._features(usable, progress)
+            fitted = self._fit_validate(feats8.X, y, is_train)
             drop = fp32_acc - fitted[2]
             int8_summary = {"variant": self.engine_.variant, "val_accuracy_fp32": fp32_acc,
                             "val_accuracy_int8": fitted[2], "drop": drop}
@@ -216,15 +216,15 @@ class Classifier:
                                "consider training without --int8", 100 * drop, fp32_acc,
                                fitted[2])
         self.head_, chooser, val_acc, n_val, val_source = fitted
+        # the final head saw every training row, except a fine-tuned one (not refit by int8)
+        tuned = bool(ft_summary and ft_summary.get("kept") == "finetuned")
         if self.int8:
             Xf = feats8.X
-        elif ft_summary and ft_summary.get("kept") == "finetuned":
-            Xf = self._features([items[i] for i in feats.index], None).X
+        elif tuned:
+            Xf = self._features(usable, None).X
         else:
             Xf = feats.X
-        calib = self._fit_honesty(Xf, y_all[feats.index], is_train,
-                                  bool(ft_summary and ft_summary.get("kept") == "finetuned"),
-                                  [items[i] for i in feats.index])
+        calib = self._fit_honesty(Xf, y, is_train, tuned and not self.int8, usable)
         self.summary_ = {
             "headstart_version": __version__,
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
