@@ -267,7 +267,7 @@ def evaluate(
     out.print(f"accuracy {m['accuracy']:.4f} on {m['n_images']} images "
               f"(95% CI {lo:.4f}-{hi:.4f}, macro F1 {m['macro_f1']:.4f})", highlight=False)
     u, c = m["unknown"], m["calibration"]
-    out.print(f"unknown  {u['rejected']} images rejected ({u['rejected_fraction']:.1%}); "
+    out.print(f"unknown  {u['rejected']} image(s) rejected ({u['rejected_fraction']:.1%}); "
               f"calibration ECE {c['ece_before']:.3f} raw, {c['ece_after']:.3f} with "
               f"temperature {c['temperature']:.2f}", highlight=False)
     table = Table("class", "precision", "recall", "f1", "support", box=None)
