@@ -61,6 +61,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     return clf, out
 
 
+def shared(*parts: str) -> Path:
+    """A path under ../shared/datasets, failing clearly when the datasets are not there."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.fail(f"{path} not found: the tests need the shared datasets in "
+                    f"{SHARED} (beside the repository)")
+    return path
+
+
 DIGITS = SHARED / "digits"
 
 
@@ -69,6 +78,6 @@ def copy_digits(dst: Path, classes=("0", "1", "7"), train: int = 30, val: int = 
     for split, n in (("train", train), ("val", val)):
         for c in classes:
             (dst / split / c).mkdir(parents=True, exist_ok=True)
-            for f in sorted((DIGITS / split / c).iterdir())[:n]:
+            for f in sorted(shared("digits", split, c).iterdir())[:n]:
                 shutil.copy(f, dst / split / c / f.name)
     return dst

@@ -7,7 +7,7 @@ from headstart import Classifier
 from headstart.calibration import (OutOfDistribution, expected_calibration_error,
                                    fit_temperature, robust_quantile, softmax)
 
-from .conftest import EXAMPLES, SHARED
+from .conftest import EXAMPLES, shared
 
 
 def test_fit_temperature_recovers_a_known_temperature():
@@ -37,7 +37,7 @@ def model():
 
 def test_unfamiliar_images_come_out_unknown(model):
     safari = sorted((EXAMPLES / "test").rglob("*.jpg"))
-    insects = sorted((SHARED / "hymenoptera" / "val").rglob("*.jpg"))[::4]
+    insects = sorted(shared("hymenoptera", "val").rglob("*.jpg"))[::4]
     known, odd = model.predict_images(safari), model.predict_images(insects)
     assert odd.rejected.mean() >= 0.9 and set(odd.labels) == {"unknown"}
     assert known.rejected.mean() <= 0.1
@@ -49,7 +49,7 @@ def test_unfamiliar_images_come_out_unknown(model):
 
 
 def test_probabilities_are_temperature_scaled_and_unknown_can_be_off(model, tmp_path):
-    files = sorted((SHARED / "hymenoptera" / "val" / "ants").iterdir())[:3]
+    files = sorted(shared("hymenoptera", "val", "ants").iterdir())[:3]
     pred = model.predict_images(files)
     np.testing.assert_allclose(pred.proba, softmax(pred.logits, model.temperature_),
                                rtol=1e-5)
