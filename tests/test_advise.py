@@ -4,8 +4,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
-import pytest
 
 from headstart.advise import MARGIN, advise, recommend
 from headstart.backbones import domain_gap

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from headstart.errors import HeadstartError
-from headstart.features import FeatureCache, extract_features, prepare_image
+from headstart.features import extract_features, prepare_image
 from headstart.runtime import PARITY_MIN_COSINE, cosine_parity, make_engine
 
 from .conftest import EXAMPLES

@@ -38,8 +38,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from ._training import Images, epoch_seconds, history_callback, module_class, transforms
 from .backbones import Preprocess
-from .data import read_image
 from .errors import HeadstartError
 
 __all__ = ["AUTO_MIN_PER_CLASS", "FinetuneConfig", "FinetuneResult", "StageResult",
@@ -156,161 +156,6 @@ def _stages(model: Any) -> list[tuple[str, list[str]]]:
     return [(name, names) for name, names in stages if names]
 
 
-class _Images:
-    """A torch Dataset of (image tensor, label) from files, with a transform."""
-
-    def __init__(self, paths: Sequence[Any], labels: Sequence[int], transform: Callable) -> None:
-        self.paths, self.labels, self.transform = list(paths), list(labels), transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        return self.transform(self.paths[i]), int(self.labels[i])
-
-
-def _transforms(pre: Preprocess, augment: str) -> tuple[Callable, Callable]:
-    import timm.data
-    import torch
-
-    from .features import preprocess_image
-
-    def evaluate(path: Any) -> Any:  # exactly the decoding and resizing of inference
-        return torch.from_numpy(preprocess_image(path, pre))
-
-    if augment == "none":
-        return evaluate, evaluate
-    strong = augment == "strong"
-    augmented = timm.data.create_transform(
-        input_size=(3, pre.size, pre.size), is_training=True,
-        scale=(0.25, 1.0) if strong else (0.6, 1.0), hflip=0.5,
-        color_jitter=0.4 if strong else 0.0,
-        auto_augment="rand-m9-mstd0.5" if strong else None, re_prob=0.25 if strong else 0.0,
-        interpolation=pre.interpolation, mean=pre.mean, std=pre.std)
-
-    def train(path: Any) -> Any:
-        return augmented(read_image(path))
-    return train, evaluate
-
-
-def _module_class() -> Any:
-    import lightning as L
-    import torch
-    from torch import nn
-
-    class FinetuneModule(L.LightningModule):
-        """Backbone + linear head, with discriminative learning rates."""
-
-        def __init__(self, backbone: nn.Module, weight: np.ndarray, bias: np.ndarray,
-                     trainable: set[str], cfg: FinetuneConfig, class_weight: np.ndarray,
-                     steps_per_epoch: int) -> None:
-            super().__init__()
-            self.backbone = backbone
-            self.head = nn.Linear(weight.shape[1], weight.shape[0])
-            with torch.no_grad():
-                self.head.weight.copy_(torch.from_numpy(weight))
-                self.head.bias.copy_(torch.from_numpy(bias))
-            for name, p in self.backbone.named_parameters():
-                p.requires_grad_(name in trainable)
-            self.frozen_bn = [m for m in self.backbone.modules()
-                              if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                              and not any(p.requires_grad for p in m.parameters())]
-            self.cfg = cfg
-            self.steps_per_epoch = steps_per_epoch
-            self.loss = nn.CrossEntropyLoss(weight=torch.as_tensor(class_weight,
-                                                                   dtype=torch.float32),
-                                            label_smoothing=cfg.label_smoothing)
-            self._val: list[tuple[float, float, int]] = []
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.backbone(x))
-
-        def train(self, mode: bool = True) -> "FinetuneModule":
-            super().train(mode)
-            for m in self.frozen_bn:  # frozen stages keep their ImageNet statistics
-                m.eval()
-            return self
-
-        def training_step(self, batch: Any, _: int) -> torch.Tensor:
-            x, y = batch
-            loss = self.loss(self(x), y)
-            self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True,
-                     batch_size=len(y))
-            return loss
-
-        def validation_step(self, batch: Any, _: int) -> None:
-            x, y = batch
-            logits = self(x)
-            self.log("val_loss", nn.functional.cross_entropy(logits, y), sync_dist=True,
-                     batch_size=len(y))
-            self.log("val_accuracy", (logits.argmax(1) == y).float().mean(), sync_dist=True,
-                     batch_size=len(y))
-
-        def configure_optimizers(self) -> Any:
-            groups = [{"params": list(self.head.parameters()), "lr": self.cfg.lr}]
-            backbone = [p for p in self.backbone.parameters() if p.requires_grad]
-            if backbone:
-                groups.append({"params": backbone,
-                               "lr": self.cfg.lr * self.cfg.backbone_lr_factor})
-            opt = torch.optim.AdamW(groups, weight_decay=self.cfg.weight_decay)
-            warm = max(1, int(self.cfg.warmup_epochs * self.steps_per_epoch))
-            total = max(warm + 1, self.cfg.max_epochs * self.steps_per_epoch)
-
-            def factor(step: int) -> float:
-                if step < warm:
-                    return (step + 1) / warm
-                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / (total - warm))))
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    return FinetuneModule
-
-
-def _history_callback(history: list[dict[str, float]],
-                      on_epoch: Callable[[dict[str, float]], None] | None) -> Any:
-    import lightning as L
-
-    class History(L.Callback):
-        def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
-            self.t0 = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
-            m = trainer.callback_metrics  # validation of this epoch has run already
-            row = {"epoch": trainer.current_epoch + 1,
-                   "train_loss": float(m.get("train_loss", float("nan"))),
-                   "val_loss": float(m.get("val_loss", float("nan"))),
-                   "val_accuracy": float(m.get("val_accuracy", float("nan"))),
-                   "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
-                   "seconds": round(time.perf_counter() - getattr(self, "t0", time.perf_counter()), 2)}
-            history.append(row)
-            if on_epoch is not None and trainer.is_global_zero:
-                on_epoch(row)
-
-    return History()
-
-
-def _epoch_seconds(module: Any, loader: Any, n_val: int, steps: int = 3) -> float:
-    """Estimated seconds of one epoch (training steps + validation), timed on a copy."""
-    import copy
-
-    import torch
-
-    probe = copy.deepcopy(module)
-    probe.train()
-    opt = torch.optim.AdamW([p for p in probe.parameters() if p.requires_grad], lr=0.0)
-    batches = iter(loader)
-    times = []
-    for _ in range(min(steps + 1, len(loader))):
-        x, y = next(batches)
-        t = time.perf_counter()
-        opt.zero_grad()
-        probe.loss(probe(x), y).backward()
-        opt.step()
-        times.append((time.perf_counter() - t) / len(y))
-    per_image = float(np.median(times[1:] if len(times) > 1 else times))
-    return per_image * len(loader.dataset) + per_image / 3 * n_val
-
-
 def finetune(model: Any, pre: Preprocess, train: tuple[Sequence[Any], Sequence[int]],
              val: tuple[Sequence[Any], Sequence[int]], head: tuple[np.ndarray, np.ndarray],
              cfg: FinetuneConfig, workdir: Path,
@@ -337,26 +182,26 @@ def finetune(model: Any, pre: Preprocess, train: tuple[Sequence[Any], Sequence[i
     else:
         chosen = stages[-int(mode if isinstance(mode, int) else 3):]
     trainable = {n for _, names in chosen for n in names}
-    train_tf, eval_tf = _transforms(pre, cfg.augment)
+    train_tf, eval_tf = transforms(pre, cfg.augment)
     workers = cfg.num_workers if cfg.num_workers is not None else \
         (0 if (os.cpu_count() or 1) <= 2 else min(4, (os.cpu_count() or 1) // 2))
     loader = torch.utils.data.DataLoader
     g = torch.Generator().manual_seed(0)
-    train_dl = loader(_Images(*train, train_tf), batch_size=cfg.batch_size, shuffle=True,
+    train_dl = loader(Images(*train, train_tf), batch_size=cfg.batch_size, shuffle=True,
                       num_workers=workers, drop_last=len(train[0]) > cfg.batch_size,
                       generator=g, persistent_workers=workers > 0)
-    val_dl = loader(_Images(*val, eval_tf), batch_size=cfg.batch_size * 2,
+    val_dl = loader(Images(*val, eval_tf), batch_size=cfg.batch_size * 2,
                     num_workers=workers, persistent_workers=workers > 0)
     k = head[0].shape[0]
     counts = np.bincount(np.asarray(train[1]), minlength=k).astype(np.float32)
     class_weight = len(train[1]) / (k * np.maximum(counts, 1))
 
     def make(c: FinetuneConfig) -> Any:
-        return _module_class()(model, head[0].astype(np.float32), head[1].astype(np.float32),
+        return module_class()(model, head[0].astype(np.float32), head[1].astype(np.float32),
                                trainable, c, class_weight, max(1, len(train_dl)))
     if cfg.max_minutes and not cfg.resume:
         # fit the schedule to the time limit, so that the cosine decay ends within it
-        per_epoch = _epoch_seconds(make(cfg), train_dl, len(val[0]))
+        per_epoch = epoch_seconds(make(cfg), train_dl, len(val[0]))
         fit = max(1, int(0.85 * cfg.max_minutes * 60 / per_epoch))
         if fit < cfg.max_epochs:
             logger.info("time limit: %d epochs of about %.0f s", fit, per_epoch)
@@ -372,7 +217,7 @@ def finetune(model: Any, pre: Preprocess, train: tuple[Sequence[Any], Sequence[i
         precision=cfg.precision or ("16-mixed" if torch.cuda.is_available() else "32-true"),
         max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
         callbacks=[best, EarlyStopping("val_accuracy", mode="max", patience=cfg.patience),
-                   _history_callback(history, on_epoch)],
+                   history_callback(history, on_epoch)],
         logger=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, deterministic=False, default_root_dir=str(workdir))
     ckpt = workdir / "last.ckpt"
