@@ -28,10 +28,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .backbones import DEFAULT_BACKBONE, domain_gap, load_backbone
+from .backbones import DEFAULT_BACKBONE, domain_gap
 from .data import load_dataset, stratified_split
 from .features import FeatureCache, ProgressFn, extract_features
-from .finetune import FinetuneConfig
+from .finetune import FinetuneConfig, split_rows
 from .heads import LinearHead
 from .model import Classifier
 
@@ -104,20 +104,16 @@ def advise(data: str | os.PathLike, budget: float = DEFAULT_BUDGET,
     """
     t0 = time.perf_counter()
     ds = load_dataset(data)
-    bb = load_backbone(backbone)
+    head_only = Classifier(backbone=backbone, head="auto", seed=seed, cache_dir=cache_dir,
+                           val_fraction=val_fraction).fit(data, progress=progress)
+    bb = head_only.backbone_  # features below come from the cache this fit filled
     items = list(ds.train.paths) + (list(ds.val.paths) if ds.val else [])
     y_all = np.asarray(ds.train.labels + (ds.val.labels if ds.val else []))
-    feats = extract_features(bb, items, FeatureCache(cache_dir), progress=progress)
+    feats = extract_features(bb, items, FeatureCache(cache_dir))
     X, y = feats.X, y_all[feats.index]
-    is_train = feats.index < len(ds.train)
-    tr, va = np.flatnonzero(is_train), np.flatnonzero(~is_train)
-    if not len(va):
-        a, b = stratified_split(y[tr], val_fraction, seed)
-        tr, va = tr[a], tr[b]
+    tr, va = split_rows(y, feats.index < len(ds.train), val_fraction, seed)
     counts = np.bincount(y[tr], minlength=len(ds.train.classes))
     curve = _learning_curve(X, y, tr, va, seed)
-    head_only = Classifier(backbone=backbone, head="auto", seed=seed, cache_dir=cache_dir,
-                           val_fraction=val_fraction).fit(data)
     h = float(head_only.summary_["val_accuracy"])
     gap = domain_gap(bb, X[tr])
     t_runs = time.perf_counter()

@@ -244,6 +244,7 @@ def evaluate(
                                     help="Never answer 'unknown' for unfamiliar images."),
 ) -> None:
     """Accuracy, per-class precision/recall/F1 and confusion matrix on labelled images."""
+    from .data import Skipped
     from .evaluate import evaluation
     from .model import Classifier
 
@@ -256,10 +257,7 @@ def evaluate(
         write_report(report, clf.classes_, pred.sources, y_true, pred.logits,
                      clf.temperature_, pred.rejected, model,
                      {"data": str(data), "model": str(model)})
-    if m["skipped"]:
-        err.print(f"[yellow]skipped {len(m['skipped'])} file(s)[/yellow]")
-        for s in m["skipped"][:20]:
-            err.print(f"  {s['path']}: {s['reason']}", highlight=False, markup=False)
+    _print_skipped([Skipped(**k) for k in m["skipped"]])
     if as_json:
         _emit_json(m)
         return

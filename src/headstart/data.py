@@ -295,7 +295,7 @@ def load_dataset(source: str | os.PathLike, val: str | os.PathLike | None = None
             raise DataError(f"--val: folder not found: {val}")
         val_set, more = _scan_class_folders(Path(val), train.classes)
         skipped += more
-    check_classes(train, str(root))
+    check_classes(train.labels, train.classes, str(root))
     return Dataset(train=train, val=val_set, layout=layout, skipped=skipped)
 
 
@@ -325,13 +325,17 @@ def load_labelled(source: str | os.PathLike, classes: list[str]
     return _scan_class_folders(root, classes)
 
 
-def check_classes(images: ImageSet, where: str) -> None:
-    """Raise :class:`DataError` unless there are >= 2 classes, each with >= 1 image."""
-    if len(images.classes) < 2:
-        found = f"only {images.classes}" if images.classes else "none"
+def check_classes(labels: Sequence[int], classes: list[str], where: str) -> None:
+    """Raise :class:`DataError` unless there are >= 2 classes, each with >= 1 image.
+
+    ``labels`` are the images' class indices into ``classes``.
+    """
+    if len(classes) < 2:
+        found = f"only {classes}" if classes else "none"
         raise DataError(f"{where}: need at least 2 classes (one folder per class), found "
                         f"{found}")
-    empty = [c for c, n in images.counts().items() if n == 0]
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=len(classes))
+    empty = [c for c, n in zip(classes, counts) if n == 0]
     if empty:
         raise DataError(f"{where}: class(es) {empty} have no usable images")
 

@@ -170,8 +170,7 @@ class Classifier:
         is_train = feats.index < len(train_items)
         ytr = y_all[feats.index[is_train]]
         self.classes_ = list(dataset.train.classes)
-        check_classes(ImageSet([Path()] * len(ytr), ytr.tolist(), self.classes_),
-                      f"{data} (after skipping unreadable files)")
+        check_classes(ytr, self.classes_, f"{data} (after skipping unreadable files)")
         gap = domain_gap(self.backbone_, feats.X[is_train])
         if gap["level"] == "far":
             logger.warning("these images look far from the backbone's pretraining photos "
@@ -225,30 +224,13 @@ class Classifier:
         else:
             Xf = feats.X
         calib = self._fit_honesty(Xf, y, is_train, tuned and not self.int8, usable)
-        self.summary_ = {
-            "headstart_version": __version__,
-            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "data": str(data) if labels is None else f"{len(data)} images",
-            "layout": dataset.layout,
-            "backbone": self.backbone_.name,
-            "head": self.head_kind_,
-            "head_cv_accuracy": chooser,
-            "train_counts": {c: int(n) for c, n in
-                             zip(self.classes_, np.bincount(ytr, minlength=len(self.classes_)))},
-            "val_images": n_val,
-            "val_accuracy": val_acc,
-            "val_source": val_source,
-            "skipped": len(self.skipped_),
-            "features_computed": feats.computed,
-            "features_cached": int(len(feats.index) - feats.computed),
-            "runtime": self.engine_.name if self.engine_ is not None else "cache",
-            "int8": int8_summary,
-            "finetune": ft_summary,
-            "from_scratch": None,
-            "domain_gap": gap,
-            "calibration": calib,
-            "seconds": round(time.perf_counter() - t0, 2),
-        }
+        self.summary_ = self._summary(
+            str(data) if labels is None else f"{len(data)} images", dataset.layout, ytr, t0,
+            head_cv_accuracy=chooser, val_images=n_val, val_accuracy=val_acc,
+            val_source=val_source, features_computed=feats.computed,
+            features_cached=int(len(feats.index) - feats.computed),
+            runtime=self.engine_.name if self.engine_ is not None else "cache",
+            int8=int8_summary, finetune=ft_summary, domain_gap=gap, calibration=calib)
         logger.info("trained %s head: val accuracy %.4f", self.head_kind_, val_acc)
         return self
 
@@ -277,35 +259,43 @@ class Classifier:
         self.skipped_ = dataset.skipped + bad
         is_train = ok < len(dataset.train)
         self.classes_ = list(dataset.train.classes)
-        check_classes(ImageSet([Path()] * int(is_train.sum()), y_all[ok[is_train]].tolist(),
-                               self.classes_), f"{data} (after skipping unreadable files)")
+        check_classes(y_all[ok[is_train]], self.classes_,
+                      f"{data} (after skipping unreadable files)")
         cfg = self.finetune_config or FinetuneConfig(lr=3e-3, augment="none")
         cfg.check()
         self.engine_ = None
-        stage = scratch_stage([items[i] for i in ok], y_all[ok], is_train, len(self.classes_),
+        usable = [items[i] for i in ok]
+        stage = scratch_stage(usable, y_all[ok], is_train, len(self.classes_),
                               cfg, resolve_cache_dir(self.cache_dir),
                               lambda bb, paths: self._features(paths, None, bb).X, self.seed,
                               self.val_fraction, on_epoch=on_epoch)
         self.backbone_, self.head_, self.head_kind_ = stage.backbone, stage.head, "linear"
         self.history_, self.is_global_zero_ = stage.history, stage.is_global_zero
         s = stage.summary
-        calib = self._fit_honesty(self._features([items[i] for i in ok], None).X, y_all[ok],
-                                  is_train, True, [items[i] for i in ok])
-        self.summary_ = {
-            "headstart_version": __version__,
-            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "data": str(data),
-            "layout": dataset.layout, "backbone": self.backbone_.name, "head": "linear",
-            "head_cv_accuracy": {},
-            "train_counts": {c: int(n) for c, n in zip(self.classes_, np.bincount(
-                y_all[ok[is_train]], minlength=len(self.classes_)))},
-            "val_images": s["val_images"], "val_accuracy": s["val_accuracy"],
-            "val_source": "validation split" if (~is_train).any() else
+        calib = self._fit_honesty(self._features(usable, None).X, y_all[ok], is_train, True,
+                                  usable)
+        self.summary_ = self._summary(
+            str(data), dataset.layout, y_all[ok[is_train]], t0, val_images=s["val_images"],
+            val_accuracy=s["val_accuracy"],
+            val_source="validation split" if (~is_train).any() else
             f"held-out {self.val_fraction:.0%} of each class",
-            "skipped": len(self.skipped_), "features_computed": 0, "features_cached": 0,
-            "runtime": "torch", "int8": None, "finetune": None, "from_scratch": s,
-            "calibration": calib,
-            "seconds": round(time.perf_counter() - t0, 2)}
+            runtime="torch", from_scratch=s, calibration=calib)
         return self
+
+    def _summary(self, data: str, layout: str, y_train: np.ndarray, t0: float,
+                 **fields: Any) -> dict[str, Any]:
+        """The training summary: common facts, then ``fields`` (absent stages are None)."""
+        return {
+            "headstart_version": __version__,
+            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "data": data, "layout": layout, "backbone": self.backbone_.name,
+            "head": self.head_kind_, "head_cv_accuracy": {},
+            "train_counts": {c: int(n) for c, n in zip(
+                self.classes_, np.bincount(y_train, minlength=len(self.classes_)))},
+            "skipped": len(self.skipped_), "features_computed": 0, "features_cached": 0,
+            "int8": None, "finetune": None, "from_scratch": None, "domain_gap": None,
+            **fields,
+            "seconds": round(time.perf_counter() - t0, 2)}
 
     def _fit_validate(self, X: np.ndarray, y: np.ndarray, is_train: np.ndarray
                       ) -> tuple[Any, dict[str, float], float, int, str]:
@@ -350,7 +340,7 @@ class Classifier:
             raise DataError(f"labels: expected one per image ({len(data)}), got {len(labels)}")
         classes = sorted(set(map(str, labels)))
         train = ImageSet(list(data), [classes.index(str(lab)) for lab in labels], classes)
-        check_classes(train, "labels")
+        check_classes(train.labels, train.classes, "labels")
         val_set = load_dataset(Path(val)).train if val is not None else None
         return Dataset(train=train, val=val_set, layout="in memory")
 

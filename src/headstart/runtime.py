@@ -1,6 +1,6 @@
 """Fast inference engines for a backbone: OpenVINO, ONNX Runtime or PyTorch.
 
-Every engine runs the same graph, :class:`ImageFeatures`: a uint8 batch ``(N, S, S, 3)``
+Every engine runs the same graph (:func:`image_features_module`): a uint8 batch ``(N, S, S, 3)``
 (the resized, centre-cropped RGB images) -> normalisation -> backbone -> ``(N, D)`` float32
 features. Normalising inside the graph keeps the decode threads light and lets the engine
 fuse it.
@@ -14,15 +14,17 @@ fails to export, is recorded and PyTorch is used instead, with a warning.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -189,18 +191,11 @@ def _compiled(backbone: Backbone, name: str, cache_root: Path, sample: np.ndarra
     check_file = folder / "check.json"
     try:
         if not check_file.is_file():
-            tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=_mkdir(folder.parent)))
-            try:
+            with _new_folder(folder) as tmp:
                 export(backbone, tmp)
-                fn = load(tmp)
-                reference = _torch_engine(backbone)(sample)
-                cos = cosine_parity(fn(sample), reference)
+                cos = cosine_parity(load(tmp)(sample), _torch_engine(backbone)(sample))
                 (tmp / "check.json").write_text(json.dumps(
                     {"min_cosine": cos, "ok": cos > PARITY_MIN_COSINE, "images": len(sample)}))
-                shutil.rmtree(folder, ignore_errors=True)
-                os.replace(tmp, folder)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
         check = json.loads(check_file.read_text())
         if not check["ok"]:
             warnings.warn(f"{name} features differ from PyTorch (cosine "
@@ -215,9 +210,18 @@ def _compiled(backbone: Backbone, name: str, cache_root: Path, sample: np.ndarra
         return None
 
 
-def _mkdir(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+@contextlib.contextmanager
+def _new_folder(folder: Path) -> Iterator[Path]:
+    """A temporary sibling folder to fill, renamed to ``folder`` when the block succeeds
+    (replacing it), removed when it fails: a cache entry is never half written."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        yield tmp
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def make_engine(backbone: Backbone, cache_root: Path, runtime: str = "auto",
@@ -274,24 +278,16 @@ def int8_engine(backbone: Backbone, cache_root: Path, calibration: np.ndarray) -
         if fp32.ir is None:
             raise HeadstartError("--int8: the OpenVINO FP32 graph failed its check; "
                                  "cannot quantise (see the warning above)")
-        import contextlib
-        import sys
-
         import nncf
         import openvino as ov
 
-        tmp = Path(tempfile.mkdtemp(prefix=".int8-", dir=_mkdir(folder.parent)))
-        try:
+        with _new_folder(folder) as tmp:
             data = nncf.Dataset([calibration[i:i + 1] for i in range(len(calibration))])
             with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 quantized = nncf.quantize(ov.Core().read_model(str(fp32.ir)), data,
                                           subset_size=len(calibration))
             ov.save_model(quantized, str(tmp / "model.xml"), compress_to_fp16=False)
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return openvino_ir_engine(folder / "model.xml", variant)
 
 
