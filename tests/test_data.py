@@ -59,11 +59,18 @@ def test_one_class_is_a_clear_error(tmp_path):
         load_dataset(tmp_path / "d")
 
 
-def test_empty_class_folder_is_a_clear_error(tmp_path):
+def test_empty_class_folder_is_reported_and_ignored(tmp_path):
     copy_images(tmp_path / "d", 3)
     (tmp_path / "d" / "zebra").mkdir()
-    with pytest.raises(DataError, match=r"\['zebra'\] have no usable images"):
-        load_dataset(tmp_path / "d")
+    (tmp_path / "d" / "lion").mkdir()
+    (tmp_path / "d" / "lion" / "notes.txt").write_text("no photos yet")
+    ds = load_dataset(tmp_path / "d")
+    assert ds.train.classes == ["elephant", "giraffe"]
+    assert ds.train.counts() == {"elephant": 3, "giraffe": 3}
+    reasons = {Path(s.path).name: s.reason for s in ds.skipped}
+    assert reasons["zebra"] == "empty class folder (no images), class ignored"
+    assert reasons["lion"] == "empty class folder (no images), class ignored"
+    assert reasons["notes.txt"] == "not an image type (.txt)"
 
 
 def test_missing_path_and_unknown_eval_class(tmp_path):
@@ -78,10 +85,14 @@ def test_non_images_and_loose_files_are_reported(small_data):
     (small_data / "giraffe" / "notes.txt").write_text("hello")
     (small_data / "readme.jpg").write_bytes(b"x")
     (small_data / "giraffe" / ".hidden.jpg").write_bytes(b"x")
+    (small_data / "giraffe" / "photo.heic").write_bytes(b"\0\0\0\x18ftypheic")
     ds = load_dataset(small_data)
     reasons = {Path(s.path).name: s.reason for s in ds.skipped}
     assert reasons == {"notes.txt": "not an image type (.txt)",
-                       "readme.jpg": "not inside a class folder"}
+                       "readme.jpg": "not inside a class folder",
+                       ".hidden.jpg": "hidden file, ignored",
+                       "photo.heic": "unsupported image format (.heic): convert it to JPEG "
+                                     "or PNG"}
 
 
 def test_read_image_applies_exif_orientation(tmp_path):
@@ -131,7 +142,7 @@ def test_unreadable_files_give_reasons(tmp_path):
             read_image(tmp_path / name)
         reasons[name] = str(e.value)
     assert reasons["empty.jpg"] == "empty file"
-    assert reasons["page.jpg"] == "not an image"
+    assert reasons["page.jpg"] == "not an image: an HTML/XML page saved with an image name"
     assert "truncated" in reasons["cut.jpg"]
     assert reasons["missing.jpg"] == "file not found"
 

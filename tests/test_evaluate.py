@@ -31,7 +31,7 @@ def test_evaluate_uses_the_held_out_split(trained, tmp_path):
     m = evaluate(clf, tmp_path / "d")
     assert m["n_images"] == 30
     assert m["accuracy"] >= 0.9
-    assert [s["reason"] for s in m["skipped"]] == ["not an image"]
+    assert [s["reason"] for s in m["skipped"]] == ["not an image: a text file"]
     assert sum(map(sum, m["confusion_matrix"])) == 30
 
 

@@ -58,7 +58,7 @@ def test_corrupt_file_is_skipped_and_the_rest_used(tmp_path, backbone):
     items = _images(2) + [bad] + _images(3)[2:]
     f = extract_features(backbone, items, FeatureCache(tmp_path / "c"))
     assert f.index.tolist() == [0, 1, 3]
-    assert [(s.path, s.reason) for s in f.skipped] == [(str(bad), "not an image")]
+    assert [(s.path, s.reason) for s in f.skipped] == [(str(bad), "not an image: a text file")]
 
 
 def test_pil_images_match_files(backbone):

@@ -32,9 +32,13 @@ __all__ = [
     "ImageSet",
     "Skipped",
     "UnreadableImage",
+    "check_pixels",
     "find_images",
+    "image_error",
     "load_dataset",
+    "load_splits",
     "load_labelled",
+    "open_image",
     "read_image",
     "stratified_split",
 ]
@@ -43,9 +47,13 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# Image formats people have but Pillow cannot decode: named in the reason for skipping.
+UNSUPPORTED_EXTENSIONS = frozenset(
+    {".heic", ".heif", ".avif", ".svg", ".psd", ".raw", ".cr2", ".cr3", ".nef", ".arw",
+     ".dng", ".orf", ".rw2", ".jxl", ".ico", ".eps", ".pdf"})
 VAL_SPLIT_NAMES = ("val", "valid", "validation", "test")
-# Refuse images above this many pixels (decompression bombs); PIL raises beyond it.
-Image.MAX_IMAGE_PIXELS = 100_000_000
+# Images with more pixels than this are refused before decoding (decompression bombs).
+MAX_PIXELS = 100_000_000
 
 
 class UnreadableImage(Exception):
@@ -93,6 +101,31 @@ class Dataset:
     val: ImageSet | None
     layout: str
     skipped: list[Skipped] = field(default_factory=list)
+    val_split: str = "val"
+
+
+def check_pixels(img: Image.Image) -> None:
+    """Raise :class:`UnreadableImage` if ``img`` (opened, not yet decoded) is too large."""
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise UnreadableImage(f"too many pixels ({w}x{h} > {MAX_PIXELS:,}; a decompression "
+                              "bomb or a scan too large to use)")
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file lazily (header only), refusing decompression bombs.
+
+    Raises:
+        UnreadableImage: see :func:`read_image`.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Exception as e:  # noqa: BLE001 - every failure becomes a reason
+        raise image_error(e, path) from None
+    check_pixels(img)
+    return img
 
 
 def read_image(source: str | os.PathLike | Image.Image) -> Image.Image:
@@ -102,33 +135,64 @@ def read_image(source: str | os.PathLike | Image.Image) -> Image.Image:
     on white; animated images give their first frame.
 
     Raises:
-        UnreadableImage: the file is missing, empty, truncated or not an image.
+        UnreadableImage: the file is missing, empty, truncated, too large or not an image.
     """
+    img = source if isinstance(source, Image.Image) else open_image(source)
     try:
-        if isinstance(source, Image.Image):
-            img = source
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(source)
-                img.load()
+        check_pixels(img)
+        img.load()
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)
         img = ImageOps.exif_transpose(img)
         return _to_rgb(img)
-    except FileNotFoundError:
-        raise UnreadableImage("file not found") from None
-    except IsADirectoryError:
-        raise UnreadableImage("is a directory") from None
-    except PermissionError:
-        raise UnreadableImage("permission denied") from None
-    except UnidentifiedImageError:
-        size = os.path.getsize(source) if not isinstance(source, Image.Image) else -1
-        raise UnreadableImage("empty file" if size == 0 else "not an image") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise UnreadableImage(f"too many pixels ({e})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise UnreadableImage(f"cannot decode: {e}") from None
+    except UnreadableImage:
+        raise
+    except Exception as e:  # noqa: BLE001 - every failure becomes a reason
+        raise image_error(e, None if isinstance(source, Image.Image) else source) from None
+
+
+def image_error(e: BaseException, path: str | os.PathLike | None) -> UnreadableImage:
+    """Why an image could not be opened or decoded, in words."""
+    if isinstance(e, FileNotFoundError):
+        if path is not None and os.path.islink(path):
+            return UnreadableImage("broken symbolic link (its target is missing)")
+        return UnreadableImage("file not found")
+    if isinstance(e, IsADirectoryError):
+        return UnreadableImage("is a directory")
+    if isinstance(e, PermissionError):
+        return UnreadableImage("permission denied")
+    if isinstance(e, Image.DecompressionBombError):
+        return UnreadableImage(f"too many pixels ({e})")
+    if isinstance(e, UnidentifiedImageError):
+        return UnreadableImage(_not_an_image(path))
+    if isinstance(e, (OSError, SyntaxError, ValueError, EOFError, MemoryError)):
+        return UnreadableImage(f"cannot decode: {e}")
+    return UnreadableImage(f"cannot decode: {type(e).__name__}: {e}")
+
+
+def _not_an_image(path: str | os.PathLike | None) -> str:
+    """Name what a file that is not an image actually is, when that is easy to tell."""
+    if path is None:
+        return "not an image"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2048)
+    except OSError:
+        return "not an image"
+    if not head:
+        return "empty file"
+    low = head.lstrip().lower()
+    if low.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")) or b"<html" in low:
+        return "not an image: an HTML/XML page saved with an image name"
+    suffix = Path(path).suffix.lower()
+    if suffix in UNSUPPORTED_EXTENSIONS or head[4:12] in (b"ftypheic", b"ftypheix",
+                                                          b"ftypmif1", b"ftypavif"):
+        return f"unsupported image format ({suffix or 'HEIC/AVIF'}): convert it to JPEG or PNG"
+    try:
+        head.decode("utf-8")
+        return "not an image: a text file"
+    except UnicodeDecodeError:
+        return "not an image (unknown file type)"
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -151,12 +215,35 @@ def _is_hidden(path: Path) -> bool:
     return path.name.startswith(".")
 
 
-def _files_under(folder: Path) -> Iterable[Path]:
-    for root, dirs, files in os.walk(folder, followlinks=True):
+def _files_under(folder: Path) -> Iterable[tuple[Path, str | None]]:
+    """Files under ``folder`` (symlinks followed, loops cut) with a reason to skip or None."""
+    seen: set[str] = set()
+    problems: list[tuple[Path, str]] = []
+
+    def unreadable(e: OSError) -> None:
+        problems.append((Path(e.filename), f"cannot list folder: {e.strerror}"))
+
+    for root, dirs, files in os.walk(folder, followlinks=True, onerror=unreadable):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            yield Path(root), "symbolic link loop, ignored"
+            continue
+        seen.add(real)
+        yield from problems
+        problems.clear()
+        for d in sorted(d for d in dirs if d.startswith(".")):
+            yield Path(root) / d, "hidden folder, ignored"
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for f in sorted(files):
-            if not f.startswith("."):
-                yield Path(root) / f
+            path = Path(root) / f
+            if f.startswith("."):
+                yield path, "hidden file, ignored"
+            elif path.is_symlink() and not path.exists():
+                yield path, "broken symbolic link (its target is missing)"
+            else:
+                yield path, None
+    yield from problems
 
 
 def find_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Skipped]]:
@@ -172,11 +259,17 @@ def find_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Sk
     skipped: list[Skipped] = []
     for p in map(Path, paths):
         if p.is_dir():
-            for f in _files_under(p):
-                if f.suffix.lower() in IMAGE_EXTENSIONS:
+            for f, problem in _files_under(p):
+                ext = f.suffix.lower()
+                if problem is not None:
+                    skipped.append(Skipped(str(f), problem))
+                elif ext in IMAGE_EXTENSIONS:
                     found.append(f)
+                elif ext in UNSUPPORTED_EXTENSIONS:
+                    skipped.append(Skipped(str(f), f"unsupported image format ({ext}): "
+                                           "convert it to JPEG or PNG"))
                 else:
-                    skipped.append(Skipped(str(f), f"not an image type ({f.suffix or 'none'})"))
+                    skipped.append(Skipped(str(f), f"not an image type ({ext or 'none'})"))
         elif p.exists():
             found.append(p)
         else:
@@ -201,13 +294,18 @@ def _scan_class_folders(root: Path, classes: list[str] | None = None
                             f"classes {classes}")
     skipped = [Skipped(str(f), "not inside a class folder") for f in sorted(root.iterdir())
                if f.is_file() and not _is_hidden(f)]
-    paths: list[Path] = []
-    labels: list[int] = []
+    found = []
     for d in folders:
         files, bad = find_images([d])
         skipped += bad
-        paths += files
-        labels += [classes.index(d.name)] * len(files)
+        if not files:
+            skipped.append(Skipped(str(d), "empty class folder (no images), class ignored"
+                                   if classes is names else "empty class folder (no images)"))
+        found.append((d.name, files))
+    if classes is names:  # training classes: a folder without images is not a class
+        classes = [name for name, files in found if files]
+    paths = [f for _, files in found for f in files]
+    labels = [classes.index(name) for name, files in found for _ in files]
     return ImageSet(paths, labels, classes), skipped
 
 
@@ -269,6 +367,7 @@ def load_dataset(source: str | os.PathLike, val: str | os.PathLike | None = None
     if not root.exists():
         raise DataError(f"data path not found: {root}")
     val_set: ImageSet | None = None
+    val_split = "val"
     if root.is_file():
         if root.suffix.lower() != ".csv":
             raise DataError(f"{root} is a file; expected a folder of class folders or a CSV")
@@ -286,6 +385,7 @@ def load_dataset(source: str | os.PathLike, val: str | os.PathLike | None = None
                 if name in split_dirs and val is None:
                     val_set, more = _scan_class_folders(split_dirs[name], train.classes)
                     skipped += more
+                    val_split = split_dirs[name].name
                     break
         else:
             train, skipped = _scan_class_folders(root)
@@ -296,7 +396,44 @@ def load_dataset(source: str | os.PathLike, val: str | os.PathLike | None = None
         val_set, more = _scan_class_folders(Path(val), train.classes)
         skipped += more
     check_classes(train.labels, train.classes, str(root))
-    return Dataset(train=train, val=val_set, layout=layout, skipped=skipped)
+    return Dataset(train=train, val=val_set, layout=layout, skipped=skipped,
+                   val_split=val_split)
+
+
+def load_splits(source: str | os.PathLike) -> tuple[dict[str, ImageSet], list[Skipped], str]:
+    """Every split of a dataset, for checking it: ``({split: images}, skipped, layout)``.
+
+    Unlike :func:`load_dataset`, a ``train/val/test`` folder gives all three splits, and
+    classes are not checked (a split may have classes the others lack).
+
+    Raises:
+        DataError: missing path, or a file that is not a CSV.
+    """
+    root = Path(source)
+    if not root.exists():
+        raise DataError(f"data path not found: {root}")
+    if root.is_file():
+        if root.suffix.lower() != ".csv":
+            raise DataError(f"{root} is a file; expected a folder of class folders or a CSV")
+        entries, skipped = _read_csv(root)
+        classes = sorted({lab for _, lab, _ in entries})
+        sets = {which: _csv_set(entries, which, classes, root) for which in ("train", "val")}
+        return {k: v for k, v in sets.items() if len(v)}, skipped, "csv"
+    split_dirs = {d.name.lower(): d for d in _class_folders(root)}
+    if "train" not in split_dirs:
+        images, skipped = _scan_class_folders(root)
+        return {"train": images}, skipped, "class folders"
+    splits: dict[str, ImageSet] = {}
+    skipped = []
+    for name in ("train",) + VAL_SPLIT_NAMES:
+        if name in split_dirs:
+            images, more = _scan_class_folders(split_dirs[name])
+            splits[split_dirs[name].name] = images
+            skipped += more
+    skipped += [Skipped(str(d), "folder beside the train split is not a known split "
+                        "(val, valid, validation, test): ignored")
+                for key, d in split_dirs.items() if key not in ("train",) + VAL_SPLIT_NAMES]
+    return splits, skipped, "train/val"
 
 
 def load_labelled(source: str | os.PathLike, classes: list[str]

@@ -25,7 +25,8 @@ import numpy as np
 from PIL import Image
 
 from .backbones import Backbone, Preprocess
-from .data import Skipped, UnreadableImage, read_image
+from .data import (Skipped, UnreadableImage, check_pixels, image_error, open_image,
+                   read_image)
 from .runtime import Engine, make_engine
 
 __all__ = ["FeatureCache", "Features", "extract_features", "normalize", "prepare_image",
@@ -67,14 +68,10 @@ def prepare_image(source: "str | os.PathLike | Image.Image", pre: Preprocess) ->
         UnreadableImage: the file cannot be decoded.
     """
     target = int(pre.size / pre.crop_pct)
-    img: "str | os.PathLike | Image.Image" = source
-    if not isinstance(source, Image.Image):
-        try:
-            img = Image.open(source)
-            if img.format == "JPEG":
-                img.draft("RGB", (target, target))
-        except Exception:  # noqa: BLE001 - read_image below gives the reason
-            img = source
+    img = source if isinstance(source, Image.Image) else open_image(source)
+    if img.format == "JPEG" and not isinstance(source, Image.Image):
+        check_pixels(img)  # on the full size, before draft mode shrinks it
+        img.draft("RGB", (target, target))
     rgb = read_image(img)
     box = _crop_box(*rgb.size, pre)
     out = rgb.resize((pre.size, pre.size), _RESAMPLE.get(pre.interpolation, Image.BICUBIC),
@@ -176,7 +173,7 @@ def extract_features(backbone: Backbone, images: Sequence["str | os.PathLike | I
             try:
                 digests[i] = file_hash(src)
             except OSError as e:
-                skipped.append(Skipped(str(src), _os_reason(e)))
+                skipped.append(Skipped(str(src), str(image_error(e, src))))
                 continue
             hit = cache.get(key, digests[i])
             if hit is not None and hit.shape == (backbone.num_features,):
@@ -241,13 +238,3 @@ def readable(images: Sequence["str | os.PathLike"], workers: int | None = None
     ok = np.asarray([i for i, r in enumerate(reasons) if r is None], dtype=int)
     return ok, sorted((Skipped(str(images[i]), r) for i, r in enumerate(reasons)
                        if r is not None), key=lambda s: s.path)
-
-
-def _os_reason(e: OSError) -> str:
-    if isinstance(e, FileNotFoundError):
-        return "file not found"
-    if isinstance(e, PermissionError):
-        return "permission denied"
-    if isinstance(e, IsADirectoryError):
-        return "is a directory"
-    return f"cannot read: {e.strerror or e}"
