@@ -81,3 +81,82 @@ def copy_digits(dst: Path, classes=("0", "1", "7"), train: int = 30, val: int = 
             for f in sorted(shared("digits", split, c).iterdir())[:n]:
                 shutil.copy(f, dst / split / c / f.name)
     return dst
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG that claims ``width`` x ``height`` grey pixels but holds almost no data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+
+
+def make_bad_corpus(root: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """A class-folder dataset with one file of each broken kind beside good photos.
+
+    Returns ``(unusable, good)``: the relative path of each file that must be reported as
+    unusable -> a fragment of its reason, and the number of good images per class.
+    """
+    import os
+
+    from PIL import Image
+
+    data = copy_images(root, 6)
+    ele, gir = data / "elephant", data / "giraffe"
+    photo = sorted(ele.iterdir())[0].read_bytes()
+    unusable = {}
+
+    def bad(rel: str, content: bytes, reason: str) -> None:
+        (data / rel).write_bytes(content)
+        unusable[rel] = reason
+    bad("elephant/zero.jpg", b"", "empty file")
+    bad("elephant/cut.jpg", photo[: len(photo) // 3], "truncated")
+    png = io_png()
+    bad("giraffe/cut.png", png[: len(png) // 2], "cannot decode")
+    bad("giraffe/page.jpg", b"<!DOCTYPE html><html><body>403 Forbidden</body></html>", "HTML")
+    bad("giraffe/words.jpg", b"just some text, not a photo\n", "text file")
+    bad("giraffe/phone.heic", b"\0\0\0\x18ftypheic\0\0\0\0", "unsupported image format")
+    bad("elephant/notes.txt", b"field notes", "not an image type (.txt)")
+    _png_header_only(data / "elephant" / "bomb.png", 30000, 30000)
+    unusable["elephant/bomb.png"] = "too many pixels"
+    _png_header_only(data / "giraffe" / "huge.png", 12000, 10000)
+    unusable["giraffe/huge.png"] = "too many pixels"
+    os.symlink(data / "elephant" / "gone.jpg", data / "elephant" / "dangling.jpg")
+    unusable["elephant/dangling.jpg"] = "broken symbolic link"
+    os.symlink(data, gir / "loop")  # a link back up the tree must not recurse forever
+    (ele / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    locked = gir / "locked.jpg"
+    import numpy as np
+
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 48, 3), np.uint8)
+                    ).save(locked)
+    locked.chmod(0)
+    good = {"elephant": 6, "giraffe": 6}
+    if os.geteuid() != 0:  # root reads anything: then it is a good (duplicate) image
+        unusable["giraffe/locked.jpg"] = "permission denied"
+    else:
+        good["giraffe"] += 1
+    frames = [Image.new("RGB", (64, 64), c) for c in ((200, 30, 30), (30, 30, 200))]
+    frames[0].save(gir / "anim.gif", save_all=True, append_images=frames[1:])
+    Image.new("RGB", (20, 24), (90, 120, 60)).save(ele / "tiny.png")
+    good["giraffe"] += 1
+    good["elephant"] += 1
+    return unusable, good
+
+
+def io_png() -> bytes:
+    """Bytes of a real 64x64 PNG with varied pixels."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)
+                    ).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,7 +1,8 @@
 """The ``headstart`` command: a thin layer over the Python API.
 
 Results go to stdout (``--json`` for machines), progress and logs to stderr. Exit status:
-0 success, 2 bad input (one line ``error: ...`` on stderr, no traceback), 1 a bug.
+0 success, 2 bad input (one line ``error: ...`` on stderr, no traceback), 3 ``check`` found
+problems, 1 a bug.
 """
 
 from __future__ import annotations
@@ -64,6 +65,80 @@ def _print_skipped(skipped: list[Any]) -> None:
             err.print(f"  {s.path}: {s.reason}", highlight=False, markup=False)
         if len(skipped) > 20:
             err.print(f"  ... and {len(skipped) - 20} more")
+
+
+def _listing(items: list[str], limit: int = 20) -> None:
+    for line in items[:limit]:
+        out.print(f"  {line}", highlight=False, markup=False)
+    if len(items) > limit:
+        out.print(f"  ... and {len(items) - limit} more (--json lists all)", highlight=False)
+
+
+def _group_line(g: dict[str, Any]) -> str:
+    how = "exact copies" if g["kind"] == "exact" else f"near duplicates ({g['similarity']:.2f})"
+    names = "  =  ".join(f"{m['path']} [{m['split']}/{m['label']}]" if m["label"]
+                         else m["path"] for m in g["members"])
+    return f"{how}: {names}"
+
+
+def _print_health(h: dict[str, Any]) -> None:
+    """The findings of ``check``, most serious first."""
+    counts = " | ".join(f"{split}: " + ", ".join(f"{c} {n}" for c, n in cl.items())
+                        for split, cl in h["counts"].items())
+    out.print(f"data        {h['data']} ({h['layout']}): {counts}", highlight=False)
+    if h["leakage"]:
+        out.print(f"[bold red]LEAKAGE[/bold red]     {h['leaked_images']} held-out image(s) "
+                  "are copies of images in another split: their accuracy is inflated; "
+                  "remove them from one side", highlight=False)
+        _listing([_group_line(g) for g in h["leakage"]])
+    if h["conflicts"]:
+        out.print(f"[red]conflicts[/red]   {len(h['conflicts'])} image(s) filed under two "
+                  "classes (conflicting labels)", highlight=False)
+        _listing([_group_line(g) for g in h["conflicts"]])
+    if h["unusable"]:
+        out.print(f"[red]unusable[/red]    {len(h['unusable'])} file(s), left out:",
+                  highlight=False)
+        _listing([f"{u['path']}: {u['reason']}" for u in h["unusable"]])
+    if h["duplicates"]:
+        out.print(f"[yellow]duplicates[/yellow]  {len(h['duplicates'])} group(s) within a "
+                  "class (they weigh double in training)", highlight=False)
+        _listing([_group_line(g) for g in h["duplicates"]])
+    if h["folders"]:
+        out.print(f"[yellow]folders[/yellow]     {len(h['folders'])} problem(s):",
+                  highlight=False)
+        _listing([f"{f['path']}: {f['problem']}" for f in h["folders"]])
+    b = h["balance"]
+    if b.get("imbalance_ratio") is not None:
+        line = f"balance     imbalance ratio {b['imbalance_ratio']:.2f}x"
+        if b["small_classes"]:
+            line += "; fewer than 5 images: " + ", ".join(
+                f"{c['class']} ({c['images']})" for c in b["small_classes"])
+        for split, missing in b.get("missing_from_split", {}).items():
+            line += f"; {split} lacks {missing}"
+        for split, extra in b.get("not_in_train", {}).items():
+            line += f"; {split} has classes not in train: {extra}"
+        out.print(line, highlight=False)
+    if h["notes"]:
+        out.print(f"notes       {len(h['notes'])} (not problems):", highlight=False)
+        _listing([f"{n['path']}: {n['note']}" for n in h["notes"]], 10)
+    nd = h["near_duplicates"]
+    if nd.get("searched"):
+        out.print(f"near dups   searched: cosine >= {nd['threshold']:.2f} (median nearest "
+                  f"neighbour {nd['median_nearest_similarity']:.2f}) and same thumbnail",
+                  highlight=False)
+    else:
+        out.print(f"near dups   not searched: {nd.get('reason')}", highlight=False)
+    out.print(f"result      {h['summary']}" + (f" (exit {h['exit_code']})"
+                                               if h["exit_code"] else ""), highlight=False)
+
+
+def _health_line(h: dict[str, Any] | None, data: Path) -> None:
+    """One stderr line about the data's health; loud when held-out images leak."""
+    if not h or not h["problems"]:
+        return
+    color = "bold red" if h["leakage"] else "yellow"
+    err.print(f"[{color}]data health: {h['summary']}[/{color}] (details: 'headstart check "
+              f"{data}' and the report)", highlight=False)
 
 
 def _emit_json(obj: Any) -> None:
@@ -146,6 +221,7 @@ def train(
     write_model_report(clf, saved)
     s = clf.summary_
     _print_skipped(clf.skipped_)
+    _health_line(s.get("health"), data)
     if as_json:
         _emit_json({**s, "out": str(saved), "classes": clf.classes_,
                     "skipped": [{"path": k.path, "reason": k.reason} for k in clf.skipped_]})
@@ -256,8 +332,9 @@ def evaluate(
 
         write_report(report, clf.classes_, pred.sources, y_true, pred.logits,
                      clf.temperature_, pred.rejected, model,
-                     {"data": str(data), "model": str(model)})
+                     {"data": str(data), "model": str(model)}, health=m["health"])
     _print_skipped([Skipped(**k) for k in m["skipped"]])
+    _health_line(m["health"], data)
     if as_json:
         _emit_json(m)
         return
@@ -326,6 +403,40 @@ def advise(
               f"{r['predicted_accuracy']:.4f})", highlight=False)
     for reason in r["reasons"]:
         out.print(f"  because {reason}", highlight=False)
+
+
+@app.command()
+@_user_errors
+def check(
+    data: Path = typer.Argument(..., help="Folder of class folders, train/val/test folders, "
+                                "or CSV."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    near: bool = typer.Option(True, "--near/--no-near", help="Find near duplicates with "
+                              "backbone features (cached); --no-near: exact ones only."),
+    near_threshold: Optional[float] = typer.Option(None, help="Cosine similarity above which "
+                                                   "two images are near duplicates "
+                                                   "(default: adapted to the data)."),
+    backbone: str = typer.Option("efficientnet_lite0", help="Backbone for near duplicates."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
+    runtime: str = typer.Option("auto", help=RUNTIME_HELP),
+) -> None:
+    """Find unusable files, duplicates, train/test leakage and imbalance in a dataset.
+
+    Exit status 0: no problems; 3: problems found (listed); 2: not a dataset.
+    """
+    from .health import check as run_check
+
+    if near_threshold is not None and not 0 < near_threshold <= 1:
+        raise HeadstartError(f"--near-threshold: expected a cosine in (0, 1], got "
+                             f"{near_threshold}")
+    with _progress("features") as progress:
+        h = run_check(data, backbone=backbone, cache_dir=cache_dir, runtime=runtime,
+                      near=near, near_threshold=near_threshold, progress=progress).to_dict()
+    if as_json:
+        _emit_json(h)
+    else:
+        _print_health(h)
+    raise typer.Exit(h["exit_code"])
 
 
 @app.command()

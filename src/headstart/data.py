@@ -62,10 +62,15 @@ class UnreadableImage(Exception):
 
 @dataclass(frozen=True)
 class Skipped:
-    """A file left out of the run, with the reason."""
+    """A file or folder left out of the run, with the reason.
+
+    ``kind``: ``file`` (an unusable file), ``folder`` (a folder problem: empty class folder,
+    unreadable folder, link loop, unknown split) or ``ignored`` (hidden files and folders).
+    """
 
     path: str
     reason: str
+    kind: str = "file"
 
 
 @dataclass
@@ -215,30 +220,44 @@ def _is_hidden(path: Path) -> bool:
     return path.name.startswith(".")
 
 
+HIDDEN_FILE, HIDDEN_FOLDER = "hidden file, ignored", "hidden folder, ignored"
+LINK_LOOP, CANNOT_LIST = "symbolic link loop, ignored", "cannot list folder"
+
+
+def _skip(path: Path, reason: str) -> Skipped:
+    kind = ("ignored" if reason in (HIDDEN_FILE, HIDDEN_FOLDER) else
+            "folder" if reason == LINK_LOOP or reason.startswith(CANNOT_LIST) else "file")
+    return Skipped(str(path), reason, kind)
+
+
 def _files_under(folder: Path) -> Iterable[tuple[Path, str | None]]:
     """Files under ``folder`` (symlinks followed, loops cut) with a reason to skip or None."""
+    start = os.path.realpath(folder)
     seen: set[str] = set()
     problems: list[tuple[Path, str]] = []
 
     def unreadable(e: OSError) -> None:
-        problems.append((Path(e.filename), f"cannot list folder: {e.strerror}"))
+        problems.append((Path(e.filename), f"{CANNOT_LIST}: {e.strerror}"))
+
+    def loops(root: str, d: str) -> bool:
+        """A linked folder that leads back to where the walk started or already went."""
+        real = os.path.realpath(os.path.join(root, d))
+        return real in seen or start == real or start.startswith(real.rstrip(os.sep) + os.sep)
 
     for root, dirs, files in os.walk(folder, followlinks=True, onerror=unreadable):
-        real = os.path.realpath(root)
-        if real in seen:
-            dirs[:] = []
-            yield Path(root), "symbolic link loop, ignored"
-            continue
-        seen.add(real)
+        seen.add(os.path.realpath(root))
         yield from problems
         problems.clear()
+        for d in sorted(d for d in dirs if not d.startswith(".") and loops(root, d)):
+            yield Path(root) / d, LINK_LOOP
+        dirs[:] = [d for d in dirs if d.startswith(".") or not loops(root, d)]
         for d in sorted(d for d in dirs if d.startswith(".")):
-            yield Path(root) / d, "hidden folder, ignored"
+            yield Path(root) / d, HIDDEN_FOLDER
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for f in sorted(files):
             path = Path(root) / f
             if f.startswith("."):
-                yield path, "hidden file, ignored"
+                yield path, HIDDEN_FILE
             elif path.is_symlink() and not path.exists():
                 yield path, "broken symbolic link (its target is missing)"
             else:
@@ -262,7 +281,7 @@ def find_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Sk
             for f, problem in _files_under(p):
                 ext = f.suffix.lower()
                 if problem is not None:
-                    skipped.append(Skipped(str(f), problem))
+                    skipped.append(_skip(f, problem))
                 elif ext in IMAGE_EXTENSIONS:
                     found.append(f)
                 elif ext in UNSUPPORTED_EXTENSIONS:
@@ -300,7 +319,8 @@ def _scan_class_folders(root: Path, classes: list[str] | None = None
         skipped += bad
         if not files:
             skipped.append(Skipped(str(d), "empty class folder (no images), class ignored"
-                                   if classes is names else "empty class folder (no images)"))
+                                   if classes is names else "empty class folder (no images)",
+                                   "folder"))
         found.append((d.name, files))
     if classes is names:  # training classes: a folder without images is not a class
         classes = [name for name, files in found if files]
@@ -431,7 +451,7 @@ def load_splits(source: str | os.PathLike) -> tuple[dict[str, ImageSet], list[Sk
             splits[split_dirs[name].name] = images
             skipped += more
     skipped += [Skipped(str(d), "folder beside the train split is not a known split "
-                        "(val, valid, validation, test): ignored")
+                        "(val, valid, validation, test): ignored", "folder")
                 for key, d in split_dirs.items() if key not in ("train",) + VAL_SPLIT_NAMES]
     return splits, skipped, "train/val"
 

@@ -2,7 +2,9 @@
 
 :func:`evaluate` returns a JSON-serialisable dict: ``accuracy``, ``n_images``, ``classes``,
 ``per_class`` (precision, recall, F1, support), ``macro_f1``, ``confusion_matrix`` (rows:
-true class, columns: predicted class, in ``classes`` order) and ``skipped`` files.
+true class, columns: predicted class, in ``classes`` order), ``skipped`` files and
+``health``: the data health of the evaluated images (:mod:`headstart.health`), including
+*leakage*: images whose bytes equal an image the model was trained on.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from .calibration import expected_calibration_error, softmax
 from .data import load_labelled
 from .errors import DataError
 from .features import ProgressFn
+from .health import assess, entries_of, folder_problems, inspect_files
 from .model import Classifier
 
 __all__ = ["bootstrap_ci", "classification_metrics", "evaluate", "evaluation",
@@ -88,15 +91,21 @@ def evaluation(clf: Classifier, data: str | os.PathLike, progress: ProgressFn | 
     images, skipped = load_labelled(data, clf.classes_)
     if len(images) == 0:
         raise DataError(f"{data}: no images to evaluate")
+    facts = inspect_files(images.paths)
     pred = clf.predict_images(images.paths, progress)
+    digests = getattr(clf, "train_digests_", None)
+    health = assess(entries_of("test", images), facts, skipped + pred.skipped, data=str(data),
+                    layout="evaluation images", folders=folder_problems(data),
+                    train_digests=set(digests) if digests else None)
     if not len(pred.sources):
         raise DataError(f"{data}: none of the {len(images)} images could be read")
     label_of = {str(p): lab for p, lab in zip(images.paths, images.labels)}
     y_true = np.asarray([label_of[s] for s in pred.sources])
     result = scored_metrics(y_true, pred.logits, getattr(clf, "temperature_", 1.0),
                             clf.classes_, pred.rejected)
-    result["skipped"] = [{"path": s.path, "reason": s.reason}
+    result["skipped"] = [{"path": s.path, "reason": s.reason, "kind": s.kind}
                          for s in skipped + pred.skipped]
+    result["health"] = health.to_dict(limit=50)
     return result, pred, y_true
 
 

@@ -7,8 +7,10 @@ Quickstart::
     clf.save("giraffe-model")                           # later: Classifier.load(...)
 
 A saved model is a directory of ``headstart.json`` (classes, backbone spec, preprocessing,
-head kind, training summary), ``backbone.safetensors`` and ``head.safetensors``; never
-pickle. It is written to a temporary sibling directory and renamed into place, so a crash
+head kind, training summary with the data health findings), ``backbone.safetensors``,
+``head.safetensors``, ``ood.safetensors`` (unknown rejection) and ``hashes.safetensors``
+(content hashes of the training images, to detect test images that leak from training);
+never pickle. It is written to a temporary sibling directory and renamed into place, so a crash
 never leaves a half-written model.
 """
 
@@ -35,6 +37,7 @@ from .errors import DataError, ModelError
 from .features import (FeatureCache, Features, ProgressFn, extract_features, prepare_image,
                        readable, resolve_cache_dir)
 from .calibration import OutOfDistribution, fit_honesty, softmax
+from .health import Health, assess, entries_of, folder_problems, inspect_files
 from .finetune import FinetuneConfig, finetune_stage, split_rows, write_metrics_csv
 from .scratch import scratch_stage
 from .runtime import int8_engine, openvino_ir_engine
@@ -47,6 +50,7 @@ logger = logging.getLogger(__name__)
 MODEL_FILE = "headstart.json"
 UNKNOWN = "unknown"
 INT8_XML = "backbone.int8.xml"
+HASHES_FILE = "hashes.safetensors"  # content hashes of the training images (leakage checks)
 FORMAT = "headstart-model"
 FORMAT_VERSION = 1
 
@@ -111,7 +115,8 @@ class Classifier:
         unknown: label images unlike every training image ``unknown`` (see
             :mod:`headstart.calibration`); probabilities are calibrated either way.
 
-    Fitted attributes: ``classes_``, ``backbone_``, ``head_``, ``summary_``, ``skipped_``.
+    Fitted attributes: ``classes_``, ``backbone_``, ``head_``, ``summary_``, ``skipped_``,
+    ``health_`` (:class:`headstart.health.Health` of the training data), ``train_digests_``.
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, head: str = "auto",
@@ -164,8 +169,10 @@ class Classifier:
         val_items = list(dataset.val.paths) if dataset.val is not None else []
         self.engine_ = None
         items = train_items + val_items
+        facts = inspect_files(items)
         feats = self._features(items, progress)
         self.skipped_ = dataset.skipped + feats.skipped
+        self._check_health(dataset, data, labels, facts, feats.X, feats.index)
         y_all = np.asarray(dataset.train.labels + (dataset.val.labels if dataset.val else []))
         is_train = feats.index < len(train_items)
         ytr = y_all[feats.index[is_train]]
@@ -234,6 +241,25 @@ class Classifier:
         logger.info("trained %s head: val accuracy %.4f", self.head_kind_, val_acc)
         return self
 
+    def _check_health(self, dataset: Dataset, data: Any, labels: Any, facts: list[Any],
+                      X: np.ndarray | None, index: np.ndarray | None) -> Health:
+        """``health_`` of the training data (see :mod:`headstart.health`), leakage logged;
+        ``train_digests_``: content hashes of the usable training images."""
+        entries = entries_of("train", dataset.train) + (
+            entries_of(dataset.val_split, dataset.val) if dataset.val is not None else [])
+        self.health_ = assess(entries, facts, self.skipped_, X, index,
+                              data=str(data) if labels is None else "in memory",
+                              layout=dataset.layout,
+                              folders=folder_problems(data) if labels is None else ())
+        bad = {s.path for s in self.skipped_}
+        self.train_digests_ = sorted({f.digest for e, f in zip(entries, facts)
+                                      if e.split == "train" and f.digest and e.path not in bad})
+        if self.health_.leakage:
+            logger.warning("leakage: %d validation image(s) are copies of training images, "
+                           "so validation accuracy is inflated; run 'headstart check %s'",
+                           self.health_.leaked_images, data)
+        return self.health_
+
     def _fit_honesty(self, X: np.ndarray, y: np.ndarray, is_train: np.ndarray,
                      held_out: bool, paths: list[Any]) -> dict[str, Any]:
         """Fit ``temperature_`` and ``ood_`` on the final features ``X`` of all rows.
@@ -255,8 +281,10 @@ class Classifier:
                      on_epoch: Callable[[dict[str, float]], None] | None) -> "Classifier":
         items = list(dataset.train.paths) + (list(dataset.val.paths) if dataset.val else [])
         y_all = np.asarray(dataset.train.labels + (dataset.val.labels if dataset.val else []))
+        facts = inspect_files(items)
         ok, bad = readable(items)
         self.skipped_ = dataset.skipped + bad
+        self._check_health(dataset, data, None, facts, None, None)
         is_train = ok < len(dataset.train)
         self.classes_ = list(dataset.train.classes)
         check_classes(y_all[ok[is_train]], self.classes_,
@@ -293,6 +321,7 @@ class Classifier:
             "train_counts": {c: int(n) for c, n in zip(
                 self.classes_, np.bincount(y_train, minlength=len(self.classes_)))},
             "skipped": len(self.skipped_), "features_computed": 0, "features_cached": 0,
+            "health": self.health_.to_dict(limit=20),
             "int8": None, "finetune": None, "from_scratch": None, "domain_gap": None,
             **fields,
             "seconds": round(time.perf_counter() - t0, 2)}
@@ -433,6 +462,10 @@ class Classifier:
             write_metrics_csv(getattr(self, "history_", []), tmp / "metrics.csv")
             if getattr(self, "ood_", None) is not None:
                 save_np(self.ood_.state(), str(tmp / "ood.safetensors"))
+            if getattr(self, "train_digests_", None):
+                save_np({"train": np.frombuffer(bytes.fromhex("".join(self.train_digests_)),
+                                                np.uint8).reshape(-1, 16)},
+                        str(tmp / HASHES_FILE))
             if self._int8_engine() is not None:
                 ir = self.engine_.ir
                 shutil.copyfile(ir, tmp / INT8_XML)
@@ -490,6 +523,9 @@ class Classifier:
         if meta.get("ood") and (d / "ood.safetensors").is_file():
             clf.ood_ = OutOfDistribution.from_state(meta["ood"],
                                                     load_np(str(d / "ood.safetensors")))
+        if (d / HASHES_FILE).is_file():
+            clf.train_digests_ = [r.tobytes().hex() for r in
+                                  load_np(str(d / HASHES_FILE))["train"]]
         if meta.get("int8"):
             clf.int8 = True
             clf.engine_ = openvino_ir_engine(d / INT8_XML, meta["int8"])

@@ -1,7 +1,9 @@
 """An honest evaluation report: one self-contained HTML file (plots and thumbnails embedded,
 no network), plus ``metrics.json`` beside it.
 
-Sections: accuracy with a 95% bootstrap confidence interval; per-class precision, recall,
+Sections: data health (leakage first: held-out images that are copies of training images
+inflate accuracy; then unusable files, duplicates, folder problems); accuracy with a 95%
+bootstrap confidence interval; per-class precision, recall,
 F1, support; confusion matrix (counts and row-normalised); reliability diagram and expected
 calibration error before and after temperature scaling; "unknown" rejections; a gallery of
 the misclassified and the least confident images; training curves (when the model has a
@@ -111,11 +113,39 @@ def _read_metrics_csv(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
 
 
+def _health_section(h: dict[str, Any]) -> str:
+    """HTML of the data health findings (:meth:`headstart.health.Health.to_dict`)."""
+    e = html.escape
+
+    def groups(items: list[dict[str, Any]]) -> str:
+        return "".join("<li>" + (" = ".join(f"{e(m['path'])} <small>[{e(m['split'])}"
+                                            + (f"/{e(m['label'])}" if m["label"] else "")
+                                            + "]</small>" for m in g["members"]))
+                       + f" <small>({g['kind']})</small></li>" for g in items)
+    parts = [f'<p class="{"bad" if h["problems"] else "good"}">{e(h["summary"])}</p>']
+    if h["leakage"]:
+        parts.append(f'<p class="bad"><b>Leakage:</b> {h["leaked_images"]} held-out image(s) '
+                     "are copies of images in another split (or of the model's training "
+                     "images); the accuracy below is inflated.</p>"
+                     f"<ul>{groups(h['leakage'])}</ul>")
+    for key, title in (("conflicts", "Filed under two classes"),
+                       ("duplicates", "Duplicates within a class")):
+        if h[key]:
+            parts.append(f"<h3>{title}</h3><ul>{groups(h[key])}</ul>")
+    if h["unusable"]:
+        parts.append("<h3>Unusable files (left out)</h3><ul>" + "".join(
+            f"<li>{e(u['path'])}: {e(u['reason'])}</li>" for u in h["unusable"]) + "</ul>")
+    if h["folders"]:
+        parts.append("<h3>Folders</h3><ul>" + "".join(
+            f"<li>{e(f['path'])}: {e(f['problem'])}</li>" for f in h["folders"]) + "</ul>")
+    return '<section id="health"><h2>Data health</h2>' + "".join(parts) + "</section>"
+
+
 def write_report(out: str | os.PathLike, classes: list[str], sources: Sequence[Any],
                  y_true: np.ndarray, logits: np.ndarray, temperature: float,
                  rejected: np.ndarray | None = None, model_dir: str | os.PathLike | None = None,
-                 dataset: dict[str, Any] | None = None, title: str = "headstart evaluation"
-                 ) -> dict[str, Any]:
+                 dataset: dict[str, Any] | None = None, title: str = "headstart evaluation",
+                 health: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``out`` (HTML) and ``metrics.json`` beside it; returns the metrics.
 
     Args:
@@ -124,6 +154,7 @@ def write_report(out: str | os.PathLike, classes: list[str], sources: Sequence[A
         rejected: ``(N,)`` which predictions were ``unknown``.
         model_dir: where to find ``metrics.csv`` for the training curves.
         dataset: extra facts for the dataset summary (name -> value).
+        health: data health findings (``Health.to_dict()``), shown first.
     """
     import matplotlib
 
@@ -140,6 +171,8 @@ def write_report(out: str | os.PathLike, classes: list[str], sources: Sequence[A
              f'<p class="big">{m["accuracy"]:.1%} <span>95% CI {lo:.1%} to {hi:.1%} '
              f'(bootstrap, {m["n_images"]} images)</span></p>'
              f'<p>macro F1 {m["macro_f1"]:.3f}</p></section>']
+    if health:
+        parts.insert(1, _health_section(health))
     rows = "".join(f"<tr><td>{e(c)}</td><td>{r['precision']:.3f}</td><td>{r['recall']:.3f}"
                    f"</td><td>{r['f1']:.3f}</td><td>{r['support']}</td></tr>"
                    for c, r in m["per_class"].items())
@@ -192,7 +225,8 @@ def write_report(out: str | os.PathLike, classes: list[str], sources: Sequence[A
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
              ".big{font-size:2em;margin:0}.big span{font-size:.45em;color:#555}"
              ".grid{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;width:130px;"
-             "font-size:12px}figure img{max-width:112px;max-height:112px}img{max-width:100%}")
+             "font-size:12px}figure img{max-width:112px;max-height:112px}img{max-width:100%}"
+             ".bad{color:#b00020}.good{color:#1b5e20}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f'<!doctype html><html><head><meta charset="utf-8"><title>{e(title)}'
                    f"</title><style>{style}</style></head><body>{''.join(parts)}"
@@ -213,4 +247,5 @@ def write_model_report(clf: Any, model_dir: str | os.PathLike) -> dict[str, Any]
              **{f"training images of {k}": n for k, n in s.get("train_counts", {}).items()}}
     return write_report(Path(model_dir) / "report.html", clf.classes_, v["sources"], v["y"],
                         v["logits"], clf.temperature_, v["rejected"], model_dir, facts,
-                        title=f"headstart model report: {Path(model_dir).name}")
+                        title=f"headstart model report: {Path(model_dir).name}",
+                        health=s.get("health"))

@@ -1,0 +1,415 @@
+"""Data health: what is wrong with a dataset, found before training on it.
+
+:func:`check` inspects every split of a dataset and returns a :class:`Health`:
+
+* **unusable files**, each with its reason (empty, truncated, text or HTML saved as an image,
+  unsupported format, too many pixels, broken link, unreadable), the rest still usable;
+* **duplicates**: exact (same bytes: content hash) and near (pooled backbone features with
+  cosine similarity above a threshold, confirmed by a 16x16 grey thumbnail, mirrored or
+  not), grouped, then sorted into *leakage* (a group spans train/val/test: held-out
+  accuracy is inflated), *conflicting labels* (one photo under two classes) and plain
+  duplicates within a class;
+* **balance**: images per class and split, the imbalance ratio, classes under 5 images;
+* **folders**: empty class folders, nested folders, class names that differ only by case,
+  spaces or underscores, classes missing from a split;
+* **notes** that are not problems: multi-frame images (the first frame is used), tiny
+  images (< 32 px on a side, upscaled), hidden files (ignored).
+
+The near-duplicate threshold adapts to the data: ``max(0.90, median nearest-neighbour
+cosine + 0.15)``, because pooled features of images far from ImageNet photos (MNIST digits)
+are all alike (median 0.93) while two different photos rarely exceed 0.85. :meth:`Health.
+problems` counts what needs attention; ``headstart check`` exits with 3 when it is not 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .data import ImageSet, Skipped, UnreadableImage, load_splits, open_image
+from .features import ProgressFn, file_hash
+
+__all__ = ["Entry", "FileFacts", "Health", "assess", "check", "entries_of", "folder_problems",
+           "inspect_files"]
+
+logger = logging.getLogger(__name__)
+
+NEAR_FLOOR = 0.90
+NEAR_MARGIN = 0.15
+THUMB_MATCH = 0.90
+TINY = 32
+FEW = 5
+SPLIT_ORDER = {"train": 0, "val": 1, "valid": 1, "validation": 1, "test": 2}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One labelled image of the dataset: its path, split and class name."""
+
+    path: str
+    split: str
+    label: str
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What the file header says: content hash, size in pixels, frames, format."""
+
+    digest: str | None
+    width: int = 0
+    height: int = 0
+    frames: int = 1
+    format: str | None = None
+
+
+def entries_of(split: str, images: ImageSet) -> list[Entry]:
+    """The :class:`Entry` of each image of ``images`` (a split of a dataset)."""
+    return [Entry(str(p), split, images.classes[y]) for p, y in zip(images.paths, images.labels)]
+
+
+def _facts(path: Any) -> FileFacts:
+    if not isinstance(path, (str, os.PathLike)):
+        return FileFacts(None)  # an in-memory image
+    try:
+        digest = file_hash(path)
+    except OSError:
+        return FileFacts(None)
+    try:
+        with open_image(path) as img:
+            return FileFacts(digest, img.width, img.height, getattr(img, "n_frames", 1),
+                             img.format)
+    except (UnreadableImage, OSError, ValueError, SyntaxError):
+        return FileFacts(digest)
+
+
+def inspect_files(paths: Sequence[Any], workers: int | None = None) -> list[FileFacts]:
+    """Content hash and header facts of each file (never decodes pixels, never raises);
+    in-memory images get empty facts."""
+    with ThreadPoolExecutor(workers or max(1, min(8, os.cpu_count() or 1))) as pool:
+        return list(pool.map(_facts, paths))
+
+
+def _thumbnail(path: str) -> np.ndarray | None:
+    """``(16, 16)`` zero-mean unit-norm grey thumbnail of the whole image, or None."""
+    try:
+        with open_image(path) as img:
+            img.draft("L", (64, 64))
+            grey = ImageOps.grayscale(img.convert("RGB")).resize((16, 16), Image.BOX)
+    except (UnreadableImage, OSError, ValueError, SyntaxError):
+        return None
+    a = np.asarray(grey, np.float32)
+    a = a - a.mean()
+    return a / (np.linalg.norm(a) + 1e-6)
+
+
+def _same_picture(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    if a is None or b is None:
+        return False
+    return max(float((a * b).sum()), float((a * b[:, ::-1]).sum())) >= THUMB_MATCH
+
+
+def _norm_name(name: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", name.strip().casefold())
+
+
+def folder_problems(source: str | os.PathLike) -> list[dict[str, str]]:
+    """Nested class folders and class names that differ only by case, spaces or ``_``."""
+    root = Path(source)
+    if not root.is_dir():
+        return []
+    tops = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    split_dirs = [d for d in tops if d.name.lower() in SPLIT_ORDER]
+    parents = split_dirs if any(d.name.lower() == "train" for d in split_dirs) else [root]
+    out = []
+    for parent in sorted(parents):
+        classes = sorted(d for d in parent.iterdir() if d.is_dir() and not d.name.startswith("."))
+        groups: dict[str, list[str]] = defaultdict(list)
+        for d in classes:
+            groups[_norm_name(d.name)].append(d.name)
+            nested = sorted(s.name for s in d.iterdir()
+                            if s.is_dir() and not s.name.startswith("."))
+            if nested:
+                out.append({"path": str(d), "problem": f"nested folders {nested[:5]}: their "
+                            f"images are counted as class {d.name!r}"})
+        for names in groups.values():
+            if len(names) > 1:
+                out.append({"path": str(parent), "problem": f"class folders {names} differ "
+                            "only by case, spaces or underscores: one class or two?"})
+    return out
+
+
+@dataclass
+class Health:
+    """The findings of :func:`check`; :meth:`to_dict` is the ``--json`` output."""
+
+    data: str
+    layout: str
+    counts: dict[str, dict[str, int]]
+    unusable: list[dict[str, str]] = field(default_factory=list)
+    leakage: list[dict[str, Any]] = field(default_factory=list)
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
+    folders: list[dict[str, str]] = field(default_factory=list)
+    balance: dict[str, Any] = field(default_factory=dict)
+    notes: list[dict[str, str]] = field(default_factory=list)
+    near: dict[str, Any] = field(default_factory=dict)
+    leaked_images: int = 0
+
+    def problems(self) -> int:
+        """Number of findings that need attention (notes excluded)."""
+        return (len(self.unusable) + len(self.leakage) + len(self.conflicts)
+                + len(self.duplicates) + len(self.folders)
+                + len(self.balance.get("small_classes", [])))
+
+    @property
+    def exit_code(self) -> int:
+        """0 when nothing needs attention, else 3 (``headstart check``)."""
+        return 3 if self.problems() else 0
+
+    def summary(self) -> str:
+        """One line: the problems by kind, leakage first, or ``no problems found``."""
+        parts = []
+        if self.leakage:
+            parts.append(f"LEAKAGE: {self.leaked_images} held-out image(s) also in another "
+                         "split")
+        if self.conflicts:
+            parts.append(f"{len(self.conflicts)} image(s) filed under two classes")
+        if self.unusable:
+            parts.append(f"{len(self.unusable)} unusable file(s)")
+        if self.duplicates:
+            parts.append(f"{len(self.duplicates)} duplicate group(s) within a class")
+        if self.folders:
+            parts.append(f"{len(self.folders)} folder problem(s)")
+        if self.balance.get("small_classes"):
+            parts.append(f"{len(self.balance['small_classes'])} class(es) with fewer than "
+                         f"{FEW} images")
+        return "; ".join(parts) if parts else "no problems found"
+
+    def to_dict(self, limit: int | None = None) -> dict[str, Any]:
+        """JSON-ready findings; ``limit`` caps each list (for model metadata)."""
+        def cap(items: list[Any]) -> list[Any]:
+            return items if limit is None else items[:limit]
+        return {"data": self.data, "layout": self.layout, "summary": self.summary(),
+                "problems": self.problems(), "exit_code": self.exit_code,
+                "leaked_images": self.leaked_images, "counts": self.counts,
+                "leakage": cap(self.leakage), "conflicts": cap(self.conflicts),
+                "unusable": cap(self.unusable), "duplicates": cap(self.duplicates),
+                "folders": cap(self.folders), "balance": self.balance,
+                "notes": cap(self.notes), "near_duplicates": self.near}
+
+
+class _Groups:
+    """Union-find over entry positions."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def join(self, i: int, j: int) -> None:
+        self.parent[self.find(i)] = self.find(j)
+
+
+def _near_pairs(X: np.ndarray, rows: np.ndarray, paths: list[str], threshold: float | None
+                ) -> tuple[list[tuple[int, int, float]], dict[str, Any]]:
+    """Near-duplicate pairs among ``rows`` (entry positions) with features ``X``."""
+    n = len(X)
+    if n < 2:
+        return [], {"searched": False, "reason": "fewer than 2 images"}
+    U = X / (np.linalg.norm(X, axis=1, keepdims=True) + 1e-12)
+    nn = np.empty(n, np.float32)
+    blocks = range(0, n, 2048)
+    for s in blocks:  # first pass: how close images typically are to their neighbour
+        S = U[s:s + 2048] @ U.T
+        S[np.arange(len(S)), np.arange(s, s + len(S))] = -1.0
+        nn[s:s + len(S)] = S.max(axis=1)
+    median = float(np.median(nn))
+    t = threshold if threshold is not None else max(NEAR_FLOOR, median + NEAR_MARGIN)
+    info = {"searched": t < 1.0, "threshold": round(t, 4),
+            "median_nearest_similarity": round(median, 4)}
+    if t >= 1.0:
+        info["reason"] = (f"images are all alike in feature space (median nearest-neighbour "
+                          f"cosine {median:.2f}), so features cannot tell duplicates apart; "
+                          "exact duplicates are still found")
+        return [], info
+    candidates = []
+    for s in blocks:
+        if nn[s:s + 2048].max() < t:
+            continue
+        S = U[s:s + 2048] @ U.T
+        i, j = np.nonzero(S >= t)
+        keep = (i + s) < j
+        candidates += [(int(a + s), int(b), float(S[a, b])) for a, b in zip(i[keep], j[keep])]
+    pairs: list[tuple[int, int, float]] = []
+    thumbs: dict[int, np.ndarray | None] = {}
+    for a, b, c in candidates:
+        ta = thumbs.setdefault(a, _thumbnail(paths[rows[a]]))
+        tb = thumbs.setdefault(b, _thumbnail(paths[rows[b]]))
+        if _same_picture(ta, tb):
+            pairs.append((int(rows[a]), int(rows[b]), c))
+    return pairs, info
+
+
+def assess(entries: Sequence[Entry], facts: Sequence[FileFacts], skipped: Sequence[Skipped],
+           X: np.ndarray | None = None, index: np.ndarray | None = None, *,
+           data: str = "", layout: str = "", folders: Sequence[dict[str, str]] = (),
+           near_threshold: float | None = None,
+           train_digests: set[str] | None = None) -> Health:
+    """Findings about ``entries`` (with their ``facts``) and the files in ``skipped``.
+
+    Args:
+        X: ``(M, D)`` backbone features of the entries at positions ``index`` (the usable
+            ones); without them only exact duplicates are found.
+        folders: findings of :func:`folder_problems`.
+        near_threshold: fixed cosine threshold instead of the adaptive one.
+        train_digests: content hashes of the images a model was trained on: entries with
+            one of them are leakage (used by ``evaluate``).
+    """
+    bad = {s.path for s in skipped if s.kind == "file"}
+    usable = [i for i, e in enumerate(entries) if e.path not in bad]
+    counts: dict[str, dict[str, int]] = {}
+    for i in usable:
+        split = counts.setdefault(entries[i].split, {})
+        split[entries[i].label] = split.get(entries[i].label, 0) + 1
+    h = Health(data=data, layout=layout, counts={k: dict(sorted(v.items()))
+                                                 for k, v in counts.items()})
+    h.unusable = [{"path": s.path, "reason": s.reason} for s in skipped if s.kind == "file"]
+    h.folders = [{"path": s.path, "problem": s.reason} for s in skipped if s.kind == "folder"]
+    h.folders += list(folders)
+    h.notes = [{"path": s.path, "note": s.reason} for s in skipped if s.kind == "ignored"]
+    tiny = []
+    for i in usable:
+        f = facts[i]
+        if f.frames > 1:
+            h.notes.append({"path": entries[i].path,
+                            "note": f"{f.frames} frames ({f.format}): the first is used"})
+        if f.width and min(f.width, f.height) < TINY:
+            tiny.append({"path": entries[i].path, "note": f"tiny image ({f.width}x"
+                         f"{f.height}, < {TINY} px on a side): upscaled, detail is lost"})
+    if len(tiny) > 20:  # a dataset of small images (MNIST): one note, not thousands
+        sizes = sorted({n["note"].split("(")[1].split(",")[0] for n in tiny})
+        tiny = [{"path": data, "note": f"{len(tiny)} tiny images (< {TINY} px on a side, "
+                 f"e.g. {', '.join(sizes[:3])}): upscaled for the backbone, detail is lost; "
+                 "compare with training from scratch ('headstart advise')"}]
+    h.notes += tiny
+    groups = _Groups(len(entries))
+    kinds: dict[tuple[int, int], float] = {}
+    by_digest: dict[str, list[int]] = defaultdict(list)
+    for i in usable:
+        if facts[i].digest:
+            by_digest[facts[i].digest].append(i)
+    for members in by_digest.values():
+        for j in members[1:]:
+            groups.join(members[0], j)
+    if X is not None and index is not None and len(index):
+        pairs, h.near = _near_pairs(np.asarray(X, np.float32), np.asarray(index),
+                                    [e.path for e in entries], near_threshold)
+        for a, b, c in pairs:
+            groups.join(a, b)
+            kinds[(a, b)] = c
+    else:
+        h.near = {"searched": False, "reason": "no features (exact duplicates only)"}
+    components: dict[int, list[int]] = defaultdict(list)
+    for i in usable:
+        components[groups.find(i)].append(i)
+    for members in components.values():
+        if len(members) > 1:
+            _file_group(h, [entries[i] for i in members],
+                        exact=len({facts[i].digest for i in members}) == 1,
+                        similarity=min((c for (a, b), c in kinds.items()
+                                        if a in members), default=1.0))
+    if train_digests:
+        for i in usable:
+            if facts[i].digest in train_digests:
+                h.leakage.append({"kind": "exact", "similarity": 1.0, "labels_differ": False,
+                                  "members": [_member(entries[i]), {
+                                      "path": "(an image the model was trained on)",
+                                      "split": "train", "label": ""}]})
+                h.leaked_images += 1
+    h.balance = _balance(h.counts)
+    h.leakage.sort(key=lambda g: g["members"][0]["path"])
+    return h
+
+
+def _member(e: Entry) -> dict[str, str]:
+    return {"path": e.path, "split": e.split, "label": e.label}
+
+
+def _file_group(h: Health, members: list[Entry], exact: bool, similarity: float) -> None:
+    members.sort(key=lambda e: (SPLIT_ORDER.get(e.split.lower(), 3), e.path))
+    splits = {e.split for e in members}
+    labels = {e.label for e in members}
+    group = {"kind": "exact" if exact else "near", "similarity": round(similarity, 4),
+             "labels_differ": len(labels) > 1, "members": [_member(e) for e in members]}
+    if len(splits) > 1:
+        first = members[0].split
+        h.leakage.append(group)
+        h.leaked_images += sum(e.split != first for e in members)
+    elif len(labels) > 1:
+        h.conflicts.append(group)
+    else:
+        h.duplicates.append(group)
+
+
+def _balance(counts: dict[str, dict[str, int]]) -> dict[str, Any]:
+    train = counts.get("train") or next(iter(counts.values()), {})
+    out: dict[str, Any] = {"imbalance_ratio": None, "small_classes": []}
+    if train:
+        out["imbalance_ratio"] = round(max(train.values()) / max(1, min(train.values())), 2)
+        out["small_classes"] = [{"class": c, "images": n} for c, n in train.items() if n < FEW]
+    split_classes = {s: set(c) for s, c in counts.items()}
+    if "train" in split_classes:
+        out["missing_from_split"] = {s: sorted(split_classes["train"] - c)
+                                     for s, c in split_classes.items()
+                                     if s != "train" and split_classes["train"] - c}
+        out["not_in_train"] = {s: sorted(c - split_classes["train"])
+                               for s, c in split_classes.items()
+                               if s != "train" and c - split_classes["train"]}
+    return out
+
+
+def check(source: str | os.PathLike, *, backbone: str | None = None,
+          weights: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+          runtime: str = "auto", near: bool = True, near_threshold: float | None = None,
+          progress: ProgressFn | None = None) -> Health:
+    """Inspect every split of a dataset folder or CSV (see :mod:`headstart.data`).
+
+    With ``near`` (default), features of the ``backbone`` (default efficientnet_lite0) are
+    computed or read from the feature cache to find near duplicates; otherwise each image is
+    decoded once to find the unusable ones.
+
+    Raises:
+        DataError: the path does not exist or is not a dataset.
+        BackboneError: the backbone cannot be loaded.
+    """
+    from .backbones import DEFAULT_BACKBONE, load_backbone
+    from .features import FeatureCache, extract_features, readable
+
+    splits, skipped, layout = load_splits(source)
+    entries = [e for name, images in splits.items() for e in entries_of(name, images)]
+    paths = [e.path for e in entries]
+    facts = inspect_files(paths)
+    X = index = None
+    if near and entries:
+        feats = extract_features(load_backbone(backbone or DEFAULT_BACKBONE, weights), paths,
+                                 FeatureCache(cache_dir), progress=progress, runtime=runtime)
+        X, index, bad = feats.X, feats.index, feats.skipped
+    else:
+        _, bad = readable(paths)
+    h = assess(entries, facts, list(skipped) + bad, X, index, data=str(source), layout=layout,
+               folders=folder_problems(source), near_threshold=near_threshold)
+    logger.info("checked %s: %s", source, h.summary())
+    return h
