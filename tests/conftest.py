@@ -160,3 +160,19 @@ def io_png() -> bytes:
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)
                     ).save(buf, format="PNG")
     return buf.getvalue()
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def launch_chromium(playwright):
+    """Debian's headless Chromium through Playwright (never a downloaded browser)."""
+    import os
+
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("Chromium missing in CI: tests/install-browser.sh did not run")
+        pytest.skip("Debian's chromium is not installed (bash tests/install-browser.sh)")
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"])

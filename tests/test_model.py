@@ -38,7 +38,8 @@ def test_loaded_model_predicts_exactly_like_the_fitted_one(trained, tmp_path):
 def test_model_directory_is_safetensors_and_json(trained):
     _, out = trained
     assert sorted(p.name for p in out.iterdir()) == [
-        "backbone.safetensors", "head.safetensors", "headstart.json", "ood.safetensors"]
+        "backbone.safetensors", "hashes.safetensors", "head.safetensors", "headstart.json",
+        "ood.safetensors"]
     meta = json.loads((out / "headstart.json").read_text())
     assert meta["backbone"]["preprocess"]["size"] == 224
     assert meta["head"]["kind"] == "linear"

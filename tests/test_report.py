@@ -15,11 +15,10 @@ import pytest
 
 from headstart.evaluate import bootstrap_ci
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, launch_chromium
 
 SECTIONS = ["summary", "per-class", "confusion", "calibration", "unknown", "gallery",
             "dataset"]
-CHROMIUM = "/usr/bin/chromium"
 
 
 def test_bootstrap_ci_brackets_the_mean_and_narrows_with_more_data():
@@ -69,17 +68,11 @@ def test_train_writes_a_report_into_the_model_directory(reports):
 
 
 def test_report_renders_in_headless_chromium(reports, tmp_path):
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail("Chromium missing in CI: tests/install-browser.sh did not run")
-        pytest.skip("Debian's chromium is not installed (bash tests/install-browser.sh)")
     from playwright.sync_api import sync_playwright
 
     _, report = reports
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         failed: list[str] = []
         page.on("requestfailed", lambda req: failed.append(req.url))

@@ -13,7 +13,9 @@ from .backbones import DEFAULT_BACKBONE, Backbone, list_backbones, load_backbone
 from .data import Dataset, ImageSet, Skipped, load_dataset, read_image
 from .errors import BackboneError, DataError, HeadstartError, ModelError
 from .evaluate import evaluate
+from .export import export
 from .features import FeatureCache, extract_features
+from .health import Health, check
 from .heads import AutoHead, LinearHead, MLPHead
 from .model import Classifier, Predictions
 
@@ -28,13 +30,16 @@ __all__ = [
     "Dataset",
     "FeatureCache",
     "HeadstartError",
+    "Health",
     "ImageSet",
     "LinearHead",
     "MLPHead",
     "ModelError",
     "Predictions",
     "Skipped",
+    "check",
     "evaluate",
+    "export",
     "extract_features",
     "list_backbones",
     "load_backbone",

@@ -441,6 +441,79 @@ def check(
 
 @app.command()
 @_user_errors
+def export(
+    model: Path = typer.Argument(..., help="Model directory from 'headstart train'."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx | openvino"),
+    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write "
+                                            "(default MODEL/model.onnx or MODEL/model.xml)."),
+    samples: Optional[List[Path]] = typer.Option(None, "--samples", help="Images or folders "
+                                                 "for the parity check (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Export to ONNX or OpenVINO (images -> calibrated probabilities + unknown score),
+    then check it against PyTorch; nothing is written if the check fails."""
+    from .export import export as run_export
+
+    r = run_export(model, fmt, out_path, samples)
+    if as_json:
+        _emit_json(r)
+        return
+    m, p = r["metadata"], r["parity"]
+    pre = m["preprocess"]
+    out.print(f"exported    {r['path']} ({r['format']}, {r['bytes'] / 1e6:.1f} MB)",
+              highlight=False)
+    out.print(f"input       images (N, 3, {pre['size']}, {pre['size']}) float32: RGB, shorter "
+              f"side to {pre['size'] / pre['crop_pct']:.0f} px ({pre['interpolation']}), "
+              f"centre crop {pre['size']}, x/255, (x - {pre['mean']}) / {pre['std']}",
+              highlight=False)
+    out.print(f"outputs     probabilities (N, {len(m['classes'])}) for {m['classes']}, "
+              f"unknown_score (N,), unknown (N,) = score > {m['unknown_threshold']:.4f}",
+              highlight=False)
+    out.print(f"parity      {p['images']} {p['source']}: max probability difference vs "
+              f"PyTorch {p['max_abs_diff']:.1e} (< 1e-4), labels identical: "
+              f"{p['labels_identical']}", highlight=False)
+
+
+@app.command()
+@_user_errors
+def serve(
+    model: Path = typer.Argument(..., help="Model directory from 'headstart train'."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every "
+                             "interface)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    max_upload_mb: float = typer.Option(20.0, help="Largest request body (413 above)."),
+    max_pixels: int = typer.Option(40_000_000, help="Largest image in pixels (413 above)."),
+    max_batch: int = typer.Option(32, help="Most images run through the backbone at once."),
+    batch_wait_ms: float = typer.Option(5.0, help="How long an image waits for others to "
+                                        "batch with."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Feature/engine cache directory."),
+    runtime: str = typer.Option("auto", help=RUNTIME_HELP),
+) -> None:
+    """Serve the model over HTTP: POST /predict, GET /info, /health, /docs, and a page at /."""
+    from .serve import Limits, serve as run_server
+
+    for name, value in (("--max-upload-mb", max_upload_mb), ("--max-pixels", max_pixels),
+                        ("--max-batch", max_batch)):
+        if value <= 0:
+            raise HeadstartError(f"{name}: expected a number > 0, got {value}")
+    if not 0 <= port <= 65535:
+        raise HeadstartError(f"--port: expected 0-65535, got {port}")
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise HeadstartError(f"--host/--port: cannot listen on {host}:{port} ({e.strerror}); "
+                             "choose another --port") from None
+    err.print(f"serving {model} on http://{host}:{port}/ (API docs: /docs; Ctrl+C stops)",
+              highlight=False)
+    run_server(model, host, port, Limits(max_upload_mb, max_pixels, 64, max_batch,
+                                         batch_wait_ms), cache_dir, runtime)
+
+
+@app.command()
+@_user_errors
 def backbones(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List backbones: which work offline and which need a download."""
     from .backbones import list_backbones

@@ -19,7 +19,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -156,10 +156,10 @@ def read_image(source: str | os.PathLike | Image.Image) -> Image.Image:
         raise image_error(e, None if isinstance(source, Image.Image) else source) from None
 
 
-def image_error(e: BaseException, path: str | os.PathLike | None) -> UnreadableImage:
+def image_error(e: BaseException, path: Any) -> UnreadableImage:
     """Why an image could not be opened or decoded, in words."""
     if isinstance(e, FileNotFoundError):
-        if path is not None and os.path.islink(path):
+        if isinstance(path, (str, os.PathLike)) and os.path.islink(path):
             return UnreadableImage("broken symbolic link (its target is missing)")
         return UnreadableImage("file not found")
     if isinstance(e, IsADirectoryError):
@@ -175,14 +175,18 @@ def image_error(e: BaseException, path: str | os.PathLike | None) -> UnreadableI
     return UnreadableImage(f"cannot decode: {type(e).__name__}: {e}")
 
 
-def _not_an_image(path: str | os.PathLike | None) -> str:
+def _not_an_image(path: Any) -> str:
     """Name what a file that is not an image actually is, when that is easy to tell."""
     if path is None:
         return "not an image"
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(2048)
-    except OSError:
+        if hasattr(path, "read"):  # an in-memory upload
+            path.seek(0)
+            head, path = path.read(2048), ""
+        else:
+            with open(path, "rb") as fh:
+                head = fh.read(2048)
+    except (OSError, ValueError):
         return "not an image"
     if not head:
         return "empty file"

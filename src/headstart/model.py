@@ -16,11 +16,9 @@ never leaves a half-written model.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from . import __version__
+from .bundle import read_arrays, read_meta, write_bundle
 from .backbones import (DEFAULT_BACKBONE, Backbone, backbone_from_file, domain_gap,
                         load_backbone)
 from .data import Dataset, ImageSet, Skipped, check_classes, load_dataset, stratified_split
@@ -40,19 +39,16 @@ from .calibration import OutOfDistribution, fit_honesty, softmax
 from .health import Health, assess, entries_of, folder_problems, inspect_files
 from .finetune import FinetuneConfig, finetune_stage, split_rows, write_metrics_csv
 from .scratch import scratch_stage
-from .runtime import int8_engine, openvino_ir_engine
+from .runtime import int8_engine, make_engine, openvino_ir_engine
 from .heads import AutoHead, head_from_state, make_head
 
-__all__ = ["Classifier", "Predictions", "MODEL_FILE"]
+__all__ = ["Classifier", "Predictions"]
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE = "headstart.json"
 UNKNOWN = "unknown"
 INT8_XML = "backbone.int8.xml"
 HASHES_FILE = "hashes.safetensors"  # content hashes of the training images (leakage checks)
-FORMAT = "headstart-model"
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -316,7 +312,8 @@ class Classifier:
         return {
             "headstart_version": __version__,
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "data": data, "layout": layout, "backbone": self.backbone_.name,
+            "data": data, "data_path": os.path.abspath(data) if os.path.exists(data) else None,
+            "layout": layout, "backbone": self.backbone_.name,
             "head": self.head_kind_, "head_cv_accuracy": {},
             "train_counts": {c: int(n) for c, n in zip(
                 self.classes_, np.bincount(y_train, minlength=len(self.classes_)))},
@@ -392,20 +389,35 @@ class Classifier:
         """Predict paths or PIL images; unreadable files are skipped and reported."""
         self._check_fitted()
         feats = self._features(list(images), progress)
-        k = len(self.classes_)
-        logits = self.head_.decision_function(feats.X) if len(feats.X) else \
-            np.zeros((0, k), np.float32)
+        sources = [images[i] if isinstance(images[i], Image.Image) else str(images[i])
+                   for i in feats.index]
+        return self._answers(feats.X, sources, feats.skipped)
+
+    def predict_arrays(self, batch: np.ndarray, sources: Sequence[str] | None = None
+                       ) -> Predictions:
+        """Predict ``(N, S, S, 3)`` uint8 images already decoded, resized and cropped by
+        :func:`headstart.features.prepare_image` (for servers: decode once, batch here)."""
+        self._check_fitted()
+        if getattr(self, "engine_", None) is None:
+            self.engine_ = make_engine(self.backbone_, resolve_cache_dir(self.cache_dir),
+                                       self.runtime, sample=batch[:8])
+        X = self.engine_(np.ascontiguousarray(batch, dtype=np.uint8))
+        return self._answers(X, list(sources) if sources is not None else [""] * len(X), [])
+
+    def _answers(self, X: np.ndarray, sources: list[Any], skipped: list[Skipped]
+                 ) -> Predictions:
+        """Calibrated probabilities, unknown scores and labels from ``(M, D)`` features."""
+        logits = self.head_.decision_function(X) if len(X) else \
+            np.zeros((0, len(self.classes_)), np.float32)
         proba = softmax(logits, getattr(self, "temperature_", 1.0))
         ood = getattr(self, "ood_", None)
-        score = ood.score(feats.X) if ood is not None else np.zeros(len(proba), np.float32)
+        score = ood.score(X) if ood is not None else np.zeros(len(proba), np.float32)
         rejected = (score > ood.threshold_) if ood is not None and self.unknown else \
             np.zeros(len(proba), bool)
         labels = [UNKNOWN if r else self.classes_[int(i)]
                   for i, r in zip(np.argmax(proba, axis=1), rejected)]
-        sources = [images[i] if isinstance(images[i], Image.Image) else str(images[i])
-                   for i in feats.index]
-        return Predictions(sources, proba, labels, list(self.classes_), feats.skipped,
-                           logits, score, rejected)
+        return Predictions(sources, proba, labels, list(self.classes_), skipped, logits, score,
+                           rejected)
 
     def _all_readable(self, images: Sequence[Any]) -> Predictions:
         pred = self.predict_images(images)
@@ -433,54 +445,32 @@ class Classifier:
         Raises:
             ModelError: ``path`` exists and is not a headstart model or empty folder.
         """
-        from safetensors.numpy import save_file as save_np
-        from safetensors.torch import save_file as save_torch
-
         self._check_fitted()
-        out = Path(path)
         if not getattr(self, "is_global_zero_", True):
             logger.info("not rank 0: model not written")
-            return out
-        if out.exists() and not (out.is_dir() and ((out / MODEL_FILE).is_file()
-                                                   or not any(out.iterdir()))):
-            raise ModelError(f"--out: {out} exists and is not a headstart model directory; "
-                             "choose another path")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        try:
-            meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                    "classes": self.classes_, "backbone": self.backbone_.spec(),
-                    "head": {"kind": self.head_kind_}, "summary": self.summary_,
-                    "int8": self._int8_engine().variant if self._int8_engine() else None,
-                    "temperature": float(getattr(self, "temperature_", 1.0)),
-                    "ood": self.ood_.config() if getattr(self, "ood_", None) else None}
-            (tmp / MODEL_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-            state = {k: v.contiguous() for k, v in self.backbone_.model.state_dict().items()}
-            save_torch(state, str(tmp / "backbone.safetensors"))
-            save_np({k: np.ascontiguousarray(v) for k, v in self.head_.state().items()},
-                    str(tmp / "head.safetensors"))
+            return Path(path)
+        int8 = self._int8_engine()
+        meta = {"classes": self.classes_, "backbone": self.backbone_.spec(),
+                "head": {"kind": self.head_kind_}, "summary": self.summary_,
+                "int8": int8.variant if int8 else None,
+                "temperature": float(getattr(self, "temperature_", 1.0)),
+                "ood": self.ood_.config() if getattr(self, "ood_", None) else None}
+        arrays = {"backbone.safetensors": {k: v.detach().cpu().numpy() for k, v in
+                                           self.backbone_.model.state_dict().items()},
+                  "head.safetensors": self.head_.state()}
+        if getattr(self, "ood_", None) is not None:
+            arrays["ood.safetensors"] = self.ood_.state()
+        if getattr(self, "train_digests_", None):
+            arrays[HASHES_FILE] = {"train": np.frombuffer(
+                bytes.fromhex("".join(self.train_digests_)), np.uint8).reshape(-1, 16)}
+
+        def extra(tmp: Path) -> None:
             write_metrics_csv(getattr(self, "history_", []), tmp / "metrics.csv")
-            if getattr(self, "ood_", None) is not None:
-                save_np(self.ood_.state(), str(tmp / "ood.safetensors"))
-            if getattr(self, "train_digests_", None):
-                save_np({"train": np.frombuffer(bytes.fromhex("".join(self.train_digests_)),
-                                                np.uint8).reshape(-1, 16)},
-                        str(tmp / HASHES_FILE))
-            if self._int8_engine() is not None:
-                ir = self.engine_.ir
-                shutil.copyfile(ir, tmp / INT8_XML)
-                shutil.copyfile(ir.with_suffix(".bin"), tmp / INT8_XML.replace(".xml", ".bin"))
-            old = None
-            if out.exists():
-                old = out.parent / f".{out.name}.old-{os.getpid()}"
-                os.replace(out, old)
-            os.replace(tmp, out)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        logger.info("saved model to %s", out)
-        return out
+            if int8 is not None:
+                shutil.copyfile(int8.ir, tmp / INT8_XML)
+                shutil.copyfile(int8.ir.with_suffix(".bin"), tmp / INT8_XML.replace(".xml",
+                                                                                   ".bin"))
+        return write_bundle(path, meta, arrays, extra)
 
     @classmethod
     def load(cls, path: str | os.PathLike, cache: bool = True,
@@ -491,22 +481,9 @@ class Classifier:
         Raises:
             ModelError: missing directory or files, or not a headstart model.
         """
-        from safetensors.numpy import load_file as load_np
-
         d = Path(path)
-        if not d.is_dir():
-            raise ModelError(f"model directory not found: {d}")
-        try:
-            meta = json.loads((d / MODEL_FILE).read_text())
-        except (OSError, ValueError) as e:
-            raise ModelError(f"{d} is not a headstart model ({MODEL_FILE}: {e})") from None
-        if meta.get("format") != FORMAT or meta.get("format_version", 99) > FORMAT_VERSION:
-            raise ModelError(f"{d}: unsupported model format {meta.get('format')!r} "
-                             f"version {meta.get('format_version')!r}")
-        try:
-            hstate = load_np(str(d / "head.safetensors"))
-        except Exception as e:  # noqa: BLE001 - missing or corrupt weight files
-            raise ModelError(f"{d}: cannot read model weights: {e}") from None
+        meta = read_meta(d)
+        hstate = read_arrays(d, "head.safetensors")
         if not (d / "backbone.safetensors").is_file():
             raise ModelError(f"{d}: backbone.safetensors is missing")
         spec = meta["backbone"]
@@ -520,12 +497,12 @@ class Classifier:
         clf.skipped_ = []
         clf.engine_ = None
         clf.temperature_ = float(meta.get("temperature", 1.0))
-        if meta.get("ood") and (d / "ood.safetensors").is_file():
-            clf.ood_ = OutOfDistribution.from_state(meta["ood"],
-                                                    load_np(str(d / "ood.safetensors")))
-        if (d / HASHES_FILE).is_file():
-            clf.train_digests_ = [r.tobytes().hex() for r in
-                                  load_np(str(d / HASHES_FILE))["train"]]
+        ood = read_arrays(d, "ood.safetensors", required=False)
+        if meta.get("ood") and ood is not None:
+            clf.ood_ = OutOfDistribution.from_state(meta["ood"], ood)
+        hashes = read_arrays(d, HASHES_FILE, required=False)
+        if hashes is not None:
+            clf.train_digests_ = [r.tobytes().hex() for r in hashes["train"]]
         if meta.get("int8"):
             clf.int8 = True
             clf.engine_ = openvino_ir_engine(d / INT8_XML, meta["int8"])

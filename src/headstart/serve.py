@@ -1,0 +1,321 @@
+"""Serving a trained model over HTTP: FastAPI on uvicorn.
+
+Endpoints:
+
+* ``POST /predict``: one or more images as multipart ``files`` fields; returns
+  ``{"predictions": [{"filename", "label", "probability", "probabilities", "unknown",
+  "unknown_score"}]}`` in upload order. Images from concurrent requests are decoded in a
+  thread pool and run through the backbone together (up to ``max_batch`` images, waiting at
+  most ``batch_wait_ms`` for company), so throughput grows with load.
+* ``GET /health``, ``GET /info`` (classes, backbone, validation metrics, limits),
+  ``GET /`` (a page to try the model: drag and drop images), ``GET /docs`` (OpenAPI UI,
+  served locally).
+
+Bad input never gets a 500: a body over ``max_upload_mb`` gets 413, an image over
+``max_pixels`` gets 413, more than ``max_files`` files gets 413, an image that does not
+decode gets 422 with the file name and reason (the whole request is answered with 422 then,
+so clients never mistake a partial answer for a full one), a request without files gets
+422.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import time
+from contextlib import asynccontextmanager
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from . import __version__
+from .data import UnreadableImage, open_image
+from .features import prepare_image
+from .model import Classifier
+
+__all__ = ["Limits", "create_app", "serve"]
+
+logger = logging.getLogger(__name__)
+
+PAGE = Path(__file__).with_name("page.html")
+
+
+class Limits:
+    """Request limits of the server (see the module docstring)."""
+
+    def __init__(self, max_upload_mb: float = 20.0, max_pixels: int = 40_000_000,
+                 max_files: int = 64, max_batch: int = 32, batch_wait_ms: float = 5.0) -> None:
+        self.max_upload_mb = max_upload_mb
+        self.max_pixels = max_pixels
+        self.max_files = max_files
+        self.max_batch = max_batch
+        self.batch_wait_ms = batch_wait_ms
+
+    def to_dict(self) -> dict[str, float]:
+        return dict(vars(self))
+
+
+class _BadImage(Exception):
+    def __init__(self, status: int, filename: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.filename, self.reason = status, filename, reason
+
+
+class _Batcher:
+    """Collects decoded images from concurrent requests and runs them as one batch."""
+
+    def __init__(self, clf: Classifier, limits: Limits) -> None:
+        self.clf, self.limits = clf, limits
+        self.queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future]] = asyncio.Queue()
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="headstart-infer")
+        self.batches = 0
+        self.images = 0
+
+    async def predict(self, x: np.ndarray) -> Any:
+        fut = asyncio.get_running_loop().create_future()
+        await self.queue.put((x, fut))
+        return await fut
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self.queue.get()]
+            deadline = loop.time() + self.limits.batch_wait_ms / 1000
+            while len(items) < self.limits.max_batch:
+                try:
+                    items.append(self.queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    items.append(await asyncio.wait_for(self.queue.get(), left))
+                except asyncio.TimeoutError:
+                    break
+            batch = np.stack([x for x, _ in items])
+            try:
+                pred = await loop.run_in_executor(self.pool, self.clf.predict_arrays, batch)
+            except Exception as e:  # noqa: BLE001 - passed on to every waiting request
+                for _, fut in items:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            self.batches += 1
+            self.images += len(items)
+            for i, (_, fut) in enumerate(items):
+                if not fut.done():
+                    fut.set_result((pred.labels[i], pred.proba[i], bool(pred.rejected[i]),
+                                    float(pred.ood_score[i])))
+
+
+def _decode(data: bytes, filename: str, clf: Classifier, max_pixels: int) -> np.ndarray:
+    """Uploaded bytes -> the backbone's ``(S, S, 3)`` uint8 input, or :class:`_BadImage`."""
+    if not data:
+        raise _BadImage(422, filename, "empty file")
+    try:
+        with open_image(io.BytesIO(data)) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise _BadImage(413, filename, f"too many pixels ({w}x{h} > {max_pixels:,})")
+        return prepare_image(io.BytesIO(data), clf.backbone_.preprocess)
+    except UnreadableImage as e:
+        status = 413 if str(e).startswith("too many pixels") else 422
+        raise _BadImage(status, filename, str(e)) from None
+
+
+class _LimitBody:
+    """ASGI middleware: answer 413 to request bodies over ``max_bytes`` (declared or not)."""
+
+    class TooLarge(Exception):
+        pass
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def _reply(self, send: Any) -> None:
+        body = json.dumps({"detail": f"request body larger than {self.max_bytes:,} bytes "
+                                     "(--max-upload-mb)"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            drained = 0  # read what the client sends (up to a bound) so it sees the answer
+            while drained < 8 * self.max_bytes:
+                message = await receive()
+                drained += len(message.get("body", b""))
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    break
+            return await self._reply(send)
+        seen = 0
+        too_large = replied = False
+
+        async def counted() -> Any:
+            nonlocal seen, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    too_large = True
+                    raise self.TooLarge()
+            return message
+
+        async def guarded(message: Any) -> None:
+            nonlocal replied
+            if not too_large:
+                return await send(message)
+            if message["type"] == "http.response.start" and not replied:
+                replied = True  # whatever the app made of the aborted body: it is a 413
+                await self._reply(send)
+        try:
+            await self.app(scope, counted, guarded)
+        except self.TooLarge:
+            pass
+        if too_large and not replied:
+            await self._reply(send)
+
+
+def create_app(model: str | os.PathLike | Classifier, limits: Limits | None = None,
+               cache_dir: str | os.PathLike | None = None, runtime: str = "auto") -> Any:
+    """The FastAPI application serving ``model`` (a model directory or a fitted
+    :class:`Classifier`)."""
+    limits = limits or Limits()
+    clf = model if isinstance(model, Classifier) else Classifier.load(
+        model, cache_dir=cache_dir, runtime=runtime)
+    name = Path(str(model)).name if not isinstance(model, Classifier) else "model"
+    batcher = _Batcher(clf, limits)
+    decoders = ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)),
+                                  thread_name_prefix="headstart-decode")
+    started = time.time()
+    # compile the engine now, so the first request is not the slow one
+    clf.predict_arrays(np.zeros((1, clf.backbone_.preprocess.size,
+                                 clf.backbone_.preprocess.size, 3), np.uint8))
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        task = asyncio.create_task(batcher.run())
+        yield
+        task.cancel()
+
+    app = FastAPI(title=f"headstart: {name}", version=__version__, docs_url=None,
+                  redoc_url=None, lifespan=lifespan,
+                  description=f"Image classifier ({', '.join(clf.classes_)}) trained with "
+                              "headstart.")
+    swagger = _swagger_assets()
+    if swagger is not None:
+        from fastapi.staticfiles import StaticFiles
+
+        app.mount("/static/swagger", StaticFiles(directory=swagger), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Any:
+        local = swagger is not None
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json", title=app.title,
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js" if local else
+            "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css" if local else
+            "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon-32x32.png" if local else
+            "https://fastapi.tiangolo.com/img/favicon.png")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": "send images as multipart/form-data fields named "
+                             "'files'", "errors": json.loads(json.dumps(
+                                 exc.errors(), default=str))}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("internal error on %s", request.url.path)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, 500)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness: the model is loaded and answering."""
+        return {"status": "ok", "model": name, "uptime_s": round(time.time() - started, 1),
+                "images_served": batcher.images, "batches": batcher.batches}
+
+    @app.get("/info")
+    async def info() -> dict[str, Any]:
+        """Classes, backbone, preprocessing, validation metrics and limits."""
+        s = clf.summary_ or {}
+        ood = getattr(clf, "ood_", None)
+        return {"model": name, "classes": clf.classes_, "backbone": clf.backbone_.name,
+                "head": clf.head_kind_, "preprocess": clf.backbone_.preprocess.to_dict(),
+                "validation": {"accuracy": s.get("val_accuracy"),
+                               "images": s.get("val_images"), "how": s.get("val_source"),
+                               "calibration": s.get("calibration")},
+                "train_counts": s.get("train_counts"), "trained_at": s.get("trained_at"),
+                "unknown_threshold": float(ood.threshold_) if ood is not None else None,
+                "runtime": clf.engine_.name if clf.engine_ is not None else None,
+                "limits": limits.to_dict(), "headstart_version": __version__}
+
+    @app.post("/predict")
+    async def predict(files: list[UploadFile] = File(..., description="Image files.")
+                      ) -> Any:
+        """Classify one or more images (multipart field ``files``, repeated)."""
+        if len(files) > limits.max_files:
+            return JSONResponse({"detail": f"{len(files)} files; at most {limits.max_files} "
+                                 "per request"}, status_code=413)
+        loop = asyncio.get_running_loop()
+        payloads = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
+        jobs = [loop.run_in_executor(decoders, _decode, data, fname, clf, limits.max_pixels)
+                for fname, data in payloads]
+        decoded = await asyncio.gather(*jobs, return_exceptions=True)
+        bad = [d for d in decoded if isinstance(d, _BadImage)]
+        if bad:
+            return JSONResponse({"detail": [{"filename": b.filename, "reason": b.reason}
+                                            for b in bad]},
+                                status_code=max(b.status for b in bad))
+        for d in decoded:
+            if isinstance(d, BaseException):
+                raise d
+        answers = await asyncio.gather(*(batcher.predict(x) for x in decoded))
+        return {"predictions": [
+            {"filename": fname, "label": label, "probability": float(p.max()),
+             "probabilities": {c: float(v) for c, v in zip(clf.classes_, p)},
+             "unknown": rejected, "unknown_score": score}
+            for (fname, _), (label, p, rejected, score) in zip(payloads, answers)]}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> str:
+        return PAGE.read_text()
+
+    app.add_middleware(_LimitBody, max_bytes=int(limits.max_upload_mb * 1024 * 1024))
+    return app
+
+
+def _swagger_assets() -> str | None:
+    try:
+        import swagger_ui_bundle
+    except ImportError:
+        return None
+    return str(swagger_ui_bundle.swagger_ui_path)
+
+
+def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000,
+          limits: Limits | None = None, cache_dir: str | os.PathLike | None = None,
+          runtime: str = "auto", log_level: str = "info") -> None:
+    """Load ``model`` and serve it with uvicorn until interrupted."""
+    import uvicorn
+
+    uvicorn.run(create_app(model, limits, cache_dir, runtime), host=host, port=port,
+                log_level=log_level)
