@@ -30,6 +30,11 @@ def test_robust_quantile_is_near_the_normal_quantile_for_many_samples():
     assert robust_quantile(s, 0.95) == pytest.approx(1.645, abs=0.05)
 
 
+def test_robust_quantile_keeps_95_percent_of_skewed_scores():
+    s = np.random.default_rng(2).lognormal(sigma=0.8, size=300)
+    assert np.mean(s > robust_quantile(s, 0.95)) <= 0.05
+
+
 @pytest.fixture(scope="module")
 def model():
     return Classifier(head="linear").fit(EXAMPLES / "train")

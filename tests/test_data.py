@@ -5,19 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from headstart.data import (UnreadableImage, find_images, load_dataset, load_labelled,
-                            read_image, stratified_split)
+from headstart.data import find_images, load_dataset, load_labelled, stratified_split
 from headstart.errors import DataError
 
-from .conftest import EXAMPLES, copy_images
-
-
-def _save(img: Image.Image, path: Path, **kw) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, **kw)
-    return path
+from .conftest import copy_images
 
 
 def test_class_folder_layout(small_data):
@@ -93,58 +85,6 @@ def test_non_images_and_loose_files_are_reported(small_data):
                        ".hidden.jpg": "hidden file, ignored",
                        "photo.heic": "unsupported image format (.heic): convert it to JPEG "
                                      "or PNG"}
-
-
-def test_read_image_applies_exif_orientation(tmp_path):
-    img = Image.new("RGB", (60, 30), (255, 0, 0))
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
-    path = _save(img, tmp_path / "rot.jpg", exif=exif.tobytes())
-    assert read_image(path).size == (30, 60)
-
-
-@pytest.mark.parametrize("mode,fmt", [("L", "PNG"), ("P", "GIF"), ("CMYK", "JPEG"),
-                                      ("RGB", "WEBP"), ("RGB", "TIFF"), ("RGB", "BMP"),
-                                      ("I;16", "PNG"), ("LA", "PNG")])
-def test_read_image_converts_every_mode_to_rgb(tmp_path, mode, fmt):
-    img = Image.new(mode, (40, 40))
-    path = _save(img, tmp_path / f"x.{fmt.lower()}", format=fmt)
-    out = read_image(path)
-    assert out.mode == "RGB" and out.size == (40, 40)
-
-
-def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
-    a = np.full((8, 8), 32768, dtype=np.uint16)
-    path = _save(Image.fromarray(a), tmp_path / "deep.png")
-    assert abs(int(np.asarray(read_image(path))[0, 0, 0]) - 128) <= 1
-
-
-def test_transparency_is_composited_on_white(tmp_path):
-    path = _save(Image.new("RGBA", (10, 10), (0, 0, 0, 0)), tmp_path / "clear.png")
-    assert np.asarray(read_image(path)).min() == 255
-
-
-def test_animated_gif_gives_first_frame(tmp_path):
-    frames = [Image.new("RGB", (10, 10), c) for c in ((255, 0, 0), (0, 0, 255))]
-    path = tmp_path / "anim.gif"
-    frames[0].save(path, save_all=True, append_images=frames[1:])
-    assert tuple(np.asarray(read_image(path))[0, 0]) == (255, 0, 0)
-
-
-def test_unreadable_files_give_reasons(tmp_path):
-    (tmp_path / "empty.jpg").write_bytes(b"")
-    (tmp_path / "page.jpg").write_text("<html>not an image</html>")
-    good = (EXAMPLES / "train" / "giraffe").iterdir().__next__().read_bytes()
-    (tmp_path / "cut.jpg").write_bytes(good[: len(good) // 2])
-    reasons = {}
-    for name in ("empty.jpg", "page.jpg", "cut.jpg", "missing.jpg"):
-        with pytest.raises(UnreadableImage) as e:
-            read_image(tmp_path / name)
-        reasons[name] = str(e.value)
-    assert reasons["empty.jpg"] == "empty file"
-    assert reasons["page.jpg"] == "not an image: an HTML/XML page saved with an image name"
-    assert "truncated" in reasons["cut.jpg"]
-    assert reasons["missing.jpg"] == "file not found"
 
 
 def test_find_images_expands_folders_and_rejects_missing(small_data):

@@ -10,7 +10,8 @@ A folder of a few labelled images becomes a trained classifier in seconds::
 __version__ = "0.1.0"
 
 from .backbones import DEFAULT_BACKBONE, Backbone, list_backbones, load_backbone
-from .data import Dataset, ImageSet, Skipped, load_dataset, read_image
+from .data import Dataset, ImageSet, Skipped, load_dataset
+from .decode import read_image
 from .errors import BackboneError, DataError, HeadstartError, ModelError
 from .evaluate import evaluate
 from .export import export

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .backbones import Preprocess
-from .data import read_image
+from .decode import read_image
 
 class Images:
     """A torch Dataset of (image tensor, label) from files, with a transform."""

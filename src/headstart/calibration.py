@@ -10,8 +10,9 @@
   The threshold is meant to keep 95% of in-distribution images: the 95th percentile of a
   normal distribution fitted robustly (median, 1.4826 x MAD) to held-out scores (of the
   validation images, else leave-one-out scores of the training images), widened by a
-  factor (1 + 1/sqrt(n)) because a quantile of few scores is itself uncertain. Above it,
-  the prediction is ``unknown``.
+  factor (1 + 1/sqrt(n)) because a quantile of few scores is itself uncertain, and never
+  below the empirical 95th percentile (the scores of varied photos are right-skewed). Above
+  it, the prediction is ``unknown``.
 """
 
 from __future__ import annotations
@@ -85,7 +86,10 @@ def robust_quantile(scores: np.ndarray, q: float = 0.95) -> float:
     s = np.asarray(scores, dtype=np.float64)
     med = float(np.median(s))
     spread = 1.4826 * float(np.median(np.abs(s - med)))
-    return med + float(norm.ppf(q)) * spread * (1.0 + 1.0 / np.sqrt(max(len(s), 1)))
+    robust = med + float(norm.ppf(q)) * spread * (1.0 + 1.0 / np.sqrt(max(len(s), 1)))
+    # a right-skewed distribution (varied photos) has more than 5% beyond the normal's
+    # quantile: never go below the empirical quantile
+    return max(robust, float(np.quantile(s, q))) if len(s) else robust
 
 
 class OutOfDistribution:

@@ -9,25 +9,20 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
 import logging
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-    TimeRemainingColumn
 from rich.table import Table
 
+from ._console import (emit_json, err, health_line, out, print_health, print_skipped,
+                       progress_bar)
 from .errors import HeadstartError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Transfer learning for image classification, on a CPU, in seconds.")
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
 RUNTIME_HELP = "Inference engine: auto | openvino | onnxruntime | torch."
 
 
@@ -45,104 +40,6 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             err.print("interrupted")
             raise typer.Exit(130) from None
     return wrapper
-
-
-@contextmanager
-def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
-    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task(label, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-        yield update
-
-
-def _print_skipped(skipped: list[Any]) -> None:
-    if skipped:
-        err.print(f"[yellow]skipped {len(skipped)} file(s):[/yellow]", highlight=False)
-        for s in skipped[:20]:
-            err.print(f"  {s.path}: {s.reason}", highlight=False, markup=False)
-        if len(skipped) > 20:
-            err.print(f"  ... and {len(skipped) - 20} more")
-
-
-def _listing(items: list[str], limit: int = 20) -> None:
-    for line in items[:limit]:
-        out.print(f"  {line}", highlight=False, markup=False)
-    if len(items) > limit:
-        out.print(f"  ... and {len(items) - limit} more (--json lists all)", highlight=False)
-
-
-def _group_line(g: dict[str, Any]) -> str:
-    how = "exact copies" if g["kind"] == "exact" else f"near duplicates ({g['similarity']:.2f})"
-    names = "  =  ".join(f"{m['path']} [{m['split']}/{m['label']}]" if m["label"]
-                         else m["path"] for m in g["members"])
-    return f"{how}: {names}"
-
-
-def _print_health(h: dict[str, Any]) -> None:
-    """The findings of ``check``, most serious first."""
-    counts = " | ".join(f"{split}: " + ", ".join(f"{c} {n}" for c, n in cl.items())
-                        for split, cl in h["counts"].items())
-    out.print(f"data        {h['data']} ({h['layout']}): {counts}", highlight=False)
-    if h["leakage"]:
-        out.print(f"[bold red]LEAKAGE[/bold red]     {h['leaked_images']} held-out image(s) "
-                  "are copies of images in another split: their accuracy is inflated; "
-                  "remove them from one side", highlight=False)
-        _listing([_group_line(g) for g in h["leakage"]])
-    if h["conflicts"]:
-        out.print(f"[red]conflicts[/red]   {len(h['conflicts'])} image(s) filed under two "
-                  "classes (conflicting labels)", highlight=False)
-        _listing([_group_line(g) for g in h["conflicts"]])
-    if h["unusable"]:
-        out.print(f"[red]unusable[/red]    {len(h['unusable'])} file(s), left out:",
-                  highlight=False)
-        _listing([f"{u['path']}: {u['reason']}" for u in h["unusable"]])
-    if h["duplicates"]:
-        out.print(f"[yellow]duplicates[/yellow]  {len(h['duplicates'])} group(s) within a "
-                  "class (they weigh double in training)", highlight=False)
-        _listing([_group_line(g) for g in h["duplicates"]])
-    if h["folders"]:
-        out.print(f"[yellow]folders[/yellow]     {len(h['folders'])} problem(s):",
-                  highlight=False)
-        _listing([f"{f['path']}: {f['problem']}" for f in h["folders"]])
-    b = h["balance"]
-    if b.get("imbalance_ratio") is not None:
-        line = f"balance     imbalance ratio {b['imbalance_ratio']:.2f}x"
-        if b["small_classes"]:
-            line += "; fewer than 5 images: " + ", ".join(
-                f"{c['class']} ({c['images']})" for c in b["small_classes"])
-        for split, missing in b.get("missing_from_split", {}).items():
-            line += f"; {split} lacks {missing}"
-        for split, extra in b.get("not_in_train", {}).items():
-            line += f"; {split} has classes not in train: {extra}"
-        out.print(line, highlight=False)
-    if h["notes"]:
-        out.print(f"notes       {len(h['notes'])} (not problems):", highlight=False)
-        _listing([f"{n['path']}: {n['note']}" for n in h["notes"]], 10)
-    nd = h["near_duplicates"]
-    if nd.get("searched"):
-        out.print(f"near dups   searched: cosine >= {nd['threshold']:.2f} (median nearest "
-                  f"neighbour {nd['median_nearest_similarity']:.2f}) and same thumbnail",
-                  highlight=False)
-    else:
-        out.print(f"near dups   not searched: {nd.get('reason')}", highlight=False)
-    out.print(f"result      {h['summary']}" + (f" (exit {h['exit_code']})"
-                                               if h["exit_code"] else ""), highlight=False)
-
-
-def _health_line(h: dict[str, Any] | None, data: Path) -> None:
-    """One stderr line about the data's health; loud when held-out images leak."""
-    if not h or not h["problems"]:
-        return
-    color = "bold red" if h["leakage"] else "yellow"
-    err.print(f"[{color}]data health: {h['summary']}[/{color}] (details: 'headstart check "
-              f"{data}' and the report)", highlight=False)
-
-
-def _emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
 
 
 @app.callback()
@@ -211,7 +108,7 @@ def train(
                   f"val accuracy {row['val_accuracy']:.4f}  ({row['seconds']:.0f} s)",
                   highlight=False)
 
-    with _progress("features") as progress:
+    with progress_bar("features") as progress:
         clf.fit(data, val=val, progress=progress, on_epoch=on_epoch)
     if not clf.is_global_zero_:
         return  # other DDP ranks: rank 0 writes the model and the report
@@ -220,10 +117,10 @@ def train(
 
     write_model_report(clf, saved)
     s = clf.summary_
-    _print_skipped(clf.skipped_)
-    _health_line(s.get("health"), data)
+    print_skipped(clf.skipped_)
+    health_line(s.get("health"), data)
     if as_json:
-        _emit_json({**s, "out": str(saved), "classes": clf.classes_,
+        emit_json({**s, "out": str(saved), "classes": clf.classes_,
                     "skipped": [{"path": k.path, "reason": k.reason} for k in clf.skipped_]})
         return
     counts = ", ".join(f"{c} {n}" for c, n in s["train_counts"].items())
@@ -278,10 +175,10 @@ def predict(
 
     clf = Classifier.load(model, cache_dir=cache_dir, runtime=runtime, unknown=not no_unknown)
     files, skipped = find_images(paths)
-    with _progress("predict") as progress:
+    with progress_bar("predict") as progress:
         pred = clf.predict_images(files, progress)
     skipped = skipped + pred.skipped
-    _print_skipped(skipped)
+    print_skipped(skipped)
     rows = [{"path": p, "label": lab, "probability": float(pr.max()),
              "probabilities": {c: float(v) for c, v in zip(pred.classes, pr)},
              "unknown": bool(rej), "unknown_score": float(sc)}
@@ -295,7 +192,7 @@ def predict(
                 w.writerow([r["path"], r["label"], f"{r['probability']:.6f}"]
                            + [f"{v:.6f}" for v in r["probabilities"].values()])
     if as_json:
-        _emit_json({"predictions": rows, "counts": pred.counts(),
+        emit_json({"predictions": rows, "counts": pred.counts(),
                     "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]})
         return
     table = Table("path", "label", "probability", box=None)
@@ -325,7 +222,7 @@ def evaluate(
     from .model import Classifier
 
     clf = Classifier.load(model, cache_dir=cache_dir, runtime=runtime, unknown=not no_unknown)
-    with _progress("evaluate") as progress:
+    with progress_bar("evaluate") as progress:
         m, pred, y_true = evaluation(clf, data, progress)
     if report is not None:
         from .report import write_report
@@ -333,10 +230,10 @@ def evaluate(
         write_report(report, clf.classes_, pred.sources, y_true, pred.logits,
                      clf.temperature_, pred.rejected, model,
                      {"data": str(data), "model": str(model)}, health=m["health"])
-    _print_skipped([Skipped(**k) for k in m["skipped"]])
-    _health_line(m["health"], data)
+    print_skipped([Skipped(**k) for k in m["skipped"]])
+    health_line(m["health"], data)
     if as_json:
-        _emit_json(m)
+        emit_json(m)
         return
     lo, hi = m["accuracy_ci95"]
     out.print(f"accuracy {m['accuracy']:.4f} on {m['n_images']} images "
@@ -374,11 +271,11 @@ def advise(
 
     if budget <= 0:
         raise HeadstartError(f"--budget: expected seconds > 0, got {budget}")
-    with _progress("features") as progress:
+    with progress_bar("features") as progress:
         r = run_advise(data, budget=budget, backbone=backbone, seed=seed,
                        cache_dir=cache_dir, progress=progress)
     if as_json:
-        _emit_json(r)
+        emit_json(r)
         return
     d, g, a = r["data_size"], r["domain_gap"], r["accuracy"]
     out.print(f"data          {d['train_images']} training images "
@@ -429,13 +326,13 @@ def check(
     if near_threshold is not None and not 0 < near_threshold <= 1:
         raise HeadstartError(f"--near-threshold: expected a cosine in (0, 1], got "
                              f"{near_threshold}")
-    with _progress("features") as progress:
+    with progress_bar("features") as progress:
         h = run_check(data, backbone=backbone, cache_dir=cache_dir, runtime=runtime,
                       near=near, near_threshold=near_threshold, progress=progress).to_dict()
     if as_json:
-        _emit_json(h)
+        emit_json(h)
     else:
-        _print_health(h)
+        print_health(h)
     raise typer.Exit(h["exit_code"])
 
 
@@ -456,7 +353,7 @@ def export(
 
     r = run_export(model, fmt, out_path, samples)
     if as_json:
-        _emit_json(r)
+        emit_json(r)
         return
     m, p = r["metadata"], r["parity"]
     pre = m["preprocess"]
@@ -520,7 +417,7 @@ def backbones(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
 
     rows = list_backbones()
     if as_json:
-        _emit_json(rows)
+        emit_json(rows)
         return
     table = Table("name", "timm model", "status", "how", box=None)
     for r in rows:

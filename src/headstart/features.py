@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image
 
 from .backbones import Backbone, Preprocess
-from .data import (Skipped, UnreadableImage, check_pixels, image_error, open_image,
-                   read_image)
+from .data import Skipped
+from .decode import UnreadableImage, check_pixels, image_error, open_image, read_image
 from .runtime import Engine, make_engine
 
 __all__ = ["FeatureCache", "Features", "extract_features", "normalize", "prepare_image",

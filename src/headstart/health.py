@@ -35,11 +35,12 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from .data import ImageSet, Skipped, UnreadableImage, load_splits, open_image
+from .data import Dataset, ImageSet, Skipped, load_splits
+from .decode import UnreadableImage, open_image
 from .features import ProgressFn, file_hash
 
-__all__ = ["Entry", "FileFacts", "Health", "assess", "check", "entries_of", "folder_problems",
-           "inspect_files"]
+__all__ = ["Entry", "FileFacts", "Health", "assess", "check", "dataset_health", "entries_of",
+           "folder_problems", "inspect_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -379,6 +380,28 @@ def _balance(counts: dict[str, dict[str, int]]) -> dict[str, Any]:
                                for s, c in split_classes.items()
                                if s != "train" and c - split_classes["train"]}
     return out
+
+
+def dataset_health(dataset: Dataset, source: str | os.PathLike | None,
+                   facts: Sequence[FileFacts], skipped: Sequence[Skipped],
+                   X: np.ndarray | None, index: np.ndarray | None
+                   ) -> tuple[Health, list[str]]:
+    """Health of the data ``train`` is fitting (its train and validation splits, in the
+    order of :class:`Dataset`), leakage logged as a warning; and the content hashes of the
+    usable training images. ``source`` is the dataset path (None for in-memory images)."""
+    entries = entries_of("train", dataset.train) + (
+        entries_of(dataset.val_split, dataset.val) if dataset.val is not None else [])
+    h = assess(entries, facts, skipped, X, index,
+               data=str(source) if source is not None else "in memory",
+               layout=dataset.layout, folders=folder_problems(source) if source else ())
+    bad = {s.path for s in skipped}
+    digests = sorted({f.digest for e, f in zip(entries, facts)
+                      if e.split == "train" and f.digest and e.path not in bad})
+    if h.leakage:
+        logger.warning("leakage: %d validation image(s) are copies of training images, so "
+                       "validation accuracy is inflated; run 'headstart check %s'",
+                       h.leaked_images, source)
+    return h, digests
 
 
 def check(source: str | os.PathLike, *, backbone: str | None = None,

@@ -36,7 +36,7 @@ from .errors import DataError, ModelError
 from .features import (FeatureCache, Features, ProgressFn, extract_features, prepare_image,
                        readable, resolve_cache_dir)
 from .calibration import OutOfDistribution, fit_honesty, softmax
-from .health import Health, assess, entries_of, folder_problems, inspect_files
+from .health import dataset_health, inspect_files
 from .finetune import FinetuneConfig, finetune_stage, split_rows, write_metrics_csv
 from .scratch import scratch_stage
 from .runtime import int8_engine, make_engine, openvino_ir_engine
@@ -238,23 +238,11 @@ class Classifier:
         return self
 
     def _check_health(self, dataset: Dataset, data: Any, labels: Any, facts: list[Any],
-                      X: np.ndarray | None, index: np.ndarray | None) -> Health:
-        """``health_`` of the training data (see :mod:`headstart.health`), leakage logged;
-        ``train_digests_``: content hashes of the usable training images."""
-        entries = entries_of("train", dataset.train) + (
-            entries_of(dataset.val_split, dataset.val) if dataset.val is not None else [])
-        self.health_ = assess(entries, facts, self.skipped_, X, index,
-                              data=str(data) if labels is None else "in memory",
-                              layout=dataset.layout,
-                              folders=folder_problems(data) if labels is None else ())
-        bad = {s.path for s in self.skipped_}
-        self.train_digests_ = sorted({f.digest for e, f in zip(entries, facts)
-                                      if e.split == "train" and f.digest and e.path not in bad})
-        if self.health_.leakage:
-            logger.warning("leakage: %d validation image(s) are copies of training images, "
-                           "so validation accuracy is inflated; run 'headstart check %s'",
-                           self.health_.leaked_images, data)
-        return self.health_
+                      X: np.ndarray | None, index: np.ndarray | None) -> None:
+        """``health_`` of the training data and ``train_digests_`` (see
+        :func:`headstart.health.dataset_health`)."""
+        self.health_, self.train_digests_ = dataset_health(
+            dataset, None if labels is not None else data, facts, self.skipped_, X, index)
 
     def _fit_honesty(self, X: np.ndarray, y: np.ndarray, is_train: np.ndarray,
                      held_out: bool, paths: list[Any]) -> dict[str, Any]:

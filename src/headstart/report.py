@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .calibration import expected_calibration_error, reliability, softmax
-from .data import UnreadableImage, read_image
+from .decode import UnreadableImage, read_image
 from .evaluate import scored_metrics
 
 __all__ = ["write_model_report", "write_report"]

@@ -38,7 +38,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from . import __version__
-from .data import UnreadableImage, open_image
+from .decode import UnreadableImage, open_image
 from .features import prepare_image
 from .model import Classifier
 
