@@ -6,7 +6,8 @@ Endpoints:
   ``{"predictions": [{"filename", "label", "probability", "probabilities", "unknown",
   "unknown_score"}]}`` in upload order. Images from concurrent requests are decoded in a
   thread pool and run through the backbone together (up to ``max_batch`` images, waiting at
-  most ``batch_wait_ms`` for company), so throughput grows with load.
+  most ``batch_wait_ms`` for images still being decoded; a lone request never waits), so
+  throughput grows with load.
 * ``GET /health``, ``GET /info`` (classes, backbone, validation metrics, limits),
   ``GET /`` (a page to try the model: drag and drop images), ``GET /docs`` (OpenAPI UI,
   served locally).
@@ -79,6 +80,7 @@ class _Batcher:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="headstart-infer")
         self.batches = 0
         self.images = 0
+        self.decoding = 0  # images of requests being decoded, about to join a batch
 
     async def predict(self, x: np.ndarray) -> Any:
         fut = asyncio.get_running_loop().create_future()
@@ -97,7 +99,7 @@ class _Batcher:
                 except asyncio.QueueEmpty:
                     pass
                 left = deadline - loop.time()
-                if left <= 0:
+                if left <= 0 or self.decoding == 0:  # nobody else is coming: run now
                     break
                 try:
                     items.append(await asyncio.wait_for(self.queue.get(), left))
@@ -279,7 +281,11 @@ def create_app(model: str | os.PathLike | Classifier, limits: Limits | None = No
         payloads = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
         jobs = [loop.run_in_executor(decoders, _decode, data, fname, clf, limits.max_pixels)
                 for fname, data in payloads]
-        decoded = await asyncio.gather(*jobs, return_exceptions=True)
+        batcher.decoding += len(jobs)
+        try:
+            decoded = await asyncio.gather(*jobs, return_exceptions=True)
+        finally:
+            batcher.decoding -= len(jobs)
         bad = [d for d in decoded if isinstance(d, _BadImage)]
         if bad:
             return JSONResponse({"detail": [{"filename": b.filename, "reason": b.reason}
