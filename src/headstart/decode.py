@@ -90,7 +90,8 @@ def image_error(e: BaseException, path: Any) -> UnreadableImage:
     if isinstance(e, PermissionError):
         return UnreadableImage("permission denied")
     if isinstance(e, Image.DecompressionBombError):
-        return UnreadableImage(f"too many pixels ({e})")
+        return UnreadableImage(f"too many pixels (over {MAX_PIXELS:,}; a decompression bomb "
+                               "or a scan too large to use)")
     if isinstance(e, UnidentifiedImageError):
         return UnreadableImage(_not_an_image(path))
     if isinstance(e, (OSError, SyntaxError, ValueError, EOFError, MemoryError)):

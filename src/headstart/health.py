@@ -122,6 +122,14 @@ def _norm_name(name: str) -> str:
     return re.sub(r"[\s_\-]+", " ", name.strip().casefold())
 
 
+def _loops(folder: Path) -> bool:
+    """A linked folder that leads back up the tree (reported as a link loop instead)."""
+    if not folder.is_symlink():
+        return False
+    real, here = os.path.realpath(folder), os.path.realpath(folder.parent)
+    return here == real or here.startswith(real.rstrip(os.sep) + os.sep)
+
+
 def folder_problems(source: str | os.PathLike) -> list[dict[str, str]]:
     """Nested class folders and class names that differ only by case, spaces or ``_``."""
     root = Path(source)
@@ -137,7 +145,7 @@ def folder_problems(source: str | os.PathLike) -> list[dict[str, str]]:
         for d in classes:
             groups[_norm_name(d.name)].append(d.name)
             nested = sorted(s.name for s in d.iterdir()
-                            if s.is_dir() and not s.name.startswith("."))
+                            if s.is_dir() and not s.name.startswith(".") and not _loops(s))
             if nested:
                 out.append({"path": str(d), "problem": f"nested folders {nested[:5]}: their "
                             f"images are counted as class {d.name!r}"})
@@ -287,7 +295,8 @@ def assess(entries: Sequence[Entry], facts: Sequence[FileFacts], skipped: Sequen
         split[entries[i].label] = split.get(entries[i].label, 0) + 1
     h = Health(data=data, layout=layout, counts={k: dict(sorted(v.items()))
                                                  for k, v in counts.items()})
-    h.unusable = [{"path": s.path, "reason": s.reason} for s in skipped if s.kind == "file"]
+    h.unusable = sorted(({"path": s.path, "reason": s.reason} for s in skipped
+                         if s.kind == "file"), key=lambda u: u["path"])
     h.folders = [{"path": s.path, "problem": s.reason} for s in skipped if s.kind == "folder"]
     h.folders += list(folders)
     h.notes = [{"path": s.path, "note": s.reason} for s in skipped if s.kind == "ignored"]
