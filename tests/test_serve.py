@@ -61,6 +61,24 @@ class Client:
                             {"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
 
+def _chunked_upload(port: int, content: bytes) -> int:
+    """POST one file with chunked transfer encoding (the body size is not declared)."""
+    boundary = uuid.uuid4().hex
+
+    def body():
+        yield (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; '
+               'filename="big.jpg"\r\n\r\n').encode()
+        for i in range(0, len(content), 65536):
+            yield content[i:i + 65536]
+        yield f"\r\n--{boundary}--\r\n".encode()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    conn.request("POST", "/predict", body=body(), encode_chunked=True,
+                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
 @pytest.fixture(scope="module")
 def server(trained):
     _, model_dir = trained
@@ -141,6 +159,7 @@ def test_bad_input_gets_4xx_with_reason_never_500(server, tmp_path):
     assert status == 422 and [d["filename"] for d in body["detail"]] == ["notes.jpg"]
     big = np.random.default_rng(0).integers(0, 255, 3 * 1024 * 1024, np.uint8).tobytes()
     assert client.predict([("big.jpg", big)])[0] == 413       # over --max-upload-mb 2
+    assert _chunked_upload(client.port, big) == 413            # no Content-Length to trust
     assert client.predict([("x.jpg", good)], field="image")[0] == 422
     assert client.request("POST", "/predict", b"{}", {"Content-Type": "application/json"}
                           )[0] == 422
