@@ -74,3 +74,12 @@ def test_bad_format_is_a_clear_error(trained, tmp_path):
                         "--format", "tflite"], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.startswith("error: --format: expected one of onnx, openvino")
+
+
+def test_mlp_head_exports_with_parity(tmp_path):
+    from headstart import Classifier
+
+    clf = Classifier(head="mlp").fit(EXAMPLES / "train")
+    r = export(clf, "openvino", tmp_path / "mlp.xml", samples=SAMPLES)
+    assert r["parity"]["ok"] and r["parity"]["labels_identical"]
+    assert (tmp_path / "mlp.xml").is_file() and (tmp_path / "mlp.bin").is_file()

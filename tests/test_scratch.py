@@ -56,3 +56,12 @@ def test_scratch_model_predicts_and_evaluates_like_any_model(scratch_model):
     m = evaluate(loaded, data)
     assert m["n_images"] == 45
     assert m["accuracy"] == pytest.approx(clf.summary_["val_accuracy"], abs=1e-9)
+
+
+def test_from_scratch_model_exports_with_parity(scratch_model, tmp_path):
+    from headstart.export import export
+
+    data, _, out = scratch_model
+    r = export(out, "onnx", tmp_path / "scratch.onnx", samples=[data / "val"])
+    assert r["parity"]["ok"] and r["parity"]["max_abs_diff"] < 1e-4
+    assert r["metadata"]["preprocess"]["size"] == 32
