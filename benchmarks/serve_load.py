@@ -114,8 +114,8 @@ def main() -> None:
           f"{1000 * decode:.1f} ms decode; batch of {len(x)}: {batch_rate:.1f} images/s")
     print(json.dumps({"sequential_single": seq, "concurrent_8_single": conc,
                       "concurrent_4_batches_of_8": batches}, indent=1))
-    print(f"single-image p50 {seq['p50_ms']:.1f} ms = {seq['p50_ms'] / 1000 / (single + decode):.2f}"
-          f" x in-process decode+compute")
+    ratio = seq["p50_ms"] / 1000 / (single + decode)
+    print(f"single-image p50 {seq['p50_ms']:.1f} ms = {ratio:.2f} x in-process decode+compute")
     print(f"8 concurrent clients: {conc['images_per_s']:.1f} images/s = "
           f"{conc['images_per_s'] / batch_rate:.2f} x in-process batch throughput; "
           f"p50 {conc['p50_ms']:.0f} ms, p99 {conc['p99_ms']:.0f} ms, errors {conc['errors']}")

@@ -158,17 +158,19 @@ def test_folder_problems(tmp_path):
 
 
 def test_evaluate_flags_test_images_the_model_was_trained_on(trained, tmp_path):
+    from headstart import Classifier
     from headstart.evaluate import evaluate
 
     _, model_dir = trained
-    from headstart import Classifier
-
     clf = Classifier.load(model_dir)
-    data = copy_images(tmp_path / "t", 3, split="test")
-    f = sorted((EXAMPLES / "train" / "giraffe").iterdir())[2]
-    shutil.copy(f, data / "giraffe" / "seen-before.jpg")
-    m = evaluate(clf, data)
-    h = m["health"]
-    assert h["leaked_images"] == 1
-    assert [g["members"][0]["path"] for g in h["leakage"]] == [
-        str(data / "giraffe" / "seen-before.jpg")]
+    data = copy_images(tmp_path / "t", 6, split="test")
+    seen = sorted((EXAMPLES / "train" / "giraffe").iterdir())
+    shutil.copy(seen[2], data / "giraffe" / "seen-before.jpg")
+    img = Image.open(seen[5]).convert("RGB")
+    img.resize((img.width * 9 // 10, img.height * 9 // 10)).save(
+        data / "giraffe" / "resized-copy.jpg", quality=90)
+    h = evaluate(clf, data)["health"]
+    assert h["leaked_images"] == 2
+    kinds = {Path(g["members"][0]["path"]).name: g["kind"] for g in h["leakage"]}
+    assert kinds == {"seen-before.jpg": "exact", "resized-copy.jpg": "near"}
+    assert h["summary"].startswith("LEAKAGE: 2 held-out image(s)")

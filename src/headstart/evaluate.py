@@ -4,7 +4,8 @@
 ``per_class`` (precision, recall, F1, support), ``macro_f1``, ``confusion_matrix`` (rows:
 true class, columns: predicted class, in ``classes`` order), ``skipped`` files and
 ``health``: the data health of the evaluated images (:mod:`headstart.health`), including
-*leakage*: images whose bytes equal an image the model was trained on.
+*leakage*: images whose bytes equal an image the model was trained on, or whose features
+are near duplicates of one (at the training data's near-duplicate threshold).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .calibration import expected_calibration_error, softmax
 from .data import load_labelled
 from .errors import DataError
 from .features import ProgressFn
-from .health import assess, entries_of, folder_problems, inspect_files
+from .health import TrainedOn, assess, entries_of, folder_problems, inspect_files
 from .model import Classifier
 
 __all__ = ["bootstrap_ci", "classification_metrics", "evaluate", "evaluation",
@@ -93,10 +94,11 @@ def evaluation(clf: Classifier, data: str | os.PathLike, progress: ProgressFn | 
         raise DataError(f"{data}: no images to evaluate")
     facts = inspect_files(images.paths)
     pred = clf.predict_images(images.paths, progress)
-    digests = getattr(clf, "train_digests_", None)
-    health = assess(entries_of("test", images), facts, skipped + pred.skipped, data=str(data),
-                    layout="evaluation images", folders=folder_problems(data),
-                    train_digests=set(digests) if digests else None)
+    where = {str(p): i for i, p in enumerate(images.paths)}
+    index = np.asarray([where[str(src)] for src in pred.sources], dtype=int)
+    health = assess(entries_of("test", images), facts, skipped + pred.skipped, pred.features,
+                    index, data=str(data), layout="evaluation images",
+                    folders=folder_problems(data), trained_on=_trained_on(clf))
     if not len(pred.sources):
         raise DataError(f"{data}: none of the {len(images)} images could be read")
     label_of = {str(p): lab for p, lab in zip(images.paths, images.labels)}
@@ -107,6 +109,19 @@ def evaluation(clf: Classifier, data: str | os.PathLike, progress: ProgressFn | 
                          for s in skipped + pred.skipped]
     result["health"] = health.to_dict(limit=50)
     return result, pred, y_true
+
+
+def _trained_on(clf: Classifier) -> TrainedOn:
+    """What ``clf`` was trained on, for leakage checks. Near duplicates are looked for only
+    when the backbone is the pretrained one the training data was checked with (not after
+    fine-tuning or training from scratch, which change the features)."""
+    s = clf.summary_ or {}
+    near = ((s.get("health") or {}).get("near_duplicates") or {})
+    changed = s.get("from_scratch") or (s.get("finetune") or {}).get("kept") == "finetuned"
+    ood = getattr(clf, "ood_", None)
+    return TrainedOn(set(getattr(clf, "train_digests_", None) or ()),
+                     ood.reference_ if ood is not None else None,
+                     near.get("threshold") if near.get("searched") and not changed else None)
 
 
 def evaluate(clf: Classifier, data: str | os.PathLike, progress: ProgressFn | None = None

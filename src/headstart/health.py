@@ -39,8 +39,8 @@ from .data import Dataset, ImageSet, Skipped, load_splits
 from .decode import UnreadableImage, open_image
 from .features import ProgressFn, file_hash
 
-__all__ = ["Entry", "FileFacts", "Health", "assess", "check", "dataset_health", "entries_of",
-           "folder_problems", "inspect_files"]
+__all__ = ["Entry", "FileFacts", "Health", "TrainedOn", "assess", "check", "dataset_health",
+           "entries_of", "folder_problems", "inspect_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -188,8 +188,8 @@ class Health:
         """One line: the problems by kind, leakage first, or ``no problems found``."""
         parts = []
         if self.leakage:
-            parts.append(f"LEAKAGE: {self.leaked_images} held-out image(s) also in another "
-                         "split")
+            parts.append(f"LEAKAGE: {self.leaked_images} held-out image(s) duplicate images "
+                         "in training or another split")
         if self.conflicts:
             parts.append(f"{len(self.conflicts)} image(s) filed under two classes")
         if self.unusable:
@@ -276,7 +276,7 @@ def assess(entries: Sequence[Entry], facts: Sequence[FileFacts], skipped: Sequen
            X: np.ndarray | None = None, index: np.ndarray | None = None, *,
            data: str = "", layout: str = "", folders: Sequence[dict[str, str]] = (),
            near_threshold: float | None = None,
-           train_digests: set[str] | None = None) -> Health:
+           trained_on: TrainedOn | None = None) -> Health:
     """Findings about ``entries`` (with their ``facts``) and the files in ``skipped``.
 
     Args:
@@ -284,8 +284,9 @@ def assess(entries: Sequence[Entry], facts: Sequence[FileFacts], skipped: Sequen
             ones); without them only exact duplicates are found.
         folders: findings of :func:`folder_problems`.
         near_threshold: fixed cosine threshold instead of the adaptive one.
-        train_digests: content hashes of the images a model was trained on: entries with
-            one of them are leakage (used by ``evaluate``).
+        trained_on: what a model was trained on (``evaluate``): entries with the same
+            bytes as a training image, or whose features are near duplicates of one, are
+            leakage.
     """
     bad = {s.path for s in skipped if s.kind == "file"}
     usable = [i for i, e in enumerate(entries) if e.path not in bad]
@@ -341,17 +342,47 @@ def assess(entries: Sequence[Entry], facts: Sequence[FileFacts], skipped: Sequen
                         exact=len({facts[i].digest for i in members}) == 1,
                         similarity=min((c for (a, b), c in kinds.items()
                                         if a in members), default=1.0))
-    if train_digests:
-        for i in usable:
-            if facts[i].digest in train_digests:
-                h.leakage.append({"kind": "exact", "similarity": 1.0, "labels_differ": False,
-                                  "members": [_member(entries[i]), {
-                                      "path": "(an image the model was trained on)",
-                                      "split": "train", "label": ""}]})
-                h.leaked_images += 1
+    if trained_on is not None:
+        _model_leakage(h, entries, facts, usable, trained_on, X, index)
     h.balance = _balance(h.counts)
     h.leakage.sort(key=lambda g: g["members"][0]["path"])
     return h
+
+
+@dataclass
+class TrainedOn:
+    """What a model saw in training: content hashes of its training images, their
+    ``(M, D)`` features (a sample; unit norm) and the near-duplicate cosine threshold of its
+    training data (None when near duplicates were not searched)."""
+
+    digests: set[str]
+    reference: np.ndarray | None = None
+    near_threshold: float | None = None
+
+
+def _model_leakage(h: Health, entries: Sequence[Entry], facts: Sequence[FileFacts],
+                   usable: list[int], seen: TrainedOn, X: np.ndarray | None,
+                   index: np.ndarray | None) -> None:
+    """Leakage of evaluated images from a model's training images: exact, then near."""
+    def add(i: int, kind: str, sim: float) -> None:
+        what = ("an image" if kind == "exact" else
+                f"a near duplicate (cosine {sim:.2f}) of an image")
+        h.leakage.append({"kind": kind, "similarity": round(sim, 4), "labels_differ": False,
+                          "members": [_member(entries[i]), {
+                              "path": f"({what} the model was trained on)", "split": "train",
+                              "label": ""}]})
+        h.leaked_images += 1
+    exact = {i for i in usable if facts[i].digest in seen.digests}
+    for i in sorted(exact):
+        add(i, "exact", 1.0)
+    if X is None or index is None or not len(index) or seen.reference is None \
+            or seen.near_threshold is None:
+        return
+    U = X / (np.linalg.norm(X, axis=1, keepdims=True) + 1e-12)
+    best = (U @ np.asarray(seen.reference, np.float32).T).max(axis=1)
+    for row, i in enumerate(index):
+        if int(i) not in exact and best[row] >= seen.near_threshold:
+            add(int(i), "near", float(best[row]))
 
 
 def _member(e: Entry) -> dict[str, str]:

@@ -63,6 +63,7 @@ class Predictions:
         skipped: inputs that could not be decoded, with reasons.
         logits: ``(M, K)`` head outputs before calibration (``proba`` is
             ``softmax(logits / temperature)``).
+        features: ``(M, D)`` backbone features.
         ood_score: ``(M,)`` unlikeness to the training images; ``rejected``: ``(M,)``
             whether it is above the model's threshold (the label is then ``unknown``).
     """
@@ -75,6 +76,7 @@ class Predictions:
     logits: np.ndarray | None = None
     ood_score: np.ndarray | None = None
     rejected: np.ndarray | None = None
+    features: np.ndarray | None = None
 
     def counts(self) -> dict[str, int]:
         """How many images were predicted as each class (and as ``unknown``)."""
@@ -405,7 +407,7 @@ class Classifier:
         labels = [UNKNOWN if r else self.classes_[int(i)]
                   for i, r in zip(np.argmax(proba, axis=1), rejected)]
         return Predictions(sources, proba, labels, list(self.classes_), skipped, logits, score,
-                           rejected)
+                           rejected, X)
 
     def _all_readable(self, images: Sequence[Any]) -> Predictions:
         pred = self.predict_images(images)
