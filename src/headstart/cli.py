@@ -347,8 +347,10 @@ def export(
                                                  "for the parity check (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Export to ONNX or OpenVINO (images -> calibrated probabilities + unknown score),
-    then check it against PyTorch; nothing is written if the check fails."""
+    """Export to ONNX or OpenVINO, checked against PyTorch (nothing written if it fails).
+
+    One graph: normalised images -> calibrated probabilities, unknown score, unknown flag.
+    """
     from .export import export as run_export
 
     r = run_export(model, fmt, out_path, samples)
