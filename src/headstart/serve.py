@@ -206,9 +206,12 @@ def create_app(model: str | os.PathLike | Classifier, limits: Limits | None = No
     decoders = ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)),
                                   thread_name_prefix="headstart-decode")
     started = time.time()
-    # compile the engine now, so the first request is not the slow one
-    clf.predict_arrays(np.zeros((1, clf.backbone_.preprocess.size,
-                                 clf.backbone_.preprocess.size, 3), np.uint8))
+    # compile the engine now, so the first request is not the slow one; on a first run the
+    # engine's check against PyTorch sees varied images, not a blank one
+    size = clf.backbone_.preprocess.size
+    coarse = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), np.uint8)
+    clf.predict_arrays(np.repeat(np.repeat(coarse, -(-size // 8), 1), -(-size // 8), 2)
+                       [:, :size, :size])
 
     @asynccontextmanager
     async def lifespan(app: Any) -> Any:
