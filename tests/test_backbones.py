@@ -55,9 +55,15 @@ def test_catalog_preprocessing_is_timms_and_the_model_loads_on_first_use(name):
             load_backbone(name)
         return
     bb = load_backbone(name)
-    assert bb._model is None  # nothing built yet
-    assert bb.imagenet_head is not None and bb.imagenet_head[0].shape == (1000, 1280)
-    assert bb._model is not None
+    w, b = bb.imagenet_head  # read from the weights file, the model still not built
+    assert bb._model is None
+    full = load_backbone(name, keep_classifier=True)
+    np.testing.assert_array_equal(w, full.model.get_classifier().weight.numpy())
+    np.testing.assert_array_equal(b, full.model.get_classifier().bias.numpy())
+    x = torch.randn(2, 3, bb.preprocess.size, bb.preprocess.size)
+    with torch.no_grad():
+        torch.testing.assert_close(bb.model(x), full.model.forward_head(
+            full.model.forward_features(x), pre_logits=True))
 
 
 def test_loading_the_default_backbone_does_not_import_torch():

@@ -152,8 +152,9 @@ class Backbone:
     @property
     def imagenet_head(self) -> tuple[Any, Any] | None:
         """The original 1000-class ImageNet classifier ``(W (1000, D), b)``, if known."""
-        if self._model is None and getattr(self._loader, "knows_imagenet_head", False):
-            self.model  # loading the weights sets it
+        read = getattr(self._loader, "imagenet_head", None)
+        if self._imagenet_head is None and read is not None:
+            self._imagenet_head = read()  # from the weights file, without building the model
         return self._imagenet_head
 
     @imagenet_head.setter
@@ -310,20 +311,28 @@ def _packaged_weights(name: str, packaged: _Packaged) -> tuple[Path, str]:
 def _lazy_packaged(name: str, packaged: _Packaged) -> Backbone:
     """A packaged backbone whose PyTorch model is built on first use: when every feature is
     cached, nothing imports PyTorch."""
-    _, weights_id = _packaged_weights(name, packaged)
-    backbone: Backbone
+    path, weights_id = _packaged_weights(name, packaged)
 
     def load() -> Any:
         full = _create(name, None, False)
         if full.preprocess != packaged.preprocess:  # guarded by a test; never silent
             raise BackboneError(f"{name}: timm's preprocessing {full.preprocess} differs from "
                                 f"headstart's catalog {packaged.preprocess}")
-        backbone.imagenet_head = full.imagenet_head
         return full.model
-    load.knows_imagenet_head = True  # type: ignore[attr-defined]
-    backbone = Backbone(name=name, timm_name=packaged.timm_name, preprocess=packaged.preprocess,
-                        weights_id=weights_id, num_features=packaged.num_features, loader=load)
-    return backbone
+
+    def imagenet_head() -> tuple[Any, Any] | None:
+        """The classifier's weight and bias: the file's last two tensors (the weights load
+        by position, classifier last)."""
+        import torch
+
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        w, b = list(sd.values())[-2:]
+        if tuple(w.shape) != (1000, packaged.num_features) or tuple(b.shape) != (1000,):
+            return None
+        return w.numpy().copy(), b.numpy().copy()
+    load.imagenet_head = imagenet_head  # type: ignore[attr-defined]
+    return Backbone(name=name, timm_name=packaged.timm_name, preprocess=packaged.preprocess,
+                    weights_id=weights_id, num_features=packaged.num_features, loader=load)
 
 
 def _create(name: str, weights: str | os.PathLike | None, keep_classifier: bool) -> Backbone:
