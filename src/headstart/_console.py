@@ -47,6 +47,12 @@ def _listing(items: list[str], limit: int = 20) -> None:
         out.print(f"  ... and {len(items) - limit} more (--json lists all)", highlight=False)
 
 
+def _section(label: str, head: str, items: list[str]) -> None:
+    """One finding: a labelled headline, then its items."""
+    out.print(f"{label} {head}", highlight=False)
+    _listing(items)
+
+
 def _group_line(g: dict[str, Any]) -> str:
     how = "exact copies" if g["kind"] == "exact" else f"near duplicates ({g['similarity']:.2f})"
     names = "  =  ".join(f"{m['path']} [{m['split']}/{m['label']}]" if m["label"]
@@ -60,26 +66,22 @@ def print_health(h: dict[str, Any]) -> None:
                         for split, cl in h["counts"].items())
     out.print(f"data        {h['data']} ({h['layout']}): {counts}", highlight=False)
     if h["leakage"]:
-        out.print(f"[bold red]LEAKAGE[/bold red]     {h['leaked_images']} held-out image(s) "
-                  "are copies of images in another split: their accuracy is inflated; "
-                  "remove them from one side", highlight=False)
-        _listing([_group_line(g) for g in h["leakage"]])
+        _section("[bold red]LEAKAGE[/bold red]    ", f"{h['leaked_images']} held-out image(s) "
+                 "are copies of images in another split: their accuracy is inflated; "
+                 "remove them from one side", [_group_line(g) for g in h["leakage"]])
     if h["conflicts"]:
-        out.print(f"[red]conflicts[/red]   {len(h['conflicts'])} image(s) filed under two "
-                  "classes (conflicting labels)", highlight=False)
-        _listing([_group_line(g) for g in h["conflicts"]])
+        _section("[red]conflicts[/red]  ", f"{len(h['conflicts'])} image(s) filed under two "
+                 "classes (conflicting labels)", [_group_line(g) for g in h["conflicts"]])
     if h["unusable"]:
-        out.print(f"[red]unusable[/red]    {len(h['unusable'])} file(s), left out:",
-                  highlight=False)
-        _listing([f"{u['path']}: {u['reason']}" for u in h["unusable"]])
+        _section("[red]unusable[/red]   ", f"{len(h['unusable'])} file(s), left out:",
+                 [f"{u['path']}: {u['reason']}" for u in h["unusable"]])
     if h["duplicates"]:
-        out.print(f"[yellow]duplicates[/yellow]  {len(h['duplicates'])} group(s) within a "
-                  "class (they weigh double in training)", highlight=False)
-        _listing([_group_line(g) for g in h["duplicates"]])
+        _section("[yellow]duplicates[/yellow] ", f"{len(h['duplicates'])} group(s) within a "
+                 "class (they weigh double in training)",
+                 [_group_line(g) for g in h["duplicates"]])
     if h["folders"]:
-        out.print(f"[yellow]folders[/yellow]     {len(h['folders'])} problem(s):",
-                  highlight=False)
-        _listing([f"{f['path']}: {f['problem']}" for f in h["folders"]])
+        _section("[yellow]folders[/yellow]    ", f"{len(h['folders'])} problem(s):",
+                 [f"{f['path']}: {f['problem']}" for f in h["folders"]])
     b = h["balance"]
     if b.get("imbalance_ratio") is not None:
         line = f"balance     imbalance ratio {b['imbalance_ratio']:.2f}x"

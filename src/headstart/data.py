@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .decode import UNSUPPORTED_EXTENSIONS
+from .decode import UNSUPPORTED_EXTENSIONS, unsupported_reason
 from .errors import DataError
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "ImageSet",
     "Skipped",
     "find_images",
+    "links_back",
     "load_dataset",
     "load_splits",
     "load_labelled",
@@ -107,9 +108,16 @@ def _skip(path: Path, reason: str) -> Skipped:
     return Skipped(str(path), reason, kind)
 
 
+def links_back(folder: Path) -> bool:
+    """True for a symbolic link to its own folder or one above it (following it loops)."""
+    if not folder.is_symlink():
+        return False
+    real, here = os.path.realpath(folder), os.path.realpath(folder.parent)
+    return here == real or here.startswith(real.rstrip(os.sep) + os.sep)
+
+
 def _files_under(folder: Path) -> Iterable[tuple[Path, str | None]]:
     """Files under ``folder`` (symlinks followed, loops cut) with a reason to skip or None."""
-    start = os.path.realpath(folder)
     seen: set[str] = set()
     problems: list[tuple[Path, str]] = []
 
@@ -117,9 +125,9 @@ def _files_under(folder: Path) -> Iterable[tuple[Path, str | None]]:
         problems.append((Path(e.filename), f"{CANNOT_LIST}: {e.strerror}"))
 
     def loops(root: str, d: str) -> bool:
-        """A linked folder that leads back to where the walk started or already went."""
-        real = os.path.realpath(os.path.join(root, d))
-        return real in seen or start == real or start.startswith(real.rstrip(os.sep) + os.sep)
+        """A linked folder that leads back up the tree or to where the walk already went."""
+        path = Path(root) / d
+        return links_back(path) or os.path.realpath(path) in seen
 
     for root, dirs, files in os.walk(folder, followlinks=True, onerror=unreadable):
         seen.add(os.path.realpath(root))
@@ -162,8 +170,7 @@ def find_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Sk
                 elif ext in IMAGE_EXTENSIONS:
                     found.append(f)
                 elif ext in UNSUPPORTED_EXTENSIONS:
-                    skipped.append(Skipped(str(f), f"unsupported image format ({ext}): "
-                                           "convert it to JPEG or PNG"))
+                    skipped.append(Skipped(str(f), unsupported_reason(ext)))
                 else:
                     skipped.append(Skipped(str(f), f"not an image type ({ext or 'none'})"))
         elif p.exists():
@@ -249,6 +256,20 @@ def _csv_set(entries: list[tuple[Path, str, str]], which: str, classes: list[str
     return ImageSet([f for f, _ in chosen], [classes.index(lab) for _, lab in chosen], classes)
 
 
+def _dataset_path(source: str | os.PathLike) -> Path:
+    """``source`` as a Path, checked to be a folder or a CSV file.
+
+    Raises:
+        DataError: it does not exist, or is a file that is not a CSV.
+    """
+    root = Path(source)
+    if not root.exists():
+        raise DataError(f"data path not found: {root}")
+    if root.is_file() and root.suffix.lower() != ".csv":
+        raise DataError(f"{root} is a file; expected a folder of class folders or a CSV")
+    return root
+
+
 def load_dataset(source: str | os.PathLike, val: str | os.PathLike | None = None) -> Dataset:
     """Find the labelled images of a dataset (see the module docstring for layouts).
 
@@ -260,14 +281,10 @@ def load_dataset(source: str | os.PathLike, val: str | os.PathLike | None = None
     Raises:
         DataError: missing path, fewer than 2 classes, or a class without images.
     """
-    root = Path(source)
-    if not root.exists():
-        raise DataError(f"data path not found: {root}")
+    root = _dataset_path(source)
     val_set: ImageSet | None = None
     val_split = "val"
     if root.is_file():
-        if root.suffix.lower() != ".csv":
-            raise DataError(f"{root} is a file; expected a folder of class folders or a CSV")
         entries, skipped = _read_csv(root)
         classes = sorted({lab for _, lab, s in entries if s == "train"})
         train = _csv_set(entries, "train", classes, root)
@@ -306,12 +323,8 @@ def load_splits(source: str | os.PathLike) -> tuple[dict[str, ImageSet], list[Sk
     Raises:
         DataError: missing path, or a file that is not a CSV.
     """
-    root = Path(source)
-    if not root.exists():
-        raise DataError(f"data path not found: {root}")
+    root = _dataset_path(source)
     if root.is_file():
-        if root.suffix.lower() != ".csv":
-            raise DataError(f"{root} is a file; expected a folder of class folders or a CSV")
         entries, skipped = _read_csv(root)
         classes = sorted({lab for _, lab, _ in entries})
         sets = {which: _csv_set(entries, which, classes, root) for which in ("train", "val")}
@@ -343,12 +356,8 @@ def load_labelled(source: str | os.PathLike, classes: list[str]
     Raises:
         DataError: missing path, or labels that are not among ``classes``.
     """
-    root = Path(source)
-    if not root.exists():
-        raise DataError(f"data path not found: {root}")
+    root = _dataset_path(source)
     if root.is_file():
-        if root.suffix.lower() != ".csv":
-            raise DataError(f"{root} is a file; expected a folder of class folders or a CSV")
         entries, skipped = _read_csv(root)
         which = "val" if any(s == "val" for _, _, s in entries) else "train"
         return _csv_set(entries, which, classes, root), skipped

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = ["MAX_PIXELS", "UNSUPPORTED_EXTENSIONS", "UnreadableImage", "check_pixels",
-           "image_error", "open_image", "read_image"]
+           "image_error", "open_image", "read_image", "unsupported_reason"]
 
 # Image formats people have but Pillow cannot decode: named in the reason for skipping.
 UNSUPPORTED_EXTENSIONS = frozenset(
@@ -99,6 +99,11 @@ def image_error(e: BaseException, path: Any) -> UnreadableImage:
     return UnreadableImage(f"cannot decode: {type(e).__name__}: {e}")
 
 
+def unsupported_reason(kind: str) -> str:
+    """The reason given for an image format Pillow cannot read (``kind``: ``.heic``...)."""
+    return f"unsupported image format ({kind}): convert it to JPEG or PNG"
+
+
 def _not_an_image(path: Any) -> str:
     """Name what a file that is not an image actually is, when that is easy to tell."""
     if path is None:
@@ -120,7 +125,7 @@ def _not_an_image(path: Any) -> str:
     suffix = Path(path).suffix.lower()
     if suffix in UNSUPPORTED_EXTENSIONS or head[4:12] in (b"ftypheic", b"ftypheix",
                                                           b"ftypmif1", b"ftypavif"):
-        return f"unsupported image format ({suffix or 'HEIC/AVIF'}): convert it to JPEG or PNG"
+        return unsupported_reason(suffix or "HEIC/AVIF")
     try:
         head.decode("utf-8")
         return "not an image: a text file"

@@ -46,6 +46,8 @@ FORMATS = ("onnx", "openvino")
 PARITY_MAX_DIFF = 1e-4
 SAMPLES = 16  # training images used when no samples are given
 MAX_SAMPLES = 64
+META_KEYS = ("classes", "preprocess", "temperature", "unknown_threshold", "backbone",
+             "headstart_version", "val_accuracy", "input", "outputs")
 
 
 class ExportError(HeadstartError):
@@ -93,7 +95,7 @@ def _deploy_module(clf: Classifier) -> Any:
 def _metadata(clf: Classifier) -> dict[str, str]:
     ood = getattr(clf, "ood_", None)
     summary = clf.summary_ or {}
-    return {k: json.dumps(v) for k, v in {
+    values = {
         "classes": clf.classes_, "preprocess": clf.backbone_.preprocess.to_dict(),
         "temperature": float(getattr(clf, "temperature_", 1.0)),
         "unknown_threshold": float(ood.threshold_) if ood is not None else None,
@@ -102,7 +104,8 @@ def _metadata(clf: Classifier) -> dict[str, str]:
         "input": "images: (N, 3, S, S) float32, RGB, resize shorter side to S / crop_pct, "
                  "centre crop S, x / 255, (x - mean) / std",
         "outputs": "probabilities (N, K) calibrated, columns = classes; unknown_score (N,); "
-                   "unknown (N,) bool"}.items()}
+                   "unknown (N,) bool"}
+    return {k: json.dumps(values[k]) for k in META_KEYS}
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -118,9 +121,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
         model = ov.Core().read_model(str(path))
         props = {k: model.get_rt_info(["headstart", k]).astype(str)
-                 for k in ("classes", "preprocess", "temperature", "unknown_threshold",
-                           "backbone", "headstart_version", "val_accuracy", "input",
-                           "outputs") if model.has_rt_info(["headstart", k])}
+                 for k in META_KEYS if model.has_rt_info(["headstart", k])}
     return {k: json.loads(v) for k, v in props.items()}
 
 

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from .data import Dataset, ImageSet, Skipped, load_splits
+from .data import Dataset, ImageSet, Skipped, links_back, load_splits
 from .decode import UnreadableImage, open_image
 from .features import ProgressFn, file_hash
 
@@ -122,14 +122,6 @@ def _norm_name(name: str) -> str:
     return re.sub(r"[\s_\-]+", " ", name.strip().casefold())
 
 
-def _loops(folder: Path) -> bool:
-    """A linked folder that leads back up the tree (reported as a link loop instead)."""
-    if not folder.is_symlink():
-        return False
-    real, here = os.path.realpath(folder), os.path.realpath(folder.parent)
-    return here == real or here.startswith(real.rstrip(os.sep) + os.sep)
-
-
 def folder_problems(source: str | os.PathLike) -> list[dict[str, str]]:
     """Nested class folders and class names that differ only by case, spaces or ``_``."""
     root = Path(source)
@@ -145,7 +137,7 @@ def folder_problems(source: str | os.PathLike) -> list[dict[str, str]]:
         for d in classes:
             groups[_norm_name(d.name)].append(d.name)
             nested = sorted(s.name for s in d.iterdir()
-                            if s.is_dir() and not s.name.startswith(".") and not _loops(s))
+                            if s.is_dir() and not s.name.startswith(".") and not links_back(s))
             if nested:
                 out.append({"path": str(d), "problem": f"nested folders {nested[:5]}: their "
                             f"images are counted as class {d.name!r}"})

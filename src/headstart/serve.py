@@ -28,6 +28,7 @@ import logging
 import os
 import time
 from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -50,19 +51,15 @@ logger = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("page.html")
 
 
+@dataclass
 class Limits:
     """Request limits of the server (see the module docstring)."""
 
-    def __init__(self, max_upload_mb: float = 20.0, max_pixels: int = 40_000_000,
-                 max_files: int = 64, max_batch: int = 32, batch_wait_ms: float = 5.0) -> None:
-        self.max_upload_mb = max_upload_mb
-        self.max_pixels = max_pixels
-        self.max_files = max_files
-        self.max_batch = max_batch
-        self.batch_wait_ms = batch_wait_ms
-
-    def to_dict(self) -> dict[str, float]:
-        return dict(vars(self))
+    max_upload_mb: float = 20.0
+    max_pixels: int = 40_000_000
+    max_files: int = 64
+    max_batch: int = 32
+    batch_wait_ms: float = 5.0
 
 
 class _BadImage(Exception):
@@ -271,7 +268,7 @@ def create_app(model: str | os.PathLike | Classifier, limits: Limits | None = No
                 "train_counts": s.get("train_counts"), "trained_at": s.get("trained_at"),
                 "unknown_threshold": float(ood.threshold_) if ood is not None else None,
                 "runtime": clf.engine_.name if clf.engine_ is not None else None,
-                "limits": limits.to_dict(), "headstart_version": __version__}
+                "limits": asdict(limits), "headstart_version": __version__}
 
     @app.post("/predict")
     async def predict(files: list[UploadFile] = File(..., description="Image files.")
