@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import threading
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -176,3 +180,50 @@ def launch_chromium(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=[
         "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"])
+
+
+def run_cli(*args: Any, timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess:
+    """``headstart ARGS`` as a subprocess; a hang fails the test after ``timeout`` s."""
+    try:
+        return subprocess.run([sys.executable, "-m", "headstart", *map(str, args)],
+                              capture_output=True, text=True, timeout=timeout, **kw)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"headstart {' '.join(map(str, args))} hung (> {timeout} s)")
+
+
+def assert_user_error(r: subprocess.CompletedProcess, *needles: str) -> None:
+    """Exit status 2, one ``error:`` line on stderr containing each needle, no traceback."""
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def bounded(fn: Callable[..., Any], *args: Any, seconds: float = 60, **kw: Any) -> Any:
+    """``fn(*args)`` in a thread; fail the test (instead of hanging the suite) if it runs
+    longer than ``seconds``. Exceptions are re-raised."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = fn(*args, **kw)
+        except BaseException as e:  # noqa: BLE001 - handed back to the test
+            result["error"] = e
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        pytest.fail(f"{getattr(fn, '__name__', fn)} hung (> {seconds} s)")
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def strange_files(folder: Path) -> dict[str, str]:
+    """A named pipe (FIFO) and a link to /dev/zero with image names in ``folder``, which
+    must be skipped without ever blocking; returns name -> a fragment of the reason."""
+    os.mkfifo(folder / "pipe.jpg")
+    os.symlink("/dev/zero", folder / "zero.jpg")
+    return {"pipe.jpg": "named pipe", "zero.jpg": "a device"}

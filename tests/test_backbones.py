@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
@@ -118,7 +119,8 @@ def test_rebuilt_from_file_matches_and_loads_lazily(backbone, tmp_path):
 
     save_file({k: v.contiguous() for k, v in backbone.model.state_dict().items()},
               str(tmp_path / "b.safetensors"))
-    again = backbone_from_file(backbone.spec(), tmp_path / "b.safetensors")
+    digest = hashlib.sha256((tmp_path / "b.safetensors").read_bytes()).hexdigest()
+    again = backbone_from_file(backbone.spec(), tmp_path / "b.safetensors", digest, True)
     assert again.identity() == backbone.identity()
     assert again._model is None
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))

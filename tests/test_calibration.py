@@ -72,6 +72,6 @@ def test_probabilities_are_temperature_scaled_and_unknown_can_be_off(model, tmp_
 def test_ood_detector_state_round_trip():
     X = np.random.default_rng(2).normal(size=(30, 8))
     ood = OutOfDistribution(k=3).fit(X)
-    again = OutOfDistribution.from_state(ood.config(), ood.state())
+    again = OutOfDistribution.from_state(ood.config(), ood.state(), 8)
     np.testing.assert_array_equal(again.score(X), ood.score(X))
     assert again.threshold_ == ood.threshold_

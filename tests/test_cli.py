@@ -11,21 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import EXAMPLES, copy_images
+from .conftest import EXAMPLES, assert_user_error, copy_images, run_cli, strange_files
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "headstart", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=300)
-
-
-def assert_user_error(r: subprocess.CompletedProcess, *needles: str) -> None:
-    assert r.returncode == 2, r.stderr
-    assert "Traceback" not in r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
-    for n in needles:
-        assert n in lines[0]
+    return run_cli(*args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +93,62 @@ def test_backbones_lists_offline_default():
     rows = {x["name"]: x["status"] for x in json.loads(r.stdout)}
     assert rows["efficientnet_lite0"] == "offline"
     assert "efficientnet_lite0" in run("backbones").stdout
+
+
+def test_fifo_and_device_links_never_block_any_command(model_dir, tmp_path):
+    """A FIFO named x.jpg and a link to /dev/zero named .jpg, in a class folder, through
+    check, train, predict and evaluate: each is skipped with its reason, nothing hangs."""
+    data = copy_images(tmp_path / "d", 5)
+    expected = strange_files(data / "giraffe")
+    for args in (("check", data, "--no-near"), ("check", data, "--json"),
+                 ("train", data, "--out", tmp_path / "m"), ("predict", model_dir, data),
+                 ("evaluate", model_dir, data)):
+        r = run_cli(*args, timeout=240)
+        assert r.returncode in (0, 3), (args, r.stderr)
+        assert "Traceback" not in r.stderr
+        said = r.stdout + r.stderr
+        for name, fragment in expected.items():
+            assert name in said and fragment in said, (args, said)
+
+
+def test_file_and_class_names_are_never_rich_markup(model_dir, tmp_path):
+    data = copy_images(tmp_path / "d", 4)
+    (data / "giraffe").rename(data / "[bold]giraffe")
+    photo = sorted((data / "elephant").iterdir())[0]
+    shutil.copy(photo, data / "elephant" / "holiday [draft].jpg")
+    (data / "elephant" / "set[").mkdir()
+    shutil.copy(photo, data / "elephant" / "set[" / "b].jpg")  # the path reads set[/b].jpg
+    r = run("predict", model_dir, "holiday [draft].jpg", "set[/b].jpg", cwd=data / "elephant")
+    assert r.returncode == 0, r.stderr
+    assert "holiday [draft].jpg" in r.stdout and "set[/b].jpg" in r.stdout
+    r = run("train", data, "--out", tmp_path / "m")
+    assert r.returncode == 0, r.stderr
+    assert "[bold]giraffe 4" in r.stdout
+    assert_user_error(run("predict", model_dir, tmp_path / "[red]x[/red].jpg"),
+                      "[red]x[/red].jpg")
+    r = run("backbones")
+    assert "[lite1]" in r.stdout or "offline" in r.stdout.split("efficientnet_lite1")[1][:60]
+
+
+def test_a_closed_pipe_ends_predict_quietly(model_dir):
+    p = subprocess.Popen([sys.executable, "-m", "headstart", "predict", model_dir,
+                          EXAMPLES / "test"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.readline()  # `| head -1`
+    p.stdout.close()
+    try:
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=120) == 0, err
+    finally:
+        p.kill()
+    assert "Traceback" not in err and "Broken pipe" not in err
+
+
+def test_check_exit_codes_for_csvs_without_two_classes(small_data, tmp_path):
+    (tmp_path / "header.csv").write_text("path,label\n")
+    assert_user_error(run("check", tmp_path / "header.csv", "--no-near"), "no rows")
+    rows = [f"{p},giraffe" for p in sorted((small_data / "giraffe").iterdir())]
+    (tmp_path / "one.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    r = run("check", tmp_path / "one.csv", "--no-near")
+    assert r.returncode == 3 and "a classifier needs at least 2" in r.stdout, r.stdout
+    (tmp_path / "empty").mkdir()
+    assert_user_error(run("check", tmp_path / "empty", "--no-near"), "no images found")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from headstart.data import find_images, load_dataset, load_labelled, stratified_split
 from headstart.errors import DataError
 
-from .conftest import copy_images
+from .conftest import bounded, copy_images, strange_files
 
 
 def test_class_folder_layout(small_data):
@@ -101,3 +102,45 @@ def test_stratified_split_keeps_each_class_in_train():
     held = np.bincount(np.asarray(y)[va], minlength=3).tolist()
     assert held == [2, 1, 0]
     assert stratified_split(y, 0.2, seed=3)[1].tolist() == va.tolist()
+
+
+def test_fifo_and_device_links_are_skipped_with_reasons_without_blocking(small_data):
+    expected = strange_files(small_data / "giraffe")
+    ds = bounded(load_dataset, small_data, seconds=30)
+    reasons = {Path(s.path).name: s.reason for s in ds.skipped}
+    for name, fragment in expected.items():
+        assert fragment in reasons[name]
+    assert ds.train.counts() == {"elephant": 6, "giraffe": 6}
+    files, skipped = bounded(find_images, [small_data / "giraffe" / "pipe.jpg"], seconds=30)
+    assert files == [] and "named pipe" in skipped[0].reason
+
+
+def test_csv_rows_naming_a_fifo_or_a_folder_say_so(small_data, tmp_path):
+    os.mkfifo(tmp_path / "pipe.jpg")
+    rows = ["path,label"] + [f"{p},{p.parent.name}" for p in sorted(small_data.rglob("*.jpg"))]
+    rows += [f"{tmp_path / 'pipe.jpg'},giraffe", f"{small_data / 'giraffe'},giraffe",
+             f"{tmp_path / 'gone.jpg'},giraffe"]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    ds = bounded(load_dataset, tmp_path / "labels.csv", seconds=30)
+    reasons = {Path(s.path).name: s.reason for s in ds.skipped}
+    assert "named pipe" in reasons["pipe.jpg"]
+    assert reasons["giraffe"] == "is a folder, not a file"
+    assert reasons["gone.jpg"] == "file not found"
+    os.mkfifo(tmp_path / "fifo.csv")
+    with pytest.raises(DataError, match="named pipe"):
+        bounded(load_dataset, tmp_path / "fifo.csv", seconds=30)
+
+
+def test_class_folder_linking_to_the_data_root_is_a_loop_not_a_class(small_data):
+    os.symlink(small_data, small_data / "everything")
+    ds = load_dataset(small_data)
+    assert ds.train.classes == ["elephant", "giraffe"]
+    assert ds.train.counts() == {"elephant": 6, "giraffe": 6}
+    assert {Path(s.path).name: s.reason for s in ds.skipped}["everything"] == \
+        "symbolic link loop, ignored"
+
+
+def test_csv_with_a_header_only_is_an_error(tmp_path):
+    (tmp_path / "labels.csv").write_text("path,label\n")
+    with pytest.raises(DataError, match="header but no rows"):
+        load_dataset(tmp_path / "labels.csv")

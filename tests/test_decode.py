@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from headstart.decode import UnreadableImage, image_error, read_image
+from headstart._fs import _os_reason
+from headstart.decode import UnreadableImage, read_image
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, bounded, strange_files
 
 
 def _save(img: Image.Image, path: Path, **kw) -> Path:
@@ -75,9 +76,37 @@ def test_unreadable_files_give_reasons(tmp_path):
 
 def test_unreadable_permission_reason(tmp_path):
     path = tmp_path / "x.jpg"
-    assert str(image_error(PermissionError(13, "denied"), path)) == "permission denied"
+    assert _os_reason(PermissionError(13, "denied"), path) == "permission denied"
     if os.geteuid() != 0:  # root reads a chmod 000 file: only the mapping can be checked
         shutil.copy(sorted((EXAMPLES / "train" / "giraffe").iterdir())[0], path)
         path.chmod(0)
         with pytest.raises(UnreadableImage, match="permission denied"):
             read_image(path)
+
+
+def test_float_images_are_scaled_by_their_range(tmp_path):
+    rng = np.random.default_rng(0)
+    unit = rng.random((32, 32)).astype(np.float32)            # a float TIFF in [0, 1]
+    Image.fromarray(unit, mode="F").save(tmp_path / "unit.tif")
+    got = np.asarray(read_image(tmp_path / "unit.tif"))[..., 0].astype(float)
+    np.testing.assert_allclose(got, np.round(unit * 255), atol=1)
+    wide = (unit * 4000 - 1000).astype(np.float32)             # any other range: stretched
+    Image.fromarray(wide, mode="F").save(tmp_path / "wide.tif")
+    got = np.asarray(read_image(tmp_path / "wide.tif"))[..., 0]
+    assert got.min() == 0 and got.max() == 255
+    some_nan = unit.copy()
+    some_nan[0, :5] = np.nan
+    Image.fromarray(some_nan, mode="F").save(tmp_path / "nodata.tif")
+    assert np.asarray(read_image(tmp_path / "nodata.tif")).max() > 200
+    Image.fromarray(np.full((8, 8), np.nan, np.float32), mode="F").save(tmp_path / "nan.tif")
+    with pytest.raises(UnreadableImage, match="no.*finite|without a single finite"):
+        read_image(tmp_path / "nan.tif")
+
+
+def test_fifo_and_devices_are_refused_without_blocking(tmp_path):
+    expected = strange_files(tmp_path)
+    for name, fragment in expected.items():
+        with pytest.raises(UnreadableImage, match=fragment):
+            bounded(read_image, tmp_path / name, seconds=20)
+    with pytest.raises(UnreadableImage, match="is a folder"):
+        read_image(tmp_path)

@@ -111,6 +111,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
                        cache_dir=cache).fit(EXAMPLES / "train", on_epoch=epochs.append)
     assert [e["epoch"] for e in epochs] == [2]  # epoch 1 was not run again
     assert again.summary_["finetune"]["epochs"] == 2
+    assert [r["epoch"] for r in again.history_] == [1, 2]  # metrics.csv keeps epoch 1
 
 
 def _free_port() -> int:

@@ -63,7 +63,8 @@ def test_auto_head_reports_both_scores_and_picks_the_best():
 def test_state_round_trip_gives_identical_predictions(kind):
     X, y = blobs()
     h = make_head(kind).fit(X, y)
-    again = head_from_state(kind, {k: v.copy() for k, v in h.state().items()})
+    again = head_from_state(kind, {k: v.copy() for k, v in h.state().items()}, len(h.classes_),
+                            X.shape[1])
     np.testing.assert_array_equal(again.predict_proba(X), h.predict_proba(X))
 
 

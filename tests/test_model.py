@@ -51,10 +51,18 @@ def test_save_replaces_a_model_atomically_and_refuses_other_folders(trained, tmp
     clf, _ = trained
     target = tmp_path / "m"
     clf.save(target)
-    (target / "headstart.json").write_text("{}")  # an older model
-    clf.save(target)
-    assert json.loads((target / "headstart.json").read_text())["classes"] == clf.classes_
+    first = json.loads((target / "headstart.json").read_text())["summary"]["trained_at"]
+    summary = clf.summary_
+    clf.summary_ = {**summary, "trained_at": "later"}
+    clf.save(target)  # a complete model is replaced
+    clf.summary_ = summary
+    assert json.loads((target / "headstart.json").read_text())["summary"]["trained_at"] \
+        == "later" != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temp leftovers
+    (target / "headstart.json").write_text("{}")  # not a model signature (another tool's?)
+    with pytest.raises(ModelError, match="not a headstart model"):
+        clf.save(target)
+    assert (target / "headstart.json").read_text() == "{}"
     precious = tmp_path / "photos"
     precious.mkdir()
     (precious / "keep.txt").write_text("mine")

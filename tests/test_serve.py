@@ -164,7 +164,12 @@ def test_bad_input_gets_4xx_with_reason_never_500(server, tmp_path):
     assert client.request("POST", "/predict", b"{}", {"Content-Type": "application/json"}
                           )[0] == 422
     assert client.request("POST", "/predict", b"junk", {
-        "Content-Type": "multipart/form-data; boundary=zz"})[0] in (400, 422)
+        "Content-Type": "multipart/form-data; boundary=zz"})[0] == 400
+    cut = (b'--zz\r\nContent-Disposition: form-data; name="files"; filename="a.jpg"\r\n\r\n'
+           + good[:500])                                 # a body cut off mid-file: 400
+    status, body = client.request("POST", "/predict", cut, {
+        "Content-Type": "multipart/form-data; boundary=zz"})
+    assert status == 400 and "broken multipart" in body["detail"]
     assert client.request("GET", "/predict")[0] == 405
     assert client.predict([(f"{i}.jpg", good) for i in range(65)])[0] == 413
     assert client.request("GET", "/health")[0] == 200

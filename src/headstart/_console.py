@@ -4,20 +4,36 @@ machines. Only the CLI imports this module; the library logs and never prints.""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from rich.console import Console
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
     TimeRemainingColumn
 
-__all__ = ["emit_json", "err", "health_line", "out", "print_health", "print_skipped",
+__all__ = ["emit_json", "err", "error_line", "health_line", "out", "print_health", "print_skipped",
            "progress_bar"]
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+class _Console(Console):
+    """Rich's console, but a reader that goes away (``headstart predict ... | head -1``) ends
+    the command quietly with status 0, as for any Unix filter, instead of status 1."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, (sys.stderr if self.stderr else sys.stdout).fileno())
+        os.close(devnull)
+        raise SystemExit(0)
+
+
+# markup off: file and class names such as "set[/b].jpg" or "[bold]giraffe" are printed as
+# they are, never read as Rich markup; colour comes from style= and Text.assemble only
+out = _Console(soft_wrap=True, markup=False, highlight=False)
+err = _Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 
 
 @contextmanager
@@ -33,23 +49,23 @@ def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
 
 def print_skipped(skipped: list[Any]) -> None:
     if skipped:
-        err.print(f"[yellow]skipped {len(skipped)} file(s):[/yellow]", highlight=False)
+        err.print(f"skipped {len(skipped)} file(s):", style="yellow")
         for s in skipped[:20]:
-            err.print(f"  {s.path}: {s.reason}", highlight=False, markup=False)
+            err.print(f"  {s.path}: {s.reason}")
         if len(skipped) > 20:
             err.print(f"  ... and {len(skipped) - 20} more")
 
 
 def _listing(items: list[str], limit: int = 20) -> None:
     for line in items[:limit]:
-        out.print(f"  {line}", highlight=False, markup=False)
+        out.print(f"  {line}")
     if len(items) > limit:
-        out.print(f"  ... and {len(items) - limit} more (--json lists all)", highlight=False)
+        out.print(f"  ... and {len(items) - limit} more (--json lists all)")
 
 
-def _section(label: str, head: str, items: list[str]) -> None:
-    """One finding: a labelled headline, then its items."""
-    out.print(f"{label} {head}", highlight=False)
+def _section(label: str, style: str, head: str, items: list[str]) -> None:
+    """One finding: a labelled headline (label padded to 11 columns), then its items."""
+    out.print(Text.assemble((label, style), " " * max(1, 12 - len(label)), head))
     _listing(items)
 
 
@@ -64,23 +80,23 @@ def print_health(h: dict[str, Any]) -> None:
     """The findings of ``check``, most serious first."""
     counts = " | ".join(f"{split}: " + ", ".join(f"{c} {n}" for c, n in cl.items())
                         for split, cl in h["counts"].items())
-    out.print(f"data        {h['data']} ({h['layout']}): {counts}", highlight=False)
+    out.print(f"data        {h['data']} ({h['layout']}): {counts}")
     if h["leakage"]:
-        _section("[bold red]LEAKAGE[/bold red]    ", f"{h['leaked_images']} held-out image(s) "
+        _section("LEAKAGE", "bold red", f"{h['leaked_images']} held-out image(s) "
                  "are copies of images in another split: their accuracy is inflated; "
                  "remove them from one side", [_group_line(g) for g in h["leakage"]])
     if h["conflicts"]:
-        _section("[red]conflicts[/red]  ", f"{len(h['conflicts'])} image(s) filed under two "
+        _section("conflicts", "red", f"{len(h['conflicts'])} image(s) filed under two "
                  "classes (conflicting labels)", [_group_line(g) for g in h["conflicts"]])
     if h["unusable"]:
-        _section("[red]unusable[/red]   ", f"{len(h['unusable'])} file(s), left out:",
+        _section("unusable", "red", f"{len(h['unusable'])} file(s), left out:",
                  [f"{u['path']}: {u['reason']}" for u in h["unusable"]])
     if h["duplicates"]:
-        _section("[yellow]duplicates[/yellow] ", f"{len(h['duplicates'])} group(s) within a "
+        _section("duplicates", "yellow", f"{len(h['duplicates'])} group(s) within a "
                  "class (they weigh double in training)",
                  [_group_line(g) for g in h["duplicates"]])
     if h["folders"]:
-        _section("[yellow]folders[/yellow]    ", f"{len(h['folders'])} problem(s):",
+        _section("folders", "yellow", f"{len(h['folders'])} problem(s):",
                  [f"{f['path']}: {f['problem']}" for f in h["folders"]])
     b = h["balance"]
     if b.get("imbalance_ratio") is not None:
@@ -92,9 +108,9 @@ def print_health(h: dict[str, Any]) -> None:
             line += f"; {split} lacks {missing}"
         for split, extra in b.get("not_in_train", {}).items():
             line += f"; {split} has classes not in train: {extra}"
-        out.print(line, highlight=False)
+        out.print(line)
     if h["notes"]:
-        out.print(f"notes       {len(h['notes'])} (not problems):", highlight=False)
+        out.print(f"notes       {len(h['notes'])} (not problems):")
         _listing([f"{n['path']}: {n['note']}" for n in h["notes"]], 10)
     nd = h["near_duplicates"]
     if nd.get("searched"):
@@ -102,9 +118,9 @@ def print_health(h: dict[str, Any]) -> None:
                   f"neighbour {nd['median_nearest_similarity']:.2f}) and same thumbnail",
                   highlight=False)
     else:
-        out.print(f"near dups   not searched: {nd.get('reason')}", highlight=False)
+        out.print(f"near dups   not searched: {nd.get('reason')}")
     out.print(f"result      {h['summary']}" + (f" (exit {h['exit_code']})"
-                                               if h["exit_code"] else ""), highlight=False)
+                                               if h["exit_code"] else ""))
 
 
 def health_line(h: dict[str, Any] | None, data: Path) -> None:
@@ -112,8 +128,13 @@ def health_line(h: dict[str, Any] | None, data: Path) -> None:
     if not h or not h["problems"]:
         return
     color = "bold red" if h["leakage"] else "yellow"
-    err.print(f"[{color}]data health: {h['summary']}[/{color}] (details: 'headstart check "
-              f"{data}' and the report)", highlight=False)
+    err.print(Text.assemble((f"data health: {h['summary']}", color),
+                            f" (details: 'headstart check {data}' and the report)"))
+
+
+def error_line(message: str) -> None:
+    """The one ``error: ...`` line of a failed command, on stderr."""
+    err.print(Text.assemble(("error:", "red"), f" {message}"))
 
 
 def emit_json(obj: Any) -> None:

@@ -454,17 +454,34 @@ def _hub_weights_file(name: str) -> tuple[str, str]:
     return path, f"hub:{hub_id}"
 
 
-def backbone_from_file(spec: dict[str, Any], path: str | os.PathLike) -> Backbone:
+def backbone_from_file(spec: dict[str, Any], path: str | os.PathLike, digest: str,
+                       verified: bool) -> Backbone:
     """A saved backbone (see :meth:`Backbone.spec`) whose feature-model weights are in the
-    safetensors file ``path``; the model is built on first use."""
+    safetensors file ``path`` with SHA-256 ``digest``; the model is built on first use,
+    from bytes checked against that digest again.
+
+    ``verified``: the digest matched the one recorded at save, so the saved identity holds;
+    otherwise (models saved before digests) the digest joins the identity, so that a
+    replaced file can never reuse the engine or the features of another.
+    """
 
     def build() -> Any:
+        import hashlib
+
         import timm
-        from safetensors.torch import load_file
+        from safetensors.torch import load
+
+        from ._fs import FileProblem, read_regular
 
         try:
+            data = read_regular(path)
+        except FileProblem as e:
+            raise BackboneError(f"{path}: {e}") from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise BackboneError(f"{path} changed while the model was in use; load it again")
+        try:
             model = timm.create_model(spec["timm_name"], pretrained=False, num_classes=0)
-            model.load_state_dict(load_file(str(path)))
+            model.load_state_dict(load(data))
         except Exception as e:  # noqa: BLE001
             raise BackboneError(f"saved backbone {spec.get('timm_name')!r} cannot be rebuilt "
                                 f"from {path}: {e}") from None
@@ -472,6 +489,7 @@ def backbone_from_file(spec: dict[str, Any], path: str | os.PathLike) -> Backbon
         model.requires_grad_(False)
         return model
 
+    weights_id = spec["weights_id"] if verified else f"{spec['weights_id']}#sha256:{digest[:16]}"
     return Backbone(name=spec["name"], timm_name=spec["timm_name"], loader=build,
                     preprocess=Preprocess.from_dict(spec["preprocess"]),
-                    weights_id=spec["weights_id"], num_features=int(spec["num_features"]))
+                    weights_id=weights_id, num_features=int(spec["num_features"]))

@@ -144,9 +144,21 @@ class OutOfDistribution:
         return {"k": self.k_, "threshold": self.threshold_, "keep": self.keep}
 
     @classmethod
-    def from_state(cls, config: dict[str, Any], state: dict[str, np.ndarray]
-                   ) -> "OutOfDistribution":
-        ood = cls(k=int(config["k"]), keep=float(config["keep"]))
+    def from_state(cls, config: dict[str, Any], state: dict[str, np.ndarray],
+                   n_features: int) -> "OutOfDistribution":
+        """Rebuild from :meth:`config` and :meth:`state`, checked against ``n_features``.
+
+        Raises:
+            ModelError: arrays of another shape, or ``k`` above the reference count.
+        """
+        from .bundle import expect_shapes
+        from .errors import ModelError
+
+        expect_shapes("ood.safetensors", state, {"reference": (-1, n_features)})
+        if int(config["k"]) > len(state["reference"]):
+            raise ModelError(f"headstart.json: ood.k ({config['k']}) exceeds the "
+                             f"{len(state['reference'])} reference features")
+        ood = cls(k=int(config["k"]), keep=float(config.get("keep", 0.95)))
         ood.reference_, ood.k_ = state["reference"], int(config["k"])
         ood.threshold_ = float(config["threshold"])
         return ood

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
-from ._console import (emit_json, err, health_line, out, print_health, print_skipped,
-                       progress_bar)
+from ._console import (emit_json, err, error_line, health_line, out, print_health,
+                       print_skipped, progress_bar)
 from .errors import HeadstartError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -27,19 +27,37 @@ RUNTIME_HELP = "Inference engine: auto | openvino | onnxruntime | torch."
 
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn :class:`HeadstartError` into a one-line message and exit status 2."""
+    """Turn :class:`HeadstartError`, and an ``OSError`` of the machine (full disk, no
+    permission), into a one-line message and exit status 2; a closed stdout (``| head``)
+    ends the command quietly with status 0."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except HeadstartError as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False)
+            error_line(str(e))
+            raise typer.Exit(2) from None
+        except BrokenPipeError:
+            _quiet_stdout()
+            raise typer.Exit(0) from None
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            error_line(f"{where}{e.strerror or e}")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
     return wrapper
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit cannot fail again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 @app.callback()
@@ -84,10 +102,12 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Train a classifier on a folder of labelled images."""
+    from .bundle import check_destination
     from .finetune import FinetuneConfig
     from .heads import HEADS
     from .model import Classifier
 
+    check_destination(out_dir)  # before any work: never train for nothing, never lose files
     if head not in HEADS:
         raise HeadstartError(f"--head: expected one of {', '.join(HEADS)}, got {head!r}")
     config = FinetuneConfig(
@@ -105,17 +125,16 @@ def train(
 
     def on_epoch(row: dict) -> None:
         err.print(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f}  "
-                  f"val accuracy {row['val_accuracy']:.4f}  ({row['seconds']:.0f} s)",
-                  highlight=False)
+                  f"val accuracy {row['val_accuracy']:.4f}  ({row['seconds']:.0f} s)")
 
     with progress_bar("features") as progress:
         clf.fit(data, val=val, progress=progress, on_epoch=on_epoch)
     if not clf.is_global_zero_:
         return  # other DDP ranks: rank 0 writes the model and the report
-    saved = clf.save(out_dir)
     from .report import write_model_report
 
-    write_model_report(clf, saved)
+    saved = clf.save(out_dir, extra=lambda folder: write_model_report(clf, folder,
+                                                                      out_dir.name))
     s = clf.summary_
     print_skipped(clf.skipped_)
     health_line(s.get("health"), data)
@@ -124,37 +143,36 @@ def train(
                     "skipped": [{"path": k.path, "reason": k.reason} for k in clf.skipped_]})
         return
     counts = ", ".join(f"{c} {n}" for c, n in s["train_counts"].items())
-    out.print(f"data        {data} ({s['layout']}): {counts}", highlight=False)
+    out.print(f"data        {data} ({s['layout']}): {counts}")
     if not s["from_scratch"]:
         out.print(f"backbone    {s['backbone']}: {s['features_computed']} images computed "
-                  f"({s['runtime']}), {s['features_cached']} from cache", highlight=False)
+                  f"({s['runtime']}), {s['features_cached']} from cache")
     if s["from_scratch"]:
         f = s["from_scratch"]
         out.print(f"scratch     {f['arch']} from random weights at {f['image_size']} px, "
-                  f"{f['epochs']} epochs (best {f['best_epoch']})", highlight=False)
+                  f"{f['epochs']} epochs (best {f['best_epoch']})")
     cv = ", ".join(f"{k} {v:.3f}" for k, v in s["head_cv_accuracy"].items())
-    out.print(f"head        {s['head']}" + (f" (CV accuracy: {cv})" if cv else ""),
-              highlight=False)
+    out.print(f"head        {s['head']}" + (f" (CV accuracy: {cv})" if cv else ""))
     out.print(f"validation  accuracy {s['val_accuracy']:.4f} on {s['val_images']} images "
-              f"({s['val_source']})", highlight=False)
+              f"({s['val_source']})")
     if s["finetune"]:
         f = s["finetune"]
         if f["ran"]:
             out.print(f"finetune    {f['mode']} at {f['image_size']} px, {f['epochs']} epochs: "
                       f"val accuracy {f['val_accuracy_finetuned']:.4f} vs head only "
-                      f"{f['val_accuracy_head_only']:.4f}; kept {f['kept']}", highlight=False)
+                      f"{f['val_accuracy_head_only']:.4f}; kept {f['kept']}")
         else:
-            out.print(f"finetune    skipped: {f['reason']}", highlight=False)
+            out.print(f"finetune    skipped: {f['reason']}")
     if s["int8"]:
         q = s["int8"]
         out.print(f"int8        validation accuracy {q['val_accuracy_int8']:.4f} "
-                  f"(FP32: {q['val_accuracy_fp32']:.4f})", highlight=False)
+                  f"(FP32: {q['val_accuracy_fp32']:.4f})")
     c = s["calibration"]
     if c.get("ece_before") is not None:
         out.print(f"calibration temperature {c['temperature']:.2f} (ECE {c['ece_before']:.3f} "
-                  f"-> {c['ece_after']:.3f} on {c['fitted_on']})", highlight=False)
+                  f"-> {c['ece_after']:.3f} on {c['fitted_on']})")
     out.print(f"saved       {saved} in {s['seconds']:.1f} s (report: "
-              f"{saved / 'report.html'})", highlight=False)
+              f"{saved / 'report.html'})")
 
 
 @app.command()
@@ -195,12 +213,11 @@ def predict(
         emit_json({"predictions": rows, "counts": pred.counts(),
                     "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]})
         return
-    table = Table("path", "label", "probability", box=None)
+    table = Table(Column("path", overflow="fold"), "label", "probability", box=None)
     for r in rows:
         table.add_row(r["path"], r["label"], f"{r['probability']:.3f}")
     out.print(table)
-    out.print("counts      " + ", ".join(f"{c} {n}" for c, n in pred.counts().items()),
-              highlight=False)
+    out.print("counts      " + ", ".join(f"{c} {n}" for c, n in pred.counts().items()))
 
 
 @app.command()
@@ -237,11 +254,11 @@ def evaluate(
         return
     lo, hi = m["accuracy_ci95"]
     out.print(f"accuracy {m['accuracy']:.4f} on {m['n_images']} images "
-              f"(95% CI {lo:.4f}-{hi:.4f}, macro F1 {m['macro_f1']:.4f})", highlight=False)
+              f"(95% CI {lo:.4f}-{hi:.4f}, macro F1 {m['macro_f1']:.4f})")
     u, c = m["unknown"], m["calibration"]
     out.print(f"unknown  {u['rejected']} image(s) rejected ({u['rejected_fraction']:.1%}); "
               f"calibration ECE {c['ece_before']:.3f} raw, {c['ece_after']:.3f} with "
-              f"temperature {c['temperature']:.2f}", highlight=False)
+              f"temperature {c['temperature']:.2f}")
     table = Table("class", "precision", "recall", "f1", "support", box=None)
     for c, r in m["per_class"].items():
         table.add_row(c, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
@@ -252,7 +269,7 @@ def evaluate(
         cm.add_row(c, *map(str, row))
     out.print(cm)
     if report is not None:
-        out.print(f"report   {report}", highlight=False)
+        out.print(f"report   {report}")
 
 
 @app.command()
@@ -280,26 +297,23 @@ def advise(
     d, g, a = r["data_size"], r["domain_gap"], r["accuracy"]
     out.print(f"data          {d['train_images']} training images "
               f"({', '.join(f'{c} {n}' for c, n in d['train_counts'].items())}), "
-              f"imbalance {d['imbalance_ratio']:.1f}x; {d['val_images']} validation images",
-              highlight=False)
+              f"imbalance {d['imbalance_ratio']:.1f}x; {d['val_images']} validation images")
     if g["level"]:
         dist = f"{g['feature_distance']:.2f}" if g["feature_distance"] is not None else "n/a"
         out.print(f"domain gap    {g['level']}: feature distance {dist} (near < 3.0, far >= "
-                  f"4.5), ImageNet confidence {g['imagenet_max_prob']:.2f}", highlight=False)
+                  f"4.5), ImageNet confidence {g['imagenet_max_prob']:.2f}")
     curve = ", ".join(f"{c['images']}: {c['accuracy']:.3f}" for c in r["learning_curve"])
     out.print(f"learning curve {curve}"
-              + (" (still rising)" if r["learning_curve_still_rising"] else ""),
-              highlight=False)
+              + (" (still rising)" if r["learning_curve_still_rising"] else ""))
 
     def fmt(v: Optional[float]) -> str:
         return f"{v:.4f}" if v is not None else "not run (budget)"
     out.print(f"accuracy      head only {fmt(a['head_only'])}, fine-tuned "
-              f"{fmt(a['finetuned'])}, from scratch {fmt(a['from_scratch'])}",
-              highlight=False)
+              f"{fmt(a['finetuned'])}, from scratch {fmt(a['from_scratch'])}")
     out.print(f"recommend     {r['recommendation']} (expected accuracy "
-              f"{r['predicted_accuracy']:.4f})", highlight=False)
+              f"{r['predicted_accuracy']:.4f})")
     for reason in r["reasons"]:
-        out.print(f"  because {reason}", highlight=False)
+        out.print(f"  because {reason}")
 
 
 @app.command()
@@ -359,18 +373,15 @@ def export(
         return
     m, p = r["metadata"], r["parity"]
     pre = m["preprocess"]
-    out.print(f"exported    {r['path']} ({r['format']}, {r['bytes'] / 1e6:.1f} MB)",
-              highlight=False)
+    out.print(f"exported    {r['path']} ({r['format']}, {r['bytes'] / 1e6:.1f} MB)")
     out.print(f"input       images (N, 3, {pre['size']}, {pre['size']}) float32: RGB, shorter "
               f"side to {pre['size'] / pre['crop_pct']:.0f} px ({pre['interpolation']}), "
-              f"centre crop {pre['size']}, x/255, (x - {pre['mean']}) / {pre['std']}",
-              highlight=False)
+              f"centre crop {pre['size']}, x/255, (x - {pre['mean']}) / {pre['std']}")
     out.print(f"outputs     probabilities (N, {len(m['classes'])}) for {m['classes']}, "
-              f"unknown_score (N,), unknown (N,) = score > {m['unknown_threshold']:.4f}",
-              highlight=False)
+              f"unknown_score (N,), unknown (N,) = score > {m['unknown_threshold']:.4f}")
     out.print(f"parity      {p['images']} {p['source']}: max probability difference vs "
               f"PyTorch {p['max_abs_diff']:.1e} (< 1e-4), labels identical: "
-              f"{p['labels_identical']}", highlight=False)
+              f"{p['labels_identical']}")
 
 
 @app.command()
@@ -405,10 +416,10 @@ def serve(
     except OSError as e:
         raise HeadstartError(f"--host/--port: cannot listen on {host}:{port} ({e.strerror}); "
                              "choose another --port") from None
-    err.print(f"serving {model} on http://{host}:{port}/ (API docs: /docs; Ctrl+C stops)",
-              highlight=False)
     run_server(model, host, port, Limits(max_upload_mb, max_pixels, 64, max_batch,
-                                         batch_wait_ms), cache_dir, runtime)
+                                         batch_wait_ms), cache_dir, runtime,
+               on_ready=lambda: err.print(f"serving {model} on http://{host}:{port}/ "
+                                          "(API docs: /docs; Ctrl+C stops)"))
 
 
 @app.command()

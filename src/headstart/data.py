@@ -14,6 +14,7 @@ path and reason, and the run goes on with the rest.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ._fs import FileProblem, file_problem, read_regular
 from .decode import UNSUPPORTED_EXTENSIONS, unsupported_reason
 from .errors import DataError
 
@@ -35,6 +37,7 @@ __all__ = [
     "load_dataset",
     "load_splits",
     "load_labelled",
+    "drop_unreadable_classes",
     "stratified_split",
 ]
 
@@ -143,10 +146,8 @@ def _files_under(folder: Path) -> Iterable[tuple[Path, str | None]]:
             path = Path(root) / f
             if f.startswith("."):
                 yield path, HIDDEN_FILE
-            elif path.is_symlink() and not path.exists():
-                yield path, "broken symbolic link (its target is missing)"
-            else:
-                yield path, None
+            else:  # a FIFO, socket or device (or a link to one) is never opened
+                yield path, file_problem(path)
     yield from problems
 
 
@@ -174,14 +175,29 @@ def find_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Sk
                 else:
                     skipped.append(Skipped(str(f), f"not an image type ({ext or 'none'})"))
         elif p.exists():
-            found.append(p)
+            problem = file_problem(p)
+            if problem is None:
+                found.append(p)
+            else:
+                skipped.append(Skipped(str(p), problem))
         else:
             raise DataError(f"path not found: {p}")
     return found, skipped
 
 
 def _class_folders(root: Path) -> list[Path]:
-    return sorted(d for d in root.iterdir() if d.is_dir() and not _is_hidden(d))
+    """Visible sub-folders of ``root``, except links back to it or above (loops)."""
+    try:
+        return sorted(d for d in root.iterdir()
+                      if d.is_dir() and not _is_hidden(d) and not links_back(d))
+    except OSError as e:
+        raise DataError(f"cannot list {root}: {e.strerror or e}") from None
+
+
+def _loops(root: Path) -> list[Skipped]:
+    """Sub-folders of ``root`` that are links back to it or above, reported as loops."""
+    return [Skipped(str(d), LINK_LOOP, "folder") for d in sorted(root.iterdir())
+            if not _is_hidden(d) and d.is_dir() and links_back(d)]
 
 
 def _scan_class_folders(root: Path, classes: list[str] | None = None
@@ -196,7 +212,7 @@ def _scan_class_folders(root: Path, classes: list[str] | None = None
             raise DataError(f"{root}: class folder(s) {extra} do not exist in the training "
                             f"classes {classes}")
     skipped = [Skipped(str(f), "not inside a class folder") for f in sorted(root.iterdir())
-               if f.is_file() and not _is_hidden(f)]
+               if not f.is_dir() and not _is_hidden(f)] + _loops(root)
     found = []
     for d in folders:
         files, bad = find_images([d])
@@ -216,9 +232,10 @@ def _scan_class_folders(root: Path, classes: list[str] | None = None
 def _read_csv(path: Path) -> tuple[list[tuple[Path, str, str]], list[Skipped]]:
     """Rows of a ``path,label[,split]`` CSV as (file, label, "train"|"val"), and skips."""
     try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        text = read_regular(path).decode("utf-8-sig")
+        rows = [r for r in csv.reader(io.StringIO(text, newline=""))
+                if r and any(c.strip() for c in r)]
+    except (FileProblem, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"cannot read CSV {path}: {e}") from None
     if not rows:
         raise DataError(f"CSV {path} is empty; expected columns path,label")
@@ -228,6 +245,9 @@ def _read_csv(path: Path) -> tuple[list[tuple[Path, str, str]], list[Skipped]]:
         ip, il = header.index("path"), header.index("label")
         isplit = header.index("split") if "split" in header else None
         rows, first = rows[1:], 2
+        if not rows:
+            raise DataError(f"CSV {path} has a header but no rows; expected one row per "
+                            "image: path,label")
     else:
         ip, il, isplit = 0, 1, None
     entries: list[tuple[Path, str, str]] = []
@@ -240,8 +260,9 @@ def _read_csv(path: Path) -> tuple[list[tuple[Path, str, str]], list[Skipped]]:
         split = r[isplit].strip().lower() if isplit is not None and len(r) > isplit else "train"
         if split not in ("train",) + VAL_SPLIT_NAMES:
             raise DataError(f"CSV {path}, line {n}: split must be train or val, got {split!r}")
-        if not f.is_file():
-            skipped.append(Skipped(str(f), "file not found"))
+        problem = file_problem(f)
+        if problem is not None:  # missing, a folder, a FIFO, a device...
+            skipped.append(Skipped(str(f), problem))
             continue
         entries.append((f, r[il].strip(), "train" if split == "train" else "val"))
     return entries, skipped
@@ -265,8 +286,13 @@ def _dataset_path(source: str | os.PathLike) -> Path:
     root = Path(source)
     if not root.exists():
         raise DataError(f"data path not found: {root}")
-    if root.is_file() and root.suffix.lower() != ".csv":
+    if root.is_dir():
+        return root
+    if root.suffix.lower() != ".csv":
         raise DataError(f"{root} is a file; expected a folder of class folders or a CSV")
+    problem = file_problem(root)
+    if problem is not None:
+        raise DataError(f"{root}: {problem}")
     return root
 
 
@@ -381,6 +407,39 @@ def check_classes(labels: Sequence[int], classes: list[str], where: str) -> None
     empty = [c for c, n in zip(classes, counts) if n == 0]
     if empty:
         raise DataError(f"{where}: class(es) {empty} have no usable images")
+
+
+def drop_unreadable_classes(train: ImageSet, y: np.ndarray, is_train: np.ndarray
+                            ) -> tuple[list[str], np.ndarray, np.ndarray, list[Skipped]]:
+    """Leave out the classes of ``train`` none of whose training images could be read, as
+    an empty class folder is left out, with a reason.
+
+    Args:
+        y, is_train: ``(N,)`` labels (into ``train.classes``) and training flags of the
+            usable images.
+
+    Returns:
+        ``(classes, y, keep, skipped)``: the remaining classes, ``(N,)`` labels into them
+        (-1 for a dropped class), ``(N,)`` which images to keep (validation images of a
+        dropped class are left out too) and one :class:`Skipped` per dropped class.
+    """
+    classes = list(train.classes)
+    y = np.asarray(y, dtype=int)
+    present = np.bincount(y[np.asarray(is_train, bool)], minlength=len(classes)) > 0
+    if present.all():
+        return classes, y, np.ones(len(y), bool), []
+    new = np.cumsum(present) - 1
+    skipped = []
+    for c in np.flatnonzero(~present):
+        files = [str(f) for f, lab in zip(train.paths, train.labels) if lab == c]
+        val = int((y == c).sum())
+        skipped.append(Skipped(
+            os.path.commonpath(files) if len(files) > 1 else (files or [classes[c]])[0],
+            f"class {classes[c]!r} ignored: none of its {len(files)} training image(s) "
+            "could be read" + (f"; its {val} validation image(s) are left out too"
+                               if val else ""), "folder"))
+    mapped = np.where(present[y], new[y], -1)
+    return [c for c, p in zip(classes, present) if p], mapped, mapped >= 0, skipped
 
 
 def stratified_split(labels: Sequence[int], fraction: float, seed: int = 0

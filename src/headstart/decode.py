@@ -2,21 +2,27 @@
 
 Every failure is an :class:`UnreadableImage` whose message says what the file is: empty,
 truncated, text or HTML saved as an image, an unsupported format (HEIC, RAW...), too many
-pixels (refused from the header, before any decoding), a broken link, unreadable.
+pixels (refused from the header, before any decoding), a broken link, a float image with
+no finite pixel, unreadable; or not a regular file at all (a folder, a named pipe, a
+device such as ``/dev/zero``: refused from ``stat``, never opened in a way that blocks).
+Files are read whole, once, and decoded from memory.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ._fs import FileProblem, read_regular
+
 __all__ = ["MAX_PIXELS", "UNSUPPORTED_EXTENSIONS", "UnreadableImage", "check_pixels",
-           "image_error", "open_image", "read_image", "unsupported_reason"]
+           "image_error", "load_bytes", "open_image", "read_image", "unsupported_reason"]
 
 # Image formats people have but Pillow cannot decode: named in the reason for skipping.
 UNSUPPORTED_EXTENSIONS = frozenset(
@@ -26,10 +32,8 @@ UNSUPPORTED_EXTENSIONS = frozenset(
 MAX_PIXELS = 100_000_000
 
 
-
 class UnreadableImage(Exception):
     """An image file that cannot be decoded; ``str(e)`` is the reason."""
-
 
 
 def check_pixels(img: Image.Image) -> None:
@@ -40,30 +44,51 @@ def check_pixels(img: Image.Image) -> None:
                               "bomb or a scan too large to use)")
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file lazily (header only), refusing decompression bombs.
+def load_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of an image file, read without ever blocking (see :mod:`headstart._fs`).
+
+    Raises:
+        UnreadableImage: not a regular file (a folder, FIFO, device, socket), missing, a
+            broken link, too large or unreadable.
+    """
+    try:
+        return read_regular(path)
+    except FileProblem as e:
+        raise UnreadableImage(str(e)) from None
+
+
+def open_image(source: str | os.PathLike | bytes | BinaryIO) -> Image.Image:
+    """Open an image lazily (header only), refusing decompression bombs.
+
+    ``source``: a path (read with :func:`load_bytes`), the file's bytes, or a binary file
+    object (an upload).
 
     Raises:
         UnreadableImage: see :func:`read_image`.
     """
+    suffix = Path(source).suffix.lower() if isinstance(source, (str, os.PathLike)) else ""
+    data = load_bytes(source) if isinstance(source, (str, os.PathLike)) else source
+    stream = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(stream)
     except Exception as e:  # noqa: BLE001 - every failure becomes a reason
-        raise image_error(e, path) from None
+        raise image_error(e, stream, suffix) from None
     check_pixels(img)
     return img
 
 
-def read_image(source: str | os.PathLike | Image.Image) -> Image.Image:
+def read_image(source: str | os.PathLike | bytes | Image.Image) -> Image.Image:
     """Decode an image as 8-bit RGB, with its EXIF orientation applied.
 
-    Grey, palette, CMYK, 16-bit and float images are converted; transparency is composited
-    on white; animated images give their first frame.
+    Grey, palette, CMYK, 16-bit and float images are converted (float and 32-bit images
+    by their actual range); transparency is composited on white; animated images give
+    their first frame.
 
     Raises:
-        UnreadableImage: the file is missing, empty, truncated, too large or not an image.
+        UnreadableImage: the file is missing, empty, truncated, too large, not an image, or
+            a float image without a finite pixel.
     """
     img = source if isinstance(source, Image.Image) else open_image(source)
     try:
@@ -76,24 +101,21 @@ def read_image(source: str | os.PathLike | Image.Image) -> Image.Image:
     except UnreadableImage:
         raise
     except Exception as e:  # noqa: BLE001 - every failure becomes a reason
-        raise image_error(e, None if isinstance(source, Image.Image) else source) from None
+        fp = getattr(img, "fp", None)
+        raise image_error(e, fp if isinstance(fp, io.BytesIO) else None) from None
 
 
-def image_error(e: BaseException, path: Any) -> UnreadableImage:
-    """Why an image could not be opened or decoded, in words."""
-    if isinstance(e, FileNotFoundError):
-        if isinstance(path, (str, os.PathLike)) and os.path.islink(path):
-            return UnreadableImage("broken symbolic link (its target is missing)")
-        return UnreadableImage("file not found")
-    if isinstance(e, IsADirectoryError):
-        return UnreadableImage("is a directory")
-    if isinstance(e, PermissionError):
-        return UnreadableImage("permission denied")
+def image_error(e: BaseException, stream: BinaryIO | None = None,
+                suffix: str = "") -> UnreadableImage:
+    """Why an image could not be opened or decoded, in words (``stream``: its bytes, to
+    name what a file that is not an image is)."""
+    if isinstance(e, UnreadableImage):
+        return e
     if isinstance(e, Image.DecompressionBombError):
         return UnreadableImage(f"too many pixels (over {MAX_PIXELS:,}; a decompression bomb "
                                "or a scan too large to use)")
     if isinstance(e, UnidentifiedImageError):
-        return UnreadableImage(_not_an_image(path))
+        return UnreadableImage(_not_an_image(stream, suffix))
     if isinstance(e, (OSError, SyntaxError, ValueError, EOFError, MemoryError)):
         return UnreadableImage(f"cannot decode: {e}")
     return UnreadableImage(f"cannot decode: {type(e).__name__}: {e}")
@@ -104,17 +126,13 @@ def unsupported_reason(kind: str) -> str:
     return f"unsupported image format ({kind}): convert it to JPEG or PNG"
 
 
-def _not_an_image(path: Any) -> str:
+def _not_an_image(stream: BinaryIO | None, suffix: str) -> str:
     """Name what a file that is not an image actually is, when that is easy to tell."""
-    if path is None:
+    if stream is None:
         return "not an image"
     try:
-        if hasattr(path, "read"):  # an in-memory upload
-            path.seek(0)
-            head, path = path.read(2048), ""
-        else:
-            with open(path, "rb") as fh:
-                head = fh.read(2048)
+        stream.seek(0)
+        head = stream.read(2048)
     except (OSError, ValueError):
         return "not an image"
     if not head:
@@ -122,7 +140,6 @@ def _not_an_image(path: Any) -> str:
     low = head.lstrip().lower()
     if low.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")) or b"<html" in low:
         return "not an image: an HTML/XML page saved with an image name"
-    suffix = Path(path).suffix.lower()
     if suffix in UNSUPPORTED_EXTENSIONS or head[4:12] in (b"ftypheic", b"ftypheix",
                                                           b"ftypmif1", b"ftypavif"):
         return unsupported_reason(suffix or "HEIC/AVIF")
@@ -133,11 +150,31 @@ def _not_an_image(path: Any) -> str:
         return "not an image (unknown file type)"
 
 
+def _scaled_to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit or float grey image as 8-bit by its actual range: [0, 1] floats
+    and 8-bit values keep their meaning, 16-bit values are divided by 65535, anything else
+    is stretched from its minimum to its maximum. Non-finite pixels take the minimum."""
+    a = np.asarray(img, dtype=np.float64)
+    finite = np.isfinite(a)
+    if not finite.any():
+        raise UnreadableImage("float image without a single finite pixel (all NaN or "
+                              "infinite)")
+    lo, hi = float(a[finite].min()), float(a[finite].max())
+    a = np.where(finite, a, lo)
+    if img.mode == "F" and lo >= 0.0 and hi <= 1.0:
+        a = a * 255.0
+    elif lo >= 0.0 and hi <= 255.0:
+        pass
+    elif lo >= 0.0 and hi <= 65535.0 and img.mode != "F":
+        a = a / 257.0
+    else:
+        a = (a - lo) / (hi - lo if hi > lo else 1.0) * 255.0
+    return Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8))
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if a.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        img = _scaled_to_8bit(img)
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("LA", "La", "PA"):

@@ -12,7 +12,6 @@ directory (``~/.cache/headstart`` on Linux).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -24,9 +23,10 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from ._fs import digest_bytes
 from .backbones import Backbone, Preprocess
 from .data import Skipped
-from .decode import UnreadableImage, check_pixels, image_error, open_image, read_image
+from .decode import UnreadableImage, check_pixels, load_bytes, open_image, read_image
 from .runtime import Engine, make_engine
 
 __all__ = ["FeatureCache", "Features", "extract_features", "normalize", "prepare_image",
@@ -92,12 +92,12 @@ def preprocess_image(img: "str | os.PathLike | Image.Image", pre: Preprocess) ->
 
 
 def file_hash(path: str | os.PathLike) -> str:
-    """Hex digest of a file's bytes (the cache key of its features)."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """Hex digest of a file's bytes (the cache key of its features).
+
+    Raises:
+        UnreadableImage: not a regular file, or unreadable (see :func:`load_bytes`).
+    """
+    return digest_bytes(load_bytes(path))
 
 
 class FeatureCache:
@@ -172,8 +172,8 @@ def extract_features(backbone: Backbone, images: Sequence["str | os.PathLike | I
         if cache is not None and not isinstance(src, Image.Image):
             try:
                 digests[i] = file_hash(src)
-            except OSError as e:
-                skipped.append(Skipped(str(src), str(image_error(e, src))))
+            except UnreadableImage as e:
+                skipped.append(Skipped(str(src), str(e)))
                 continue
             hit = cache.get(key, digests[i])
             if hit is not None and hit.shape == (backbone.num_features,):

@@ -36,15 +36,15 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from PIL import Image
 
 from ._training import Images, epoch_seconds, history_callback, module_class, transforms
 from .backbones import Preprocess
+from .decode import UnreadableImage, open_image
 from .errors import HeadstartError
 
 __all__ = ["AUTO_MIN_PER_CLASS", "FinetuneConfig", "FinetuneResult", "StageResult",
            "choose_image_size", "finetune", "finetune_stage", "parse_mode",
-           "write_metrics_csv"]
+           "read_metrics_csv", "write_metrics_csv"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,9 +128,9 @@ def median_short_side(paths: Sequence[Any], sample: int = 64) -> float | None:
     sides = []
     for p in list(paths)[:: max(1, len(paths) // sample)][:sample]:
         try:
-            with Image.open(p) as im:
+            with open_image(p) as im:
                 sides.append(min(im.size))
-        except Exception:  # noqa: BLE001 - unreadable files were reported already
+        except UnreadableImage:  # reported already
             continue
     return float(np.median(sides)) if sides else None
 
@@ -211,13 +211,21 @@ def finetune(model: Any, pre: Preprocess, train: tuple[Sequence[Any], Sequence[i
     best = ModelCheckpoint(dirpath=workdir, filename="best", monitor="val_accuracy",
                            mode="max", save_last=True, save_top_k=1)
     history: list[dict[str, float]] = []
+    log = workdir / "history.csv"  # every epoch so far, so that --resume keeps them all
+    earlier = read_metrics_csv(log) if cfg.resume else []
+
+    def record(row: dict[str, float]) -> None:
+        write_metrics_csv([r for r in earlier if r["epoch"] < history[0]["epoch"]]
+                          + history, log)
+        if on_epoch is not None:
+            on_epoch(row)
     trainer = L.Trainer(
         max_epochs=cfg.max_epochs, accelerator=cfg.accelerator, devices=cfg.devices,
         strategy=cfg.strategy, num_nodes=cfg.num_nodes,
         precision=cfg.precision or ("16-mixed" if torch.cuda.is_available() else "32-true"),
         max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
         callbacks=[best, EarlyStopping("val_accuracy", mode="max", patience=cfg.patience),
-                   history_callback(history, on_epoch)],
+                   history_callback(history, record)],
         logger=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, deterministic=False, default_root_dir=str(workdir))
     ckpt = workdir / "last.ckpt"
@@ -238,6 +246,8 @@ def finetune(model: Any, pre: Preprocess, train: tuple[Sequence[Any], Sequence[i
         module.load_state_dict(state["state_dict"])
     best_acc = float(best.best_model_score) if best.best_model_score is not None else \
         float("nan")
+    if history:  # epochs run before an interruption, then the resumed ones
+        history[:0] = [r for r in earlier if r["epoch"] < history[0]["epoch"]]
     best_epoch = max(history, key=lambda r: r["val_accuracy"])["epoch"] if history else 0
     module.eval()
     model = module.backbone.cpu().eval().requires_grad_(False)
@@ -376,6 +386,15 @@ def measured(name: str, timm_name: str, kind: str, pre: Preprocess, res: Finetun
     head.mean_, head.scale_ = np.zeros(d, np.float32), np.ones(d, np.float32)
     head.coef_, head.intercept_ = res.head_weight, res.head_bias
     return tuned, head, accuracy
+
+
+def read_metrics_csv(path: Path) -> list[dict[str, float]]:
+    """The rows written by :func:`write_metrics_csv` (none if the file is missing)."""
+    try:
+        with path.open(newline="") as fh:
+            return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+    except (OSError, ValueError):
+        return []
 
 
 def write_metrics_csv(history: list[dict[str, float]], path: Path) -> None:

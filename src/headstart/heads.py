@@ -284,16 +284,34 @@ def make_head(kind: str = "auto", random_state: int = 0) -> _Head:
     raise HeadstartError(f"--head: expected one of {', '.join(HEADS)}, got {kind!r}")
 
 
-def head_from_state(kind: str, state: dict[str, np.ndarray]) -> _Head:
-    """Rebuild a fitted ``linear`` or ``mlp`` head from :meth:`state` arrays."""
+def head_from_state(kind: str, state: dict[str, np.ndarray], n_classes: int,
+                    n_features: int) -> _Head:
+    """Rebuild a fitted ``linear`` or ``mlp`` head from :meth:`state` arrays, checked to
+    map ``n_features`` features to ``n_classes`` logits.
+
+    Raises:
+        ModelError: an unknown kind, or arrays with other keys or shapes.
+    """
+    from .bundle import expect_shapes
+    from .errors import ModelError
+
+    k, d = n_classes, n_features
+    where = "head.safetensors"
     head: _Head
     if kind == "linear":
+        expect_shapes(where, state, {"mean": (d,), "scale": (d,), "coef": (k, d),
+                                     "intercept": (k,), "classes": (k,)})
         head = LinearHead()
         head.coef_, head.intercept_ = state["coef"], state["intercept"]
     elif kind == "mlp":
+        h = state["w1"].shape[0] if "w1" in state and state["w1"].ndim == 2 else -1
+        expect_shapes(where, state, {"mean": (d,), "scale": (d,), "w1": (h, d), "b1": (h,),
+                                     "w2": (k, h), "b2": (k,), "classes": (k,)})
         head = MLPHead()
         head.w1_, head.b1_, head.w2_, head.b2_ = (state[k] for k in ("w1", "b1", "w2", "b2"))
     else:
-        raise HeadstartError(f"unknown saved head kind {kind!r}")
+        raise ModelError(f"unknown saved head kind {kind!r}")
+    if np.any(state["scale"] == 0):
+        raise ModelError(f"{where}: scale must not contain zeros")
     head.mean_, head.scale_, head.classes_ = state["mean"], state["scale"], state["classes"]
     return head

@@ -36,8 +36,10 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .data import Dataset, ImageSet, Skipped, links_back, load_splits
-from .decode import UnreadableImage, open_image
-from .features import ProgressFn, file_hash
+from ._fs import digest_bytes
+from .decode import UnreadableImage, load_bytes, open_image
+from .errors import DataError
+from .features import ProgressFn
 
 __all__ = ["Entry", "FileFacts", "Health", "TrainedOn", "assess", "check", "dataset_health",
            "entries_of", "folder_problems", "inspect_files"]
@@ -81,11 +83,12 @@ def _facts(path: Any) -> FileFacts:
     if not isinstance(path, (str, os.PathLike)):
         return FileFacts(None)  # an in-memory image
     try:
-        digest = file_hash(path)
-    except OSError:
+        data = load_bytes(path)
+    except UnreadableImage:
         return FileFacts(None)
+    digest = digest_bytes(data)
     try:
-        with open_image(path) as img:
+        with open_image(data) as img:
             return FileFacts(digest, img.width, img.height, getattr(img, "n_frames", 1),
                              img.format)
     except (UnreadableImage, OSError, ValueError, SyntaxError):
@@ -132,7 +135,8 @@ def folder_problems(source: str | os.PathLike) -> list[dict[str, str]]:
     parents = split_dirs if any(d.name.lower() == "train" for d in split_dirs) else [root]
     out = []
     for parent in sorted(parents):
-        classes = sorted(d for d in parent.iterdir() if d.is_dir() and not d.name.startswith("."))
+        classes = sorted(d for d in parent.iterdir() if d.is_dir()
+                         and not d.name.startswith(".") and not links_back(d))
         groups: dict[str, list[str]] = defaultdict(list)
         for d in classes:
             groups[_norm_name(d.name)].append(d.name)
@@ -455,6 +459,9 @@ def check(source: str | os.PathLike, *, backbone: str | None = None,
 
     splits, skipped, layout = load_splits(source)
     entries = [e for name, images in splits.items() for e in entries_of(name, images)]
+    if not entries and not skipped:
+        raise DataError(f"{source}: no images found; expected one folder per class "
+                        "(DATA/<class>/<images>), train/val folders, or a CSV path,label")
     paths = [e.path for e in entries]
     facts = inspect_files(paths)
     X = index = None
@@ -466,5 +473,10 @@ def check(source: str | os.PathLike, *, backbone: str | None = None,
         _, bad = readable(paths)
     h = assess(entries, facts, list(skipped) + bad, X, index, data=str(source), layout=layout,
                folders=folder_problems(source), near_threshold=near_threshold)
+    train = h.counts.get("train") or next(iter(h.counts.values()), {})
+    if len(train) < 2:
+        h.folders.append({"path": str(source), "problem": (
+            f"only {len(train)} class{'' if len(train) == 1 else 'es'} with usable images"
+            + (f" ({', '.join(train)})" if train else "") + ": a classifier needs at least 2")})
     logger.info("checked %s: %s", source, h.summary())
     return h

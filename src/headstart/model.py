@@ -28,10 +28,11 @@ import numpy as np
 from PIL import Image
 
 from . import __version__
-from .bundle import read_arrays, read_meta, write_bundle
+from .bundle import expect_shapes, read_arrays, read_meta, verified_digest, write_bundle
 from .backbones import (DEFAULT_BACKBONE, Backbone, backbone_from_file, domain_gap,
                         load_backbone)
-from .data import Dataset, ImageSet, Skipped, check_classes, load_dataset, stratified_split
+from .data import (Dataset, ImageSet, Skipped, check_classes, drop_unreadable_classes,
+                   load_dataset, stratified_split)
 from .errors import DataError, ModelError
 from .features import (FeatureCache, Features, ProgressFn, extract_features, prepare_image,
                        readable, resolve_cache_dir)
@@ -172,19 +173,22 @@ class Classifier:
         self.skipped_ = dataset.skipped + feats.skipped
         self._check_health(dataset, data, labels, facts, feats.X, feats.index)
         y_all = np.asarray(dataset.train.labels + (dataset.val.labels if dataset.val else []))
-        is_train = feats.index < len(train_items)
-        ytr = y_all[feats.index[is_train]]
-        self.classes_ = list(dataset.train.classes)
+        self.classes_, y, keep, dropped = drop_unreadable_classes(
+            dataset.train, y_all[feats.index], feats.index < len(train_items))
+        self.skipped_ += dropped
+        X, index = feats.X[keep], feats.index[keep]
+        y, is_train = y[keep], (index < len(train_items))
+        ytr = y[is_train]
         check_classes(ytr, self.classes_, f"{data} (after skipping unreadable files)")
-        gap = domain_gap(self.backbone_, feats.X[is_train])
+        gap = domain_gap(self.backbone_, X[is_train])
         if gap["level"] == "far":
             logger.warning("these images look far from the backbone's pretraining photos "
                            "(feature distance %.1f, ImageNet confidence %.2f): transfer "
                            "learning may not be the right tool; run 'headstart advise %s'",
                            gap["feature_distance"] or float("nan"),
                            gap["imagenet_max_prob"] or float("nan"), data)
-        usable, y = [items[i] for i in feats.index], y_all[feats.index]
-        fitted = self._fit_validate(feats.X, y, is_train)
+        usable = [items[i] for i in index]
+        fitted = self._fit_validate(X, y, is_train)
         self.history_: list[dict[str, float]] = []
         self.is_global_zero_ = True
         ft_summary = None
@@ -227,7 +231,7 @@ class Classifier:
         elif tuned:
             Xf = self._features(usable, None).X
         else:
-            Xf = feats.X
+            Xf = X
         calib = self._fit_honesty(Xf, y, is_train, tuned and not self.int8, usable)
         self.summary_ = self._summary(
             str(data) if labels is None else f"{len(data)} images", dataset.layout, ytr, t0,
@@ -271,8 +275,13 @@ class Classifier:
         ok, bad = readable(items)
         self.skipped_ = dataset.skipped + bad
         self._check_health(dataset, data, None, facts, None, None)
+        self.classes_, y_ok, keep, dropped = drop_unreadable_classes(
+            dataset.train, y_all[ok], ok < len(dataset.train))
+        self.skipped_ += dropped
+        ok = ok[keep]
+        y_all = np.full(len(items), -1)
+        y_all[ok] = y_ok[keep]
         is_train = ok < len(dataset.train)
-        self.classes_ = list(dataset.train.classes)
         check_classes(y_all[ok[is_train]], self.classes_,
                       f"{data} (after skipping unreadable files)")
         cfg = self.finetune_config or FinetuneConfig(lr=3e-3, augment="none")
@@ -429,11 +438,17 @@ class Classifier:
         return self._all_readable(images).labels
 
     # ------------------------------------------------------------ save and load
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, extra: Callable[[Path], None] | None = None
+             ) -> Path:
         """Write the model directory atomically; replaces an existing headstart model.
 
+        Args:
+            extra: ``extra(folder)`` adds files (a report) to the new folder before it is
+                moved into place.
+
         Raises:
-            ModelError: ``path`` exists and is not a headstart model or empty folder.
+            ModelError: ``path`` exists and is not a headstart model or empty folder, holds
+                files of its own, or cannot be written (nothing is changed then).
         """
         self._check_fitted()
         if not getattr(self, "is_global_zero_", True):
@@ -454,46 +469,62 @@ class Classifier:
             arrays[HASHES_FILE] = {"train": np.frombuffer(
                 bytes.fromhex("".join(self.train_digests_)), np.uint8).reshape(-1, 16)}
 
-        def extra(tmp: Path) -> None:
+        def add_files(tmp: Path) -> None:
             write_metrics_csv(getattr(self, "history_", []), tmp / "metrics.csv")
             if int8 is not None:
                 shutil.copyfile(int8.ir, tmp / INT8_XML)
                 shutil.copyfile(int8.ir.with_suffix(".bin"), tmp / INT8_XML.replace(".xml",
                                                                                    ".bin"))
-        return write_bundle(path, meta, arrays, extra)
+            if extra is not None:
+                extra(tmp)
+        return write_bundle(path, meta, arrays, add_files)
 
     @classmethod
     def load(cls, path: str | os.PathLike, cache: bool = True,
              cache_dir: str | os.PathLike | None = None, runtime: str = "auto",
              unknown: bool = True) -> "Classifier":
-        """Load a model directory written by :meth:`save`.
+        """Load a model directory written by :meth:`save`, every file checked against the
+        digest recorded at save and every field against what the model needs.
 
         Raises:
-            ModelError: missing directory or files, or not a headstart model.
+            ModelError: missing directory or files, not a headstart model, a changed or
+                corrupt file, or metadata that does not fit the arrays (the message names
+                the field).
         """
         d = Path(path)
         meta = read_meta(d)
-        hstate = read_arrays(d, "head.safetensors")
-        if not (d / "backbone.safetensors").is_file():
-            raise ModelError(f"{d}: backbone.safetensors is missing")
         spec = meta["backbone"]
-        clf = cls(backbone=spec["name"], head=meta["head"]["kind"], cache=cache,
+        classes, n_features = list(meta["classes"]), int(spec["num_features"])
+        kind = meta["head"]["kind"]
+        hstate = read_arrays(d, "head.safetensors", meta)
+        digest, verified = verified_digest(d, "backbone.safetensors", meta)
+        clf = cls(backbone=spec["name"], head=kind, cache=cache,
                   cache_dir=cache_dir, runtime=runtime, unknown=unknown)
-        clf.backbone_ = backbone_from_file(spec, d / "backbone.safetensors")
-        clf.head_ = head_from_state(meta["head"]["kind"], hstate)
-        clf.head_kind_ = meta["head"]["kind"]
-        clf.classes_ = list(meta["classes"])
+        clf.backbone_ = backbone_from_file(spec, d / "backbone.safetensors", digest, verified)
+        try:
+            clf.head_ = head_from_state(kind, hstate, len(classes), n_features)
+        except ModelError as e:
+            raise ModelError(f"{d}: {e} (headstart.json: {len(classes)} classes, "
+                             f"{n_features} backbone features)") from None
+        clf.head_kind_ = kind
+        clf.classes_ = classes
         clf.summary_ = meta.get("summary", {})
         clf.skipped_ = []
         clf.engine_ = None
         clf.temperature_ = float(meta.get("temperature", 1.0))
-        ood = read_arrays(d, "ood.safetensors", required=False)
+        ood = read_arrays(d, "ood.safetensors", meta, required=False)
         if meta.get("ood") and ood is not None:
-            clf.ood_ = OutOfDistribution.from_state(meta["ood"], ood)
-        hashes = read_arrays(d, HASHES_FILE, required=False)
+            try:
+                clf.ood_ = OutOfDistribution.from_state(meta["ood"], ood, n_features)
+            except ModelError as e:
+                raise ModelError(f"{d}: {e}") from None
+        hashes = read_arrays(d, HASHES_FILE, meta, required=False)
         if hashes is not None:
+            expect_shapes(f"{d}: {HASHES_FILE}", hashes, {"train": (-1, 16)})
             clf.train_digests_ = [r.tobytes().hex() for r in hashes["train"]]
         if meta.get("int8"):
+            for name in (INT8_XML, INT8_XML.replace(".xml", ".bin")):
+                verified_digest(d, name, meta)
             clf.int8 = True
             clf.engine_ = openvino_ir_engine(d / INT8_XML, meta["int8"])
         return clf

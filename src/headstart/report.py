@@ -13,7 +13,6 @@ the misclassified and the least confident images; training curves (when the mode
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import json
@@ -26,6 +25,7 @@ import numpy as np
 from .calibration import expected_calibration_error, reliability, softmax
 from .decode import UnreadableImage, read_image
 from .evaluate import scored_metrics
+from .finetune import read_metrics_csv
 
 __all__ = ["write_model_report", "write_report"]
 
@@ -104,13 +104,6 @@ def _thumb(source: Any) -> str:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=80)
     return base64.b64encode(buf.getvalue()).decode()
-
-
-def _read_metrics_csv(path: Path) -> list[dict[str, float]]:
-    if not path.is_file():
-        return []
-    with path.open() as fh:
-        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
 
 
 def _health_section(h: dict[str, Any]) -> str:
@@ -210,7 +203,7 @@ def write_report(out: str | os.PathLike, classes: list[str], sources: Sequence[A
                          f'{e(classes[pred[i]])} ({conf[i]:.0%})</figcaption></figure>')
     parts.append('<section id="gallery"><h2>Mistakes and least confident images</h2>'
                  f'<div class="grid">{"".join(cards) or "<p>No mistakes.</p>"}</div></section>')
-    history = _read_metrics_csv(Path(model_dir) / "metrics.csv") if model_dir else []
+    history = read_metrics_csv(Path(model_dir) / "metrics.csv") if model_dir else []
     if history:
         parts.append('<section id="curves"><h2>Training curves</h2>'
                      f'<img alt="training curves" src="data:image/png;base64,'
@@ -235,9 +228,11 @@ def write_report(out: str | os.PathLike, classes: list[str], sources: Sequence[A
     return m
 
 
-def write_model_report(clf: Any, model_dir: str | os.PathLike) -> dict[str, Any] | None:
+def write_model_report(clf: Any, model_dir: str | os.PathLike, name: str | None = None
+                       ) -> dict[str, Any] | None:
     """``report.html`` + ``metrics.json`` in ``model_dir`` from the validation predictions
-    kept by :meth:`Classifier.fit` (validation images, or out-of-fold predictions)."""
+    kept by :meth:`Classifier.fit` (validation images, or out-of-fold predictions).
+    ``name``: the model's name in the title (default: the folder's name)."""
     v = getattr(clf, "val_report_", None)
     if not v or not len(v["y"]):
         return None
@@ -247,5 +242,5 @@ def write_model_report(clf: Any, model_dir: str | os.PathLike) -> dict[str, Any]
              **{f"training images of {k}": n for k, n in s.get("train_counts", {}).items()}}
     return write_report(Path(model_dir) / "report.html", clf.classes_, v["sources"], v["y"],
                         v["logits"], clf.temperature_, v["rejected"], model_dir, facts,
-                        title=f"headstart model report: {Path(model_dir).name}",
+                        title=f"headstart model report: {name or Path(model_dir).name}",
                         health=s.get("health"))

@@ -19,15 +19,14 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
+from ._fs import atomic_folder
 from .backbones import Backbone
 from .errors import HeadstartError
 
@@ -191,7 +190,7 @@ def _compiled(backbone: Backbone, name: str, cache_root: Path, sample: np.ndarra
     check_file = folder / "check.json"
     try:
         if not check_file.is_file():
-            with _new_folder(folder) as tmp:
+            with atomic_folder(folder) as tmp:
                 export(backbone, tmp)
                 cos = cosine_parity(load(tmp)(sample), _torch_engine(backbone)(sample))
                 (tmp / "check.json").write_text(json.dumps(
@@ -208,20 +207,6 @@ def _compiled(backbone: Backbone, name: str, cache_root: Path, sample: np.ndarra
                       "using PyTorch", RuntimeWarning, stacklevel=3)
         logger.debug("engine %s failed", name, exc_info=True)
         return None
-
-
-@contextlib.contextmanager
-def _new_folder(folder: Path) -> Iterator[Path]:
-    """A temporary sibling folder to fill, renamed to ``folder`` when the block succeeds
-    (replacing it), removed when it fails: a cache entry is never half written."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        yield tmp
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def make_engine(backbone: Backbone, cache_root: Path, runtime: str = "auto",
@@ -281,7 +266,7 @@ def int8_engine(backbone: Backbone, cache_root: Path, calibration: np.ndarray) -
         import nncf
         import openvino as ov
 
-        with _new_folder(folder) as tmp:
+        with atomic_folder(folder) as tmp:
             data = nncf.Dataset([calibration[i:i + 1] for i in range(len(calibration))])
             with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
                 warnings.simplefilter("ignore")

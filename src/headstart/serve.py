@@ -31,7 +31,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from fastapi import FastAPI, File, Request, UploadFile
@@ -49,6 +49,7 @@ __all__ = ["Limits", "create_app", "serve"]
 logger = logging.getLogger(__name__)
 
 PAGE = Path(__file__).with_name("page.html")
+BODY_TAIL = "headstart.body_tail"
 
 
 @dataclass
@@ -170,7 +171,11 @@ class _LimitBody:
             nonlocal seen, too_large
             message = await receive()
             if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
+                body = message.get("body", b"")
+                seen += len(body)
+                # the end of the body, to tell a cut-off multipart body (400) from one
+                # without a 'files' field (422)
+                scope[BODY_TAIL] = (scope.get(BODY_TAIL, b"") + body)[-256:]
                 if seen > self.max_bytes:
                     too_large = True
                     raise self.TooLarge()
@@ -240,6 +245,14 @@ def create_app(model: str | os.PathLike | Classifier, limits: Limits | None = No
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith("multipart/form-data"):
+            boundary = ctype.partition("boundary=")[2].split(";")[0].strip().strip('"')
+            end = b"--" + boundary.encode("latin-1", "replace") + b"--"
+            if not request.scope.get(BODY_TAIL, b"").rstrip().endswith(end):
+                return JSONResponse({"detail": "broken multipart body: it does not end "
+                                     "with its closing boundary (cut off, or a wrong "
+                                     "boundary)"}, status_code=400)
         return JSONResponse({"detail": "send images as multipart/form-data fields named "
                              "'files'", "errors": json.loads(json.dumps(
                                  exc.errors(), default=str))}, status_code=422)
@@ -319,9 +332,17 @@ def _swagger_assets() -> str | None:
 
 def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000,
           limits: Limits | None = None, cache_dir: str | os.PathLike | None = None,
-          runtime: str = "auto", log_level: str = "info") -> None:
-    """Load ``model`` and serve it with uvicorn until interrupted."""
+          runtime: str = "auto", log_level: str = "info",
+          on_ready: Callable[[], None] | None = None) -> None:
+    """Load ``model`` and serve it with uvicorn until interrupted; ``on_ready()`` is called
+    once the model is loaded and checked, just before the server starts listening.
+
+    Raises:
+        ModelError: the model directory is missing or invalid (nothing is served).
+    """
     import uvicorn
 
-    uvicorn.run(create_app(model, limits, cache_dir, runtime), host=host, port=port,
-                log_level=log_level)
+    app = create_app(model, limits, cache_dir, runtime)
+    if on_ready is not None:
+        on_ready()
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
