@@ -186,7 +186,8 @@ def run_cli(*args: Any, timeout: float = 300, **kw: Any) -> subprocess.Completed
     """``headstart ARGS`` as a subprocess; a hang fails the test after ``timeout`` s."""
     try:
         return subprocess.run([sys.executable, "-m", "headstart", *map(str, args)],
-                              capture_output=True, text=True, timeout=timeout, **kw)
+                              capture_output=True, text=True, errors="replace",
+                              timeout=timeout, **kw)
     except subprocess.TimeoutExpired:
         pytest.fail(f"headstart {' '.join(map(str, args))} hung (> {timeout} s)")
 

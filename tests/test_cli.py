@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -152,3 +153,15 @@ def test_check_exit_codes_for_csvs_without_two_classes(small_data, tmp_path):
     assert r.returncode == 3 and "a classifier needs at least 2" in r.stdout, r.stdout
     (tmp_path / "empty").mkdir()
     assert_user_error(run("check", tmp_path / "empty", "--no-near"), "no images found")
+
+
+def test_file_name_that_is_not_utf8_goes_through_predict_and_csv(model_dir, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    photo = sorted((EXAMPLES / "test" / "giraffe").iterdir())[0]
+    raw = os.fsencode(folder) + b"/caf\xe9.jpg"  # a Latin-1 name, invalid UTF-8
+    shutil.copy(photo, raw)
+    r = run("predict", model_dir, folder, "--csv", tmp_path / "p.csv")
+    assert r.returncode == 0, r.stderr
+    rows = (tmp_path / "p.csv").read_bytes().splitlines()
+    assert len(rows) == 2 and rows[1].startswith(raw)  # the name's own bytes, unmangled

@@ -110,3 +110,10 @@ def test_fifo_and_devices_are_refused_without_blocking(tmp_path):
             bounded(read_image, tmp_path / name, seconds=20)
     with pytest.raises(UnreadableImage, match="is a folder"):
         read_image(tmp_path)
+
+
+def test_a_huge_file_is_refused_from_its_size(tmp_path):
+    with open(tmp_path / "huge.jpg", "wb") as fh:  # sparse: no disk used
+        fh.truncate(3 << 30)
+    with pytest.raises(UnreadableImage, match="file too large"):
+        bounded(read_image, tmp_path / "huge.jpg", seconds=10)

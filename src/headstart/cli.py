@@ -203,7 +203,8 @@ def predict(
             for p, lab, pr, rej, sc in zip(pred.sources, pred.labels, pred.proba,
                                            pred.rejected, pred.ood_score)]
     if csv_file is not None:
-        with csv_file.open("w", newline="") as fh:
+        # surrogateescape: a file name that is not valid UTF-8 is written back as its bytes
+        with csv_file.open("w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
             w = csv.writer(fh)
             w.writerow(["path", "label", "probability"] + [f"p_{c}" for c in pred.classes])
             for r in rows:
