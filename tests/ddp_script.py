@@ -9,7 +9,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from headstart import Classifier
-from headstart.finetune import FinetuneConfig
+from headstart.finetune import FinetuneConfig, is_rank_zero
 
 data, out = sys.argv[1], Path(sys.argv[2])
 cfg = FinetuneConfig(max_epochs=1, accelerator="cpu", devices=2, strategy="ddp",
@@ -18,6 +18,6 @@ clf = Classifier(head="linear", finetune="all", finetune_config=cfg).fit(data)
 rank = int(os.environ.get("LOCAL_RANK", "0"))
 clf.save(out / f"model-rank{rank}")
 (out / f"rank{rank}.json").write_text(json.dumps({
-    "digest": clf.summary_["finetune"]["weights_digest"],
-    "global_zero": clf.is_global_zero_,
+    "digest": clf.summary_.finetune.weights_digest,
+    "global_zero": is_rank_zero(),
     "world_size": dist.get_world_size() if dist.is_initialized() else 1}))

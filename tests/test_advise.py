@@ -6,7 +6,7 @@ import sys
 
 
 from headstart.advise import MARGIN, advise, recommend
-from headstart.backbones import domain_gap
+from headstart.domain import domain_gap
 from headstart.features import extract_features
 
 from .conftest import EXAMPLES, copy_digits
@@ -41,10 +41,10 @@ def test_domain_gap_near_for_photos_far_for_digits(backbone, tmp_path):
     digits = sorted((copy_digits(tmp_path, train=10, val=0) / "train").rglob("*.png"))
     near = domain_gap(backbone, extract_features(backbone, photos).X)
     far = domain_gap(backbone, extract_features(backbone, digits).X)
-    assert near["level"] == "near" and far["level"] == "far"
-    assert near["feature_distance"] < 3.0 <= 4.5 <= far["feature_distance"]
-    assert near["imagenet_max_prob"] > 0.3 > 0.2 > far["imagenet_max_prob"]
-    assert 0 < near["imagenet_entropy"] < far["imagenet_entropy"] < 1
+    assert near.level == "near" and far.level == "far"
+    assert near.feature_distance < 3.0 <= 4.5 <= far.feature_distance
+    assert near.imagenet_max_prob > 0.3 > 0.2 > far.imagenet_max_prob
+    assert 0 < near.imagenet_entropy < far.imagenet_entropy < 1
 
 
 def test_advise_on_few_photos_recommends_transfer_learning():
@@ -83,7 +83,7 @@ def test_train_warns_when_images_are_far_from_imagenet(tmp_path):
 
 def test_train_does_not_warn_on_photos(trained):
     clf, _ = trained
-    assert clf.summary_["domain_gap"]["level"] == "near"
+    assert clf.summary_.domain_gap.level == "near"
 
 
 def test_budget_must_be_positive():

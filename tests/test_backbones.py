@@ -85,7 +85,7 @@ def test_unknown_backbone_name_suggests_close_names():
 
 def test_download_backbone_offline_fails_fast_with_advice():
     t = time.perf_counter()
-    with pytest.raises(BackboneError, match="--weights FILE"):
+    with pytest.raises(BackboneError, match="weights=FILE"):
         load_backbone("resnet18")
     assert time.perf_counter() - t < 15
 

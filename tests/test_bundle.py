@@ -272,7 +272,7 @@ def test_kill_9_during_saves_never_breaks_the_model(tmp_path):
     always a complete model whose every digest matches, and the next save cleans up."""
     target = tmp_path / "m"
     rng = random.Random(0)
-    for _ in range(5):
+    for _ in range(3):
         p = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(FIXTURE), str(target)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:

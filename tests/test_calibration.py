@@ -59,8 +59,8 @@ def test_probabilities_are_temperature_scaled_and_unknown_can_be_off(model, tmp_
     np.testing.assert_allclose(pred.proba, softmax(pred.logits, model.temperature_),
                                rtol=1e-5)
     assert model.temperature_ != 1.0
-    c = model.summary_["calibration"]
-    assert c["ece_after"] <= c["ece_before"] + 1e-9
+    c = model.summary_.calibration
+    assert c.ece_after <= c.ece_before + 1e-9
     out = model.save(tmp_path / "m")
     loaded = Classifier.load(out, unknown=False)
     assert loaded.temperature_ == pytest.approx(model.temperature_)

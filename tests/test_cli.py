@@ -165,3 +165,25 @@ def test_file_name_that_is_not_utf8_goes_through_predict_and_csv(model_dir, tmp_
     assert r.returncode == 0, r.stderr
     rows = (tmp_path / "p.csv").read_bytes().splitlines()
     assert len(rows) == 2 and rows[1].startswith(raw)  # the name's own bytes, unmangled
+
+
+def test_library_parameter_names_become_options():
+    from headstart.cli import as_options
+
+    assert as_options("head: expected one of auto, linear, mlp, got 'svm'") == \
+        "--head: expected one of auto, linear, mlp, got 'svm'"
+    assert as_options("pass a local file with weights=FILE") == \
+        "pass a local file with --weights FILE"
+    assert as_options("int8=True needs nncf") == "--int8 needs nncf"
+    assert as_options("max_epochs: expected > 0") == "--epochs: expected > 0"
+    assert as_options("data/head=3/x.jpg: file not found") == \
+        "data/head=3/x.jpg: file not found"  # a path is left alone
+
+
+def test_python_errors_name_parameters_not_options():
+    from headstart import Classifier, HeadstartError
+
+    with pytest.raises(HeadstartError, match="^head: expected one of auto, linear, mlp"):
+        Classifier(head="svm").fit(EXAMPLES / "train")
+    with pytest.raises(HeadstartError, match="^batch_size: expected an integer >= 1"):
+        Classifier(batch_size=0).fit(EXAMPLES / "train")

@@ -16,6 +16,7 @@ from headstart.errors import HeadstartError
 from headstart.evaluate import evaluate
 from headstart.finetune import (AUTO_MIN_PER_CLASS, FinetuneConfig, _stages,
                                 choose_image_size, parse_mode)
+from headstart.stages import Callbacks
 
 from .conftest import EXAMPLES
 
@@ -25,14 +26,14 @@ QUICK = dict(max_epochs=2, augment="none", image_size=64, batch_size=8, num_work
 def test_parse_mode_and_config_errors():
     assert parse_mode("off") == "off" and parse_mode("last-3") == 3
     for bad in ("last-0", "some", "last-x"):
-        with pytest.raises(HeadstartError, match="--finetune"):
+        with pytest.raises(HeadstartError, match="finetune: expected"):
             parse_mode(bad)
-    with pytest.raises(HeadstartError, match="--augment"):
-        FinetuneConfig(augment="extreme").check()
-    with pytest.raises(HeadstartError, match="--image-size"):
-        FinetuneConfig(image_size=4).check()
+    with pytest.raises(HeadstartError, match="augment: expected"):
+        FinetuneConfig(augment="extreme")  # checked on construction
+    with pytest.raises(HeadstartError, match="image_size: expected"):
+        FinetuneConfig(image_size=4)
     with pytest.raises(HeadstartError, match="keep"):
-        FinetuneConfig(keep="worse").check()
+        FinetuneConfig(keep="worse")
 
 
 def test_image_size_rule(tmp_path):
@@ -58,24 +59,24 @@ def test_stages_split_the_backbone_bottom_to_top(backbone):
 
 def test_auto_skips_small_data_with_reason():
     clf = Classifier(head="linear", finetune="auto").fit(EXAMPLES / "train")
-    f = clf.summary_["finetune"]
-    assert not f["ran"] and str(AUTO_MIN_PER_CLASS) in f["reason"]
-    assert clf.summary_["val_accuracy"] == f["val_accuracy_head_only"]
+    f = clf.summary_.finetune
+    assert not f.ran and str(AUTO_MIN_PER_CLASS) in f.reason
+    assert clf.summary_.val_accuracy == f.val_accuracy_head_only
 
 
 def test_finetune_keeps_the_better_model_and_reports_both(tmp_path):
     epochs = []
     clf = Classifier(head="linear", finetune="last-2",
                      finetune_config=FinetuneConfig(**QUICK)).fit(
-        EXAMPLES / "train", val=EXAMPLES / "test", on_epoch=epochs.append)
-    f = clf.summary_["finetune"]
-    assert f["ran"] and f["image_size"] == 64 and f["unfrozen"] == ["stage 6", "stage 7"]
+        EXAMPLES / "train", val=EXAMPLES / "test", callbacks=Callbacks(epoch=epochs.append))
+    f = clf.summary_.finetune
+    assert f.ran and f.image_size == 64 and f.unfrozen == ["stage 6", "stage 7"]
     assert [e["epoch"] for e in epochs] == [1, 2]
     assert all(0 <= e["val_accuracy"] <= 1 and e["train_loss"] > 0 for e in epochs)
-    best = max(f["val_accuracy_head_only"], f["val_accuracy_finetuned"])
-    assert clf.summary_["val_accuracy"] == pytest.approx(best)
-    assert f["kept"] == ("finetuned" if f["val_accuracy_finetuned"] >
-                         f["val_accuracy_head_only"] else "head-only")
+    best = max(f.val_accuracy_head_only, f.val_accuracy_finetuned)
+    assert clf.summary_.val_accuracy == pytest.approx(best)
+    assert f.kept == ("finetuned" if f.val_accuracy_finetuned >
+                      f.val_accuracy_head_only else "head-only")
     out = clf.save(tmp_path / "m")
     rows = (out / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,train_loss") and len(rows) == 3
@@ -85,8 +86,8 @@ def test_finetuned_model_reloads_and_evaluate_reproduces_val_accuracy(tmp_path):
     cfg = FinetuneConfig(**{**QUICK, "keep": "finetuned"})
     clf = Classifier(head="linear", finetune="all", finetune_config=cfg).fit(
         EXAMPLES / "train", val=EXAMPLES / "test")
-    assert clf.summary_["finetune"]["kept"] == "finetuned"
-    assert clf.summary_["val_accuracy"] == clf.summary_["finetune"]["val_accuracy_finetuned"]
+    assert clf.summary_.finetune.kept == "finetuned"
+    assert clf.summary_.val_accuracy == clf.summary_.finetune.val_accuracy_finetuned
     out = clf.save(tmp_path / "m")
     meta = json.loads((out / "headstart.json").read_text())
     assert meta["backbone"]["preprocess"]["size"] == 64
@@ -96,7 +97,7 @@ def test_finetuned_model_reloads_and_evaluate_reproduces_val_accuracy(tmp_path):
     np.testing.assert_allclose(loaded.predict_proba(files), clf.predict_proba(files),
                                atol=1e-4)
     m = evaluate(loaded, EXAMPLES / "test")
-    assert m["accuracy"] == pytest.approx(clf.summary_["val_accuracy"], abs=1e-9)
+    assert m["accuracy"] == pytest.approx(clf.summary_.val_accuracy, abs=1e-9)
 
 
 def test_resume_continues_from_the_last_checkpoint(tmp_path):
@@ -104,13 +105,14 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
     cfg = FinetuneConfig(**{**QUICK, "max_epochs": 1})
     first = Classifier(head="linear", finetune="last-1", finetune_config=cfg,
                        cache_dir=cache).fit(EXAMPLES / "train")
-    assert first.summary_["finetune"]["epochs"] == 1
+    assert first.summary_.finetune.epochs == 1
     more = FinetuneConfig(**{**QUICK, "max_epochs": 2, "resume": True})
     epochs = []
     again = Classifier(head="linear", finetune="last-1", finetune_config=more,
-                       cache_dir=cache).fit(EXAMPLES / "train", on_epoch=epochs.append)
+                       cache_dir=cache).fit(EXAMPLES / "train",
+                                            callbacks=Callbacks(epoch=epochs.append))
     assert [e["epoch"] for e in epochs] == [2]  # epoch 1 was not run again
-    assert again.summary_["finetune"]["epochs"] == 2
+    assert again.summary_.finetune.epochs == 2
     assert [r["epoch"] for r in again.history_] == [1, 2]  # metrics.csv keeps epoch 1
 
 
@@ -140,7 +142,7 @@ def test_max_minutes_bounds_training():
     cfg = FinetuneConfig(**{**QUICK, "max_epochs": 50, "patience": 50, "max_minutes": 0.002})
     clf = Classifier(head="linear", finetune="last-1", finetune_config=cfg).fit(
         EXAMPLES / "train")
-    assert clf.summary_["finetune"]["epochs"] <= 2
+    assert clf.summary_.finetune.epochs <= 2
 
 
 def test_cli_finetune_prints_epochs_and_writes_metrics(tmp_path):

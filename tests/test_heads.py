@@ -78,7 +78,7 @@ def test_mlp_is_reproducible_with_a_seed():
 def test_bad_input_is_named():
     with pytest.raises(HeadstartError, match="at least 2 classes"):
         LinearHead().fit(np.zeros((4, 3)), [1, 1, 1, 1])
-    with pytest.raises(HeadstartError, match="--head: expected one of"):
+    with pytest.raises(HeadstartError, match="head: expected one of"):
         make_head("svm")
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,8 +21,8 @@ def test_fit_summary_and_accuracy(trained):
     clf, _ = trained
     s = clf.summary_
     assert clf.classes_ == ["elephant", "giraffe"]
-    assert s["train_counts"] == {"elephant": 10, "giraffe": 10}
-    assert s["val_images"] == 4 and 0.0 <= s["val_accuracy"] <= 1.0
+    assert s.train_counts == {"elephant": 10, "giraffe": 10}
+    assert s.val_images == 4 and 0.0 <= s.val_accuracy <= 1.0
     truth = [p.parent.name for p in _test_images()]
     acc = np.mean(np.asarray(clf.predict(_test_images())) == np.asarray(truth))
     assert acc >= 0.9
@@ -53,7 +54,7 @@ def test_save_replaces_a_model_atomically_and_refuses_other_folders(trained, tmp
     clf.save(target)
     first = json.loads((target / "headstart.json").read_text())["summary"]["trained_at"]
     summary = clf.summary_
-    clf.summary_ = {**summary, "trained_at": "later"}
+    clf.summary_ = replace(summary, trained_at="later")
     clf.save(target)  # a complete model is replaced
     clf.summary_ = summary
     assert json.loads((target / "headstart.json").read_text())["summary"]["trained_at"] \

@@ -48,7 +48,7 @@ def test_failed_parity_check_falls_back_to_pytorch(backbone, tmp_path, batch):
 
 
 def test_unknown_runtime_is_named(backbone, tmp_path):
-    with pytest.raises(HeadstartError, match="--runtime: expected one of"):
+    with pytest.raises(HeadstartError, match="runtime: expected one of"):
         make_engine(backbone, tmp_path, "tensorrt")
 
 
@@ -78,9 +78,9 @@ def test_int8_model_is_checked_saved_and_reloaded(tmp_path):
     from headstart import Classifier
 
     clf = Classifier(head="linear", int8=True).fit(EXAMPLES / "train")
-    q = clf.summary_["int8"]
-    assert q["variant"].startswith("int8-") and clf.engine_.name == "openvino-int8"
-    assert q["drop"] == pytest.approx(q["val_accuracy_fp32"] - q["val_accuracy_int8"])
+    q = clf.summary_.int8
+    assert q.variant.startswith("int8-") and clf.engine_.name == "openvino-int8"
+    assert q.drop == pytest.approx(q.val_accuracy_fp32 - q.val_accuracy_int8)
     out = clf.save(tmp_path / "m8")
     assert (out / "backbone.int8.xml").is_file() and (out / "backbone.int8.bin").is_file()
     test = sorted((EXAMPLES / "test").rglob("*.jpg"))

@@ -36,11 +36,11 @@ def scratch_model(tmp_path_factory):
 
 def test_from_scratch_trains_a_random_init_cnn(scratch_model):
     data, clf, out = scratch_model
-    s = clf.summary_["from_scratch"]
-    assert s["arch"] == "resnet10t" and s["image_size"] == 32 and s["epochs"] >= 1
-    assert s["train_images"] == 90 and s["val_images"] == 45
-    assert clf.summary_["val_accuracy"] == s["val_accuracy"]
-    assert s["val_accuracy"] > 0.5  # 3 classes: chance is 0.33
+    s = clf.summary_.from_scratch
+    assert s.arch == "resnet10t" and s.image_size == 32 and s.epochs >= 1
+    assert s.train_images == 90 and s.val_images == 45
+    assert clf.summary_.val_accuracy == s.val_accuracy
+    assert s.val_accuracy > 0.5  # 3 classes: chance is 0.33
     meta = json.loads((out / "headstart.json").read_text())
     assert meta["backbone"]["timm_name"] == "resnet10t"
     assert meta["backbone"]["weights_id"].startswith("scratch-")
@@ -55,7 +55,7 @@ def test_scratch_model_predicts_and_evaluates_like_any_model(scratch_model):
                                atol=1e-4)
     m = evaluate(loaded, data)
     assert m["n_images"] == 45
-    assert m["accuracy"] == pytest.approx(clf.summary_["val_accuracy"], abs=1e-9)
+    assert m["accuracy"] == pytest.approx(clf.summary_.val_accuracy, abs=1e-9)
 
 
 def test_from_scratch_model_exports_with_parity(scratch_model, tmp_path):

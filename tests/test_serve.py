@@ -228,3 +228,16 @@ def test_page_in_headless_chromium(server, tmp_path):
         page.screenshot(path=str(tmp_path / "page.png"))
         browser.close()
     assert external == []
+
+
+def test_busy_port_is_one_error_line(trained):
+    _, model_dir = trained
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "headstart", "serve", str(model_dir),
+                            "--port", str(port)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: --port: cannot listen on 127.0.0.1:") \
+        and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -23,6 +23,8 @@ _ORIGIN = {
     "Health": "health", "check": "health",
     "AutoHead": "heads", "LinearHead": "heads", "MLPHead": "heads",
     "Classifier": "model", "Predictions": "model",
+    "Callbacks": "stages", "FinetuneConfig": "finetune", "TrainingSummary": "summary",
+    "domain_gap": "domain",
 }
 
 
@@ -46,10 +48,12 @@ __all__ = [
     "AutoHead",
     "Backbone",
     "BackboneError",
+    "Callbacks",
     "Classifier",
     "DataError",
     "Dataset",
     "FeatureCache",
+    "FinetuneConfig",
     "HeadstartError",
     "Health",
     "ImageSet",
@@ -58,7 +62,9 @@ __all__ = [
     "ModelError",
     "Predictions",
     "Skipped",
+    "TrainingSummary",
     "check",
+    "domain_gap",
     "evaluate",
     "export",
     "extract_features",

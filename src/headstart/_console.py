@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
     TimeRemainingColumn
 
-__all__ = ["emit_json", "err", "error_line", "health_line", "out", "print_health", "print_skipped",
-           "progress_bar"]
+__all__ = ["emit_json", "err", "error_line", "health_line", "out", "print_advice",
+           "print_evaluation", "print_export", "print_health", "print_skipped",
+           "print_training", "progress_bar"]
 
 class _Console(Console):
     """Rich's console, but a reader that goes away (``headstart predict ... | head -1``) ends
@@ -130,6 +132,101 @@ def health_line(h: dict[str, Any] | None, data: Path) -> None:
     color = "bold red" if h["leakage"] else "yellow"
     err.print(Text.assemble((f"data health: {h['summary']}", color),
                             f" (details: 'headstart check {data}' and the report)"))
+
+
+def print_training(s: Any, data: Path, saved: Path) -> None:
+    """What ``train`` did, one line per stage (``s``: the :class:`TrainingSummary`)."""
+    counts = ", ".join(f"{c} {n}" for c, n in s.train_counts.items())
+    out.print(f"data        {data} ({s.layout}): {counts}")
+    if s.from_scratch:
+        f = s.from_scratch
+        out.print(f"scratch     {f.arch} from random weights at {f.image_size} px, "
+                  f"{f.epochs} epochs (best {f.best_epoch})")
+    else:
+        out.print(f"backbone    {s.backbone}: {s.features_computed} images computed "
+                  f"({s.runtime}), {s.features_cached} from cache")
+    cv = ", ".join(f"{k} {v:.3f}" for k, v in s.head_cv_accuracy.items())
+    out.print(f"head        {s.head}" + (f" (CV accuracy: {cv})" if cv else ""))
+    out.print(f"validation  accuracy {s.val_accuracy:.4f} on {s.val_images} images "
+              f"({s.val_source})")
+    if s.finetune:
+        f = s.finetune
+        if f.ran:
+            out.print(f"finetune    {f.mode} at {f.image_size} px, {f.epochs} epochs: "
+                      f"val accuracy {f.val_accuracy_finetuned:.4f} vs head only "
+                      f"{f.val_accuracy_head_only:.4f}; kept {f.kept}")
+        else:
+            out.print(f"finetune    skipped: {f.reason}")
+    if s.int8:
+        out.print(f"int8        validation accuracy {s.int8.val_accuracy_int8:.4f} "
+                  f"(FP32: {s.int8.val_accuracy_fp32:.4f})")
+    c = s.calibration
+    if c.ece_before is not None:
+        out.print(f"calibration temperature {c.temperature:.2f} (ECE {c.ece_before:.3f} "
+                  f"-> {c.ece_after:.3f} on {c.fitted_on})")
+    out.print(f"saved       {saved} in {s.seconds:.1f} s (report: {saved / 'report.html'})")
+
+
+def print_evaluation(m: dict[str, Any]) -> None:
+    """Accuracy, unknown and calibration lines, the per-class table and the confusion
+    matrix of :func:`headstart.evaluate.evaluate`."""
+    lo, hi = m["accuracy_ci95"]
+    out.print(f"accuracy {m['accuracy']:.4f} on {m['n_images']} images "
+              f"(95% CI {lo:.4f}-{hi:.4f}, macro F1 {m['macro_f1']:.4f})")
+    u, c = m["unknown"], m["calibration"]
+    out.print(f"unknown  {u['rejected']} image(s) rejected ({u['rejected_fraction']:.1%}); "
+              f"calibration ECE {c['ece_before']:.3f} raw, {c['ece_after']:.3f} with "
+              f"temperature {c['temperature']:.2f}")
+    table = Table("class", "precision", "recall", "f1", "support", box=None)
+    for name, r in m["per_class"].items():
+        table.add_row(name, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
+                      str(r["support"]))
+    out.print(table)
+    cm = Table("true \\ predicted", *m["classes"], box=None)
+    for name, row in zip(m["classes"], m["confusion_matrix"]):
+        cm.add_row(name, *map(str, row))
+    out.print(cm)
+
+
+def print_advice(r: dict[str, Any]) -> None:
+    """The measurements and the recommendation of :func:`headstart.advise.advise`."""
+    from .domain import GAP_FAR, GAP_NEAR
+
+    d, g, a = r["data_size"], r["domain_gap"], r["accuracy"]
+    out.print(f"data          {d['train_images']} training images "
+              f"({', '.join(f'{c} {n}' for c, n in d['train_counts'].items())}), "
+              f"imbalance {d['imbalance_ratio']:.1f}x; {d['val_images']} validation images")
+    if g["level"]:
+        dist = f"{g['feature_distance']:.2f}" if g["feature_distance"] is not None else "n/a"
+        out.print(f"domain gap    {g['level']}: feature distance {dist} (near < {GAP_NEAR}, "
+                  f"far >= {GAP_FAR}), ImageNet confidence {g['imagenet_max_prob']:.2f}")
+    curve = ", ".join(f"{c['images']}: {c['accuracy']:.3f}" for c in r["learning_curve"])
+    out.print(f"learning curve {curve}"
+              + (" (still rising)" if r["learning_curve_still_rising"] else ""))
+
+    def fmt(v: float | None) -> str:
+        return f"{v:.4f}" if v is not None else "not run (budget)"
+    out.print(f"accuracy      head only {fmt(a['head_only'])}, fine-tuned "
+              f"{fmt(a['finetuned'])}, from scratch {fmt(a['from_scratch'])}")
+    out.print(f"recommend     {r['recommendation']} (expected accuracy "
+              f"{r['predicted_accuracy']:.4f})")
+    for reason in r["reasons"]:
+        out.print(f"  because {reason}")
+
+
+def print_export(r: dict[str, Any]) -> None:
+    """Where :func:`headstart.export.export` wrote what, and its parity check."""
+    m, p = r["metadata"], r["parity"]
+    pre = m["preprocess"]
+    out.print(f"exported    {r['path']} ({r['format']}, {r['bytes'] / 1e6:.1f} MB)")
+    out.print(f"input       images (N, 3, {pre['size']}, {pre['size']}) float32: RGB, shorter "
+              f"side to {pre['size'] / pre['crop_pct']:.0f} px ({pre['interpolation']}), "
+              f"centre crop {pre['size']}, x/255, (x - {pre['mean']}) / {pre['std']}")
+    out.print(f"outputs     probabilities (N, {len(m['classes'])}) for {m['classes']}, "
+              f"unknown_score (N,), unknown (N,) = score > {m['unknown_threshold']:.4f}")
+    out.print(f"parity      {p['images']} {p['source']}: max probability difference vs "
+              f"PyTorch {p['max_abs_diff']:.1e} (< 1e-4), labels identical: "
+              f"{p['labels_identical']}")
 
 
 def error_line(message: str) -> None:

@@ -131,6 +131,8 @@ def history_callback(history: list[dict[str, float]],
     import lightning as L
 
     class History(L.Callback):
+        t0 = 0.0
+
         def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
             self.t0 = time.perf_counter()
 
@@ -141,7 +143,7 @@ def history_callback(history: list[dict[str, float]],
                    "val_loss": float(m.get("val_loss", float("nan"))),
                    "val_accuracy": float(m.get("val_accuracy", float("nan"))),
                    "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
-                   "seconds": round(time.perf_counter() - getattr(self, "t0", time.perf_counter()), 2)}
+                   "seconds": round(time.perf_counter() - self.t0, 2)}
             history.append(row)
             if on_epoch is not None and trainer.is_global_zero:
                 on_epoch(row)

@@ -1,9 +1,10 @@
 """Is transfer learning the right tool for this data? Measure it, then say so.
 
 :func:`advise` reports, with numbers: the data size and balance; the domain gap between the
-images and the backbone's pretraining photos (:func:`headstart.backbones.domain_gap`); a
+images and the backbone's pretraining photos (:func:`headstart.domain.domain_gap`); a
 learning curve of the frozen-feature head; a from-scratch baseline and a short fine-tune
-trained within a time budget (``budget`` seconds of training for the two together). Every accuracy is measured on the same validation images (the
+trained within a time budget (``budget`` seconds of training for the two together).
+Every accuracy is measured on the same validation images (the
 dataset's validation split, else the same stratified held-out fold ``train`` uses). Then
 one recommendation, by these rules, in order (margin: 1 point of accuracy):
 
@@ -24,22 +25,26 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from .backbones import DEFAULT_BACKBONE, domain_gap
-from .data import load_dataset, stratified_split
-from .features import FeatureCache, ProgressFn, extract_features
-from .finetune import FinetuneConfig, split_rows
+from . import defaults
+from .backbones import DEFAULT_BACKBONE
+from .data import load_dataset, split_rows, stratified_split
+from .domain import GAP_FAR, GAP_NEAR, domain_gap
+from .errors import HeadstartError
+from .features import FeatureCache, extract_features
+from .finetune import FinetuneConfig
 from .heads import LinearHead
 from .model import Classifier
+from .stages import Callbacks
 
 __all__ = ["DEFAULT_BUDGET", "MARGIN", "advise", "recommend"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BUDGET = 120.0
+DEFAULT_BUDGET = defaults.BUDGET_SECONDS
 MARGIN = 0.01
 CURVE_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 
@@ -90,8 +95,8 @@ def _learning_curve(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray
 
 def advise(data: str | os.PathLike, budget: float = DEFAULT_BUDGET,
            backbone: str = DEFAULT_BACKBONE, seed: int = 0, val_fraction: float = 0.2,
-           cache_dir: str | os.PathLike | None = None, progress: ProgressFn | None = None,
-           on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+           cache_dir: str | os.PathLike | None = None,
+           callbacks: Callbacks | None = None) -> dict[str, Any]:
     """Measure whether transfer learning suits ``data`` and recommend what to do.
 
     Args:
@@ -101,21 +106,27 @@ def advise(data: str | os.PathLike, budget: float = DEFAULT_BUDGET,
 
     Returns:
         a JSON-serialisable dict (keys documented in the README).
+
+    Raises:
+        HeadstartError: ``budget`` is not a positive number of seconds.
     """
+    if not isinstance(budget, (int, float)) or budget <= 0:
+        raise HeadstartError(f"budget: expected seconds > 0, got {budget!r}")
     t0 = time.perf_counter()
+    cb = callbacks or Callbacks()
     ds = load_dataset(data)
     head_only = Classifier(backbone=backbone, head="auto", seed=seed, cache_dir=cache_dir,
-                           val_fraction=val_fraction).fit(data, progress=progress)
+                           val_fraction=val_fraction).fit(data, callbacks=Callbacks(cb.progress))
     bb = head_only.backbone_  # features below come from the cache this fit filled
-    items = list(ds.train.paths) + (list(ds.val.paths) if ds.val else [])
-    y_all = np.asarray(ds.train.labels + (ds.val.labels if ds.val else []))
+    items, y_all, is_train = ds.rows()
     feats = extract_features(bb, items, FeatureCache(cache_dir))
     X, y = feats.X, y_all[feats.index]
-    tr, va = split_rows(y, feats.index < len(ds.train), val_fraction, seed)
+    tr, va = split_rows(y, is_train[feats.index], val_fraction, seed)
     counts = np.bincount(y[tr], minlength=len(ds.train.classes))
     curve = _learning_curve(X, y, tr, va, seed)
-    h = float(head_only.summary_["val_accuracy"])
+    h = float(head_only.summary_.val_accuracy)
     gap = domain_gap(bb, X[tr])
+    epochs = Callbacks(epoch=cb.epoch)
     t_runs = time.perf_counter()
     runs: dict[str, Any] = {}
     share = budget / 2
@@ -123,26 +134,25 @@ def advise(data: str | os.PathLike, budget: float = DEFAULT_BUDGET,
         cfg = FinetuneConfig(max_minutes=share / 60, augment="none", lr=3e-3, patience=3)
         clf = Classifier(from_scratch=True, seed=seed, cache_dir=cache_dir,
                          val_fraction=val_fraction, finetune_config=cfg).fit(
-            data, on_epoch=on_epoch)
-        runs["from_scratch"] = clf.summary_["from_scratch"]
+            data, callbacks=epochs)
+        runs["from_scratch"] = clf.summary_.from_scratch
     left = budget - (time.perf_counter() - t_runs)
     if left >= 10:
-        mode = "all" if gap["level"] == "far" else "last-3"
+        mode = "all" if gap.level == "far" else "last-3"
         cfg = FinetuneConfig(max_minutes=left / 60, augment="none", patience=3,
                              backbone_lr_factor=0.5 if mode == "all" else 0.1)
         clf = Classifier(backbone=backbone, head="linear", finetune=mode, seed=seed,
                          cache_dir=cache_dir, val_fraction=val_fraction,
-                         finetune_config=cfg).fit(data, on_epoch=on_epoch)
-        runs["finetune"] = clf.summary_["finetune"]
-    s = runs.get("from_scratch")
-    f = runs.get("finetune")
-    scratch = float(s["val_accuracy"]) if s else None
-    finetuned = float(f["val_accuracy_finetuned"]) if f and f.get("ran") else None
+                         finetune_config=cfg).fit(data, callbacks=epochs)
+        runs["finetune"] = clf.summary_.finetune
+    s, f = runs.get("from_scratch"), runs.get("finetune")
+    scratch = float(s.val_accuracy) if s else None
+    finetuned = float(f.val_accuracy_finetuned) if f and f.ran else None
     gain = (curve[-1]["accuracy"] - curve[-2]["accuracy"]) if len(curve) >= 2 else None
     choice, predicted, reasons = recommend(h, finetuned, scratch, gain, len(va))
-    if gap["level"] == "far":
+    if gap.level == "far":
         reasons.append(f"the images are far from the pretraining photos (feature distance "
-                       f"{gap['feature_distance']:.1f}; near < 3.0, far >= 4.5)")
+                       f"{gap.feature_distance:.1f}; near < {GAP_NEAR}, far >= {GAP_FAR})")
     return {
         "data": str(data),
         "classes": list(ds.train.classes),
@@ -150,11 +160,11 @@ def advise(data: str | os.PathLike, budget: float = DEFAULT_BUDGET,
                       "train_images": int(len(tr)), "val_images": int(len(va)),
                       "imbalance_ratio": float(counts.max() / max(counts.min(), 1)),
                       "skipped": len(ds.skipped) + len(feats.skipped)},
-        "domain_gap": gap,
+        "domain_gap": gap.to_dict(),
         "learning_curve": curve,
         "learning_curve_still_rising": bool(gain is not None and gain >= 0.02),
         "accuracy": {"head_only": h, "finetuned": finetuned, "from_scratch": scratch},
-        "runs": runs,
+        "runs": {k: v.to_dict() for k, v in runs.items()},
         "recommendation": choice,
         "predicted_accuracy": predicted,
         "reasons": reasons,

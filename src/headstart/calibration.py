@@ -17,22 +17,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["OutOfDistribution", "expected_calibration_error", "fit_honesty",
+from .heads import make_head, softmax
+from .summary import Calibration
+
+__all__ = ["Honesty", "OutOfDistribution", "expected_calibration_error", "fit_honesty",
            "fit_temperature", "reliability", "robust_quantile", "softmax"]
 
 MAX_REFERENCE = 2000
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of ``(N, K)`` logits divided by ``temperature``."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
@@ -166,10 +162,9 @@ class OutOfDistribution:
 
 def _cross_val_logits(kind: str, X: np.ndarray, y: np.ndarray, seed: int
                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-fold logits of a ``kind`` head on ``X`` (empty when a class is too small)."""
+    """Out-of-fold logits of a new ``kind`` head on ``X`` (empty when a class is too
+    small)."""
     from sklearn.model_selection import StratifiedKFold
-
-    from .heads import make_head
 
     k = min(5, int(np.bincount(y).min()))
     if k < 2:
@@ -180,30 +175,40 @@ def _cross_val_logits(kind: str, X: np.ndarray, y: np.ndarray, seed: int
     return logits, y
 
 
-def fit_honesty(head: Any, kind: str, X: np.ndarray, y: np.ndarray, train_rows: np.ndarray,
-                val_rows: np.ndarray, seed: int = 0
-                ) -> tuple[float, OutOfDistribution, dict[str, Any], np.ndarray, np.ndarray]:
+@dataclass
+class Honesty:
+    """What :func:`fit_honesty` fitted: the ``temperature`` and the unknown detector
+    (``ood``), the :class:`~headstart.summary.Calibration` record, and the held-out
+    predictions it was fitted on (``rows`` of ``X``, their ``(n, K)`` ``logits``), for an
+    honest report."""
+
+    temperature: float
+    ood: OutOfDistribution
+    calibration: Calibration
+    rows: np.ndarray
+    logits: np.ndarray
+
+
+def fit_honesty(head: Any, X: np.ndarray, y: np.ndarray, train_rows: np.ndarray,
+                val_rows: np.ndarray, seed: int = 0) -> Honesty:
     """Temperature and unknown-detector for a fitted ``head`` over features ``X`` ``(N, D)``.
 
     With validation rows, both are fitted on them (the head never saw them); without,
-    the temperature comes from cross-validated logits of a ``kind`` head on the training
-    rows, and the detector's threshold from leave-one-out scores.
-    Returns ``(temperature, detector, summary, rows, logits)``: the rows whose held-out
-    logits the temperature was fitted on (for an honest report).
+    the temperature comes from cross-validated logits of a new head of the same kind on
+    the training rows, and the detector's threshold from leave-one-out scores.
     """
     if len(val_rows):
         logits, yv, rows = head.decision_function(X[val_rows]), y[val_rows], val_rows
         source = "validation images"
     else:
-        logits, yv = _cross_val_logits(kind if kind in ("linear", "mlp") else "linear",
-                                       X[train_rows], y[train_rows], seed)
+        logits, yv = _cross_val_logits(head.kind, X[train_rows], y[train_rows], seed)
         rows = train_rows if len(yv) else train_rows[:0]
         source = "cross-validated predictions on the training images"
     t = fit_temperature(logits, yv) if len(yv) >= 2 else 1.0
-    info: dict[str, Any] = {"temperature": t, "fitted_on": source, "images": int(len(yv))}
+    info = Calibration(temperature=t, fitted_on=source, images=int(len(yv)))
     if len(yv):
-        info["ece_before"] = expected_calibration_error(softmax(logits), yv)
-        info["ece_after"] = expected_calibration_error(softmax(logits, t), yv)
+        info.ece_before = expected_calibration_error(softmax(logits), yv)
+        info.ece_after = expected_calibration_error(softmax(logits, t), yv)
     ood = OutOfDistribution(seed=seed).fit(X[train_rows],
                                            X[val_rows] if len(val_rows) else None)
-    return t, ood, info, rows, logits
+    return Honesty(t, ood, info, rows, logits)

@@ -1,8 +1,9 @@
 """The ``headstart`` command: a thin layer over the Python API.
 
 Results go to stdout (``--json`` for machines), progress and logs to stderr. Exit status:
-0 success, 2 bad input (one line ``error: ...`` on stderr, no traceback), 3 ``check`` found
-problems, 1 a bug.
+0 success, 2 bad input or a machine problem (one line ``error: ...`` on stderr, no
+traceback), 3 ``check`` found problems, 1 a bug. The library names its parameters in
+errors (``head='svm': ...``); this layer says the option instead (``--head 'svm': ...``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import csv
 import functools
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, List, Optional
@@ -17,13 +19,33 @@ from typing import Any, Callable, List, Optional
 import typer
 from rich.table import Column, Table
 
-from ._console import (emit_json, err, error_line, health_line, out, print_health,
-                       print_skipped, progress_bar)
+from . import defaults
+from ._console import (emit_json, err, error_line, health_line, out, print_advice,
+                       print_evaluation, print_export, print_health, print_skipped,
+                       print_training, progress_bar)
 from .errors import HeadstartError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Transfer learning for image classification, on a CPU, in seconds.")
 RUNTIME_HELP = "Inference engine: auto | openvino | onnxruntime | torch."
+FINETUNE, DISTRIBUTED = "Fine-tuning and training from scratch", "Distributed (Lightning)"
+
+# library parameter -> the option that sets it, where the names differ
+_OPTION_OF = {"max_epochs": "epochs", "path": "out", "fmt": "format"}
+_OPTIONS = ("head", "backbone", "weights", "runtime", "finetune", "augment", "image_size",
+            "max_epochs", "lr", "backbone_lr_factor", "patience", "max_minutes", "resume",
+            "int8", "val", "path", "budget", "near_threshold", "fmt", "samples", "port",
+            "host", "max_upload_mb", "max_pixels", "max_batch", "batch_wait_ms")
+_PARAM = re.compile(r"(?<![\w/.-])(" + "|".join(_OPTIONS) + r")(=True\b|=|:)")
+
+
+def as_options(message: str) -> str:
+    """A library message with its parameter names (``head=``, ``weights=FILE``,
+    ``int8=True``, ``budget:``) written as the CLI options that set them."""
+    def option(m: re.Match) -> str:
+        flag = "--" + _OPTION_OF.get(m[1], m[1]).replace("_", "-")
+        return flag + {"=True": "", "=": " ", ":": ":"}[m[2]]
+    return _PARAM.sub(option, message)
 
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -36,7 +58,7 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except HeadstartError as e:
-            error_line(str(e))
+            error_line(as_options(str(e)))
             raise typer.Exit(2) from None
         except BrokenPipeError:
             _quiet_stdout()
@@ -66,70 +88,83 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log detai
                         format="%(levelname)s %(name)s: %(message)s")
 
 
+def _print_epoch(row: dict[str, float]) -> None:
+    err.print(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f}  "
+              f"val accuracy {row['val_accuracy']:.4f}  ({row['seconds']:.0f} s)")
+
+
 @app.command()
 @_user_errors
 def train(
     data: Path = typer.Argument(..., help="Folder of class folders, train/val folders, or CSV."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
-    backbone: str = typer.Option("efficientnet_lite0", help="Backbone name."),
+    backbone: str = typer.Option(defaults.BACKBONE, help="Backbone name."),
     weights: Optional[Path] = typer.Option(None, help="Local weights file for the backbone."),
-    head: str = typer.Option("auto", help="auto | linear | mlp"),
+    head: str = typer.Option(defaults.HEAD, help="auto | linear | mlp"),
     val: Optional[Path] = typer.Option(None, help="Validation folder of class folders."),
     seed: int = typer.Option(0, help="Random seed."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
-    runtime: str = typer.Option("auto", help=RUNTIME_HELP),
+    runtime: str = typer.Option(defaults.RUNTIME, help=RUNTIME_HELP),
     int8: bool = typer.Option(False, "--int8", help="Quantise the backbone to INT8 (NNCF)."),
     finetune: str = typer.Option("off", help="off | auto | all | last-N: unfreeze the "
-                                 "backbone (or its top N stages) and keep training."),
-    augment: Optional[str] = typer.Option(None, help="Augmentation: none|light|strong "
-                                          "(default light; none with --from-scratch)."),
-    image_size: Optional[int] = typer.Option(None, help="Fine-tuning input size in pixels."),
-    epochs: int = typer.Option(15, help="Maximum fine-tuning epochs."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate of the head (default 1e-3; "
-                                       "3e-3 with --from-scratch)."),
-    backbone_lr_factor: float = typer.Option(0.1, help="Backbone lr = lr x this factor."),
-    patience: int = typer.Option(4, help="Stop after this many epochs without improvement."),
-    max_minutes: Optional[float] = typer.Option(None, help="Time limit of fine-tuning."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fine-tune."),
-    accelerator: str = typer.Option("auto", help="Lightning accelerator: auto|cpu|gpu|..."),
-    devices: str = typer.Option("1", help="Lightning devices (number, list or auto)."),
-    strategy: str = typer.Option("auto", help="Lightning strategy, e.g. ddp."),
-    num_nodes: int = typer.Option(1, help="Lightning number of nodes."),
-    precision: Optional[str] = typer.Option(None, help="Lightning precision, e.g. "
-                                            "16-mixed (default on GPU) or 32-true."),
+                                 "backbone (or its top N stages) and keep training.",
+                                 rich_help_panel=FINETUNE),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Train a compact CNN "
-                                      "from random weights instead of transfer learning."),
+                                      "from random weights instead of transfer learning.",
+                                      rich_help_panel=FINETUNE),
+    augment: Optional[str] = typer.Option(None, help="Augmentation: none|light|strong "
+                                          "(default light; none with --from-scratch).",
+                                          rich_help_panel=FINETUNE),
+    image_size: Optional[int] = typer.Option(None, help="Fine-tuning input size in pixels.",
+                                             rich_help_panel=FINETUNE),
+    epochs: int = typer.Option(defaults.EPOCHS, help="Maximum fine-tuning epochs.",
+                               rich_help_panel=FINETUNE),
+    lr: Optional[float] = typer.Option(None, help=f"Learning rate of the head (default "
+                                       f"{defaults.LR:g}; {defaults.SCRATCH_LR:g} with "
+                                       "--from-scratch).", rich_help_panel=FINETUNE),
+    backbone_lr_factor: float = typer.Option(defaults.BACKBONE_LR_FACTOR,
+                                             help="Backbone lr = lr x this factor.",
+                                             rich_help_panel=FINETUNE),
+    patience: int = typer.Option(defaults.PATIENCE, help="Stop after this many epochs "
+                                 "without improvement.", rich_help_panel=FINETUNE),
+    max_minutes: Optional[float] = typer.Option(None, help="Time limit of fine-tuning.",
+                                                rich_help_panel=FINETUNE),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fine-tune.",
+                                rich_help_panel=FINETUNE),
+    accelerator: str = typer.Option("auto", help="Lightning accelerator: auto|cpu|gpu|...",
+                                    rich_help_panel=DISTRIBUTED),
+    devices: str = typer.Option("1", help="Lightning devices (number, list or auto).",
+                                rich_help_panel=DISTRIBUTED),
+    strategy: str = typer.Option("auto", help="Lightning strategy, e.g. ddp.",
+                                 rich_help_panel=DISTRIBUTED),
+    num_nodes: int = typer.Option(1, help="Lightning number of nodes.",
+                                  rich_help_panel=DISTRIBUTED),
+    precision: Optional[str] = typer.Option(None, help="Lightning precision, e.g. "
+                                            "16-mixed (default on GPU) or 32-true.",
+                                            rich_help_panel=DISTRIBUTED),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Train a classifier on a folder of labelled images."""
     from .bundle import check_destination
-    from .finetune import FinetuneConfig
-    from .heads import HEADS
+    from .finetune import FinetuneConfig, is_rank_zero
     from .model import Classifier
+    from .stages import Callbacks
 
     check_destination(out_dir)  # before any work: never train for nothing, never lose files
-    if head not in HEADS:
-        raise HeadstartError(f"--head: expected one of {', '.join(HEADS)}, got {head!r}")
     config = FinetuneConfig(
         mode=finetune, augment=augment or ("none" if from_scratch else "light"),
         image_size=image_size, max_epochs=epochs,
-        lr=lr if lr is not None else (3e-3 if from_scratch else 1e-3),
+        lr=lr if lr is not None else (defaults.SCRATCH_LR if from_scratch else defaults.LR),
         backbone_lr_factor=backbone_lr_factor, patience=patience, max_minutes=max_minutes,
         resume=resume, accelerator=accelerator,
         devices=int(devices) if devices.isdigit() else devices, strategy=strategy,
         num_nodes=num_nodes, precision=precision)
-    config.check()
     clf = Classifier(backbone=backbone, head=head, weights=weights, seed=seed,
                      cache_dir=cache_dir, runtime=runtime, int8=int8, finetune=finetune,
                      finetune_config=config, from_scratch=from_scratch)
-
-    def on_epoch(row: dict) -> None:
-        err.print(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f}  "
-                  f"val accuracy {row['val_accuracy']:.4f}  ({row['seconds']:.0f} s)")
-
     with progress_bar("features") as progress:
-        clf.fit(data, val=val, progress=progress, on_epoch=on_epoch)
-    if not clf.is_global_zero_:
+        clf.fit(data, val=val, callbacks=Callbacks(progress, _print_epoch))
+    if not is_rank_zero():
         return  # other DDP ranks: rank 0 writes the model and the report
     from .report import write_model_report
 
@@ -137,42 +172,12 @@ def train(
                                                                       out_dir.name))
     s = clf.summary_
     print_skipped(clf.skipped_)
-    health_line(s.get("health"), data)
+    health_line(s.health.to_dict() if s.health else None, data)
     if as_json:
-        emit_json({**s, "out": str(saved), "classes": clf.classes_,
-                    "skipped": [{"path": k.path, "reason": k.reason} for k in clf.skipped_]})
+        emit_json({**s.to_dict(), "out": str(saved), "classes": clf.classes_,
+                   "skipped": [{"path": k.path, "reason": k.reason} for k in clf.skipped_]})
         return
-    counts = ", ".join(f"{c} {n}" for c, n in s["train_counts"].items())
-    out.print(f"data        {data} ({s['layout']}): {counts}")
-    if not s["from_scratch"]:
-        out.print(f"backbone    {s['backbone']}: {s['features_computed']} images computed "
-                  f"({s['runtime']}), {s['features_cached']} from cache")
-    if s["from_scratch"]:
-        f = s["from_scratch"]
-        out.print(f"scratch     {f['arch']} from random weights at {f['image_size']} px, "
-                  f"{f['epochs']} epochs (best {f['best_epoch']})")
-    cv = ", ".join(f"{k} {v:.3f}" for k, v in s["head_cv_accuracy"].items())
-    out.print(f"head        {s['head']}" + (f" (CV accuracy: {cv})" if cv else ""))
-    out.print(f"validation  accuracy {s['val_accuracy']:.4f} on {s['val_images']} images "
-              f"({s['val_source']})")
-    if s["finetune"]:
-        f = s["finetune"]
-        if f["ran"]:
-            out.print(f"finetune    {f['mode']} at {f['image_size']} px, {f['epochs']} epochs: "
-                      f"val accuracy {f['val_accuracy_finetuned']:.4f} vs head only "
-                      f"{f['val_accuracy_head_only']:.4f}; kept {f['kept']}")
-        else:
-            out.print(f"finetune    skipped: {f['reason']}")
-    if s["int8"]:
-        q = s["int8"]
-        out.print(f"int8        validation accuracy {q['val_accuracy_int8']:.4f} "
-                  f"(FP32: {q['val_accuracy_fp32']:.4f})")
-    c = s["calibration"]
-    if c.get("ece_before") is not None:
-        out.print(f"calibration temperature {c['temperature']:.2f} (ECE {c['ece_before']:.3f} "
-                  f"-> {c['ece_after']:.3f} on {c['fitted_on']})")
-    out.print(f"saved       {saved} in {s['seconds']:.1f} s (report: "
-              f"{saved / 'report.html'})")
+    print_training(s, data, saved)
 
 
 @app.command()
@@ -183,7 +188,7 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     csv_file: Optional[Path] = typer.Option(None, "--csv", help="Also write a CSV here."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
-    runtime: str = typer.Option("auto", help=RUNTIME_HELP),
+    runtime: str = typer.Option(defaults.RUNTIME, help=RUNTIME_HELP),
     no_unknown: bool = typer.Option(False, "--no-unknown",
                                     help="Never answer 'unknown' for unfamiliar images."),
 ) -> None:
@@ -212,7 +217,7 @@ def predict(
                            + [f"{v:.6f}" for v in r["probabilities"].values()])
     if as_json:
         emit_json({"predictions": rows, "counts": pred.counts(),
-                    "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]})
+                   "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]})
         return
     table = Table(Column("path", overflow="fold"), "label", "probability", box=None)
     for r in rows:
@@ -228,7 +233,7 @@ def evaluate(
     data: Path = typer.Argument(..., help="Labelled images (class folders, train/test, CSV)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
-    runtime: str = typer.Option("auto", help=RUNTIME_HELP),
+    runtime: str = typer.Option(defaults.RUNTIME, help=RUNTIME_HELP),
     report: Optional[Path] = typer.Option(None, help="Write an HTML report here (and "
                                           "metrics.json beside it)."),
     no_unknown: bool = typer.Option(False, "--no-unknown",
@@ -253,22 +258,7 @@ def evaluate(
     if as_json:
         emit_json(m)
         return
-    lo, hi = m["accuracy_ci95"]
-    out.print(f"accuracy {m['accuracy']:.4f} on {m['n_images']} images "
-              f"(95% CI {lo:.4f}-{hi:.4f}, macro F1 {m['macro_f1']:.4f})")
-    u, c = m["unknown"], m["calibration"]
-    out.print(f"unknown  {u['rejected']} image(s) rejected ({u['rejected_fraction']:.1%}); "
-              f"calibration ECE {c['ece_before']:.3f} raw, {c['ece_after']:.3f} with "
-              f"temperature {c['temperature']:.2f}")
-    table = Table("class", "precision", "recall", "f1", "support", box=None)
-    for c, r in m["per_class"].items():
-        table.add_row(c, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
-                      str(r["support"]))
-    out.print(table)
-    cm = Table("true \\ predicted", *m["classes"], box=None)
-    for c, row in zip(m["classes"], m["confusion_matrix"]):
-        cm.add_row(c, *map(str, row))
-    out.print(cm)
+    print_evaluation(m)
     if report is not None:
         out.print(f"report   {report}")
 
@@ -277,44 +267,24 @@ def evaluate(
 @_user_errors
 def advise(
     data: Path = typer.Argument(..., help="Labelled images (class folders, train/val, CSV)."),
-    budget: float = typer.Option(120.0, help="Seconds of training for the from-scratch "
-                                 "baseline and the short fine-tune together."),
-    backbone: str = typer.Option("efficientnet_lite0", help="Backbone name."),
+    budget: float = typer.Option(defaults.BUDGET_SECONDS, help="Seconds of training for the "
+                                 "from-scratch baseline and the short fine-tune together."),
+    backbone: str = typer.Option(defaults.BACKBONE, help="Backbone name."),
     seed: int = typer.Option(0, help="Random seed."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Measure whether transfer learning suits the data, and recommend what to do."""
     from .advise import advise as run_advise
+    from .stages import Callbacks
 
-    if budget <= 0:
-        raise HeadstartError(f"--budget: expected seconds > 0, got {budget}")
     with progress_bar("features") as progress:
         r = run_advise(data, budget=budget, backbone=backbone, seed=seed,
-                       cache_dir=cache_dir, progress=progress)
+                       cache_dir=cache_dir, callbacks=Callbacks(progress))
     if as_json:
         emit_json(r)
         return
-    d, g, a = r["data_size"], r["domain_gap"], r["accuracy"]
-    out.print(f"data          {d['train_images']} training images "
-              f"({', '.join(f'{c} {n}' for c, n in d['train_counts'].items())}), "
-              f"imbalance {d['imbalance_ratio']:.1f}x; {d['val_images']} validation images")
-    if g["level"]:
-        dist = f"{g['feature_distance']:.2f}" if g["feature_distance"] is not None else "n/a"
-        out.print(f"domain gap    {g['level']}: feature distance {dist} (near < 3.0, far >= "
-                  f"4.5), ImageNet confidence {g['imagenet_max_prob']:.2f}")
-    curve = ", ".join(f"{c['images']}: {c['accuracy']:.3f}" for c in r["learning_curve"])
-    out.print(f"learning curve {curve}"
-              + (" (still rising)" if r["learning_curve_still_rising"] else ""))
-
-    def fmt(v: Optional[float]) -> str:
-        return f"{v:.4f}" if v is not None else "not run (budget)"
-    out.print(f"accuracy      head only {fmt(a['head_only'])}, fine-tuned "
-              f"{fmt(a['finetuned'])}, from scratch {fmt(a['from_scratch'])}")
-    out.print(f"recommend     {r['recommendation']} (expected accuracy "
-              f"{r['predicted_accuracy']:.4f})")
-    for reason in r["reasons"]:
-        out.print(f"  because {reason}")
+    print_advice(r)
 
 
 @app.command()
@@ -328,9 +298,9 @@ def check(
     near_threshold: Optional[float] = typer.Option(None, help="Cosine similarity above which "
                                                    "two images are near duplicates "
                                                    "(default: adapted to the data)."),
-    backbone: str = typer.Option("efficientnet_lite0", help="Backbone for near duplicates."),
+    backbone: str = typer.Option(defaults.BACKBONE, help="Backbone for near duplicates."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
-    runtime: str = typer.Option("auto", help=RUNTIME_HELP),
+    runtime: str = typer.Option(defaults.RUNTIME, help=RUNTIME_HELP),
 ) -> None:
     """Find unusable files, duplicates, train/test leakage and imbalance in a dataset.
 
@@ -338,9 +308,6 @@ def check(
     """
     from .health import check as run_check
 
-    if near_threshold is not None and not 0 < near_threshold <= 1:
-        raise HeadstartError(f"--near-threshold: expected a cosine in (0, 1], got "
-                             f"{near_threshold}")
     with progress_bar("features") as progress:
         h = run_check(data, backbone=backbone, cache_dir=cache_dir, runtime=runtime,
                       near=near, near_threshold=near_threshold, progress=progress).to_dict()
@@ -372,17 +339,7 @@ def export(
     if as_json:
         emit_json(r)
         return
-    m, p = r["metadata"], r["parity"]
-    pre = m["preprocess"]
-    out.print(f"exported    {r['path']} ({r['format']}, {r['bytes'] / 1e6:.1f} MB)")
-    out.print(f"input       images (N, 3, {pre['size']}, {pre['size']}) float32: RGB, shorter "
-              f"side to {pre['size'] / pre['crop_pct']:.0f} px ({pre['interpolation']}), "
-              f"centre crop {pre['size']}, x/255, (x - {pre['mean']}) / {pre['std']}")
-    out.print(f"outputs     probabilities (N, {len(m['classes'])}) for {m['classes']}, "
-              f"unknown_score (N,), unknown (N,) = score > {m['unknown_threshold']:.4f}")
-    out.print(f"parity      {p['images']} {p['source']}: max probability difference vs "
-              f"PyTorch {p['max_abs_diff']:.1e} (< 1e-4), labels identical: "
-              f"{p['labels_identical']}")
+    print_export(r)
 
 
 @app.command()
@@ -391,34 +348,23 @@ def serve(
     model: Path = typer.Argument(..., help="Model directory from 'headstart train'."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every "
                              "interface)."),
-    port: int = typer.Option(8000, help="Port to listen on."),
-    max_upload_mb: float = typer.Option(20.0, help="Largest request body (413 above)."),
-    max_pixels: int = typer.Option(40_000_000, help="Largest image in pixels (413 above)."),
-    max_batch: int = typer.Option(32, help="Most images run through the backbone at once."),
-    batch_wait_ms: float = typer.Option(5.0, help="How long an image waits for others to "
-                                        "batch with."),
+    port: int = typer.Option(defaults.PORT, help="Port to listen on."),
+    max_upload_mb: float = typer.Option(defaults.MAX_UPLOAD_MB, help="Largest request body "
+                                        "(413 above)."),
+    max_pixels: int = typer.Option(defaults.MAX_PIXELS, help="Largest image in pixels "
+                                   "(413 above)."),
+    max_batch: int = typer.Option(defaults.MAX_BATCH, help="Most images run through the "
+                                  "backbone at once."),
+    batch_wait_ms: float = typer.Option(defaults.BATCH_WAIT_MS, help="How long an image "
+                                        "waits for others to batch with."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature/engine cache directory."),
-    runtime: str = typer.Option("auto", help=RUNTIME_HELP),
+    runtime: str = typer.Option(defaults.RUNTIME, help=RUNTIME_HELP),
 ) -> None:
     """Serve the model over HTTP: POST /predict, GET /info, /health, /docs, and a page at /."""
     from .serve import Limits, serve as run_server
 
-    for name, value in (("--max-upload-mb", max_upload_mb), ("--max-pixels", max_pixels),
-                        ("--max-batch", max_batch)):
-        if value <= 0:
-            raise HeadstartError(f"{name}: expected a number > 0, got {value}")
-    if not 0 <= port <= 65535:
-        raise HeadstartError(f"--port: expected 0-65535, got {port}")
-    import socket
-
-    try:
-        with socket.create_server((host, port)):
-            pass
-    except OSError as e:
-        raise HeadstartError(f"--host/--port: cannot listen on {host}:{port} ({e.strerror}); "
-                             "choose another --port") from None
-    run_server(model, host, port, Limits(max_upload_mb, max_pixels, 64, max_batch,
-                                         batch_wait_ms), cache_dir, runtime,
+    limits = Limits(max_upload_mb, max_pixels, defaults.MAX_FILES, max_batch, batch_wait_ms)
+    run_server(model, host, port, limits, cache_dir, runtime,
                on_ready=lambda: err.print(f"serving {model} on http://{host}:{port}/ "
                                           "(API docs: /docs; Ctrl+C stops)"))
 
@@ -435,7 +381,7 @@ def backbones(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
         return
     table = Table("name", "timm model", "status", "how", box=None)
     for r in rows:
-        table.add_row(r["name"], r["timm_name"], r["status"], r["how"])
+        table.add_row(r["name"], r["timm_name"], r["status"], as_options(r["how"]))
     out.print(table)
     out.print("Any other timm model name works too, with internet once or --weights FILE.")
 

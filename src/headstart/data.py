@@ -19,21 +19,27 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ._fs import FileProblem, file_problem, read_regular
-from .decode import UNSUPPORTED_EXTENSIONS, unsupported_reason
+from .decode import UnreadableImage, open_image
 from .errors import DataError
+from .walk import IMAGE_EXTENSIONS, LINK_LOOP, Skipped, find_images, is_hidden, links_back
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "SPLITS",
     "Dataset",
     "ImageSet",
+    "Layout",
     "Skipped",
     "find_images",
+    "layout",
     "links_back",
+    "median_short_side",
+    "split_rows",
     "load_dataset",
     "load_splits",
     "load_labelled",
@@ -43,22 +49,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-VAL_SPLIT_NAMES = ("val", "valid", "validation", "test")
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A file or folder left out of the run, with the reason.
-
-    ``kind``: ``file`` (an unusable file), ``folder`` (a folder problem: empty class folder,
-    unreadable folder, link loop, unknown split) or ``ignored`` (hidden files and folders).
-    """
-
-    path: str
-    reason: str
-    kind: str = "file"
+# Split folder names (lower case) in the order they are looked for, and their role.
+SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}  # by role: how splits are listed
 
 
 @dataclass
@@ -80,10 +73,6 @@ class ImageSet:
         c = np.bincount(np.asarray(self.labels, dtype=int), minlength=len(self.classes))
         return {name: int(n) for name, n in zip(self.classes, c)}
 
-    def subset(self, index: Sequence[int]) -> "ImageSet":
-        return ImageSet([self.paths[i] for i in index],
-                        [self.labels[i] for i in index] if self.labels else [],
-                        self.classes)
 
 
 @dataclass
@@ -96,100 +85,65 @@ class Dataset:
     skipped: list[Skipped] = field(default_factory=list)
     val_split: str = "val"
 
-
-def _is_hidden(path: Path) -> bool:
-    return path.name.startswith(".")
-
-
-HIDDEN_FILE, HIDDEN_FOLDER = "hidden file, ignored", "hidden folder, ignored"
-LINK_LOOP, CANNOT_LIST = "symbolic link loop, ignored", "cannot list folder"
-
-
-def _skip(path: Path, reason: str) -> Skipped:
-    kind = ("ignored" if reason in (HIDDEN_FILE, HIDDEN_FOLDER) else
-            "folder" if reason == LINK_LOOP or reason.startswith(CANNOT_LIST) else "file")
-    return Skipped(str(path), reason, kind)
+    def rows(self) -> tuple[list[Any], np.ndarray, np.ndarray]:
+        """All images, training first: ``(paths (N,), labels (N,), is_train (N,) bool)``."""
+        val = self.val if self.val is not None else ImageSet([], [], self.train.classes)
+        return (list(self.train.paths) + list(val.paths),
+                np.asarray(self.train.labels + val.labels, dtype=int),
+                np.arange(len(self.train) + len(val)) < len(self.train))
 
 
-def links_back(folder: Path) -> bool:
-    """True for a symbolic link to its own folder or one above it (following it loops)."""
-    if not folder.is_symlink():
-        return False
-    real, here = os.path.realpath(folder), os.path.realpath(folder.parent)
-    return here == real or here.startswith(real.rstrip(os.sep) + os.sep)
+@dataclass(frozen=True)
+class Layout:
+    """How a dataset folder is organised (see :func:`layout`).
+
+    ``kind``: ``csv``, ``class folders`` or ``train/val``; ``splits``: for ``train/val``,
+    each split folder by its name on disk, in :data:`SPLITS` order; ``others``: folders
+    beside ``train`` that are not splits.
+    """
+
+    kind: str
+    root: Path
+    splits: dict[str, Path] = field(default_factory=dict)
+    others: tuple[Path, ...] = ()
+
+    def first(self, *roles_or_names: str) -> tuple[str, Path] | None:
+        """The first split (name, folder) whose name, or role, is among ``roles_or_names``,
+        in that order."""
+        for want in roles_or_names:
+            for name, folder in self.splits.items():
+                if name.lower() == want:
+                    return name, folder
+        return None
+
+    @property
+    def class_parents(self) -> list[Path]:
+        """The folders whose sub-folders are classes (each split, or the root)."""
+        return list(self.splits.values()) if self.splits else [self.root]
 
 
-def _files_under(folder: Path) -> Iterable[tuple[Path, str | None]]:
-    """Files under ``folder`` (symlinks followed, loops cut) with a reason to skip or None."""
-    seen: set[str] = set()
-    problems: list[tuple[Path, str]] = []
-
-    def unreadable(e: OSError) -> None:
-        problems.append((Path(e.filename), f"{CANNOT_LIST}: {e.strerror}"))
-
-    def loops(root: str, d: str) -> bool:
-        """A linked folder that leads back up the tree or to where the walk already went."""
-        path = Path(root) / d
-        return links_back(path) or os.path.realpath(path) in seen
-
-    for root, dirs, files in os.walk(folder, followlinks=True, onerror=unreadable):
-        seen.add(os.path.realpath(root))
-        yield from problems
-        problems.clear()
-        for d in sorted(d for d in dirs if not d.startswith(".") and loops(root, d)):
-            yield Path(root) / d, LINK_LOOP
-        dirs[:] = [d for d in dirs if d.startswith(".") or not loops(root, d)]
-        for d in sorted(d for d in dirs if d.startswith(".")):
-            yield Path(root) / d, HIDDEN_FOLDER
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for f in sorted(files):
-            path = Path(root) / f
-            if f.startswith("."):
-                yield path, HIDDEN_FILE
-            else:  # a FIFO, socket or device (or a link to one) is never opened
-                yield path, file_problem(path)
-    yield from problems
-
-
-def find_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Skipped]]:
-    """Expand files and folders (searched recursively) into image files.
-
-    Files without an image extension inside folders are skipped with a reason; files named
-    explicitly are kept whatever their extension (decoding decides).
+def layout(source: str | os.PathLike) -> Layout:
+    """The :class:`Layout` of a dataset path (checked to be a folder or a CSV file).
 
     Raises:
-        DataError: a path does not exist.
+        DataError: the path does not exist, is not a folder nor a CSV, or cannot be listed.
     """
-    found: list[Path] = []
-    skipped: list[Skipped] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            for f, problem in _files_under(p):
-                ext = f.suffix.lower()
-                if problem is not None:
-                    skipped.append(_skip(f, problem))
-                elif ext in IMAGE_EXTENSIONS:
-                    found.append(f)
-                elif ext in UNSUPPORTED_EXTENSIONS:
-                    skipped.append(Skipped(str(f), unsupported_reason(ext)))
-                else:
-                    skipped.append(Skipped(str(f), f"not an image type ({ext or 'none'})"))
-        elif p.exists():
-            problem = file_problem(p)
-            if problem is None:
-                found.append(p)
-            else:
-                skipped.append(Skipped(str(p), problem))
-        else:
-            raise DataError(f"path not found: {p}")
-    return found, skipped
+    root = _dataset_path(source)
+    if root.is_file():
+        return Layout("csv", root)
+    tops = {d.name.lower(): d for d in _class_folders(root)}
+    if "train" not in tops:
+        return Layout("class folders", root)
+    splits = {tops[k].name: tops[k] for k in SPLITS if k in tops}
+    return Layout("train/val", root, splits,
+                  tuple(d for k, d in tops.items() if k not in SPLITS))
 
 
 def _class_folders(root: Path) -> list[Path]:
     """Visible sub-folders of ``root``, except links back to it or above (loops)."""
     try:
         return sorted(d for d in root.iterdir()
-                      if d.is_dir() and not _is_hidden(d) and not links_back(d))
+                      if d.is_dir() and not is_hidden(d) and not links_back(d))
     except OSError as e:
         raise DataError(f"cannot list {root}: {e.strerror or e}") from None
 
@@ -197,7 +151,7 @@ def _class_folders(root: Path) -> list[Path]:
 def _loops(root: Path) -> list[Skipped]:
     """Sub-folders of ``root`` that are links back to it or above, reported as loops."""
     return [Skipped(str(d), LINK_LOOP, "folder") for d in sorted(root.iterdir())
-            if not _is_hidden(d) and d.is_dir() and links_back(d)]
+            if not is_hidden(d) and d.is_dir() and links_back(d)]
 
 
 def _scan_class_folders(root: Path, classes: list[str] | None = None
@@ -212,7 +166,7 @@ def _scan_class_folders(root: Path, classes: list[str] | None = None
             raise DataError(f"{root}: class folder(s) {extra} do not exist in the training "
                             f"classes {classes}")
     skipped = [Skipped(str(f), "not inside a class folder") for f in sorted(root.iterdir())
-               if not f.is_dir() and not _is_hidden(f)] + _loops(root)
+               if not f.is_dir() and not is_hidden(f)] + _loops(root)
     found = []
     for d in folders:
         files, bad = find_images([d])
@@ -258,7 +212,7 @@ def _read_csv(path: Path) -> tuple[list[tuple[Path, str, str]], list[Skipped]]:
         f = Path(r[ip].strip())
         f = f if f.is_absolute() else path.parent / f
         split = r[isplit].strip().lower() if isplit is not None and len(r) > isplit else "train"
-        if split not in ("train",) + VAL_SPLIT_NAMES:
+        if split not in SPLITS:
             raise DataError(f"CSV {path}, line {n}: split must be train or val, got {split!r}")
         problem = file_problem(f)
         if problem is not None:  # missing, a folder, a FIFO, a device...
@@ -307,36 +261,30 @@ def load_dataset(source: str | os.PathLike, val: str | os.PathLike | None = None
     Raises:
         DataError: missing path, fewer than 2 classes, or a class without images.
     """
-    root = _dataset_path(source)
+    lay = layout(source)
     val_set: ImageSet | None = None
     val_split = "val"
-    if root.is_file():
-        entries, skipped = _read_csv(root)
+    if lay.kind == "csv":
+        entries, skipped = _read_csv(lay.root)
         classes = sorted({lab for _, lab, s in entries if s == "train"})
-        train = _csv_set(entries, "train", classes, root)
-        val_set = _csv_set(entries, "val", classes, root) or None
-        layout = "csv"
+        train = _csv_set(entries, "train", classes, lay.root)
+        val_set = _csv_set(entries, "val", classes, lay.root) or None
+    elif lay.kind == "train/val":
+        train, skipped = _scan_class_folders(lay.first("train")[1])  # type: ignore[index]
+        held = lay.first("val", "valid", "validation", "test")
+        if held is not None and val is None:
+            val_split, folder = held
+            val_set, more = _scan_class_folders(folder, train.classes)
+            skipped += more
     else:
-        split_dirs = {d.name.lower(): d for d in _class_folders(root)}
-        if "train" in split_dirs:
-            train, skipped = _scan_class_folders(split_dirs["train"])
-            layout = "train/val"
-            for name in VAL_SPLIT_NAMES:
-                if name in split_dirs and val is None:
-                    val_set, more = _scan_class_folders(split_dirs[name], train.classes)
-                    skipped += more
-                    val_split = split_dirs[name].name
-                    break
-        else:
-            train, skipped = _scan_class_folders(root)
-            layout = "class folders"
+        train, skipped = _scan_class_folders(lay.root)
     if val is not None:
         if not Path(val).is_dir():
-            raise DataError(f"--val: folder not found: {val}")
+            raise DataError(f"val: folder not found: {val}")
         val_set, more = _scan_class_folders(Path(val), train.classes)
         skipped += more
-    check_classes(train.labels, train.classes, str(root))
-    return Dataset(train=train, val=val_set, layout=layout, skipped=skipped,
+    check_classes(train.labels, train.classes, str(lay.root))
+    return Dataset(train=train, val=val_set, layout=lay.kind, skipped=skipped,
                    val_split=val_split)
 
 
@@ -349,27 +297,24 @@ def load_splits(source: str | os.PathLike) -> tuple[dict[str, ImageSet], list[Sk
     Raises:
         DataError: missing path, or a file that is not a CSV.
     """
-    root = _dataset_path(source)
-    if root.is_file():
-        entries, skipped = _read_csv(root)
+    lay = layout(source)
+    if lay.kind == "csv":
+        entries, skipped = _read_csv(lay.root)
         classes = sorted({lab for _, lab, _ in entries})
-        sets = {which: _csv_set(entries, which, classes, root) for which in ("train", "val")}
+        sets = {which: _csv_set(entries, which, classes, lay.root) for which in ("train", "val")}
         return {k: v for k, v in sets.items() if len(v)}, skipped, "csv"
-    split_dirs = {d.name.lower(): d for d in _class_folders(root)}
-    if "train" not in split_dirs:
-        images, skipped = _scan_class_folders(root)
-        return {"train": images}, skipped, "class folders"
+    if lay.kind == "class folders":
+        images, skipped = _scan_class_folders(lay.root)
+        return {"train": images}, skipped, lay.kind
     splits: dict[str, ImageSet] = {}
     skipped = []
-    for name in ("train",) + VAL_SPLIT_NAMES:
-        if name in split_dirs:
-            images, more = _scan_class_folders(split_dirs[name])
-            splits[split_dirs[name].name] = images
-            skipped += more
+    for name, folder in lay.splits.items():
+        splits[name], more = _scan_class_folders(folder)
+        skipped += more
     skipped += [Skipped(str(d), "folder beside the train split is not a known split "
                         "(val, valid, validation, test): ignored", "folder")
-                for key, d in split_dirs.items() if key not in ("train",) + VAL_SPLIT_NAMES]
-    return splits, skipped, "train/val"
+                for d in lay.others]
+    return splits, skipped, lay.kind
 
 
 def load_labelled(source: str | os.PathLike, classes: list[str]
@@ -382,16 +327,13 @@ def load_labelled(source: str | os.PathLike, classes: list[str]
     Raises:
         DataError: missing path, or labels that are not among ``classes``.
     """
-    root = _dataset_path(source)
-    if root.is_file():
-        entries, skipped = _read_csv(root)
+    lay = layout(source)
+    if lay.kind == "csv":
+        entries, skipped = _read_csv(lay.root)
         which = "val" if any(s == "val" for _, _, s in entries) else "train"
-        return _csv_set(entries, which, classes, root), skipped
-    split_dirs = {d.name.lower(): d for d in _class_folders(root)}
-    for name in ("test",) + VAL_SPLIT_NAMES[:-1]:
-        if name in split_dirs and "train" in split_dirs:
-            return _scan_class_folders(split_dirs[name], classes)
-    return _scan_class_folders(root, classes)
+        return _csv_set(entries, which, classes, lay.root), skipped
+    held = lay.first("test", "val", "valid", "validation")
+    return _scan_class_folders(held[1] if held else lay.root, classes)
 
 
 def check_classes(labels: Sequence[int], classes: list[str], where: str) -> None:
@@ -440,6 +382,30 @@ def drop_unreadable_classes(train: ImageSet, y: np.ndarray, is_train: np.ndarray
                                if val else ""), "folder"))
     mapped = np.where(present[y], new[y], -1)
     return [c for c, p in zip(classes, present) if p], mapped, mapped >= 0, skipped
+
+
+def split_rows(y: np.ndarray, is_train: np.ndarray, val_fraction: float, seed: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation row indices: the validation rows if any, else a stratified
+    ``val_fraction`` of the training rows (the fold the head-only accuracy is measured on).
+    """
+    train_rows, val_rows = np.flatnonzero(is_train), np.flatnonzero(~is_train)
+    if not len(val_rows):
+        tr, va = stratified_split(y[train_rows], val_fraction, seed)
+        train_rows, val_rows = train_rows[tr], train_rows[va]
+    return train_rows, val_rows
+
+
+def median_short_side(paths: Sequence[Any], sample: int = 64) -> float | None:
+    """Median shorter side (pixels) of up to ``sample`` evenly spaced images (headers only)."""
+    sides = []
+    for p in list(paths)[:: max(1, len(paths) // sample)][:sample]:
+        try:
+            with open_image(p) as im:
+                sides.append(min(im.size))
+        except UnreadableImage:  # reported already
+            continue
+    return float(np.median(sides)) if sides else None
 
 
 def stratified_split(labels: Sequence[int], fraction: float, seed: int = 0

@@ -19,7 +19,7 @@ from .calibration import expected_calibration_error, softmax
 from .data import load_labelled
 from .errors import DataError
 from .features import ProgressFn
-from .health import TrainedOn, assess, entries_of, folder_problems, inspect_files
+from .health import TrainedOn, assess, entries_of, folder_problems
 from .model import Classifier
 
 __all__ = ["bootstrap_ci", "classification_metrics", "evaluate", "evaluation",
@@ -92,19 +92,18 @@ def evaluation(clf: Classifier, data: str | os.PathLike, progress: ProgressFn | 
     images, skipped = load_labelled(data, clf.classes_)
     if len(images) == 0:
         raise DataError(f"{data}: no images to evaluate")
-    facts = inspect_files(images.paths)
-    pred = clf.predict_images(images.paths, progress)
+    pred = clf.predict_images(images.paths, progress, thumbs=True)  # the one pass
     where = {str(p): i for i, p in enumerate(images.paths)}
     index = np.asarray([where[str(src)] for src in pred.sources], dtype=int)
-    health = assess(entries_of("test", images), facts, skipped + pred.skipped, pred.features,
-                    index, data=str(data), layout="evaluation images",
+    health = assess(entries_of("test", images), pred.facts, skipped + pred.skipped,
+                    pred.features, index, data=str(data), layout="evaluation images",
                     folders=folder_problems(data), trained_on=_trained_on(clf))
     if not len(pred.sources):
         raise DataError(f"{data}: none of the {len(images)} images could be read")
     label_of = {str(p): lab for p, lab in zip(images.paths, images.labels)}
     y_true = np.asarray([label_of[s] for s in pred.sources])
-    result = scored_metrics(y_true, pred.logits, getattr(clf, "temperature_", 1.0),
-                            clf.classes_, pred.rejected)
+    result = scored_metrics(y_true, pred.logits, clf.temperature_, clf.classes_,
+                            pred.rejected)
     result["skipped"] = [{"path": s.path, "reason": s.reason, "kind": s.kind}
                          for s in skipped + pred.skipped]
     result["health"] = health.to_dict(limit=50)
@@ -115,13 +114,11 @@ def _trained_on(clf: Classifier) -> TrainedOn:
     """What ``clf`` was trained on, for leakage checks. Near duplicates are looked for only
     when the backbone is the pretrained one the training data was checked with (not after
     fine-tuning or training from scratch, which change the features)."""
-    s = clf.summary_ or {}
-    near = ((s.get("health") or {}).get("near_duplicates") or {})
-    changed = s.get("from_scratch") or (s.get("finetune") or {}).get("kept") == "finetuned"
-    ood = getattr(clf, "ood_", None)
-    return TrainedOn(set(getattr(clf, "train_digests_", None) or ()),
-                     ood.reference_ if ood is not None else None,
-                     near.get("threshold") if near.get("searched") and not changed else None)
+    s = clf.summary_
+    near = s.health.near_threshold if s.health is not None and not s.changed_features \
+        else None
+    return TrainedOn(set(clf.train_digests_),
+                     clf.ood_.reference_ if clf.ood_ is not None else None, near)
 
 
 def evaluate(clf: Classifier, data: str | os.PathLike, progress: ProgressFn | None = None

@@ -58,18 +58,14 @@ def _deploy_module(clf: Classifier) -> Any:
     """The whole model as one ``torch.nn.Module``: normalised images -> answers."""
     import torch
 
-    state = {k: torch.from_numpy(np.asarray(v, np.float32))
-             for k, v in clf.head_.state().items() if k != "classes"}
-    ood = getattr(clf, "ood_", None)
+    ood = clf.ood_
 
     class Deployed(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.backbone = clf.backbone_.model
-            for name, value in state.items():
-                self.register_buffer(f"head_{name}", value)
-            self.register_buffer("inv_temperature",
-                                 torch.tensor(1.0 / float(getattr(clf, "temperature_", 1.0))))
+            self.head = clf.head_.to_torch()
+            self.register_buffer("inv_temperature", torch.tensor(1.0 / clf.temperature_))
             ref = ood.reference_ if ood is not None else np.zeros((1, clf.backbone_.num_features))
             self.register_buffer("reference", torch.from_numpy(np.asarray(ref, np.float32)))
             self.k = int(ood.k_) if ood is not None else 1
@@ -77,13 +73,7 @@ def _deploy_module(clf: Classifier) -> Any:
 
         def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
             f = self.backbone(images)
-            z = (f - self.head_mean) / self.head_scale
-            if clf.head_kind_ == "mlp":
-                h = torch.relu(z @ self.head_w1.T + self.head_b1)
-                logits = h @ self.head_w2.T + self.head_b2
-            else:
-                logits = z @ self.head_coef.T + self.head_intercept
-            probs = torch.softmax(logits * self.inv_temperature, dim=1)
+            probs = torch.softmax(self.head(f) * self.inv_temperature, dim=1)
             unit = f / (f.norm(dim=1, keepdim=True) + 1e-12)
             top = torch.topk(unit @ self.reference.T, self.k, dim=1).values
             score = 1.0 - top.mean(dim=1)
@@ -93,14 +83,13 @@ def _deploy_module(clf: Classifier) -> Any:
 
 
 def _metadata(clf: Classifier) -> dict[str, str]:
-    ood = getattr(clf, "ood_", None)
-    summary = clf.summary_ or {}
+    ood = clf.ood_
     values = {
         "classes": clf.classes_, "preprocess": clf.backbone_.preprocess.to_dict(),
-        "temperature": float(getattr(clf, "temperature_", 1.0)),
+        "temperature": float(clf.temperature_),
         "unknown_threshold": float(ood.threshold_) if ood is not None else None,
         "backbone": clf.backbone_.name, "headstart_version": __version__,
-        "val_accuracy": summary.get("val_accuracy"),
+        "val_accuracy": clf.summary_.val_accuracy,
         "input": "images: (N, 3, S, S) float32, RGB, resize shorter side to S / crop_pct, "
                  "centre crop S, x / 255, (x - mean) / std",
         "outputs": "probabilities (N, K) calibrated, columns = classes; unknown_score (N,); "
@@ -187,8 +176,8 @@ def _samples(clf: Classifier, samples: Sequence[str | os.PathLike] | None
         files, _ = find_images(samples)
         files = files[::max(1, len(files) // MAX_SAMPLES)][:MAX_SAMPLES]
     else:
-        s = clf.summary_ or {}
-        data = Path(str(s.get("data_path") or s.get("data") or ""))
+        s = clf.summary_
+        data = Path(str(s.data_path or s.data or ""))
         if str(data) and data.is_dir():
             found, _ = find_images([data])
             step = max(1, len(found) // SAMPLES)
@@ -204,7 +193,7 @@ def _samples(clf: Classifier, samples: Sequence[str | os.PathLike] | None
         small = rng.integers(0, 256, (SAMPLES, 8, 8, 3), dtype=np.uint8)
         arrays = [np.asarray(Image.fromarray(a).resize((pre.size, pre.size)), np.uint8)
                   for a in small]
-        where = "synthetic images (no sample images found; pass --samples)"
+        where = "synthetic images (no sample images found; pass samples=IMAGES)"
     return normalize(np.stack(arrays), pre), where
 
 
@@ -217,8 +206,8 @@ def _reference(clf: Classifier, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     model = clf.backbone_.model.eval().float().cpu()
     with torch.inference_mode():
         feats = model(torch.from_numpy(x)).numpy()
-    probs = softmax(clf.head_.decision_function(feats), getattr(clf, "temperature_", 1.0))
-    ood = getattr(clf, "ood_", None)
+    probs = softmax(clf.head_.decision_function(feats), clf.temperature_)
+    ood = clf.ood_
     score = ood.score(feats) if ood is not None else np.zeros(len(x), np.float32)
     unknown = score > ood.threshold_ if ood is not None else np.zeros(len(x), bool)
     return probs, score, unknown
@@ -249,7 +238,7 @@ def export(model: str | os.PathLike | Classifier, fmt: str = "onnx",
             (nothing is written then).
     """
     if fmt not in FORMATS:
-        raise ExportError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise ExportError(f"fmt: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     if isinstance(model, Classifier):
         clf, folder = model, Path(model_dir) if model_dir else None
     else:

@@ -16,21 +16,22 @@ import logging
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-from ._fs import digest_bytes
+from ._fs import digest_bytes, worker_count
 from .backbones import Backbone, Preprocess
 from .data import Skipped
 from .decode import UnreadableImage, check_pixels, load_bytes, open_image, read_image
 from .runtime import Engine, make_engine
 
-__all__ = ["FeatureCache", "Features", "extract_features", "normalize", "prepare_image",
-           "preprocess_image", "readable", "resolve_cache_dir"]
+__all__ = ["FeatureCache", "Features", "FileFacts", "extract_features", "file_hash",
+           "normalize", "prepare_image", "preprocess_image", "resolve_cache_dir",
+           "scan_images", "thumbnail"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,16 +68,9 @@ def prepare_image(source: "str | os.PathLike | Image.Image", pre: Preprocess) ->
     Raises:
         UnreadableImage: the file cannot be decoded.
     """
-    target = int(pre.size / pre.crop_pct)
-    img = source if isinstance(source, Image.Image) else open_image(source)
-    if img.format == "JPEG" and not isinstance(source, Image.Image):
-        check_pixels(img)  # on the full size, before draft mode shrinks it
-        img.draft("RGB", (target, target))
-    rgb = read_image(img)
-    box = _crop_box(*rgb.size, pre)
-    out = rgb.resize((pre.size, pre.size), _RESAMPLE.get(pre.interpolation, Image.BICUBIC),
-                     box=box)
-    return np.asarray(out, dtype=np.uint8)
+    if isinstance(source, Image.Image):
+        return _decoded(source, pre, jpeg_draft=False)[0]  # type: ignore[return-value]
+    return _decoded(open_image(source), pre, jpeg_draft=True)[0]  # type: ignore[return-value]
 
 
 def normalize(batch: np.ndarray, pre: Preprocess) -> np.ndarray:
@@ -100,14 +94,40 @@ def file_hash(path: str | os.PathLike) -> str:
     return digest_bytes(load_bytes(path))
 
 
+@dataclass(frozen=True)
+class FileFacts:
+    """What the one pass over an image file learned: its content hash, its size in pixels,
+    frames and format from the header, and a ``(16, 16)`` zero-mean unit-norm grey
+    thumbnail of the whole picture (for near-duplicate checks; None when not made).
+    ``digest`` is None for an in-memory image or a file that could not be read."""
+
+    digest: str | None
+    width: int = 0
+    height: int = 0
+    frames: int = 1
+    format: str | None = None
+    thumb: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+
+def thumbnail(rgb: Image.Image) -> np.ndarray:
+    """``(16, 16)`` float32 zero-mean unit-norm grey thumbnail of a decoded image."""
+    a = np.asarray(ImageOps.grayscale(rgb).resize((16, 16), Image.BOX), np.float32)
+    a = a - a.mean()
+    return a / (np.linalg.norm(a) + 1e-6)
+
+
 class FeatureCache:
-    """Feature vectors on disk: ``<root>/features/<backbone identity>/<hh>/<hash>.npy``."""
+    """Feature vectors on disk: ``<root>/features/<backbone identity>/<hh>/<hash>.npy``;
+    thumbnails (which do not depend on the backbone) under the key ``thumbs``."""
+
+    THUMBS = "thumbs"
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
         self.root = resolve_cache_dir(root)
 
     def _path(self, key: str, digest: str) -> Path:
-        return self.root / "features" / key / digest[:2] / f"{digest}.npy"
+        sub = "thumbs" if key == self.THUMBS else f"features/{key}"
+        return self.root / sub / digest[:2] / f"{digest}.npy"
 
     def get(self, key: str, digest: str) -> np.ndarray | None:
         try:
@@ -129,7 +149,7 @@ class FeatureCache:
 
 @dataclass
 class Features:
-    """Features of the usable images.
+    """Features of the usable images, and what the pass learned of every input.
 
     Attributes:
         X: ``(M, D)`` float32 features, M <= N.
@@ -137,6 +157,8 @@ class Features:
         skipped: the inputs that could not be decoded, with reasons.
         computed: how many of the M needed a backbone forward pass (the rest were cached).
         engine: the inference engine used (reuse it for the next call), None if unused.
+        facts: ``(N,)`` :class:`FileFacts` of every input, in input order (with thumbnails
+            when asked for).
     """
 
     X: np.ndarray
@@ -144,97 +166,169 @@ class Features:
     skipped: list[Skipped] = field(default_factory=list)
     computed: int = 0
     engine: Engine | None = None
+    facts: list[FileFacts] = field(default_factory=list)
 
 
-def _default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+@dataclass
+class _Read:
+    """One input after the pass: its facts, cached features, or the network input."""
+
+    facts: FileFacts
+    cached: np.ndarray | None = None
+    array: np.ndarray | None = None
+    reason: str | None = None
+
+
+def _header(img: Image.Image, digest: str | None) -> FileFacts:
+    return FileFacts(digest, img.width, img.height, getattr(img, "n_frames", 1), img.format)
+
+
+def _decoded(img: Image.Image, pre: Preprocess | None, jpeg_draft: bool) -> tuple[
+        np.ndarray | None, Image.Image]:
+    """The network input ``(S, S, 3)`` (None without ``pre``) and the decoded RGB image."""
+    if pre is not None and jpeg_draft and img.format == "JPEG":
+        check_pixels(img)  # on the full size, before draft mode shrinks it
+        target = int(pre.size / pre.crop_pct)
+        img.draft("RGB", (target, target))
+    rgb = read_image(img)
+    if pre is None:
+        return None, rgb
+    out = rgb.resize((pre.size, pre.size), _RESAMPLE.get(pre.interpolation, Image.BICUBIC),
+                     box=_crop_box(*rgb.size, pre))
+    return np.asarray(out, dtype=np.uint8), rgb
+
+
+def _read_one(src: "str | os.PathLike | Image.Image", pre: Preprocess | None,
+              cache: FeatureCache | None, key: str, dim: int, thumbs: bool) -> _Read:
+    """Read ``src`` once: bytes -> hash -> header -> cached features, else decoded input."""
+    if isinstance(src, Image.Image):
+        try:
+            array, rgb = _decoded(src, pre, jpeg_draft=False)
+        except UnreadableImage as e:
+            return _Read(FileFacts(None), reason=str(e))
+        facts = _header(src, None)
+        return _Read(FileFacts(None, facts.width, facts.height, facts.frames, facts.format,
+                               thumbnail(rgb) if thumbs else None), array=array)
+    try:
+        data = load_bytes(src)
+    except UnreadableImage as e:
+        return _Read(FileFacts(None), reason=str(e))
+    digest = digest_bytes(data)
+    try:
+        img = open_image(data)
+    except UnreadableImage as e:
+        return _Read(FileFacts(digest), reason=str(e))
+    facts = _header(img, digest)
+    hit = cache.get(key, digest) if cache is not None and pre is not None else None
+    thumb = cache.get(FeatureCache.THUMBS, digest) if cache is not None and thumbs else None
+    if hit is not None and hit.shape != (dim,):
+        hit = None
+    if hit is not None and (not thumbs or thumb is not None):
+        return _Read(replace(facts, thumb=thumb), cached=hit)
+    try:
+        if hit is not None:  # only the thumbnail is missing: a small decode will do
+            if img.format == "JPEG":
+                img.draft("RGB", (64, 64))
+            array, rgb = None, read_image(img)
+        else:
+            array, rgb = _decoded(img, pre, jpeg_draft=True)
+    except UnreadableImage as e:
+        return _Read(facts, reason=str(e))
+    if thumbs:
+        thumb = thumbnail(rgb)
+        if cache is not None:
+            cache.put(FeatureCache.THUMBS, digest, thumb)
+    return _Read(replace(facts, thumb=thumb), cached=hit, array=array)
 
 
 def extract_features(backbone: Backbone, images: Sequence["str | os.PathLike | Image.Image"],
                      cache: FeatureCache | None = None, batch_size: int = 32,
                      progress: ProgressFn | None = None, workers: int | None = None,
-                     runtime: str = "auto", engine: Engine | None = None) -> Features:
-    """Pooled features of ``images`` (paths or PIL images) under ``backbone``.
+                     runtime: str = "auto", engine: Engine | None = None,
+                     thumbs: bool = False) -> Features:
+    """Pooled features of ``images`` (paths or PIL images) under ``backbone``, in one pass
+    over the files.
 
-    Images are decoded by ``workers`` threads while the engine (see
-    :mod:`headstart.runtime`; ``engine`` reuses one, else ``runtime`` picks one) works on
-    the previous batch. Unreadable files are skipped and listed in ``Features.skipped``;
-    the result does not depend on ``workers`` or ``batch_size``. PIL images are never
-    cached (they have no file to hash).
+    Each file is read once, by ``workers`` threads: its bytes give the content hash (the
+    cache key), the header facts and, when the features are not cached, the network input,
+    which the engine (see :mod:`headstart.runtime`; ``engine`` reuses one, else ``runtime``
+    picks one) runs in batches of ``batch_size`` while the threads read ahead. With
+    ``thumbs``, each file's thumbnail comes out of the same pass (cached too). Unreadable
+    files are skipped and listed in ``Features.skipped``; the result does not depend on
+    ``workers`` or ``batch_size``. PIL images are never cached (they have no file to hash).
     """
     n = len(images)
     key = backbone.identity() + (f"-{engine.variant}" if engine and engine.variant else "")
+    dim, pre = backbone.num_features, backbone.preprocess
     out: dict[int, np.ndarray] = {}
+    facts: list[FileFacts] = [FileFacts(None)] * n
     skipped: list[Skipped] = []
-    digests: dict[int, str] = {}
-    todo: list[int] = []
-    for i, src in enumerate(images):
-        if cache is not None and not isinstance(src, Image.Image):
-            try:
-                digests[i] = file_hash(src)
-            except UnreadableImage as e:
-                skipped.append(Skipped(str(src), str(e)))
-                continue
-            hit = cache.get(key, digests[i])
-            if hit is not None and hit.shape == (backbone.num_features,):
-                out[i] = hit
-                continue
-        todo.append(i)
-    done = n - len(todo)
+    pending: list[tuple[int, np.ndarray, str | None]] = []
+    computed = 0
+
+    def run(batch: list[tuple[int, np.ndarray, str | None]]) -> None:
+        nonlocal engine, computed
+        x = np.stack([a for _, a, _ in batch])
+        if engine is None:
+            root = cache.root if cache is not None else resolve_cache_dir()
+            engine = make_engine(backbone, root, runtime, sample=x[:8])
+        for (i, _, digest), f in zip(batch, engine(x)):
+            out[i] = f
+            if cache is not None and digest is not None:
+                cache.put(key, digest, f)
+        computed += len(batch)
+
+    def read(i: int) -> _Read:
+        return _read_one(images[i], pre, cache, key, dim, thumbs)
+
+    chunks = [range(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
+    done = 0
     if progress:
-        progress(done, n)
-    failed = 0
-
-    def load(i: int) -> np.ndarray | None:
-        try:
-            return prepare_image(images[i], backbone.preprocess)
-        except UnreadableImage as e:
-            skipped.append(Skipped(str(images[i]), str(e)))
-            return None
-
-    batches = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
-    with ThreadPoolExecutor(workers or _default_workers()) as pool:
-        pending = [pool.map(load, b) for b in batches[:2]]
-        for bi, batch in enumerate(batches):
-            arrays = list(pending[bi])
-            if bi + 2 < len(batches):
-                pending.append(pool.map(load, batches[bi + 2]))
-            keep = [i for i, a in zip(batch, arrays) if a is not None]
-            failed += len(batch) - len(keep)
-            if keep:
-                x = np.stack([a for a in arrays if a is not None])
-                if engine is None:
-                    root = cache.root if cache is not None else resolve_cache_dir()
-                    engine = make_engine(backbone, root, runtime, sample=x[:8])
-                for i, f in zip(keep, engine(x)):
-                    out[i] = f
-                    if cache is not None and i in digests:
-                        cache.put(key, digests[i], f)
-            done += len(batch)
+        progress(0, n)
+    with ThreadPoolExecutor(workers or worker_count()) as pool:
+        ahead = [pool.map(read, c) for c in chunks[:2]]
+        for ci, chunk in enumerate(chunks):
+            results = list(ahead[ci])
+            if ci + 2 < len(chunks):
+                ahead.append(pool.map(read, chunks[ci + 2]))
+            for i, r in zip(chunk, results):
+                facts[i] = r.facts
+                if r.reason is not None:
+                    skipped.append(Skipped(str(images[i]), r.reason))
+                elif r.cached is not None:
+                    out[i] = r.cached
+                else:
+                    pending.append((i, r.array, r.facts.digest))  # type: ignore[arg-type]
+                    if len(pending) == batch_size:
+                        run(pending)
+                        pending = []
+            ahead[ci] = None  # type: ignore[call-overload]
+            done += len(chunk)
             if progress:
                 progress(done, n)
+        if pending:
+            run(pending)
     index = np.asarray(sorted(out), dtype=int)
     X = (np.stack([out[i] for i in index]).astype(np.float32) if len(index)
-         else np.zeros((0, backbone.num_features), np.float32))
+         else np.zeros((0, dim), np.float32))
     skipped.sort(key=lambda s: s.path)
     if skipped:
         logger.info("%d image(s) skipped", len(skipped))
-    return Features(X=X, index=index, skipped=skipped, computed=len(todo) - failed,
-                    engine=engine)
+    return Features(X=X, index=index, skipped=skipped, computed=computed, engine=engine,
+                    facts=facts)
 
 
-def readable(images: Sequence["str | os.PathLike"], workers: int | None = None
-             ) -> tuple[np.ndarray, list[Skipped]]:
-    """Positions of the images that decode, and the others with reasons (decodes each)."""
-    def check(src: "str | os.PathLike") -> str | None:
-        try:
-            read_image(src)
-        except UnreadableImage as e:
-            return str(e)
-        return None
+def scan_images(images: Sequence["str | os.PathLike"], workers: int | None = None
+                ) -> tuple[np.ndarray, list[Skipped], list[FileFacts]]:
+    """One pass over files without a backbone: each is read and decoded once, to know it
+    is usable. Returns the positions of those that decode, the others with reasons, and
+    the :class:`FileFacts` of every input."""
+    def one(src: "str | os.PathLike") -> _Read:
+        return _read_one(src, None, None, "", 0, False)
 
-    with ThreadPoolExecutor(workers or _default_workers()) as pool:
-        reasons = list(pool.map(check, images))
-    ok = np.asarray([i for i, r in enumerate(reasons) if r is None], dtype=int)
-    return ok, sorted((Skipped(str(images[i]), r) for i, r in enumerate(reasons)
-                       if r is not None), key=lambda s: s.path)
+    with ThreadPoolExecutor(workers or worker_count()) as pool:
+        reads = list(pool.map(one, images))
+    ok = np.asarray([i for i, r in enumerate(reads) if r.reason is None], dtype=int)
+    bad = sorted((Skipped(str(images[i]), r.reason) for i, r in enumerate(reads)
+                  if r.reason is not None), key=lambda s: s.path)
+    return ok, bad, [r.facts for r in reads]

@@ -37,13 +37,17 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from . import defaults
+from ._fs import worker_count
 from ._training import Images, epoch_seconds, history_callback, module_class, transforms
 from .backbones import Preprocess
-from .decode import UnreadableImage, open_image
+from .data import median_short_side, split_rows
 from .errors import HeadstartError
+from .heads import LinearHead
+from .summary import FinetuneSummary, ScratchSummary
 
 __all__ = ["AUTO_MIN_PER_CLASS", "FinetuneConfig", "FinetuneResult", "StageResult",
-           "choose_image_size", "finetune", "finetune_stage", "parse_mode",
+           "choose_image_size", "finetune", "finetune_stage", "is_rank_zero", "parse_mode",
            "read_metrics_csv", "write_metrics_csv"]
 
 logger = logging.getLogger(__name__)
@@ -52,13 +56,20 @@ AUTO_MIN_PER_CLASS = 50
 AUGMENTS = ("none", "light", "strong")
 
 
+def is_rank_zero() -> bool:
+    """False in the other processes of a distributed run (Lightning DDP, torchrun), which
+    train alongside rank 0 but must not write the model; True everywhere else."""
+    return all(os.environ.get(v, "0") in ("", "0") for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
 def parse_mode(mode: str) -> str | int:
     """``off`` / ``auto`` / ``all`` as is, ``last-N`` as the int N."""
     if mode in ("off", "auto", "all"):
         return mode
     if mode.startswith("last-") and mode[5:].isdigit() and int(mode[5:]) >= 1:
         return int(mode[5:])
-    raise HeadstartError(f"--finetune: expected off, auto, all or last-N (N >= 1), got {mode!r}")
+    raise HeadstartError(f"finetune: expected off, auto, all or last-N (N >= 1), "
+                         f"got {mode!r}")
 
 
 @dataclass
@@ -68,13 +79,13 @@ class FinetuneConfig:
     mode: str = "off"
     augment: str = "light"
     image_size: int | None = None
-    lr: float = 1e-3
-    backbone_lr_factor: float = 0.1
+    lr: float = defaults.LR
+    backbone_lr_factor: float = defaults.BACKBONE_LR_FACTOR
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     warmup_epochs: float = 1.0
-    max_epochs: int = 15
-    patience: int = 4
+    max_epochs: int = defaults.EPOCHS
+    patience: int = defaults.PATIENCE
     batch_size: int = 32
     max_minutes: float | None = None
     resume: bool = False
@@ -86,17 +97,23 @@ class FinetuneConfig:
     num_workers: int | None = None
     keep: str = "better"
 
+    def __post_init__(self) -> None:
+        self.check()
+
     def check(self) -> None:
+        """Raise :class:`HeadstartError` naming the first setting that is out of range (run
+        on construction)."""
         parse_mode(self.mode)
         if self.keep not in ("better", "finetuned"):
             raise HeadstartError(f"keep: expected 'better' or 'finetuned', got {self.keep!r}")
         if self.augment not in AUGMENTS:
-            raise HeadstartError(f"--augment: expected one of {', '.join(AUGMENTS)}, "
+            raise HeadstartError(f"augment: expected one of {', '.join(AUGMENTS)}, "
                                  f"got {self.augment!r}")
         if self.image_size is not None and not 16 <= self.image_size <= 1024:
-            raise HeadstartError(f"--image-size: expected 16..1024 pixels, got {self.image_size}")
+            raise HeadstartError(f"image_size: expected 16..1024 pixels, "
+                                 f"got {self.image_size!r}")
         if self.max_minutes is not None and self.max_minutes <= 0:
-            raise HeadstartError(f"--max-minutes: expected > 0, got {self.max_minutes}")
+            raise HeadstartError(f"max_minutes: expected > 0, got {self.max_minutes!r}")
 
 
 @dataclass
@@ -120,19 +137,6 @@ class FinetuneResult:
     unfrozen: list[str] = field(default_factory=list)
     epochs: int = 0
     best_epoch: int = 0
-    is_global_zero: bool = True
-
-
-def median_short_side(paths: Sequence[Any], sample: int = 64) -> float | None:
-    """Median shorter side (pixels) of up to ``sample`` evenly spaced images (headers only)."""
-    sides = []
-    for p in list(paths)[:: max(1, len(paths) // sample)][:sample]:
-        try:
-            with open_image(p) as im:
-                sides.append(min(im.size))
-        except UnreadableImage:  # reported already
-            continue
-    return float(np.median(sides)) if sides else None
 
 
 def choose_image_size(paths: Sequence[Any], default: int) -> int:
@@ -184,7 +188,7 @@ def finetune(model: Any, pre: Preprocess, train: tuple[Sequence[Any], Sequence[i
     trainable = {n for _, names in chosen for n in names}
     train_tf, eval_tf = transforms(pre, cfg.augment)
     workers = cfg.num_workers if cfg.num_workers is not None else \
-        (0 if (os.cpu_count() or 1) <= 2 else min(4, (os.cpu_count() or 1) // 2))
+        (0 if worker_count() <= 2 else min(4, worker_count() // 2))
     loader = torch.utils.data.DataLoader
     g = torch.Generator().manual_seed(0)
     train_dl = loader(Images(*train, train_tf), batch_size=cfg.batch_size, shuffle=True,
@@ -230,7 +234,7 @@ def finetune(model: Any, pre: Preprocess, train: tuple[Sequence[Any], Sequence[i
         num_sanity_val_steps=0, deterministic=False, default_root_dir=str(workdir))
     ckpt = workdir / "last.ckpt"
     if cfg.resume and not ckpt.is_file():
-        logger.warning("--resume: no checkpoint in %s; starting from the beginning", workdir)
+        logger.warning("resume: no checkpoint in %s; starting from the beginning", workdir)
     elif not cfg.resume:
         for old in workdir.glob("*.ckpt"):
             if trainer.is_global_zero:
@@ -255,13 +259,11 @@ def finetune(model: Any, pre: Preprocess, train: tuple[Sequence[Any], Sequence[i
         model=model, head_weight=module.head.weight.detach().cpu().numpy().copy(),
         head_bias=module.head.bias.detach().cpu().numpy().copy(), val_accuracy=best_acc,
         history=history, unfrozen=[n for n, _ in chosen], epochs=trainer.current_epoch,
-        best_epoch=best_epoch, is_global_zero=trainer.is_global_zero)
+        best_epoch=best_epoch)
 
 
 def _linear_init(X: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Linear-probe head ``(W (K, D), b (K,))`` on raw features (standardisation folded in)."""
-    from .heads import LinearHead
-
     h = LinearHead(Cs=(0.01, 0.1), cv=3, random_state=seed).fit(X, y)
     w = h.coef_ / h.scale_
     return w.astype(np.float32), (h.intercept_ - w @ h.mean_).astype(np.float32)
@@ -282,15 +284,16 @@ def _weights_digest(model: Any, *arrays: np.ndarray) -> str:
 
 @dataclass
 class StageResult:
-    """Outcome of :func:`finetune_stage`: the kept backbone and head (if fine-tuning won),
-    the training summary and the per-epoch history."""
+    """Outcome of :func:`finetune_stage` (or :func:`headstart.scratch.scratch_stage`): the
+    stage's record, the per-epoch history, and the backbone and linear head it trained
+    with their validation accuracy (None when the head-only model was kept)."""
 
-    summary: dict[str, Any]
+    summary: FinetuneSummary | ScratchSummary
     history: list[dict[str, float]]
     backbone: Any = None
-    head: Any = None
+    head: LinearHead | None = None
     val_accuracy: float = float("nan")
-    is_global_zero: bool = True
+    val_images: int = 0
 
 
 def finetune_stage(backbone: Any, paths: Sequence[Any], y: np.ndarray, is_train: np.ndarray,
@@ -311,24 +314,19 @@ def finetune_stage(backbone: Any, paths: Sequence[Any], y: np.ndarray, is_train:
     """
     import copy
 
-    from .backbones import Backbone
-
     mode = parse_mode(cfg.mode)
     counts = np.bincount(y[is_train])
-    summary: dict[str, Any] = {"mode": cfg.mode, "ran": False,
-                               "val_accuracy_head_only": head_only_accuracy}
+    summary = FinetuneSummary(mode=cfg.mode, val_accuracy_head_only=head_only_accuracy)
     if mode == "auto" and counts.min() < AUTO_MIN_PER_CLASS:
-        summary["reason"] = (f"--finetune auto: a class has {int(counts.min())} training "
-                             f"images, fewer than {AUTO_MIN_PER_CLASS}; kept the head only")
+        summary.reason = (f"finetune='auto': a class has {int(counts.min())} training "
+                          f"images, fewer than {AUTO_MIN_PER_CLASS}; kept the head only")
         return StageResult(summary, [])
     train_rows, val_rows = split_rows(y, is_train, val_fraction, seed)
     size = cfg.image_size or choose_image_size([paths[i] for i in train_rows],
                                                backbone.preprocess.size)
     pre = Preprocess(size, backbone.preprocess.crop_pct, backbone.preprocess.interpolation,
                      backbone.preprocess.mean, backbone.preprocess.std)
-    probe = Backbone(backbone.name, backbone.timm_name, pre, backbone.weights_id,
-                     backbone.num_features, model=backbone.model)
-    X = features(probe, [paths[i] for i in train_rows])
+    X = features(backbone.with_preprocess(pre), [paths[i] for i in train_rows])
     w, b = _linear_init(X, y[train_rows], seed)
     key = _weights_digest(backbone.model)[:8] + f"-{size}-{cfg.mode}-{len(paths)}"
     t0 = time.perf_counter()
@@ -336,55 +334,37 @@ def finetune_stage(backbone: Any, paths: Sequence[Any], y: np.ndarray, is_train:
                    ([paths[i] for i in train_rows], y[train_rows].tolist()),
                    ([paths[i] for i in val_rows], y[val_rows].tolist()), (w, b), cfg,
                    cache_root / "finetune" / key, on_epoch)
-    summary.update({"ran": True, "image_size": size, "unfrozen": res.unfrozen,
-                    "epochs": res.epochs, "best_epoch": res.best_epoch,
-                    "train_images": int(len(train_rows)), "val_images": int(len(val_rows)),
-                    "minutes": round((time.perf_counter() - t0) / 60, 2),
-                    "weights_digest": _weights_digest(res.model, res.head_weight, res.head_bias),
-                    "config": asdict(cfg)})
     tuned, head, accuracy = measured(backbone.name, backbone.timm_name, "finetuned", pre, res,
                                      features, [paths[i] for i in val_rows], y[val_rows])
     kept = accuracy > head_only_accuracy or cfg.keep == "finetuned"
-    summary.update({"val_accuracy_finetuned": accuracy,
-                    "kept": "finetuned" if kept else "head-only"})
-    out = StageResult(summary, res.history, is_global_zero=res.is_global_zero)
+    summary = replace(summary, ran=True, image_size=size, unfrozen=res.unfrozen,
+                      epochs=res.epochs, best_epoch=res.best_epoch,
+                      train_images=int(len(train_rows)), val_images=int(len(val_rows)),
+                      minutes=round((time.perf_counter() - t0) / 60, 2),
+                      weights_digest=_weights_digest(res.model, res.head_weight,
+                                                     res.head_bias),
+                      config=asdict(cfg), val_accuracy_finetuned=accuracy,
+                      kept="finetuned" if kept else "head-only")
+    out = StageResult(summary, res.history)
     if kept:
-        out.backbone, out.head, out.val_accuracy = tuned, head, accuracy
+        out.backbone, out.head = tuned, head
+        out.val_accuracy, out.val_images = accuracy, int(len(val_rows))
     return out
-
-
-def split_rows(y: np.ndarray, is_train: np.ndarray, val_fraction: float, seed: int
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Training and validation row indices: the validation rows if any, else a stratified
-    ``val_fraction`` of the training rows (the fold the head-only accuracy used)."""
-    from .data import stratified_split
-
-    train_rows, val_rows = np.flatnonzero(is_train), np.flatnonzero(~is_train)
-    if not len(val_rows):
-        tr, va = stratified_split(y[train_rows], val_fraction, seed)
-        train_rows, val_rows = train_rows[tr], train_rows[va]
-    return train_rows, val_rows
 
 
 def measured(name: str, timm_name: str, kind: str, pre: Preprocess, res: FinetuneResult,
              features: Callable[[Any, list[Any]], np.ndarray], val_paths: list[Any],
-             y_val: np.ndarray) -> tuple[Any, Any, float]:
+             y_val: np.ndarray) -> tuple[Any, LinearHead, float]:
     """The trained backbone and linear head as a model, and its validation accuracy measured
     exactly as ``headstart evaluate`` will (same engine, same decoding)."""
     from .backbones import Backbone
-    from .heads import LinearHead
 
     tuned = Backbone(name, timm_name, pre,
                      f"{kind}-{_weights_digest(res.model)}", int(res.model.num_features),
                      model=res.model)
     Xv = features(tuned, val_paths)
-    accuracy = float(np.mean(np.argmax(Xv @ res.head_weight.T + res.head_bias, axis=1)
-                             == y_val))
-    head = LinearHead()
-    k, d = res.head_weight.shape
-    head.classes_ = np.arange(k, dtype=np.int64)
-    head.mean_, head.scale_ = np.zeros(d, np.float32), np.ones(d, np.float32)
-    head.coef_, head.intercept_ = res.head_weight, res.head_bias
+    head = LinearHead.from_weights(res.head_weight, res.head_bias)
+    accuracy = float(np.mean(head.predict(Xv) == y_val))
     return tuned, head, accuracy
 
 

@@ -1,9 +1,11 @@
 """New classification heads trained on frozen features (scikit-learn estimator API).
 
 All heads take features ``X`` of shape ``(N, D)`` and integer labels ``y`` of shape ``(N,)``
-with values in ``0..K-1``; ``predict_proba`` returns ``(N, K)``. Fitted heads predict with
-NumPy alone and export their parameters as a flat dict of arrays (:meth:`state`), so they
-can be saved with safetensors and rebuilt with :func:`head_from_state`.
+with values in ``0..K-1``; ``predict_proba`` returns ``(N, K)``. A head owns its inference:
+its ``kind`` names it, fitted heads predict with NumPy alone, export their parameters as a
+flat dict of arrays (:meth:`state`, saved with safetensors, rebuilt with
+:func:`head_from_state`) and build the same maths as a ``torch.nn.Module``
+(:meth:`to_torch`, for export). A new kind of head touches this module only.
 
 * :class:`LinearHead`: multinomial logistic regression on standardised features, L2
   strength chosen by stratified cross-validation.
@@ -15,34 +17,36 @@ can be saved with safetensors and rebuilt with :func:`head_from_state`.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-from .errors import HeadstartError
+from .bundle import expect_shapes
+from .errors import HeadstartError, ModelError
 
-__all__ = ["AutoHead", "LinearHead", "MLPHead", "make_head", "head_from_state", "HEADS"]
+__all__ = ["AutoHead", "LinearHead", "MLPHead", "make_head", "head_from_state", "HEADS",
+           "softmax"]
 
 logger = logging.getLogger(__name__)
 
-HEADS = ("auto", "linear", "mlp")
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``(N, K)`` logits divided by ``temperature``: ``(N, K)``
+    float32, computed in float64."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _check_xy(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
     X = np.asarray(X, dtype=np.float32)
     y = np.asarray(y, dtype=int)
     if X.ndim != 2 or y.ndim != 1 or len(X) != len(y):
-        raise HeadstartError(f"X must be (N, D) and y (N,); got X {X.shape}, y {y.shape}")
+        raise HeadstartError(f"X={X.shape}, y={y.shape}: expected X (N, D) and y (N,)")
     if len(np.unique(y)) < 2:
-        raise HeadstartError(f"y: need at least 2 classes, got {np.unique(y).tolist()}")
+        raise HeadstartError(f"y: expected at least 2 classes, got {np.unique(y).tolist()}")
     return X, y
 
 
@@ -75,11 +79,14 @@ def _standardiser(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Head(ClassifierMixin, BaseEstimator):
-    """Shared prediction code: subclasses implement ``fit`` and ``decision_function``."""
+    """Shared prediction code: subclasses set ``kind`` and implement ``fit``,
+    ``decision_function``, ``state``, ``from_state`` and ``to_torch``."""
+
+    kind: ClassVar[str] = ""
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities ``(N, K)``."""
-        return _softmax(self.decision_function(X))
+        return softmax(self.decision_function(X))
 
     def predict(self, X: Any) -> np.ndarray:
         """Class indices ``(N,)``."""
@@ -88,14 +95,33 @@ class _Head(ClassifierMixin, BaseEstimator):
     def _scaled(self, X: Any) -> np.ndarray:
         return (np.asarray(X, dtype=np.float32) - self.mean_) / self.scale_
 
+    def _set_common(self, state: dict[str, np.ndarray]) -> None:
+        if np.any(state["scale"] == 0):
+            raise ModelError(f"{_FILE}: scale must not contain zeros")
+        self.mean_, self.scale_, self.classes_ = state["mean"], state["scale"], state["classes"]
+
+
+_FILE = "head.safetensors"
+
+
+def _buffers(module: Any, arrays: dict[str, np.ndarray]) -> None:
+    import torch
+
+    for name, value in arrays.items():
+        module.register_buffer(name, torch.from_numpy(np.asarray(value, np.float32).copy()))
+
 
 class LinearHead(_Head):
     """Multinomial logistic regression; ``C`` (inverse L2 strength) chosen by CV.
+
+    ``kind``: ``"linear"``.
 
     Fitted attributes: ``classes_``, ``mean_``/``scale_`` (standardisation, ``(D,)``),
     ``coef_`` ``(K, D)``, ``intercept_`` ``(K,)``, ``C_``, ``cv_score_`` (mean CV accuracy
     of the chosen ``C``, NaN when a class is too small to cross-validate).
     """
+
+    kind = "linear"
 
     def __init__(self, Cs: tuple[float, ...] = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 1.0),
                  cv: int = 5, class_weight: str | None = "balanced", max_iter: int = 1000,
@@ -144,8 +170,51 @@ class LinearHead(_Head):
         return self._scaled(X) @ self.coef_.T + self.intercept_
 
     def state(self) -> dict[str, np.ndarray]:
+        """The fitted parameters as named arrays (see :meth:`from_state`)."""
         return {"mean": self.mean_, "scale": self.scale_, "coef": self.coef_,
                 "intercept": self.intercept_, "classes": self.classes_.astype(np.int64)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray], n_classes: int, n_features: int
+                   ) -> "LinearHead":
+        """A fitted head from :meth:`state` arrays, checked to map ``n_features`` to
+        ``n_classes``.
+
+        Raises:
+            ModelError: other keys or shapes.
+        """
+        k, d = n_classes, n_features
+        expect_shapes(_FILE, state, {"mean": (d,), "scale": (d,), "coef": (k, d),
+                                     "intercept": (k,), "classes": (k,)})
+        head = cls()
+        head.coef_, head.intercept_ = state["coef"], state["intercept"]
+        head._set_common(state)
+        return head
+
+    @classmethod
+    def from_weights(cls, weight: np.ndarray, bias: np.ndarray) -> "LinearHead":
+        """A fitted head computing ``X @ weight.T + bias`` on raw features (``weight``
+        ``(K, D)``, ``bias`` ``(K,)``), e.g. the head trained with a fine-tuned backbone."""
+        k, d = weight.shape
+        return cls.from_state({"mean": np.zeros(d, np.float32), "scale": np.ones(d, np.float32),
+                               "coef": np.asarray(weight, np.float32),
+                               "intercept": np.asarray(bias, np.float32),
+                               "classes": np.arange(k, dtype=np.int64)}, k, d)
+
+    def to_torch(self) -> Any:
+        """The head as a ``torch.nn.Module``: features ``(N, D)`` -> logits ``(N, K)``."""
+        import torch
+
+        class Linear(torch.nn.Module):
+            def __init__(self, head: LinearHead) -> None:
+                super().__init__()
+                _buffers(self, {"mean": head.mean_, "scale": head.scale_,
+                                "coef": head.coef_, "intercept": head.intercept_})
+
+            def forward(self, f: torch.Tensor) -> torch.Tensor:
+                return ((f - self.mean) / self.scale) @ self.coef.T + self.intercept
+
+        return Linear(self).eval()
 
 
 class MLPHead(_Head):
@@ -156,6 +225,8 @@ class MLPHead(_Head):
     weights are kept. Fitted attributes: ``classes_``, ``mean_``, ``scale_``, ``w1_``
     ``(hidden, D)``, ``b1_``, ``w2_`` ``(K, hidden)``, ``b2_``, ``n_epochs_``.
     """
+
+    kind = "mlp"
 
     def __init__(self, hidden: int = 256, dropout: float = 0.5, lr: float = 1e-3,
                  weight_decay: float = 1e-2, max_epochs: int = 300, patience: int = 30,
@@ -231,17 +302,54 @@ class MLPHead(_Head):
         return h @ self.w2_.T + self.b2_
 
     def state(self) -> dict[str, np.ndarray]:
+        """The fitted parameters as named arrays (see :meth:`from_state`)."""
         return {"mean": self.mean_, "scale": self.scale_, "w1": self.w1_, "b1": self.b1_,
                 "w2": self.w2_, "b2": self.b2_, "classes": self.classes_.astype(np.int64)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray], n_classes: int, n_features: int
+                   ) -> "MLPHead":
+        """A fitted head from :meth:`state` arrays, checked to map ``n_features`` to
+        ``n_classes`` (any hidden width).
+
+        Raises:
+            ModelError: other keys or shapes.
+        """
+        k, d = n_classes, n_features
+        h = state["w1"].shape[0] if "w1" in state and state["w1"].ndim == 2 else -1
+        expect_shapes(_FILE, state, {"mean": (d,), "scale": (d,), "w1": (h, d), "b1": (h,),
+                                     "w2": (k, h), "b2": (k,), "classes": (k,)})
+        head = cls(hidden=int(h))
+        head.w1_, head.b1_, head.w2_, head.b2_ = (state[n] for n in ("w1", "b1", "w2", "b2"))
+        head._set_common(state)
+        return head
+
+    def to_torch(self) -> Any:
+        """The head as a ``torch.nn.Module``: features ``(N, D)`` -> logits ``(N, K)``."""
+        import torch
+
+        class MLP(torch.nn.Module):
+            def __init__(self, head: MLPHead) -> None:
+                super().__init__()
+                _buffers(self, {"mean": head.mean_, "scale": head.scale_, "w1": head.w1_,
+                                "b1": head.b1_, "w2": head.w2_, "b2": head.b2_})
+
+            def forward(self, f: torch.Tensor) -> torch.Tensor:
+                h = torch.relu(((f - self.mean) / self.scale) @ self.w1.T + self.b1)
+                return h @ self.w2.T + self.b2
+
+        return MLP(self).eval()
 
 
 class AutoHead(_Head):
     """Cross-validates :class:`LinearHead` and :class:`MLPHead` on the same stratified folds
     (of at most ``CV_MAX_IMAGES`` rows) and keeps the better (the linear one on ties).
 
-    Fitted attributes: ``best_`` (the chosen, refitted head), ``kind_`` (``"linear"`` or
-    ``"mlp"``), ``cv_scores_`` (mean CV accuracy of each candidate).
+    Fitted attributes: ``best_`` (the chosen, refitted head), ``kind_`` (its ``kind``,
+    ``"linear"`` or ``"mlp"``), ``cv_scores_`` (mean CV accuracy of each candidate).
     """
+
+    kind = "auto"
 
     def __init__(self, cv: int = 5, class_weight: str | None = "balanced",
                  random_state: int = 0) -> None:
@@ -273,45 +381,31 @@ class AutoHead(_Head):
         return self.best_.decision_function(X)
 
 
+_KINDS: dict[str, type[_Head]] = {"linear": LinearHead, "mlp": MLPHead}
+HEADS = ("auto",) + tuple(_KINDS)
+
+
 def make_head(kind: str = "auto", random_state: int = 0) -> _Head:
-    """A new, unfitted head by name: ``auto``, ``linear`` or ``mlp``."""
+    """A new, unfitted head by name: ``auto``, ``linear`` or ``mlp``.
+
+    Raises:
+        HeadstartError: an unknown name.
+    """
     if kind == "auto":
         return AutoHead(random_state=random_state)
-    if kind == "linear":
-        return LinearHead(random_state=random_state)
-    if kind == "mlp":
-        return MLPHead(random_state=random_state)
-    raise HeadstartError(f"--head: expected one of {', '.join(HEADS)}, got {kind!r}")
+    if kind not in _KINDS:
+        raise HeadstartError(f"head: expected one of {', '.join(HEADS)}, got {kind!r}")
+    return _KINDS[kind](random_state=random_state)
 
 
 def head_from_state(kind: str, state: dict[str, np.ndarray], n_classes: int,
                     n_features: int) -> _Head:
-    """Rebuild a fitted ``linear`` or ``mlp`` head from :meth:`state` arrays, checked to
-    map ``n_features`` features to ``n_classes`` logits.
+    """Rebuild a fitted head of ``kind`` from its :meth:`state` arrays, checked to map
+    ``n_features`` features to ``n_classes`` logits.
 
     Raises:
         ModelError: an unknown kind, or arrays with other keys or shapes.
     """
-    from .bundle import expect_shapes
-    from .errors import ModelError
-
-    k, d = n_classes, n_features
-    where = "head.safetensors"
-    head: _Head
-    if kind == "linear":
-        expect_shapes(where, state, {"mean": (d,), "scale": (d,), "coef": (k, d),
-                                     "intercept": (k,), "classes": (k,)})
-        head = LinearHead()
-        head.coef_, head.intercept_ = state["coef"], state["intercept"]
-    elif kind == "mlp":
-        h = state["w1"].shape[0] if "w1" in state and state["w1"].ndim == 2 else -1
-        expect_shapes(where, state, {"mean": (d,), "scale": (d,), "w1": (h, d), "b1": (h,),
-                                     "w2": (k, h), "b2": (k,), "classes": (k,)})
-        head = MLPHead()
-        head.w1_, head.b1_, head.w2_, head.b2_ = (state[k] for k in ("w1", "b1", "w2", "b2"))
-    else:
+    if kind not in _KINDS:
         raise ModelError(f"unknown saved head kind {kind!r}")
-    if np.any(state["scale"] == 0):
-        raise ModelError(f"{where}: scale must not contain zeros")
-    head.mean_, head.scale_, head.classes_ = state["mean"], state["scale"], state["classes"]
-    return head
+    return _KINDS[kind].from_state(state, n_classes, n_features)

@@ -27,22 +27,18 @@ import logging
 import os
 import re
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
 
-from .data import Dataset, ImageSet, Skipped, links_back, load_splits
-from ._fs import digest_bytes
-from .decode import UnreadableImage, load_bytes, open_image
-from .errors import DataError
-from .features import ProgressFn
+from .data import (SPLIT_ORDER, SPLITS, Dataset, ImageSet, Skipped, layout, links_back,
+                   load_splits)
+from .errors import DataError, HeadstartError
+from .features import FileFacts, ProgressFn
 
-__all__ = ["Entry", "FileFacts", "Health", "TrainedOn", "assess", "check", "dataset_health",
-           "entries_of", "folder_problems", "inspect_files"]
+__all__ = ["Entry", "Health", "TrainedOn", "assess", "check", "dataset_health",
+           "entries_of", "folder_problems"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +47,6 @@ NEAR_MARGIN = 0.15
 THUMB_MATCH = 0.90
 TINY = 32
 FEW = 5
-SPLIT_ORDER = {"train": 0, "val": 1, "valid": 1, "validation": 1, "test": 2}
 
 
 @dataclass(frozen=True)
@@ -63,56 +58,9 @@ class Entry:
     label: str
 
 
-@dataclass(frozen=True)
-class FileFacts:
-    """What the file header says: content hash, size in pixels, frames, format."""
-
-    digest: str | None
-    width: int = 0
-    height: int = 0
-    frames: int = 1
-    format: str | None = None
-
-
 def entries_of(split: str, images: ImageSet) -> list[Entry]:
     """The :class:`Entry` of each image of ``images`` (a split of a dataset)."""
     return [Entry(str(p), split, images.classes[y]) for p, y in zip(images.paths, images.labels)]
-
-
-def _facts(path: Any) -> FileFacts:
-    if not isinstance(path, (str, os.PathLike)):
-        return FileFacts(None)  # an in-memory image
-    try:
-        data = load_bytes(path)
-    except UnreadableImage:
-        return FileFacts(None)
-    digest = digest_bytes(data)
-    try:
-        with open_image(data) as img:
-            return FileFacts(digest, img.width, img.height, getattr(img, "n_frames", 1),
-                             img.format)
-    except (UnreadableImage, OSError, ValueError, SyntaxError):
-        return FileFacts(digest)
-
-
-def inspect_files(paths: Sequence[Any], workers: int | None = None) -> list[FileFacts]:
-    """Content hash and header facts of each file (never decodes pixels, never raises);
-    in-memory images get empty facts."""
-    with ThreadPoolExecutor(workers or max(1, min(8, os.cpu_count() or 1))) as pool:
-        return list(pool.map(_facts, paths))
-
-
-def _thumbnail(path: str) -> np.ndarray | None:
-    """``(16, 16)`` zero-mean unit-norm grey thumbnail of the whole image, or None."""
-    try:
-        with open_image(path) as img:
-            img.draft("L", (64, 64))
-            grey = ImageOps.grayscale(img.convert("RGB")).resize((16, 16), Image.BOX)
-    except (UnreadableImage, OSError, ValueError, SyntaxError):
-        return None
-    a = np.asarray(grey, np.float32)
-    a = a - a.mean()
-    return a / (np.linalg.norm(a) + 1e-6)
 
 
 def _same_picture(a: np.ndarray | None, b: np.ndarray | None) -> bool:
@@ -127,14 +75,14 @@ def _norm_name(name: str) -> str:
 
 def folder_problems(source: str | os.PathLike) -> list[dict[str, str]]:
     """Nested class folders and class names that differ only by case, spaces or ``_``."""
-    root = Path(source)
-    if not root.is_dir():
+    try:
+        lay = layout(source)
+    except DataError:
         return []
-    tops = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
-    split_dirs = [d for d in tops if d.name.lower() in SPLIT_ORDER]
-    parents = split_dirs if any(d.name.lower() == "train" for d in split_dirs) else [root]
+    if lay.kind == "csv":
+        return []
     out = []
-    for parent in sorted(parents):
+    for parent in sorted(lay.class_parents):
         classes = sorted(d for d in parent.iterdir() if d.is_dir()
                          and not d.name.startswith(".") and not links_back(d))
         groups: dict[str, list[str]] = defaultdict(list)
@@ -154,7 +102,11 @@ def folder_problems(source: str | os.PathLike) -> list[dict[str, str]]:
 
 @dataclass
 class Health:
-    """The findings of :func:`check`; :meth:`to_dict` is the ``--json`` output."""
+    """The findings of :func:`check`; :meth:`to_dict` is the ``--json`` output.
+
+    ``totals``: the full length of lists that :meth:`to_dict` capped (kept when read back
+    with :meth:`from_dict`, so that the counts stay right).
+    """
 
     data: str
     layout: str
@@ -168,17 +120,28 @@ class Health:
     notes: list[dict[str, str]] = field(default_factory=list)
     near: dict[str, Any] = field(default_factory=dict)
     leaked_images: int = 0
+    totals: dict[str, int] = field(default_factory=dict)
+
+    _LISTS = ("leakage", "conflicts", "unusable", "duplicates", "folders", "notes")
+
+    def _n(self, name: str) -> int:
+        return self.totals.get(name, len(getattr(self, name)))
 
     def problems(self) -> int:
         """Number of findings that need attention (notes excluded)."""
-        return (len(self.unusable) + len(self.leakage) + len(self.conflicts)
-                + len(self.duplicates) + len(self.folders)
+        return (self._n("unusable") + self._n("leakage") + self._n("conflicts")
+                + self._n("duplicates") + self._n("folders")
                 + len(self.balance.get("small_classes", [])))
 
     @property
     def exit_code(self) -> int:
         """0 when nothing needs attention, else 3 (``headstart check``)."""
         return 3 if self.problems() else 0
+
+    @property
+    def near_threshold(self) -> float | None:
+        """The cosine threshold near duplicates were searched with, None if not searched."""
+        return self.near.get("threshold") if self.near.get("searched") else None
 
     def summary(self) -> str:
         """One line: the problems by kind, leakage first, or ``no problems found``."""
@@ -187,13 +150,13 @@ class Health:
             parts.append(f"LEAKAGE: {self.leaked_images} held-out image(s) duplicate images "
                          "in training or another split")
         if self.conflicts:
-            parts.append(f"{len(self.conflicts)} image(s) filed under two classes")
+            parts.append(f"{self._n('conflicts')} image(s) filed under two classes")
         if self.unusable:
-            parts.append(f"{len(self.unusable)} unusable file(s)")
+            parts.append(f"{self._n('unusable')} unusable file(s)")
         if self.duplicates:
-            parts.append(f"{len(self.duplicates)} duplicate group(s) within a class")
+            parts.append(f"{self._n('duplicates')} duplicate group(s) within a class")
         if self.folders:
-            parts.append(f"{len(self.folders)} folder problem(s)")
+            parts.append(f"{self._n('folders')} folder problem(s)")
         if self.balance.get("small_classes"):
             parts.append(f"{len(self.balance['small_classes'])} class(es) with fewer than "
                          f"{FEW} images")
@@ -203,13 +166,26 @@ class Health:
         """JSON-ready findings; ``limit`` caps each list (for model metadata)."""
         def cap(items: list[Any]) -> list[Any]:
             return items if limit is None else items[:limit]
-        return {"data": self.data, "layout": self.layout, "summary": self.summary(),
-                "problems": self.problems(), "exit_code": self.exit_code,
-                "leaked_images": self.leaked_images, "counts": self.counts,
-                "leakage": cap(self.leakage), "conflicts": cap(self.conflicts),
-                "unusable": cap(self.unusable), "duplicates": cap(self.duplicates),
-                "folders": cap(self.folders), "balance": self.balance,
-                "notes": cap(self.notes), "near_duplicates": self.near}
+        out = {"data": self.data, "layout": self.layout, "summary": self.summary(),
+               "problems": self.problems(), "exit_code": self.exit_code,
+               "leaked_images": self.leaked_images, "counts": self.counts,
+               "leakage": cap(self.leakage), "conflicts": cap(self.conflicts),
+               "unusable": cap(self.unusable), "duplicates": cap(self.duplicates),
+               "folders": cap(self.folders), "balance": self.balance,
+               "notes": cap(self.notes), "near_duplicates": self.near}
+        totals = {k: self._n(k) for k in self._LISTS if self._n(k) > len(out[k])}
+        if totals:
+            out["totals"] = totals
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Health":
+        """The findings written by :meth:`to_dict`."""
+        return cls(data=d.get("data", ""), layout=d.get("layout", ""),
+                   counts=d.get("counts", {}), balance=d.get("balance", {}),
+                   near=d.get("near_duplicates", {}), leaked_images=d.get("leaked_images", 0),
+                   totals=dict(d.get("totals", {})),
+                   **{k: list(d.get(k, [])) for k in cls._LISTS})
 
 
 class _Groups:
@@ -228,9 +204,10 @@ class _Groups:
         self.parent[self.find(i)] = self.find(j)
 
 
-def _near_pairs(X: np.ndarray, rows: np.ndarray, paths: list[str], threshold: float | None
-                ) -> tuple[list[tuple[int, int, float]], dict[str, Any]]:
-    """Near-duplicate pairs among ``rows`` (entry positions) with features ``X``."""
+def _near_pairs(X: np.ndarray, rows: np.ndarray, facts: Sequence[FileFacts],
+                threshold: float | None) -> tuple[list[tuple[int, int, float]], dict[str, Any]]:
+    """Near-duplicate pairs among ``rows`` (entry positions) with features ``X``: close in
+    feature space, confirmed by the thumbnails of their ``facts``."""
     n = len(X)
     if n < 2:
         return [], {"searched": False, "reason": "fewer than 2 images"}
@@ -258,13 +235,8 @@ def _near_pairs(X: np.ndarray, rows: np.ndarray, paths: list[str], threshold: fl
         i, j = np.nonzero(S >= t)
         keep = (i + s) < j
         candidates += [(int(a + s), int(b), float(S[a, b])) for a, b in zip(i[keep], j[keep])]
-    pairs: list[tuple[int, int, float]] = []
-    thumbs: dict[int, np.ndarray | None] = {}
-    for a, b, c in candidates:
-        ta = thumbs.setdefault(a, _thumbnail(paths[rows[a]]))
-        tb = thumbs.setdefault(b, _thumbnail(paths[rows[b]]))
-        if _same_picture(ta, tb):
-            pairs.append((int(rows[a]), int(rows[b]), c))
+    pairs = [(int(rows[a]), int(rows[b]), c) for a, b, c in candidates
+             if _same_picture(facts[rows[a]].thumb, facts[rows[b]].thumb)]
     return pairs, info
 
 
@@ -322,8 +294,8 @@ def assess(entries: Sequence[Entry], facts: Sequence[FileFacts], skipped: Sequen
         for j in members[1:]:
             groups.join(members[0], j)
     if X is not None and index is not None and len(index):
-        pairs, h.near = _near_pairs(np.asarray(X, np.float32), np.asarray(index),
-                                    [e.path for e in entries], near_threshold)
+        pairs, h.near = _near_pairs(np.asarray(X, np.float32), np.asarray(index), facts,
+                                    near_threshold)
         for a, b, c in pairs:
             groups.join(a, b)
             kinds[(a, b)] = c
@@ -386,7 +358,7 @@ def _member(e: Entry) -> dict[str, str]:
 
 
 def _file_group(h: Health, members: list[Entry], exact: bool, similarity: float) -> None:
-    members.sort(key=lambda e: (SPLIT_ORDER.get(e.split.lower(), 3), e.path))
+    members.sort(key=lambda e: (SPLIT_ORDER.get(SPLITS.get(e.split.lower(), ""), 3), e.path))
     splits = {e.split for e in members}
     labels = {e.label for e in members}
     group = {"kind": "exact" if exact else "near", "similarity": round(similarity, 4),
@@ -453,25 +425,30 @@ def check(source: str | os.PathLike, *, backbone: str | None = None,
     Raises:
         DataError: the path does not exist or is not a dataset.
         BackboneError: the backbone cannot be loaded.
+        HeadstartError: ``near_threshold`` is not a cosine in (0, 1].
     """
     from .backbones import DEFAULT_BACKBONE, load_backbone
-    from .features import FeatureCache, extract_features, readable
 
-    splits, skipped, layout = load_splits(source)
+    if near_threshold is not None and not 0 < near_threshold <= 1:
+        raise HeadstartError(f"near_threshold: expected a cosine in (0, 1], "
+                             f"got {near_threshold!r}")
+    from .features import FeatureCache, extract_features, scan_images
+
+    splits, skipped, kind = load_splits(source)
     entries = [e for name, images in splits.items() for e in entries_of(name, images)]
     if not entries and not skipped:
         raise DataError(f"{source}: no images found; expected one folder per class "
                         "(DATA/<class>/<images>), train/val folders, or a CSV path,label")
     paths = [e.path for e in entries]
-    facts = inspect_files(paths)
     X = index = None
-    if near and entries:
+    if near and entries:  # one pass: hashes, headers, thumbnails and features
         feats = extract_features(load_backbone(backbone or DEFAULT_BACKBONE, weights), paths,
-                                 FeatureCache(cache_dir), progress=progress, runtime=runtime)
-        X, index, bad = feats.X, feats.index, feats.skipped
-    else:
-        _, bad = readable(paths)
-    h = assess(entries, facts, list(skipped) + bad, X, index, data=str(source), layout=layout,
+                                 FeatureCache(cache_dir), progress=progress, runtime=runtime,
+                                 thumbs=True)
+        X, index, bad, facts = feats.X, feats.index, feats.skipped, feats.facts
+    else:  # one pass: hashes, headers and a full decode of each file
+        _, bad, facts = scan_images(paths)
+    h = assess(entries, facts, list(skipped) + bad, X, index, data=str(source), layout=kind,
                folders=folder_problems(source), near_threshold=near_threshold)
     train = h.counts.get("train") or next(iter(h.counts.values()), {})
     if len(train) < 2:

@@ -233,14 +233,14 @@ def write_model_report(clf: Any, model_dir: str | os.PathLike, name: str | None 
     """``report.html`` + ``metrics.json`` in ``model_dir`` from the validation predictions
     kept by :meth:`Classifier.fit` (validation images, or out-of-fold predictions).
     ``name``: the model's name in the title (default: the folder's name)."""
-    v = getattr(clf, "val_report_", None)
-    if not v or not len(v["y"]):
+    v = clf.held_out_
+    if v is None or not len(v.y):
         return None
     s = clf.summary_
-    facts = {"data": s.get("data"), "layout": s.get("layout"), "backbone": s.get("backbone"),
-             "head": s.get("head"), "evaluated on": v["what"],
-             **{f"training images of {k}": n for k, n in s.get("train_counts", {}).items()}}
-    return write_report(Path(model_dir) / "report.html", clf.classes_, v["sources"], v["y"],
-                        v["logits"], clf.temperature_, v["rejected"], model_dir, facts,
+    facts = {"data": s.data, "layout": s.layout, "backbone": s.backbone, "head": s.head,
+             "evaluated on": v.what,
+             **{f"training images of {k}": n for k, n in s.train_counts.items()}}
+    return write_report(Path(model_dir) / "report.html", clf.classes_, v.sources, v.y,
+                        v.logits, clf.temperature_, v.rejected, model_dir, facts,
                         title=f"headstart model report: {name or Path(model_dir).name}",
-                        health=s.get("health"))
+                        health=s.health.to_dict(limit=20) if s.health else None)

@@ -222,14 +222,14 @@ def make_engine(backbone: Backbone, cache_root: Path, runtime: str = "auto",
         HeadstartError: an unknown runtime, or a named one that is not installed.
     """
     if runtime not in RUNTIMES:
-        raise HeadstartError(f"--runtime: expected one of {', '.join(RUNTIMES)}, "
+        raise HeadstartError(f"runtime: expected one of {', '.join(RUNTIMES)}, "
                              f"got {runtime!r}")
     if runtime == "torch" or (runtime == "auto" and _cuda_available()):
         return _torch_engine(backbone)
     names = [runtime] if runtime != "auto" else [n for n in _BACKENDS if _installed(n)]
     for name in names:
         if not _installed(_BACKENDS[name][0]):
-            raise HeadstartError(f"--runtime {name}: not installed (pip install {name})")
+            raise HeadstartError(f"runtime: {name} is not installed (pip install {name})")
     if sample is None:
         sample = _example(backbone, 1).numpy() + 128
     for name in names:
@@ -253,7 +253,7 @@ def int8_engine(backbone: Backbone, cache_root: Path, calibration: np.ndarray) -
 
     for module, pip_name in (("openvino", "openvino"), ("nncf", "nncf")):
         if not _installed(module):
-            raise HeadstartError(f"--int8 needs {pip_name}: pip install 'headstart[int8]'")
+            raise HeadstartError(f"int8=True needs {pip_name}: pip install 'headstart[int8]'")
     calibration = calibration[:300]
     digest = hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest()[:12]
     variant = f"int8-{digest}"
@@ -261,7 +261,7 @@ def int8_engine(backbone: Backbone, cache_root: Path, calibration: np.ndarray) -
     if not (folder / "model.xml").is_file():
         fp32 = make_engine(backbone, cache_root, "openvino", sample=calibration[:8])
         if fp32.ir is None:
-            raise HeadstartError("--int8: the OpenVINO FP32 graph failed its check; "
+            raise HeadstartError("int8=True: the OpenVINO FP32 graph failed its check; "
                                  "cannot quantise (see the warning above)")
         import nncf
         import openvino as ov

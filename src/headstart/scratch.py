@@ -21,8 +21,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from .backbones import Preprocess
-from .finetune import (FinetuneConfig, StageResult, finetune, measured, median_short_side,
-                       split_rows)
+from .data import median_short_side, split_rows
+from .finetune import FinetuneConfig, StageResult, finetune, measured
+from .summary import ScratchSummary
 
 __all__ = ["SCRATCH_ARCH", "scratch_image_size", "scratch_stage"]
 
@@ -63,9 +64,10 @@ def scratch_stage(paths: Sequence[Any], y: np.ndarray, is_train: np.ndarray, n_c
                    cache_root / "scratch" / f"{arch}-{size}-{len(paths)}-{seed}", on_epoch)
     tuned, head, accuracy = measured(f"scratch-{arch}", arch, "scratch", pre, res, features,
                                      [paths[i] for i in val_rows], y[val_rows])
-    summary = {"arch": arch, "image_size": size, "epochs": res.epochs,
-               "best_epoch": res.best_epoch, "train_images": int(len(train_rows)),
-               "val_images": int(len(val_rows)), "val_accuracy": accuracy,
-               "minutes": round((time.perf_counter() - t0) / 60, 2), "config": asdict(run_cfg)}
+    summary = ScratchSummary(arch=arch, image_size=size, epochs=res.epochs,
+                             best_epoch=res.best_epoch, train_images=int(len(train_rows)),
+                             val_images=int(len(val_rows)), val_accuracy=accuracy,
+                             minutes=round((time.perf_counter() - t0) / 60, 2),
+                             config=asdict(run_cfg))
     return StageResult(summary, res.history, backbone=tuned, head=head, val_accuracy=accuracy,
-                       is_global_zero=res.is_global_zero)
+                       val_images=int(len(val_rows)))

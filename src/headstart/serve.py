@@ -39,8 +39,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from . import __version__
+from . import __version__, defaults
+from ._fs import worker_count
 from .decode import UnreadableImage, open_image
+from .errors import HeadstartError
 from .features import prepare_image
 from .model import Classifier
 
@@ -54,13 +56,25 @@ BODY_TAIL = "headstart.body_tail"
 
 @dataclass
 class Limits:
-    """Request limits of the server (see the module docstring)."""
+    """Request limits of the server (see the module docstring); checked on construction.
 
-    max_upload_mb: float = 20.0
-    max_pixels: int = 40_000_000
-    max_files: int = 64
-    max_batch: int = 32
-    batch_wait_ms: float = 5.0
+    Raises:
+        HeadstartError: a limit that is not a positive number (the message names it).
+    """
+
+    max_upload_mb: float = defaults.MAX_UPLOAD_MB
+    max_pixels: int = defaults.MAX_PIXELS
+    max_files: int = defaults.MAX_FILES
+    max_batch: int = defaults.MAX_BATCH
+    batch_wait_ms: float = defaults.BATCH_WAIT_MS
+
+    def __post_init__(self) -> None:
+        for name in ("max_upload_mb", "max_pixels", "max_files", "max_batch"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise HeadstartError(f"{name}={value!r}: expected a number > 0")
+        if self.batch_wait_ms < 0:
+            raise HeadstartError(f"batch_wait_ms: expected >= 0, got {self.batch_wait_ms!r}")
 
 
 class _BadImage(Exception):
@@ -205,7 +219,7 @@ def create_app(model: str | os.PathLike | Classifier, limits: Limits | None = No
         model, cache_dir=cache_dir, runtime=runtime)
     name = Path(str(model)).name if not isinstance(model, Classifier) else "model"
     batcher = _Batcher(clf, limits)
-    decoders = ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)),
+    decoders = ThreadPoolExecutor(worker_count(),
                                   thread_name_prefix="headstart-decode")
     started = time.time()
     # compile the engine now, so the first request is not the slow one; on a first run the
@@ -271,14 +285,12 @@ def create_app(model: str | os.PathLike | Classifier, limits: Limits | None = No
     @app.get("/info")
     async def info() -> dict[str, Any]:
         """Classes, backbone, preprocessing, validation metrics and limits."""
-        s = clf.summary_ or {}
-        ood = getattr(clf, "ood_", None)
+        s, ood = clf.summary_, clf.ood_
         return {"model": name, "classes": clf.classes_, "backbone": clf.backbone_.name,
-                "head": clf.head_kind_, "preprocess": clf.backbone_.preprocess.to_dict(),
-                "validation": {"accuracy": s.get("val_accuracy"),
-                               "images": s.get("val_images"), "how": s.get("val_source"),
-                               "calibration": s.get("calibration")},
-                "train_counts": s.get("train_counts"), "trained_at": s.get("trained_at"),
+                "head": clf.head_.kind, "preprocess": clf.backbone_.preprocess.to_dict(),
+                "validation": {"accuracy": s.val_accuracy, "images": s.val_images,
+                               "how": s.val_source, "calibration": s.calibration.to_dict()},
+                "train_counts": s.train_counts, "trained_at": s.trained_at,
                 "unknown_threshold": float(ood.threshold_) if ood is not None else None,
                 "runtime": clf.engine_.name if clf.engine_ is not None else None,
                 "limits": asdict(limits), "headstart_version": __version__}
@@ -330,7 +342,7 @@ def _swagger_assets() -> str | None:
     return str(swagger_ui_bundle.swagger_ui_path)
 
 
-def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000,
+def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = defaults.PORT,
           limits: Limits | None = None, cache_dir: str | os.PathLike | None = None,
           runtime: str = "auto", log_level: str = "info",
           on_ready: Callable[[], None] | None = None) -> None:
@@ -338,10 +350,21 @@ def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000,
     once the model is loaded and checked, just before the server starts listening.
 
     Raises:
-        ModelError: the model directory is missing or invalid (nothing is served).
+        HeadstartError: the port is out of range or busy, or the model directory is missing
+            or invalid (nothing is served then).
     """
+    import socket
+
     import uvicorn
 
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise HeadstartError(f"port: expected 0-65535, got {port!r}")
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise HeadstartError(f"port: cannot listen on {host}:{port} "
+                             f"({e.strerror}); choose another port") from None
     app = create_app(model, limits, cache_dir, runtime)
     if on_ready is not None:
         on_ready()
