@@ -21,6 +21,7 @@ FLOORS = [
     ["features"],
     ["health"],
     ["summary"],
+    ["_head"],
     ["heads"],
     ["calibration", "domain"],
     ["_training"],

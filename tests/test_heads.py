@@ -5,7 +5,8 @@ import pytest
 from sklearn.base import clone
 
 from headstart.errors import HeadstartError
-from headstart.heads import AutoHead, LinearHead, MLPHead, head_from_state, make_head
+from headstart.heads import (MLP_MIN_PER_CLASS, AutoHead, LinearHead, MLPHead, head_from_state,
+                             make_head)
 
 
 def blobs(n_per_class=(40, 40, 40), d=32, sep=3.0, seed=0):
@@ -53,10 +54,26 @@ def test_class_weights_help_the_minority_class():
 
 
 def test_auto_head_reports_both_scores_and_picks_the_best():
-    X, y = blobs(sep=0.5)
+    X, y = blobs((MLP_MIN_PER_CLASS,) * 3, sep=0.5)
     h = AutoHead().fit(X, y)
     assert set(h.cv_scores_) == {"linear", "mlp"}
     assert h.kind_ == max(h.cv_scores_, key=lambda k: (h.cv_scores_[k], k == "linear"))
+    assert h.best_.oof_logits_.shape == (len(y), 3)  # kept for the estimate and calibration
+
+
+def test_auto_head_skips_the_mlp_where_it_cannot_win():
+    X, y = blobs((MLP_MIN_PER_CLASS - 1,) * 3, sep=0.5)
+    h = AutoHead().fit(X, y)
+    assert set(h.cv_scores_) == {"linear"} and h.kind_ == "linear"
+
+
+def test_linear_out_of_fold_logits_are_from_heads_that_did_not_see_the_row():
+    X, y = blobs(sep=0.5)
+    h = LinearHead(cv=4).fit(X, y)
+    oof = h.oof_logits_
+    assert oof.shape == (len(y), 3) and (h.oof_rows_ == np.arange(len(y))).all()
+    assert np.mean(oof.argmax(1) == y) == pytest.approx(h.cv_score_, abs=1e-9)
+    assert h.score(X, y) >= h.cv_score_  # the refit on every row has seen them
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp"])

@@ -22,7 +22,10 @@ def test_fit_summary_and_accuracy(trained):
     s = clf.summary_
     assert clf.classes_ == ["elephant", "giraffe"]
     assert s.train_counts == {"elephant": 10, "giraffe": 10}
-    assert s.val_images == 4 and 0.0 <= s.val_accuracy <= 1.0
+    # no validation split: every training image is predicted out of fold (not 4 held out)
+    assert s.val_images == 20 and 0.0 <= s.val_accuracy <= 1.0
+    assert s.val_source.startswith("cross-validation")
+    assert s.calibration.fitted_on.startswith("cross-validated") and s.calibration.images == 20
     truth = [p.parent.name for p in _test_images()]
     acc = np.mean(np.asarray(clf.predict(_test_images())) == np.asarray(truth))
     assert acc >= 0.9

@@ -38,7 +38,7 @@ from .features import FeatureCache, extract_features
 from .finetune import FinetuneConfig
 from .heads import LinearHead
 from .model import Classifier
-from .stages import Callbacks
+from .stages import Callbacks, holdout_accuracy
 
 __all__ = ["DEFAULT_BUDGET", "MARGIN", "advise", "recommend"]
 
@@ -124,7 +124,8 @@ def advise(data: str | os.PathLike, budget: float = DEFAULT_BUDGET,
     tr, va = split_rows(y, is_train[feats.index], val_fraction, seed)
     counts = np.bincount(y[tr], minlength=len(ds.train.classes))
     curve = _learning_curve(X, y, tr, va, seed)
-    h = float(head_only.summary_.val_accuracy)
+    h, _ = holdout_accuracy(head_only.head_, X, y, is_train[feats.index], seed,
+                            val_fraction)  # on the rows the other runs are measured on
     gap = domain_gap(bb, X[tr])
     epochs = Callbacks(epoch=cb.epoch)
     t_runs = time.perf_counter()

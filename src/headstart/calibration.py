@@ -194,12 +194,18 @@ def fit_honesty(head: Any, X: np.ndarray, y: np.ndarray, train_rows: np.ndarray,
     """Temperature and unknown-detector for a fitted ``head`` over features ``X`` ``(N, D)``.
 
     With validation rows, both are fitted on them (the head never saw them); without,
-    the temperature comes from cross-validated logits of a new head of the same kind on
-    the training rows, and the detector's threshold from leave-one-out scores.
+    the temperature comes from the head's own out-of-fold logits on the training rows
+    (``oof_logits_``: its cross-validation, not repeated here), else from cross-validated
+    logits of new heads of the same kind; the detector's threshold from leave-one-out
+    scores.
     """
     if len(val_rows):
         logits, yv, rows = head.decision_function(X[val_rows]), y[val_rows], val_rows
         source = "validation images"
+    elif head.oof_logits_ is not None and len(head.oof_logits_) == len(head.oof_rows_):
+        rows = train_rows[head.oof_rows_]
+        logits, yv = head.oof_logits_, y[rows]
+        source = "cross-validated predictions on the training images"
     else:
         logits, yv = _cross_val_logits(head.kind, X[train_rows], y[train_rows], seed)
         rows = train_rows if len(yv) else train_rows[:0]

@@ -48,6 +48,7 @@ from .summary import FinetuneSummary, ScratchSummary
 
 __all__ = ["AUTO_MIN_PER_CLASS", "FinetuneConfig", "FinetuneResult", "StageResult",
            "choose_image_size", "finetune", "finetune_stage", "is_rank_zero", "parse_mode",
+           "skip_reason",
            "read_metrics_csv", "write_metrics_csv"]
 
 logger = logging.getLogger(__name__)
@@ -296,6 +297,16 @@ class StageResult:
     val_images: int = 0
 
 
+def skip_reason(cfg: FinetuneConfig, y: np.ndarray, is_train: np.ndarray) -> str | None:
+    """Why :func:`finetune_stage` would not fine-tune (``auto`` with too few images per
+    class), or None when it would."""
+    counts = np.bincount(y[is_train])
+    if parse_mode(cfg.mode) == "auto" and counts.min() < AUTO_MIN_PER_CLASS:
+        return (f"finetune='auto': a class has {int(counts.min())} training images, fewer "
+                f"than {AUTO_MIN_PER_CLASS}; kept the head only")
+    return None
+
+
 def finetune_stage(backbone: Any, paths: Sequence[Any], y: np.ndarray, is_train: np.ndarray,
                    head_only_accuracy: float, cfg: FinetuneConfig, cache_root: Path,
                    features: Callable[[Any, list[Any]], np.ndarray], seed: int = 0,
@@ -314,12 +325,9 @@ def finetune_stage(backbone: Any, paths: Sequence[Any], y: np.ndarray, is_train:
     """
     import copy
 
-    mode = parse_mode(cfg.mode)
-    counts = np.bincount(y[is_train])
     summary = FinetuneSummary(mode=cfg.mode, val_accuracy_head_only=head_only_accuracy)
-    if mode == "auto" and counts.min() < AUTO_MIN_PER_CLASS:
-        summary.reason = (f"finetune='auto': a class has {int(counts.min())} training "
-                          f"images, fewer than {AUTO_MIN_PER_CLASS}; kept the head only")
+    summary.reason = skip_reason(cfg, y, is_train)
+    if summary.reason is not None:
         return StageResult(summary, [])
     train_rows, val_rows = split_rows(y, is_train, val_fraction, seed)
     size = cfg.image_size or choose_image_size([paths[i] for i in train_rows],

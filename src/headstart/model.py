@@ -36,13 +36,13 @@ from .errors import DataError, HeadstartError, ModelError
 from .features import FeatureCache, Features, FileFacts, ProgressFn, extract_features, \
     resolve_cache_dir
 from .finetune import FinetuneConfig, finetune_stage, is_rank_zero, parse_mode, \
-    write_metrics_csv
+    skip_reason, write_metrics_csv
 from .health import Health
 from .heads import HEADS, head_from_state, softmax
 from .runtime import RUNTIMES, Engine, make_engine, openvino_ir_engine
 from .scratch import scratch_stage
-from .stages import (Callbacks, FittedHead, HeldOut, Usable, calibrate, fit_head, quantize,
-                     read_data)
+from .stages import (Callbacks, FittedHead, HeldOut, Usable, calibrate, fit_head,
+                     holdout_accuracy, quantize, read_data)
 from .summary import TrainingSummary
 
 __all__ = ["Classifier", "Predictions"]
@@ -200,14 +200,20 @@ class Classifier:
         tuned = ft = None
         if self.finetune != "off":
             cfg = replace(self.finetune_config or FinetuneConfig(), mode=self.finetune)
+            head_only = fitted.val_accuracy
+            if skip_reason(cfg, usable.y, usable.is_train) is None:  # compare on its rows
+                head_only, _ = holdout_accuracy(fitted.head, usable.X, usable.y,
+                                                usable.is_train, self.seed, self.val_fraction)
             ft = finetune_stage(backbone, usable.paths, usable.y, usable.is_train,
-                                fitted.val_accuracy, cfg, resolve_cache_dir(self.cache_dir),
+                                head_only, cfg, resolve_cache_dir(self.cache_dir),
                                 self._features_under, self.seed, self.val_fraction, cb.epoch)
             history = ft.history
             if ft.backbone is not None:
                 backbone, tuned = ft.backbone, ft
+                where = ("validation split" if (~usable.is_train).any() else
+                         f"held-out {self.val_fraction:.0%} of each class, not trained on")
                 fitted = FittedHead(ft.head, {}, ft.val_accuracy, ft.val_images,
-                                    fitted.val_source + ", fine-tuned")
+                                    where + ", fine-tuned")
                 feats = self._extract(backbone, usable.paths, None, None)
                 X, engine = feats.X, feats.engine
         int8 = None

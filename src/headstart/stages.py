@@ -39,7 +39,7 @@ from .runtime import Engine, int8_engine
 from .summary import Calibration, Int8Summary
 
 __all__ = ["Callbacks", "Calibrated", "FittedHead", "HeldOut", "Quantized", "Usable",
-           "calibrate", "fit_head", "quantize", "read_data"]
+           "calibrate", "fit_head", "holdout_accuracy", "quantize", "read_data"]
 
 logger = logging.getLogger(__name__)
 
@@ -165,8 +165,11 @@ def fit_head(X: np.ndarray, y: np.ndarray, is_train: np.ndarray, kind: str, seed
     """Fit a ``kind`` head (``auto``, ``linear``, ``mlp``) on the training rows of ``X``
     ``(N, D)`` and measure it on the validation rows.
 
-    Without validation rows, a stratified ``val_fraction`` of the training rows is held
-    out to measure a probe head, then the head is refitted on all training rows.
+    Without validation rows, the measure is the head's own cross-validation: every
+    training image predicted by a head fitted on the other folds, with the settings chosen
+    on those folds (no fit is repeated for it). A head that is not cross-validated (``mlp``
+    alone, or a class with one image) is measured on a stratified ``val_fraction`` held
+    out from a probe fit, then refitted on all training rows.
 
     Raises:
         DataError: no validation rows and too few images to hold some out.
@@ -176,16 +179,35 @@ def fit_head(X: np.ndarray, y: np.ndarray, is_train: np.ndarray, kind: str, seed
         head, scores = _fit_one(kind, Xtr, ytr, seed)
         return FittedHead(head, scores, float(np.mean(head.predict(Xva) == yva)), len(yva),
                           "validation split")
+    head, scores = _fit_one(kind, Xtr, ytr, seed)
+    if head.oof_logits_ is not None:
+        rows = head.oof_rows_
+        acc = float(np.mean(np.argmax(head.oof_logits_, axis=1) == ytr[rows]))
+        return FittedHead(head, scores, acc, len(rows), "cross-validation on the training "
+                          "images (each predicted by heads fitted without it)")
     tr, va = stratified_split(ytr, val_fraction, seed)
     if len(va) == 0:
         raise DataError("too few images to hold out a validation fold; "
                         "need at least 2 images in some class")
     probe, _ = _fit_one(kind, Xtr[tr], ytr[tr], seed)
     val_acc = float(np.mean(probe.predict(Xtr[va]) == ytr[va]))
-    head, scores = _fit_one(kind, Xtr, ytr, seed)
     return FittedHead(head, scores, val_acc, len(va),
                       f"held-out {val_fraction:.0%} of each class, measured before the final "
                       "refit on all training images")
+
+
+def holdout_accuracy(head: Any, X: np.ndarray, y: np.ndarray, is_train: np.ndarray,
+                     seed: int, val_fraction: float) -> tuple[float, int]:
+    """Accuracy of a head like ``head`` (same kind, same chosen settings) on the rows that
+    fine-tuning and ``advise`` validate on (:func:`headstart.data.split_rows`), trained on
+    the others: ``(accuracy, images)``."""
+    train_rows, val_rows = split_rows(y, is_train, val_fraction, seed)
+    if not (~is_train).any():
+        params = head.get_params()
+        if isinstance(head, LinearHead):
+            params["Cs"] = (head.C_,)
+        head = type(head)(**params).fit(X[train_rows], y[train_rows])
+    return float(np.mean(head.predict(X[val_rows]) == y[val_rows])), int(len(val_rows))
 
 
 @dataclass
