@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "headstart"
 
 # Bottom to top. A module may import only modules of lower floors.
 FLOORS = [
-    ["errors", "defaults", "_fs"],
+    ["errors", "defaults", "_threads", "_charts", "_logistic"],
+    ["_fs"],
     ["decode", "bundle", "_hub"],
     ["walk"],
     ["data"],
@@ -28,6 +29,7 @@ FLOORS = [
     ["finetune"],
     ["scratch"],
     ["stages"],
+    ["persist"],
     ["model"],
     ["evaluate", "export", "serve", "advise"],
     ["report"],

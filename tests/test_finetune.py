@@ -130,6 +130,8 @@ def test_two_process_ddp_on_cpu_gives_identical_weights_and_one_writer(tmp_path)
                         str(data), str(tmp_path)], env=env, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+    missing = [i for i in (0, 1) if not (tmp_path / f"rank{i}.json").is_file()]
+    assert not missing, f"rank(s) {missing} wrote nothing:\n{r.stderr[-3000:]}"
     reports = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
     assert [x["world_size"] for x in reports] == [2, 2]
     assert reports[0]["digest"] == reports[1]["digest"]

@@ -53,7 +53,7 @@ def test_evaluate_report_is_self_contained_with_metrics_json(reports):
     for section in SECTIONS + ["curves"]:
         assert f'id="{section}"' in text
     assert not re.search(r"(src|href)=\"https?://", text)  # nothing from the network
-    assert text.count("data:image/png;base64,") >= 3  # confusion, reliability, curves
+    assert text.count("data:image/svg+xml;base64,") >= 3  # confusion, reliability, curves
     m = json.loads((report.parent / "metrics.json").read_text())
     lo, hi = m["accuracy_ci95"]
     assert lo <= m["accuracy"] <= hi and m["n_images"] == 30

@@ -17,8 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
     TimeRemainingColumn
 
 __all__ = ["emit_json", "err", "error_line", "health_line", "out", "print_advice",
-           "print_evaluation", "print_export", "print_health", "print_skipped",
-           "print_training", "progress_bar"]
+           "print_evaluation", "print_export", "print_health", "print_predictions",
+           "print_skipped", "print_training", "progress_bar"]
 
 class _Console(Console):
     """Rich's console, but a reader that goes away (``headstart predict ... | head -1``) ends
@@ -132,6 +132,18 @@ def health_line(h: dict[str, Any] | None, data: Path) -> None:
     color = "bold red" if h["leakage"] else "yellow"
     err.print(Text.assemble((f"data health: {h['summary']}", color),
                             f" (details: 'headstart check {data}' and the report)"))
+
+
+def print_predictions(rows: list[dict[str, Any]]) -> None:
+    """One line per image: path, label, probability, in aligned columns (plain text: a
+    table of thousands of rows costs nothing to print)."""
+    width = max([len("path")] + [len(str(r["path"])) for r in rows])
+    label = max([len("label")] + [len(r["label"]) for r in rows])
+    lines = [f"{'path':<{width}}  {'label':<{label}}  probability"]
+    lines += [f"{str(r['path']):<{width}}  {r['label']:<{label}}  {r['probability']:.3f}"
+              for r in rows]
+    out.file.write("\n".join(lines) + "\n")
+    out.file.flush()
 
 
 def print_training(s: Any, data: Path, saved: Path) -> None:

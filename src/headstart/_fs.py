@@ -9,7 +9,8 @@
   the block succeeds; an existing folder is replaced without ever leaving the path absent
   (Linux ``renameat2(RENAME_EXCHANGE)``), or, where that is unavailable, by two renames
   that :func:`recover_folder` undoes after a crash between them.
-* :func:`worker_count`: threads for a pool, from the cores this process may really use.
+* :func:`worker_count`: threads for a pool (:mod:`headstart._threads`);
+  :func:`resolve_cache_dir`: where caches live.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 __all__ = ["MAX_FILE_BYTES", "FileProblem", "atomic_folder", "digest_bytes", "file_digest",
-           "file_problem", "read_regular", "recover_folder", "worker_count"]
+           "file_problem", "read_regular", "recover_folder", "resolve_cache_dir",
+           "worker_count"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,16 +128,21 @@ def file_digest(path: str | os.PathLike) -> str:
 
 
 def worker_count(limit: int = 8) -> int:
-    """Threads for a pool: the cores this process may run on (CPU affinity), at most
-    ``limit``; ``HEADSTART_THREADS`` overrides."""
-    env = os.environ.get("HEADSTART_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return min(limit, int(env))
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(limit, cores))
+    """Threads for a decode pool (see :func:`headstart._threads.cores`), at most ``limit``."""
+    from ._threads import cores
+
+    return cores(limit)
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache root: ``cache_dir``, else ``$HEADSTART_CACHE``, else the user cache dir."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if os.environ.get("HEADSTART_CACHE"):
+        return Path(os.environ["HEADSTART_CACHE"])
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("headstart", appauthor=False))
 
 
 # ------------------------------------------------------------------ atomic folders

@@ -40,13 +40,20 @@ Folds = list[tuple[np.ndarray, np.ndarray]]
 def stratified_folds(y: np.ndarray, cv: int, seed: int) -> Folds | None:
     """``(train, test)`` row indices of stratified folds, as many as the smallest class
     allows (None if fewer than 2); at most 3 from 1000 images on, where each fold is large
-    enough to be a stable estimate. The same folds serve every candidate head."""
-    from sklearn.model_selection import StratifiedKFold
-
+    enough to be a stable estimate. Each class is shuffled (seeded) and dealt round the
+    folds; the same folds serve every candidate head."""
+    y = np.asarray(y)
     k = min(cv if len(y) < 1000 else min(cv, 3), int(np.bincount(y).min()))
     if k < 2:
         return None
-    return list(StratifiedKFold(k, shuffle=True, random_state=seed).split(y, y))
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(y), dtype=int)
+    offset = 0
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        fold[idx] = (np.arange(len(idx)) + offset) % k  # rotate: folds of even size
+        offset += len(idx)
+    return [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(k)]
 
 
 def one_thread() -> Any:

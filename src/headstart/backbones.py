@@ -18,12 +18,15 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from . import defaults
+from ._fs import resolve_cache_dir
 from ._hub import hub_cached_file, hub_id, hub_weights_file
+from ._threads import before_torch
 from .errors import BackboneError
 
 __all__ = [
@@ -144,6 +147,7 @@ class Backbone:
         self._model = model
         self._loader = loader
         self._imagenet_head = imagenet_head
+        self.ir: Path | None = None  # a parity-checked OpenVINO graph of exactly these weights
 
     @property
     def model(self) -> Any:
@@ -157,6 +161,17 @@ class Backbone:
         if self._imagenet_head is None and self._loader is not None:
             self._imagenet_head = self._loader.imagenet_head()
         return self._imagenet_head
+
+    def weights_file(self) -> Path | None:
+        """A safetensors file holding exactly ``model.state_dict()``, when one exists
+        without building the model (a saved model's file, or one kept from before)."""
+        return self._loader.weights_file() if self._loader is not None else None
+
+    def keep_weights(self, file: Path) -> None:
+        """Remember ``file`` (``model.state_dict()`` as safetensors) for :meth:`weights_file`
+        next time (packaged backbones with a cache)."""
+        if self._loader is not None and self._loader.saved_file is None:
+            self._loader.keep("features.safetensors", lambda f: shutil.copyfile(file, f))
 
     def with_preprocess(self, preprocess: Preprocess) -> "Backbone":
         """The same network and weights, fed images prepared by ``preprocess`` (another
@@ -199,6 +214,27 @@ class _Loader:
     hub_file: str | None = None
     keep_classifier: bool = False
     expect: Preprocess | None = None
+    saved_file: Path | None = None  # a safetensors of exactly the feature model's state
+    store: Path | None = None  # where derived files of packaged weights are kept (a cache)
+
+    def weights_file(self) -> Path | None:
+        """A safetensors file of the feature model's state dict, if one exists already."""
+        if self.saved_file is not None:
+            return self.saved_file
+        f = self.store / "features.safetensors" if self.store is not None else None
+        return f if f is not None and f.is_file() and not self.keep_classifier else None
+
+    def keep(self, name: str, write: Callable[[Path], None]) -> None:
+        """Write a derived file into the store (atomically; a failure only costs time)."""
+        if self.store is None:
+            return
+        try:
+            self.store.mkdir(parents=True, exist_ok=True)
+            tmp = self.store / f".{name}.{os.getpid()}.tmp"
+            write(tmp)
+            os.replace(tmp, self.store / name)
+        except OSError as e:
+            logger.warning("weights cache not written (%s): %s", self.store, e)
 
     def build_full(self) -> Any:
         """The timm model with its weights, classifier included (the one builder)."""
@@ -231,13 +267,27 @@ class _Loader:
 
     def imagenet_head(self) -> tuple[Any, Any] | None:
         """``(W (1000, D), b)`` from the state dict's last two tensors (the classifier comes
-        last), without building the model; None when they are not an ImageNet head."""
+        last), without building the model (and, once kept in the store, without PyTorch);
+        None when they are not an ImageNet head."""
         if self.read is None or not self.classifier:
             return None
+        kept = self.store / "imagenet_head.safetensors" if self.store is not None else None
+        if kept is not None and kept.is_file():
+            from safetensors.numpy import load_file
+
+            head = load_file(str(kept))
+            return head["weight"], head["bias"]
         w, b = list(self.read().values())[-2:]
         if tuple(w.shape)[:1] != (1000,) or tuple(b.shape) != (1000,) or w.ndim != 2:
             return None
-        return w.numpy().copy(), b.numpy().copy()
+        w, b = w.numpy().copy(), b.numpy().copy()
+
+        def write(f: Path) -> None:
+            from safetensors.numpy import save_file
+
+            save_file({"weight": w, "bias": b}, str(f))
+        self.keep("imagenet_head.safetensors", write)
+        return w, b
 
 
 def _packaged_weights_file(p: _Packaged) -> Path | None:
@@ -308,7 +358,8 @@ def _load_into(model: Any, sd: dict[str, Any], source: str) -> None:
 
 
 def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike | None = None,
-                  keep_classifier: bool = False) -> Backbone:
+                  keep_classifier: bool = False,
+                  cache_dir: str | os.PathLike | None = None) -> Backbone:
     """Create a pretrained backbone by name.
 
     Args:
@@ -316,6 +367,8 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike | Non
         weights: optional local weights file (``.safetensors``, ``.pth``) for the model,
             used instead of any download.
         keep_classifier: keep the 1000-class ImageNet head (the model then returns logits).
+        cache_dir: the cache root (see :func:`headstart._fs.resolve_cache_dir`) where files
+            derived from packaged weights are kept, so that later runs need no PyTorch.
 
     Raises:
         BackboneError: unknown name, or weights that cannot be found offline.
@@ -323,8 +376,11 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike | Non
     packaged = _PACKAGED.get(name)
     if packaged is not None and weights is None:  # lazy: no torch until the model is used
         path, weights_id = _packaged_weights(name, packaged)
+        store = resolve_cache_dir(cache_dir) / "weights" / hashlib.sha256(
+            weights_id.encode()).hexdigest()[:20]
         loader = _Loader(name, packaged.timm_name, packaged.dist, read=lambda: _torch_load(path),
-                         keep_classifier=keep_classifier, expect=packaged.preprocess)
+                         keep_classifier=keep_classifier, expect=packaged.preprocess,
+                         store=store)
         return Backbone(name, packaged.timm_name, packaged.preprocess, weights_id,
                         packaged.num_features, loader=loader)
     import timm
@@ -360,6 +416,7 @@ def _imagenet_of(head: Any) -> tuple[Any, Any] | None:
 
 
 def _torch_load(path: Path) -> dict[str, Any]:
+    before_torch()
     import torch
 
     return torch.load(str(path), map_location="cpu", weights_only=True)
@@ -410,6 +467,7 @@ def backbone_from_file(spec: dict[str, Any], path: str | os.PathLike, digest: st
                                 f"{path}: {e}") from None
 
     weights_id = spec["weights_id"] if verified else f"{spec['weights_id']}#sha256:{digest[:16]}"
-    loader = _Loader(spec["name"], spec["timm_name"], str(path), read=read, classifier=False)
+    loader = _Loader(spec["name"], spec["timm_name"], str(path), read=read, classifier=False,
+                     saved_file=Path(path))
     return Backbone(spec["name"], spec["timm_name"], Preprocess.from_dict(spec["preprocess"]),
                     weights_id, int(spec["num_features"]), loader=loader)

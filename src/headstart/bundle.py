@@ -48,7 +48,8 @@ REQUIRED_FILES = (MODEL_FILE, "backbone.safetensors", "head.safetensors")
 # Every file headstart itself puts in a model directory (train, save, export, evaluate).
 MODEL_FILES = frozenset(REQUIRED_FILES + (
     "ood.safetensors", "hashes.safetensors", "metrics.csv", "report.html", "metrics.json",
-    "backbone.int8.xml", "backbone.int8.bin", "model.onnx", "model.xml", "model.bin"))
+    "backbone.int8.xml", "backbone.int8.bin", "backbone.fp32.xml", "backbone.fp32.bin",
+    "model.onnx", "model.xml", "model.bin"))
 HEAD_KINDS = ("linear", "mlp")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box")
 

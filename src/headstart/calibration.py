@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .heads import make_head, softmax
+from .heads import make_head, softmax, stratified_folds
 from .summary import Calibration
 
 __all__ = ["Honesty", "OutOfDistribution", "expected_calibration_error", "fit_honesty",
@@ -32,9 +32,8 @@ MAX_REFERENCE = 2000
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The temperature in [0.05, 20] minimising NLL of ``y`` (``(N,)``) under the logits."""
-    from scipy.optimize import minimize_scalar
-
+    """The temperature in [0.05, 20] minimising NLL of ``y`` (``(N,)``) under the logits
+    (golden-section search on log T: the NLL is smooth and unimodal there)."""
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(y, dtype=int)
     if len(y) < 2:
@@ -44,8 +43,26 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
         s = z / np.exp(log_t)
         s = s - s.max(axis=1, keepdims=True)
         return float(np.mean(np.log(np.exp(s).sum(axis=1)) - s[np.arange(len(y)), y]))
-    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
-    return float(np.exp(res.x))
+    return float(np.exp(_golden_min(nll, np.log(0.05), np.log(20.0))))
+
+
+def _golden_min(f: Any, lo: float, hi: float, tol: float = 1e-5) -> float:
+    """Minimiser of a unimodal ``f`` on ``[lo, hi]`` (golden-section search)."""
+    r = (np.sqrt(5.0) - 1.0) / 2.0
+    a, b = lo, hi
+    c, d = b - r * (b - a), a + r * (b - a)
+    fc, fd = f(c), f(d)
+    while b - a > tol:
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - r * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + r * (b - a)
+            fd = f(d)
+    best = min((fc, c), (fd, d), (f(lo), lo), (f(hi), hi))
+    return float(best[1])
 
 
 def reliability(proba: np.ndarray, y: np.ndarray, bins: int = 15) -> dict[str, list[float]]:
@@ -77,12 +94,12 @@ def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int = 15)
 
 def robust_quantile(scores: np.ndarray, q: float = 0.95) -> float:
     """Quantile ``q`` of a normal fitted by median and MAD, widened for small samples."""
-    from scipy.stats import norm
+    from statistics import NormalDist
 
     s = np.asarray(scores, dtype=np.float64)
     med = float(np.median(s))
     spread = 1.4826 * float(np.median(np.abs(s - med)))
-    robust = med + float(norm.ppf(q)) * spread * (1.0 + 1.0 / np.sqrt(max(len(s), 1)))
+    robust = med + NormalDist().inv_cdf(q) * spread * (1.0 + 1.0 / np.sqrt(max(len(s), 1)))
     # a right-skewed distribution (varied photos) has more than 5% beyond the normal's
     # quantile: never go below the empirical quantile
     return max(robust, float(np.quantile(s, q))) if len(s) else robust
@@ -164,13 +181,11 @@ def _cross_val_logits(kind: str, X: np.ndarray, y: np.ndarray, seed: int
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold logits of a new ``kind`` head on ``X`` (empty when a class is too
     small)."""
-    from sklearn.model_selection import StratifiedKFold
-
-    k = min(5, int(np.bincount(y).min()))
-    if k < 2:
+    folds = stratified_folds(y, 5, seed)
+    if folds is None:
         return np.zeros((0, len(np.unique(y)))), np.zeros(0, int)
     logits = np.zeros((len(y), len(np.unique(y))), np.float32)
-    for tr, te in StratifiedKFold(k, shuffle=True, random_state=seed).split(X, y):
+    for tr, te in folds:
         logits[te] = make_head(kind, seed).fit(X[tr], y[tr]).decision_function(X[te])
     return logits, y
 

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 import typer
-from rich.table import Column, Table
+from rich.table import Table
 
 from . import defaults
 from ._console import (emit_json, err, error_line, health_line, out, print_advice,
-                       print_evaluation, print_export, print_health, print_skipped,
-                       print_training, progress_bar)
+                       print_evaluation, print_export, print_health, print_predictions,
+                       print_skipped, print_training, progress_bar)
 from .errors import HeadstartError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -83,9 +83,20 @@ def _quiet_stdout() -> None:
 
 
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details.")) -> None:
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details."),
+          threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads for "
+                                                "decoding and inference (default: the cores "
+                                                "this process may use; env "
+                                                "HEADSTART_THREADS).")) -> None:
+    import os
+
+    from ._threads import before_torch
+
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
+    if threads is not None:
+        os.environ["HEADSTART_THREADS"] = str(threads)
+    before_torch()  # passive OpenMP waits and sized pools, set before PyTorch loads
 
 
 def _print_epoch(row: dict[str, float]) -> None:
@@ -219,10 +230,7 @@ def predict(
         emit_json({"predictions": rows, "counts": pred.counts(),
                    "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]})
         return
-    table = Table(Column("path", overflow="fold"), "label", "probability", box=None)
-    for r in rows:
-        table.add_row(r["path"], r["label"], f"{r['probability']:.3f}")
-    out.print(table)
+    print_predictions(rows)
     out.print("counts      " + ", ".join(f"{c} {n}" for c, n in pred.counts().items()))
 
 

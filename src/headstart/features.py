@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from ._fs import digest_bytes, worker_count
+from ._fs import digest_bytes, resolve_cache_dir, worker_count
 from .backbones import Backbone, Preprocess
 from .data import Skipped
 from .decode import UnreadableImage, check_pixels, load_bytes, open_image, read_image
@@ -39,17 +39,6 @@ ProgressFn = Callable[[int, int], None]
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR,
              "nearest": Image.NEAREST, "lanczos": Image.LANCZOS, "box": Image.BOX}
-
-
-def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The cache root: ``cache_dir``, else ``$HEADSTART_CACHE``, else the user cache dir."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    if os.environ.get("HEADSTART_CACHE"):
-        return Path(os.environ["HEADSTART_CACHE"])
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("headstart", appauthor=False))
 
 
 def _crop_box(width: int, height: int, pre: Preprocess) -> tuple[float, float, float, float]:

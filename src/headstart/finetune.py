@@ -39,6 +39,7 @@ import numpy as np
 
 from . import defaults
 from ._fs import worker_count
+from ._threads import before_torch, size_torch
 from ._training import Images, epoch_seconds, history_callback, module_class, transforms
 from .backbones import Preprocess
 from .data import median_short_side, split_rows
@@ -174,9 +175,12 @@ def finetune(model: Any, pre: Preprocess, train: tuple[Sequence[Any], Sequence[i
         workdir: checkpoints (``last.ckpt`` for ``resume``, the best epoch).
         on_epoch: called with each epoch's metrics row (on rank 0).
     """
+    before_torch()
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    size_torch()
 
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -30,6 +30,7 @@ import numpy as np
 
 from ._head import (FILE, Folds, Head, buffers, check_xy, cv_subset, logits2,
                     one_thread, softmax, standardiser, stratified_folds)
+from ._logistic import Logistic, balanced_weights, fit_logistic, project
 from .bundle import expect_shapes
 from .errors import HeadstartError, ModelError
 
@@ -73,10 +74,11 @@ class LinearHead(Head):
         """
         X, y = check_xy(X, y)
         self.classes_ = np.unique(y)
+        yi = np.searchsorted(self.classes_, y)
         self.mean_, self.scale_ = standardiser(X)
-        Xs = (X - self.mean_) / self.scale_
-        sub = cv_subset(y, self.random_state)
-        Xc, yc = Xs[sub], y[sub]
+        Xs = ((X - self.mean_) / self.scale_).astype(np.float64)
+        sub = cv_subset(yi, self.random_state)
+        Xc, yc = Xs[sub], yi[sub]
         folds = folds if folds is not None else stratified_folds(yc, self.cv,
                                                                   self.random_state)
         Cs = sorted(self.Cs)
@@ -88,27 +90,32 @@ class LinearHead(Head):
                 scores = np.zeros((len(folds), len(Cs)))
                 oof = np.zeros((len(Cs), len(yc), len(self.classes_)), np.float32)
                 for f, (tr, te) in enumerate(folds):
-                    lr = self._logreg(warm_start=True)  # one path along C per fold
-                    for j, C in enumerate(Cs):
-                        lr.set_params(C=C).fit(Xc[tr], yc[tr])
-                        oof[j, te] = logits2(lr.decision_function(Xc[te]))
-                        scores[f, j] = np.mean(lr.predict(Xc[te]) == yc[te])
+                    Z, V = project(Xc[tr])
+                    Zte = Xc[te] @ V if V is not None else Xc[te]
+                    model = None
+                    for j, C in enumerate(Cs):  # one warm-started path along C per fold
+                        model = self._solve(Z, yc[tr], C, model)
+                        oof[j, te] = logits2(_logits(model, Zte))
+                        scores[f, j] = np.mean(oof[j, te].argmax(axis=1) == yc[te])
                 mean = scores.mean(axis=0)
                 best = int(np.argmax(mean))  # the smallest C (strongest L2) among the best
                 self.C_, self.cv_score_ = float(Cs[best]), float(mean[best])
                 self.oof_logits_, self.oof_rows_ = oof[best], sub
-            lr = self._logreg(C=self.C_).fit(Xs, y)
-        coef, intercept = lr.coef_.astype(np.float32), lr.intercept_.astype(np.float32)
+            Z, V = project(Xs)
+            model = self._solve(Z, yi, self.C_, None)
+        coef = (model.W @ V.T if V is not None else model.W).astype(np.float32)
+        intercept = model.b.astype(np.float32)
         if coef.shape[0] == 1:  # binary: p1 = sigmoid(z) = softmax([0, z])[1]
             coef = np.vstack([np.zeros_like(coef), coef])
             intercept = np.concatenate([np.zeros(1, np.float32), intercept])
         self.coef_, self.intercept_ = coef, intercept
         return self
 
-    def _logreg(self, **kw: Any) -> Any:
-        from sklearn.linear_model import LogisticRegression
-
-        return LogisticRegression(class_weight=self.class_weight, max_iter=self.max_iter, **kw)
+    def _solve(self, Z: np.ndarray, y: np.ndarray, C: float, init: Logistic | None
+               ) -> Logistic:
+        k = len(self.classes_)
+        weight = balanced_weights(y, k) if self.class_weight == "balanced" else None
+        return fit_logistic(Z, y, k, C, weight, init, max_iter=self.max_iter)
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Logits ``(N, K)``."""
@@ -336,6 +343,11 @@ class AutoHead(Head):
 
     def decision_function(self, X: Any) -> np.ndarray:
         return self.best_.decision_function(X)
+
+
+def _logits(model: Logistic, Z: np.ndarray) -> np.ndarray:
+    z = Z @ model.W.T + model.b
+    return z[:, 0] if z.shape[1] == 1 else z
 
 
 _KINDS: dict[str, type[Head]] = {"linear": LinearHead, "mlp": MLPHead}

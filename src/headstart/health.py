@@ -442,7 +442,8 @@ def check(source: str | os.PathLike, *, backbone: str | None = None,
     paths = [e.path for e in entries]
     X = index = None
     if near and entries:  # one pass: hashes, headers, thumbnails and features
-        feats = extract_features(load_backbone(backbone or DEFAULT_BACKBONE, weights), paths,
+        feats = extract_features(load_backbone(backbone or DEFAULT_BACKBONE, weights,
+                                               cache_dir=cache_dir), paths,
                                  FeatureCache(cache_dir), progress=progress, runtime=runtime,
                                  thumbs=True)
         X, index, bad, facts = feats.X, feats.index, feats.skipped, feats.facts

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,21 +26,20 @@ import numpy as np
 from PIL import Image
 
 from . import __version__, defaults
-from .backbones import DEFAULT_BACKBONE, Backbone, backbone_from_file, load_backbone
-from .bundle import expect_shapes, read_arrays, read_meta, verified_digest, write_bundle
+from .backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from .calibration import OutOfDistribution
 from .data import Skipped
 from .domain import domain_gap
 from .errors import DataError, HeadstartError, ModelError
 from .features import FeatureCache, Features, FileFacts, ProgressFn, extract_features, \
     resolve_cache_dir
-from .finetune import FinetuneConfig, finetune_stage, is_rank_zero, parse_mode, \
-    skip_reason, write_metrics_csv
+from .finetune import FinetuneConfig, finetune_stage, is_rank_zero, parse_mode, skip_reason
 from .health import Health
-from .heads import HEADS, head_from_state, softmax
-from .runtime import RUNTIMES, Engine, make_engine, openvino_ir_engine
+from .heads import HEADS, softmax
+from .persist import Fitted, fp32_ir, read_model, write_model
+from .runtime import RUNTIMES, Engine, make_engine
 from .scratch import scratch_stage
-from .stages import (Callbacks, FittedHead, HeldOut, Usable, calibrate, fit_head,
+from .stages import (Callbacks, FittedHead, HeldOut, Stopwatch, Usable, calibrate, fit_head,
                      holdout_accuracy, quantize, read_data)
 from .summary import TrainingSummary
 
@@ -50,8 +48,6 @@ __all__ = ["Classifier", "Predictions"]
 logger = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
-INT8_XML = "backbone.int8.xml"
-HASHES_FILE = "hashes.safetensors"  # content hashes of the training images (leakage checks)
 
 
 @dataclass
@@ -178,16 +174,18 @@ class Classifier:
                 is refitted on all images.
             callbacks: progress of feature extraction and fine-tuning epochs.
         """
-        t0 = time.perf_counter()
+        t0, clock = time.perf_counter(), Stopwatch()
         self._check_params()
         cb = callbacks or Callbacks()
         if self.from_scratch:
             return self._fit_scratch(data, labels, val, cb, t0)
-        backbone = load_backbone(self.backbone, self.weights)
+        backbone = load_backbone(self.backbone, self.weights, cache_dir=self.cache_dir)
         usable = read_data(data, labels, val, backbone, self._cache(), self.batch_size,
                            self.runtime, cb)
         assert usable.X is not None
+        clock.lap("read_data")
         gap = domain_gap(backbone, usable.X[usable.is_train])
+        clock.lap("domain_gap")
         if gap.level == "far":
             logger.warning("these images look far from the backbone's pretraining photos "
                            "(feature distance %.1f, ImageNet confidence %.2f): transfer "
@@ -196,6 +194,7 @@ class Classifier:
                            gap.imagenet_max_prob or float("nan"), data)
         fitted = fit_head(usable.X, usable.y, usable.is_train, self.head, self.seed,
                           self.val_fraction)
+        clock.lap("fit_head")
         X, engine, history = usable.X, usable.engine, []
         tuned = ft = None
         if self.finetune != "off":
@@ -216,18 +215,22 @@ class Classifier:
                                     where + ", fine-tuned")
                 feats = self._extract(backbone, usable.paths, None, None)
                 X, engine = feats.X, feats.engine
+            clock.lap("finetune")
         int8 = None
         if self.int8:
             q = quantize(backbone, usable, fitted, self.head, self._cache(),
                          resolve_cache_dir(self.cache_dir), self.batch_size, self.runtime,
                          self.seed, self.val_fraction, cb.progress)
             X, engine, fitted, int8 = q.X, q.engine, q.fitted, q.summary
+            clock.lap("quantize")
         calibrated = calibrate(fitted.head, X, usable, tuned is not None and not self.int8,
                                self.seed, self.val_fraction)
+        clock.lap("calibrate")
         summary = self._summary(usable, fitted, backbone.name, t0,
                                 runtime=engine.name if engine else "cache",
                                 int8=int8, finetune=ft.summary if ft else None,
-                                domain_gap=gap, calibration=calibrated.calibration)
+                                domain_gap=gap, calibration=calibrated.calibration,
+                                timings=clock.laps)
         self._set_fitted(usable, backbone, fitted, engine, calibrated, summary, history)
         logger.info("trained %s head: val accuracy %.4f", fitted.head.kind,
                     fitted.val_accuracy)
@@ -384,29 +387,10 @@ class Classifier:
             logger.info("not rank 0: model not written")
             return Path(path)
         int8 = self._int8_engine()
-        meta = {"classes": self.classes_, "backbone": self.backbone_.spec(),
-                "head": {"kind": self.head_.kind}, "summary": self.summary_.to_dict(),
-                "int8": int8.variant if int8 else None,
-                "temperature": float(self.temperature_),
-                "ood": self.ood_.config() if self.ood_ is not None else None}
-        arrays = {"backbone.safetensors": {k: v.detach().cpu().numpy() for k, v in
-                                           self.backbone_.model.state_dict().items()},
-                  "head.safetensors": self.head_.state()}
-        if self.ood_ is not None:
-            arrays["ood.safetensors"] = self.ood_.state()
-        if self.train_digests_:
-            arrays[HASHES_FILE] = {"train": np.frombuffer(
-                bytes.fromhex("".join(self.train_digests_)), np.uint8).reshape(-1, 16)}
-
-        def add_files(tmp: Path) -> None:
-            write_metrics_csv(self.history_, tmp / "metrics.csv")
-            if int8 is not None:
-                shutil.copyfile(int8.ir, tmp / INT8_XML)
-                shutil.copyfile(int8.ir.with_suffix(".bin"), tmp / INT8_XML.replace(".xml",
-                                                                                   ".bin"))
-            if extra is not None:
-                extra(tmp)
-        return write_bundle(path, meta, arrays, add_files)
+        fitted = Fitted(self.classes_, self.backbone_, self.head_, self.temperature_,
+                        self.ood_, self.summary_, self.train_digests_, self.history_, int8)
+        return write_model(path, fitted, fp32_ir(self.backbone_, self.engine_, self.cache_dir),
+                           extra)
 
     @classmethod
     def load(cls, path: str | os.PathLike, cache: bool = True,
@@ -420,52 +404,19 @@ class Classifier:
                 corrupt file, or metadata that does not fit the arrays (the message names
                 the field).
         """
-        d = Path(path)
-        meta = read_meta(d)
-        spec = meta["backbone"]
-        classes, n_features = list(meta["classes"]), int(spec["num_features"])
-        kind = meta["head"]["kind"]
-        hstate = read_arrays(d, "head.safetensors", meta)
-        digest, verified = verified_digest(d, "backbone.safetensors", meta)
-        clf = cls(backbone=spec["name"], head=kind, cache=cache,
-                  cache_dir=cache_dir, runtime=runtime, unknown=unknown)
-        try:
-            clf.head_ = head_from_state(kind, hstate, len(classes), n_features)
-        except ModelError as e:
-            raise ModelError(f"{d}: {e} (headstart.json: {len(classes)} classes, "
-                             f"{n_features} backbone features)") from None
-        clf.ood_ = _load_ood(d, meta, n_features)
-        hashes = read_arrays(d, HASHES_FILE, meta, required=False)
-        if hashes is not None:
-            expect_shapes(f"{d}: {HASHES_FILE}", hashes, {"train": (-1, 16)})
-        clf.classes_ = classes
-        clf.backbone_ = backbone_from_file(spec, d / "backbone.safetensors", digest, verified)
-        clf.engine_ = None
-        if meta.get("int8"):
-            for name in (INT8_XML, INT8_XML.replace(".xml", ".bin")):
-                verified_digest(d, name, meta)
-            clf.int8 = True
-            clf.engine_ = openvino_ir_engine(d / INT8_XML, meta["int8"])
-        clf.temperature_ = float(meta.get("temperature", 1.0))
-        clf.summary_ = TrainingSummary.from_dict(meta.get("summary"))
-        clf.health_ = clf.summary_.health or Health("", "", {})
+        f = read_model(path, cache_dir)
+        clf = cls(backbone=f.backbone.name, head=f.head.kind, cache=cache,
+                  cache_dir=cache_dir, runtime=runtime, unknown=unknown,
+                  int8=f.int8 is not None)
+        clf.classes_, clf.backbone_, clf.head_ = f.classes, f.backbone, f.head
+        clf.engine_ = f.int8
+        clf.temperature_, clf.ood_, clf.summary_ = f.temperature, f.ood, f.summary
+        clf.health_ = f.summary.health or Health("", "", {})
         clf.skipped_ = []
-        clf.train_digests_ = [r.tobytes().hex() for r in hashes["train"]] if hashes else []
-        clf.history_ = []
+        clf.train_digests_, clf.history_ = f.train_digests, f.history
         clf.held_out_ = None
         return clf
 
     def _int8_engine(self) -> Engine | None:
         engine = self.engine_
         return engine if engine is not None and engine.variant.startswith("int8") else None
-
-
-def _load_ood(d: Path, meta: dict[str, Any], n_features: int) -> OutOfDistribution | None:
-    """The saved unknown detector (None for a model saved without one)."""
-    ood = read_arrays(d, "ood.safetensors", meta, required=False)
-    if meta.get("ood") and ood is not None:
-        try:
-            return OutOfDistribution.from_state(meta["ood"], ood, n_features)
-        except ModelError as e:
-            raise ModelError(f"{d}: {e}") from None
-    return None

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._charts import BLUE, GREEN, ORANGE, confusion_svg, lines_svg, side_by_side
 from .calibration import expected_calibration_error, reliability, softmax
 from .decode import UnreadableImage, read_image
 from .evaluate import scored_metrics
@@ -30,69 +31,33 @@ from .finetune import read_metrics_csv
 __all__ = ["write_model_report", "write_report"]
 
 
-def _png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+def _b64(svg: str) -> str:
+    return base64.b64encode(svg.encode()).decode()
 
 
-def _confusion_png(cm: np.ndarray, classes: list[str]) -> str:
-    import matplotlib.pyplot as plt
-
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    size = max(4.0, 0.5 * len(classes) + 2)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * size, size))
-    for ax, data, title, fmt in ((axes[0], cm, "counts", "{:d}"),
-                                 (axes[1], norm, "normalised by true class", "{:.2f}")):
-        ax.imshow(data, cmap="Blues", vmin=0)
-        ax.set_title(title)
-        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-        ax.set_yticks(range(len(classes)), classes)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        if len(classes) <= 20:
-            for (i, j), v in np.ndenumerate(data):
-                ax.text(j, i, fmt.format(v), ha="center", va="center",
-                        color="white" if v > data.max() / 2 else "black", fontsize=8)
-    return _png(fig)
+def _confusion(cm: np.ndarray, classes: list[str]) -> str:
+    return _b64(confusion_svg(cm, classes))
 
 
-def _reliability_png(y: np.ndarray, logits: np.ndarray, t: float) -> str:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
-    for temp, name, color in ((1.0, "before", "tab:orange"), (t, f"after (T={t:.2f})",
-                                                                  "tab:blue")):
-        r = reliability(softmax(logits, temp), y)
-        ece = expected_calibration_error(softmax(logits, temp), y)
-        ax.plot(r["confidence"], r["accuracy"], "o-", color=color,
-                label=f"{name}: ECE {ece:.3f}")
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.legend(loc="upper left")
-    return _png(fig)
+def _reliability(y: np.ndarray, logits: np.ndarray, t: float) -> str:
+    series = []
+    for temp, name, colour in ((1.0, "before", ORANGE), (t, f"after (T={t:.2f})", BLUE)):
+        proba = softmax(logits, temp)
+        r = reliability(proba, y)
+        ece = expected_calibration_error(proba, y)
+        series.append((f"{name}: ECE {ece:.3f}", r["confidence"], r["accuracy"], colour, ""))
+    return _b64(lines_svg(series, "confidence", "accuracy", (0.0, 1.0), (0.0, 1.02),
+                          diagonal=True, label="reliability diagram"))
 
 
-def _curves_png(rows: list[dict[str, float]]) -> str:
-    import matplotlib.pyplot as plt
-
+def _curves(rows: list[dict[str, float]]) -> str:
     epochs = [r["epoch"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax2 = ax.twinx()
-    ax2.plot(epochs, [r["val_accuracy"] for r in rows], "s-", color="tab:green",
-             label="val accuracy")
-    ax2.set_ylabel("validation accuracy")
-    fig.legend(loc="upper center", ncol=2)
-    return _png(fig)
+    loss = lines_svg([("train loss", epochs, [r["train_loss"] for r in rows], BLUE, "")],
+                     "epoch", "loss", label="training loss", whole_x=True)
+    acc = lines_svg([("val accuracy", epochs, [r["val_accuracy"] for r in rows], GREEN,
+                      "")], "epoch", "validation accuracy", ylim=(0.0, 1.02),
+                    label="validation accuracy", whole_x=True)
+    return _b64(side_by_side(loss, acc, label="training curves"))
 
 
 def _thumb(source: Any) -> str:
@@ -149,9 +114,6 @@ def write_report(out: str | os.PathLike, classes: list[str], sources: Sequence[A
         dataset: extra facts for the dataset summary (name -> value).
         health: data health findings (``Health.to_dict()``), shown first.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     out = Path(out)
     y_true = np.asarray(y_true, dtype=int)
     m = scored_metrics(y_true, logits, temperature, classes, rejected)
@@ -174,15 +136,15 @@ def write_report(out: str | os.PathLike, classes: list[str], sources: Sequence[A
                  f"{rows}</table></section>")
     cm = np.asarray(m["confusion_matrix"])
     parts.append('<section id="confusion"><h2>Confusion matrix</h2>'
-                 f'<img alt="confusion matrix" src="data:image/png;base64,'
-                 f'{_confusion_png(cm, classes)}"></section>')
+                 f'<img alt="confusion matrix" src="data:image/svg+xml;base64,'
+                 f'{_confusion(cm, classes)}"></section>')
     c = m["calibration"]
     parts.append('<section id="calibration"><h2>Calibration</h2>'
                  f'<p>Expected calibration error {c["ece_before"]:.3f} before, '
                  f'{c["ece_after"]:.3f} after temperature scaling (T = '
                  f'{c["temperature"]:.2f}, fitted on validation data at training time).</p>'
-                 '<img alt="reliability diagram" src="data:image/png;base64,'
-                 f'{_reliability_png(y_true, logits, temperature)}"></section>')
+                 '<img alt="reliability diagram" src="data:image/svg+xml;base64,'
+                 f'{_reliability(y_true, logits, temperature)}"></section>')
     if "unknown" in m:
         u = m["unknown"]
         acc = f"{u['accuracy_accepted']:.1%}" if u["accuracy_accepted"] is not None else "n/a"
@@ -206,8 +168,8 @@ def write_report(out: str | os.PathLike, classes: list[str], sources: Sequence[A
     history = read_metrics_csv(Path(model_dir) / "metrics.csv") if model_dir else []
     if history:
         parts.append('<section id="curves"><h2>Training curves</h2>'
-                     f'<img alt="training curves" src="data:image/png;base64,'
-                     f'{_curves_png(history)}"></section>')
+                     f'<img alt="training curves" src="data:image/svg+xml;base64,'
+                     f'{_curves(history)}"></section>')
     facts = {"images evaluated": m["n_images"], "classes": len(classes),
              **{f"support of {k}": v["support"] for k, v in m["per_class"].items()},
              **(dataset or {})}

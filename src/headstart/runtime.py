@@ -27,11 +27,12 @@ from typing import Any, Callable
 import numpy as np
 
 from ._fs import atomic_folder
+from ._threads import before_torch, openvino_config, size_torch
 from .backbones import Backbone
 from .errors import HeadstartError
 
-__all__ = ["RUNTIMES", "Engine", "cosine_parity", "image_features_module", "int8_engine",
-           "make_engine", "openvino_ir_engine"]
+__all__ = ["RUNTIMES", "Engine", "checked_ir", "cosine_parity", "image_features_module",
+           "int8_engine", "make_engine", "openvino_ir_engine"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,10 @@ def cosine_parity(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _torch_engine(backbone: Backbone) -> Engine:
+    before_torch()
     import torch
+
+    size_torch()
 
     module = image_features_module(backbone)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -123,15 +127,17 @@ def _export_openvino(backbone: Backbone, folder: Path) -> None:
     ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=False)
 
 
-def _load_openvino(folder: Path, xml: str = "model.xml") -> Callable[[np.ndarray], np.ndarray]:
+def _load_openvino(folder: Path, cache_root: Path, xml: str = "model.xml"
+                   ) -> Callable[[np.ndarray], np.ndarray]:
     import openvino as ov
 
     core = ov.Core()
-    core.set_property({"CACHE_DIR": str(folder / "compiled")})  # faster compile next time
+    # compiled blobs in the user cache (never beside the IR: that may be a model directory)
+    core.set_property({"CACHE_DIR": str(cache_root / "runtimes" / "compiled")})
     # f32: CPUs with bf16 units would otherwise silently compute in bf16
     compiled = core.compile_model(str(folder / xml), "CPU",
                                   {"PERFORMANCE_HINT": "LATENCY",
-                                   "INFERENCE_PRECISION_HINT": "f32"})
+                                   "INFERENCE_PRECISION_HINT": "f32", **openvino_config()})
     request = compiled.create_infer_request()
 
     def run(batch: np.ndarray) -> np.ndarray:
@@ -150,7 +156,7 @@ def _export_onnx(backbone: Backbone, folder: Path) -> None:
                           dynamic_axes={"images": {0: "n"}, "features": {0: "n"}})
 
 
-def _load_onnx(folder: Path) -> Callable[[np.ndarray], np.ndarray]:
+def _load_onnx(folder: Path, cache_root: Path) -> Callable[[np.ndarray], np.ndarray]:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -192,7 +198,8 @@ def _compiled(backbone: Backbone, name: str, cache_root: Path, sample: np.ndarra
         if not check_file.is_file():
             with atomic_folder(folder) as tmp:
                 export(backbone, tmp)
-                cos = cosine_parity(load(tmp)(sample), _torch_engine(backbone)(sample))
+                cos = cosine_parity(load(tmp, cache_root)(sample),
+                                    _torch_engine(backbone)(sample))
                 (tmp / "check.json").write_text(json.dumps(
                     {"min_cosine": cos, "ok": cos > PARITY_MIN_COSINE, "images": len(sample)}))
         check = json.loads(check_file.read_text())
@@ -201,7 +208,8 @@ def _compiled(backbone: Backbone, name: str, cache_root: Path, sample: np.ndarra
                           f"{check['min_cosine']:.6f} <= {PARITY_MIN_COSINE}); using PyTorch",
                           RuntimeWarning, stacklevel=3)
             return None
-        return Engine(name, load(folder), ir=folder / "model.xml" if name == "openvino" else None)
+        return Engine(name, load(folder, cache_root),
+                      ir=folder / "model.xml" if name == "openvino" else None)
     except Exception as e:  # noqa: BLE001 - any export or compile failure falls back
         warnings.warn(f"{name} unavailable for {backbone.name} ({type(e).__name__}: {e}); "
                       "using PyTorch", RuntimeWarning, stacklevel=3)
@@ -230,8 +238,15 @@ def make_engine(backbone: Backbone, cache_root: Path, runtime: str = "auto",
     for name in names:
         if not _installed(_BACKENDS[name][0]):
             raise HeadstartError(f"runtime: {name} is not installed (pip install {name})")
+    if backbone.ir is not None and "openvino" in names:  # the graph a model carries
+        try:
+            return openvino_ir_engine(backbone.ir, "", cache_root)
+        except Exception as e:  # noqa: BLE001 - a graph this OpenVINO cannot read: rebuild
+            logger.warning("%s cannot be loaded (%s); exporting the backbone again",
+                           backbone.ir, e)
     if sample is None:
-        sample = _example(backbone, 1).numpy() + 128
+        s = backbone.preprocess.size
+        sample = np.full((1, s, s, 3), 128, np.uint8)
     for name in names:
         engine = _compiled(backbone, name, cache_root, sample)
         if engine is not None:
@@ -273,12 +288,24 @@ def int8_engine(backbone: Backbone, cache_root: Path, calibration: np.ndarray) -
                 quantized = nncf.quantize(ov.Core().read_model(str(fp32.ir)), data,
                                           subset_size=len(calibration))
             ov.save_model(quantized, str(tmp / "model.xml"), compress_to_fp16=False)
-    return openvino_ir_engine(folder / "model.xml", variant)
+    return openvino_ir_engine(folder / "model.xml", variant, cache_root)
 
 
-def openvino_ir_engine(xml: Path, variant: str = "") -> Engine:
-    """An engine that runs a saved OpenVINO IR file (``.xml`` beside its ``.bin``)."""
+def openvino_ir_engine(xml: Path, variant: str, cache_root: Path) -> Engine:
+    """An engine that runs a saved OpenVINO IR file (``.xml`` beside its ``.bin``);
+    compiled blobs are kept under ``cache_root``."""
     if not _installed("openvino"):
         raise HeadstartError(f"{xml} needs OpenVINO: pip install openvino")
     return Engine("openvino-int8" if variant.startswith("int8") else "openvino",
-                  _load_openvino(xml.parent, xml.name), variant=variant, ir=xml)
+                  _load_openvino(xml.parent, cache_root, xml.name), variant=variant, ir=xml)
+
+
+def checked_ir(backbone: Backbone, cache_root: Path) -> Path | None:
+    """The OpenVINO FP32 graph of ``backbone`` exported to the cache and checked against
+    PyTorch there, if there is one (None otherwise)."""
+    folder = cache_root / "runtimes" / backbone.identity() / "openvino"
+    try:
+        ok = json.loads((folder / "check.json").read_text())["ok"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return folder / "model.xml" if ok and (folder / "model.bin").is_file() else None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -38,7 +39,7 @@ from .heads import AutoHead, LinearHead, make_head
 from .runtime import Engine, int8_engine
 from .summary import Calibration, Int8Summary
 
-__all__ = ["Callbacks", "Calibrated", "FittedHead", "HeldOut", "Quantized", "Usable",
+__all__ = ["Callbacks", "Calibrated", "Stopwatch", "FittedHead", "HeldOut", "Quantized", "Usable",
            "calibrate", "fit_head", "holdout_accuracy", "quantize", "read_data"]
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,19 @@ class Callbacks:
 
     progress: ProgressFn | None = None
     epoch: EpochFn | None = None
+
+
+class Stopwatch:
+    """Seconds per stage: ``lap(name)`` records the time since the previous lap."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(self.laps.get(name, 0.0) + now - self._last, 3)
+        self._last = now
 
 
 @dataclass

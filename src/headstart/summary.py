@@ -132,8 +132,9 @@ class TrainingSummary:
     ``val_accuracy`` was measured on ``val_images`` images as ``val_source`` says (a
     validation split, or a held-out fraction before the final refit); ``head_cv_accuracy``
     is each head candidate's cross-validated accuracy; ``runtime`` is the engine that
-    computed features (``cache`` when none was needed); ``seconds`` is the wall time of
-    ``fit``. Optional stages are None when they did not run.
+    computed features (``cache`` when none was needed); ``timings`` the seconds of each
+    stage of ``fit`` and ``seconds`` its wall time. Optional stages are None when they did
+    not run.
     """
 
     headstart_version: str = ""
@@ -158,6 +159,7 @@ class TrainingSummary:
     val_source: str = ""
     runtime: str = ""
     calibration: Calibration = field(default_factory=Calibration)
+    timings: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
