@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -42,6 +45,7 @@ def test_loaded_model_predicts_exactly_like_the_fitted_one(trained, tmp_path):
 def test_model_directory_is_safetensors_and_json(trained):
     _, out = trained
     assert sorted(p.name for p in out.iterdir()) == [
+        "backbone.fp32.bin", "backbone.fp32.xml",  # the engine travels with the model
         "backbone.safetensors", "hashes.safetensors", "head.safetensors", "headstart.json",
         "ood.safetensors"]
     meta = json.loads((out / "headstart.json").read_text())
@@ -108,3 +112,19 @@ def test_unreadable_image_in_predict(trained, tmp_path):
 def test_validation_fraction_is_checked(small_data):
     with pytest.raises(DataError, match="val_fraction"):
         Classifier(val_fraction=1.5).fit(small_data)
+
+
+def test_a_loaded_model_predicts_with_its_own_engine_and_without_pytorch(trained, tmp_path):
+    """With a fresh cache (a new machine), predict neither re-exports nor imports torch."""
+    _, out = trained
+    image = str(_test_images()[0])
+    code = ("import sys; from headstart import Classifier; "
+            f"c = Classifier.load({str(out)!r}); p = c.predict_images([{image!r}]); "
+            "print(c.engine_.name, 'torch' in sys.modules, p.labels[0])")
+    env = {**os.environ, "HEADSTART_CACHE": str(tmp_path / "fresh")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    engine, torch_loaded, label = r.stdout.split()
+    assert engine == "openvino" and torch_loaded == "False" and label in ("elephant", "giraffe")
+    assert not list((tmp_path / "fresh").glob("runtimes/*/openvino/model.xml"))  # no export
