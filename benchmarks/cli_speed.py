@@ -178,8 +178,8 @@ def main() -> None:
         except ImportError:
             print("fastai not installed: f skipped (pip install fastai)")
         else:
-            (work / "fastai.py").write_text(FASTAI)
-            wall, out = run([sys.executable, str(work / "fastai.py"), str(hym)], base)
+            (work / "fastai_run.py").write_text(FASTAI)
+            wall, out = run([sys.executable, str(work / "fastai_run.py"), str(hym)], base)
             rows["f  fastai fine_tune(1)"] = wall
             print("fastai:", out.strip().splitlines()[-1])
     epoch: dict[str, float] = {}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -36,6 +36,7 @@ __all__ = ["FeatureCache", "Features", "FileFacts", "extract_features", "file_ha
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
+MAX_AHEAD = 512  # images decoded ahead while the engine is still being built
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR,
              "nearest": Image.NEAREST, "lanczos": Image.LANCZOS, "box": Image.BOX}
@@ -254,14 +255,12 @@ def extract_features(backbone: Backbone, images: Sequence["str | os.PathLike | I
     skipped: list[Skipped] = []
     pending: list[tuple[int, np.ndarray, str | None]] = []
     computed = 0
+    starting: Future[Engine] | None = None  # the engine, built while files are read
 
     def run(batch: list[tuple[int, np.ndarray, str | None]]) -> None:
-        nonlocal engine, computed
-        x = np.stack([a for _, a, _ in batch])
-        if engine is None:
-            root = cache.root if cache is not None else resolve_cache_dir()
-            engine = make_engine(backbone, root, runtime, sample=x[:8])
-        for (i, _, digest), f in zip(batch, engine(x)):
+        nonlocal computed
+        assert engine is not None
+        for (i, _, digest), f in zip(batch, engine(np.stack([a for _, a, _ in batch]))):
             out[i] = f
             if cache is not None and digest is not None:
                 cache.put(key, digest, f)
@@ -274,7 +273,8 @@ def extract_features(backbone: Backbone, images: Sequence["str | os.PathLike | I
     done = 0
     if progress:
         progress(0, n)
-    with ThreadPoolExecutor(workers or worker_count()) as pool:
+    with ThreadPoolExecutor(workers or worker_count()) as pool, \
+            ThreadPoolExecutor(1, thread_name_prefix="headstart-engine") as side:
         ahead = [pool.map(read, c) for c in chunks[:2]]
         for ci, chunk in enumerate(chunks):
             results = list(ahead[ci])
@@ -288,15 +288,24 @@ def extract_features(backbone: Backbone, images: Sequence["str | os.PathLike | I
                     out[i] = r.cached
                 else:
                     pending.append((i, r.array, r.facts.digest))  # type: ignore[arg-type]
-                    if len(pending) == batch_size:
-                        run(pending)
-                        pending = []
             ahead[ci] = None  # type: ignore[call-overload]
+            if engine is None and pending and starting is None:
+                # exporting or compiling takes seconds: meanwhile the threads read on
+                root = cache.root if cache is not None else resolve_cache_dir()
+                starting = side.submit(make_engine, backbone, root, runtime,
+                                       np.stack([a for _, a, _ in pending[:8]]))
+            if starting is not None and (starting.done() or len(pending) >= MAX_AHEAD):
+                engine, starting = starting.result(), None
+            while engine is not None and len(pending) >= batch_size:
+                run(pending[:batch_size])
+                pending = pending[batch_size:]
             done += len(chunk)
             if progress:
                 progress(done, n)
-        if pending:
-            run(pending)
+        if starting is not None:
+            engine = starting.result()
+        for s in range(0, len(pending), batch_size):
+            run(pending[s:s + batch_size])
     index = np.asarray(sorted(out), dtype=int)
     X = (np.stack([out[i] for i in index]).astype(np.float32) if len(index)
          else np.zeros((0, dim), np.float32))
