@@ -158,9 +158,15 @@ def print_training(s: Any, data: Path, saved: Path) -> None:
         out.print(f"backbone    {s.backbone}: {s.features_computed} images computed "
                   f"({s.runtime}), {s.features_cached} from cache")
     cv = ", ".join(f"{k} {v:.3f}" for k, v in s.head_cv_accuracy.items())
-    out.print(f"head        {s.head}" + (f" (CV accuracy: {cv})" if cv else ""))
-    out.print(f"validation  accuracy {s.val_accuracy:.4f} on {s.val_images} images "
-              f"({s.val_source})")
+    chose = s.head_settings
+    how = (f", {chose['normalize']} features, C={chose['C']:g}"
+           if chose.get("C") is not None and "normalize" in chose else "")
+    out.print(f"head        {s.head}" + (f" (CV accuracy: {cv}{how})" if cv else ""))
+    if s.val_images:
+        out.print(f"validation  accuracy {s.val_accuracy:.4f} on {s.val_images} images "
+                  f"({s.val_source})")
+    else:
+        out.print(f"validation  {s.val_source}")
     if s.finetune:
         f = s.finetune
         if f.ran:
@@ -176,7 +182,9 @@ def print_training(s: Any, data: Path, saved: Path) -> None:
     if c.ece_before is not None:
         out.print(f"calibration temperature {c.temperature:.2f} (ECE {c.ece_before:.3f} "
                   f"-> {c.ece_after:.3f} on {c.fitted_on})")
-    out.print(f"saved       {saved} in {s.seconds:.1f} s (report: {saved / 'report.html'})")
+    report = saved / "report.html"
+    out.print(f"saved       {saved} in {s.seconds:.1f} s" +
+              (f" (report: {report})" if report.is_file() else " (no report: nothing held out)"))
 
 
 def print_evaluation(m: dict[str, Any]) -> None:

@@ -115,6 +115,12 @@ class Head:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
+    def chosen(self) -> dict[str, Any]:
+        """What fitting chose (settings picked by cross-validation), for the training
+        record; the constructor parameters by default."""
+        return {k: v for k, v in self.get_params().items()
+                if isinstance(v, (int, float, str)) and k != "random_state"}
+
     def score(self, X: Any, y: Any) -> float:
         """Accuracy on ``X``, ``y``."""
         return float(np.mean(self.predict(X) == np.asarray(y)))

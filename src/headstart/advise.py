@@ -87,7 +87,7 @@ def _learning_curve(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray
             sub = tr
         if len(np.unique(y[sub])) < len(np.unique(y)):
             continue
-        head = LinearHead(Cs=(0.01, 0.1, 1.0), cv=3, random_state=seed).fit(X[sub], y[sub])
+        head = LinearHead(cv=3, random_state=seed).fit(X[sub], y[sub])
         rows.append({"fraction": frac, "images": int(len(sub)),
                      "accuracy": float(np.mean(head.predict(X[va]) == y[va]))})
     return rows

@@ -269,7 +269,7 @@ def finetune(model: Any, pre: Preprocess, train: tuple[Sequence[Any], Sequence[i
 
 def _linear_init(X: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Linear-probe head ``(W (K, D), b (K,))`` on raw features (standardisation folded in)."""
-    h = LinearHead(Cs=(0.01, 0.1), cv=3, random_state=seed).fit(X, y)
+    h = LinearHead(Cs=(0.01, 0.1), cv=3, random_state=seed, normalize="standard").fit(X, y)
     w = h.coef_ / h.scale_
     return w.astype(np.float32), (h.intercept_ - w @ h.mean_).astype(np.float32)
 

@@ -264,12 +264,14 @@ class Classifier:
             data=usable.source, data_path=usable.data_path, layout=usable.layout,
             backbone=backbone_name,
             head=fitted.head.kind, head_cv_accuracy=fitted.cv_scores,
+            head_settings=fitted.head.chosen(),
             train_counts={c: int(n) for c, n in zip(usable.classes, counts)},
             skipped=len(usable.skipped),
             features_computed=usable.computed if not self.from_scratch else 0,
             features_cached=usable.cached if not self.from_scratch else 0,
             health=usable.health, val_images=fitted.val_images,
-            val_accuracy=fitted.val_accuracy, val_source=fitted.val_source, **stages,
+            val_accuracy=fitted.val_accuracy if fitted.val_images else None,
+            val_source=fitted.val_source, **stages,
             seconds=round(time.perf_counter() - t0, 2))
 
     def _set_fitted(self, usable: Usable, backbone: Backbone, fitted: FittedHead,

@@ -185,8 +185,8 @@ def fit_head(X: np.ndarray, y: np.ndarray, is_train: np.ndarray, kind: str, seed
     alone, or a class with one image) is measured on a stratified ``val_fraction`` held
     out from a probe fit, then refitted on all training rows.
 
-    Raises:
-        DataError: no validation rows and too few images to hold some out.
+    With one image per class nothing can be held out: ``val_accuracy`` is NaN and
+    ``val_images`` 0.
     """
     Xtr, ytr, Xva, yva = X[is_train], y[is_train], X[~is_train], y[~is_train]
     if len(yva):
@@ -201,8 +201,10 @@ def fit_head(X: np.ndarray, y: np.ndarray, is_train: np.ndarray, kind: str, seed
                           "images (each predicted by heads fitted without it)")
     tr, va = stratified_split(ytr, val_fraction, seed)
     if len(va) == 0:
-        raise DataError("too few images to hold out a validation fold; "
-                        "need at least 2 images in some class")
+        logger.warning("one image per class: nothing to hold out, so the accuracy is not "
+                       "measured and the probabilities are not calibrated")
+        return FittedHead(head, scores, float("nan"), 0, "not measured (one image per "
+                          "class: nothing to hold out)")
     probe, _ = _fit_one(kind, Xtr[tr], ytr[tr], seed)
     val_acc = float(np.mean(probe.predict(Xtr[va]) == ytr[va]))
     return FittedHead(head, scores, val_acc, len(va),

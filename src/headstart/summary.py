@@ -131,7 +131,8 @@ class TrainingSummary:
 
     ``val_accuracy`` was measured on ``val_images`` images as ``val_source`` says (a
     validation split, or a held-out fraction before the final refit); ``head_cv_accuracy``
-    is each head candidate's cross-validated accuracy; ``runtime`` is the engine that
+    is each head candidate's cross-validated accuracy; ``head_settings`` what the
+    chosen head's fit chose (for the linear head: normalisation, C, CV accuracy per C); ``runtime`` is the engine that
     computed features (``cache`` when none was needed); ``timings`` the seconds of each
     stage of ``fit`` and ``seconds`` its wall time. Optional stages are None when they did
     not run.
@@ -145,6 +146,7 @@ class TrainingSummary:
     backbone: str = ""
     head: str = ""
     head_cv_accuracy: dict[str, float] = field(default_factory=dict)
+    head_settings: dict[str, Any] = field(default_factory=dict)
     train_counts: dict[str, int] = field(default_factory=dict)
     skipped: int = 0
     features_computed: int = 0
