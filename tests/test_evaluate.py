@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from headstart.errors import DataError
-from headstart.evaluate import classification_metrics, evaluate
+from headstart.evaluate import classification_metrics, evaluate, scored_metrics, wilson_ci
 
 from .conftest import EXAMPLES
 
@@ -40,3 +40,27 @@ def test_evaluate_rejects_unknown_classes(trained, tmp_path):
     shutil.copytree(EXAMPLES / "test" / "giraffe", tmp_path / "d" / "zebra")
     with pytest.raises(DataError, match="zebra"):
         evaluate(clf, tmp_path / "d")
+
+
+def test_wilson_interval_is_right_at_the_edges_and_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    lo, hi = wilson_ci(30, 30)
+    assert lo < 0.90 and hi == 1.0
+    lo, hi = wilson_ci(0, 30)
+    assert lo == 0.0 and hi > 0.10
+    for k, n in [(30, 30), (0, 30), (8, 10), (1, 3), (143, 153)]:
+        ref = stats.binomtest(k, n).proportion_ci(method="wilson")
+        assert np.allclose(wilson_ci(k, n), (ref.low, ref.high), atol=1e-9)
+
+
+def test_a_perfect_score_never_gets_a_zero_width_interval():
+    y = np.repeat(np.arange(2), 15)
+    logits = np.stack([y == 0, y == 1], axis=1).astype(float) * 5
+    m = scored_metrics(y, logits, 1.0, ["a", "b"])
+    lo, hi = m["accuracy_ci95"]
+    assert m["accuracy"] == 1.0 and lo < 0.90 and hi == 1.0
+    assert m["per_class"]["a"]["recall_ci95"][0] < 0.80  # 15/15
+    assert m["macro_f1_ci95"] is None  # a bootstrap cannot say anything here
+    assert "Wilson" in m["ci_method"]
+    wrong = scored_metrics(y, -logits, 1.0, ["a", "b"])
+    assert wrong["accuracy"] == 0.0 and wrong["accuracy_ci95"][1] > 0.10

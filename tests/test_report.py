@@ -27,6 +27,7 @@ def test_bootstrap_ci_brackets_the_mean_and_narrows_with_more_data():
     assert lo < small.mean() < hi
     lo2, hi2 = bootstrap_ci(np.tile(small, 50))
     assert hi2 - lo2 < hi - lo
+    assert bootstrap_ci(np.ones(30)) is None  # never a zero-width interval
 
 
 @pytest.fixture(scope="module")

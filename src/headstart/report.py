@@ -124,7 +124,7 @@ def write_report(out: str | os.PathLike, classes: list[str], sources: Sequence[A
     parts = [f"<h1>{e(title)}</h1>",
              '<section id="summary"><h2>Accuracy</h2>'
              f'<p class="big">{m["accuracy"]:.1%} <span>95% CI {lo:.1%} to {hi:.1%} '
-             f'(bootstrap, {m["n_images"]} images)</span></p>'
+             f'(Wilson score interval, {m["n_images"]} images)</span></p>'
              f'<p>macro F1 {m["macro_f1"]:.3f}</p></section>']
     if health:
         parts.insert(1, _health_section(health))
