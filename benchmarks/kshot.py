@@ -21,7 +21,9 @@ images never overlap any training set.
 
 Printed: a table per k (mean accuracy over seeds per set, both methods, the difference),
 the mean difference, the worst set, the mean of near (hymenoptera, safari) and far sets,
-and the whole-process seconds per task of each.
+the whole-process seconds per task of each, and headstart's calibration on the test
+images (ECE of the raw and of the temperature-scaled probabilities; predictions above 90%
+confidence, how many were wrong and how many the probabilities expected to be wrong).
 """
 
 from __future__ import annotations
@@ -144,9 +146,14 @@ def one_task(work: Path, train_csv: Path, test_csv: Path, env: dict[str, str]
     t_train, _ = timed(headstart + ["train", str(train_csv), "--out", str(model)], env)
     t_eval, out2 = timed(headstart + ["evaluate", str(model), str(test_csv), "--json",
                                       "--no-unknown"], env)
-    return {"baseline": float(out.strip().splitlines()[-1]),
-            "headstart": float(json.loads(out2)["accuracy"]),
-            "baseline_s": t_base, "headstart_s": t_train + t_eval}
+    m = json.loads(out2)
+    c = m["calibration"]
+    return {"baseline": float(out.strip().splitlines()[-1]), "headstart": m["accuracy"],
+            "baseline_s": t_base, "headstart_s": t_train + t_eval,
+            "ece_raw": c["ece_before"], "ece_calibrated": c["ece_after"],
+            "temperature": c["temperature"], "above_90": c["above_90"]["images"],
+            "above_90_wrong": c["above_90"]["wrong"],
+            "above_90_expected_wrong": c["above_90"]["expected_wrong"]}
 
 
 def report(results: list[dict]) -> None:
@@ -167,6 +174,11 @@ def report(results: list[dict]) -> None:
         worst = min(diffs, key=diffs.get)
         near = [d for n, d in diffs.items() if n in NEAR]
         far = [d for n, d in diffs.items() if n not in NEAR]
+        print(f"  test ECE: raw {np.mean([r['ece_raw'] for r in rows]):.4f}, calibrated "
+              f"{np.mean([r['ece_calibrated'] for r in rows]):.4f}; above 90% confident: "
+              f"{sum(r['above_90'] for r in rows)} images, "
+              f"{sum(r['above_90_wrong'] for r in rows)} wrong, "
+              f"{sum(r['above_90_expected_wrong'] for r in rows):.1f} expected wrong")
         print(f"  mean diff {np.mean(list(diffs.values())):+.2f} points; worst {worst} "
               f"{diffs[worst]:+.2f}; near {np.mean(near) if near else float('nan'):+.2f}, "
               f"far {np.mean(far) if far else float('nan'):+.2f}; seconds per task: "

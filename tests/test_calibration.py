@@ -18,6 +18,18 @@ def test_fit_temperature_recovers_a_known_temperature():
     assert fit_temperature(logits, y) == pytest.approx(2.0, rel=0.1)
 
 
+def test_a_handful_of_images_cannot_pull_the_temperature_far_from_one():
+    # 20 confident, correct held-out predictions: plain maximum likelihood sharpens
+    # without limit (T at the 0.05 bound); the prior keeps T near 1
+    logits = np.tile([[2.0, 0.0]], (20, 1))
+    y = np.zeros(20, int)
+    assert fit_temperature(logits, y, prior_sd=None) < 0.06
+    shrunk = fit_temperature(logits, y)
+    assert 0.3 < shrunk < 1.0
+    many = np.tile(logits, (50, 1))  # the same evidence from 1000 images moves T further
+    assert fit_temperature(many, np.zeros(1000, int)) < shrunk
+
+
 def test_expected_calibration_error():
     sure = np.tile([[1.0, 0.0]], (10, 1))
     assert expected_calibration_error(sure, np.zeros(10, int)) == pytest.approx(0.0)
@@ -60,7 +72,7 @@ def test_probabilities_are_temperature_scaled_and_unknown_can_be_off(model, tmp_
                                rtol=1e-5)
     assert model.temperature_ != 1.0
     c = model.summary_.calibration
-    assert c.ece_after <= c.ece_before + 1e-9
+    assert c.ece_after <= c.ece_before + 0.01  # MAP T: the NLL never worsens, ECE may a hair
     out = model.save(tmp_path / "m")
     loaded = Classifier.load(out, unknown=False)
     assert loaded.temperature_ == pytest.approx(model.temperature_)

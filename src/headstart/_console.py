@@ -179,9 +179,11 @@ def print_training(s: Any, data: Path, saved: Path) -> None:
         out.print(f"int8        validation accuracy {s.int8.val_accuracy_int8:.4f} "
                   f"(FP32: {s.int8.val_accuracy_fp32:.4f})")
     c = s.calibration
-    if c.ece_before is not None:
+    if c.fitted_on.startswith("not calibrated"):
+        out.print(f"calibration temperature 1 ({c.fitted_on})")
+    elif c.ece_before is not None:
         out.print(f"calibration temperature {c.temperature:.2f} (ECE {c.ece_before:.3f} "
-                  f"-> {c.ece_after:.3f} on {c.fitted_on})")
+                  f"-> {c.ece_after:.3f} on {c.images} {c.fitted_on})")
     report = saved / "report.html"
     out.print(f"saved       {saved} in {s.seconds:.1f} s" +
               (f" (report: {report})" if report.is_file() else " (no report: nothing held out)"))
@@ -197,6 +199,10 @@ def print_evaluation(m: dict[str, Any]) -> None:
     out.print(f"unknown  {u['rejected']} image(s) rejected ({u['rejected_fraction']:.1%}); "
               f"calibration ECE {c['ece_before']:.3f} raw, {c['ece_after']:.3f} with "
               f"temperature {c['temperature']:.2f}")
+    a = c["above_90"]
+    if a["images"]:
+        out.print(f"         above 90% confident: {a['images']} image(s), {a['wrong']} wrong "
+                  f"(the probabilities expected {a['expected_wrong']:.1f})")
     table = Table("class", "precision", "recall", "f1", "support", box=None)
     for name, r in m["per_class"].items():
         table.add_row(name, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",

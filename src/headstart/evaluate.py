@@ -101,8 +101,9 @@ def _macro_f1(pairs: np.ndarray) -> float:
 def scored_metrics(y_true: np.ndarray, logits: np.ndarray, temperature: float,
                    classes: list[str], rejected: np.ndarray | None = None) -> dict[str, Any]:
     """Classification metrics, 95% intervals (``accuracy_ci95``, ``recall_ci95`` per class,
-    ``macro_f1_ci95`` or None, the methods in ``ci_method``), calibration and rejection
-    figures."""
+    ``macro_f1_ci95`` or None, the methods in ``ci_method``), calibration (ECE raw and
+    scaled; ``above_90``: how many predictions were above 90% confident, how many of those
+    were wrong and how many the probabilities expected to be) and rejection figures."""
     proba = softmax(logits, temperature)
     y_pred = proba.argmax(axis=1)
     m = classification_metrics(y_true, y_pred, classes)
@@ -115,9 +116,14 @@ def scored_metrics(y_true: np.ndarray, logits: np.ndarray, temperature: float,
     m["macro_f1_ci95"] = list(f1) if f1 else None
     m["ci_method"] = CI_METHOD
     raw = softmax(logits)
+    confident = proba.max(axis=1) > 0.9
     m["calibration"] = {"temperature": float(temperature),
                         "ece_before": expected_calibration_error(raw, y_true),
-                        "ece_after": expected_calibration_error(proba, y_true)}
+                        "ece_after": expected_calibration_error(proba, y_true),
+                        "above_90": {"images": int(confident.sum()),
+                                     "wrong": int(np.sum(confident & (y_pred != y_true))),
+                                     "expected_wrong": float(np.sum(
+                                         1 - proba.max(axis=1)[confident]))}}
     if rejected is not None:
         kept = ~rejected
         m["unknown"] = {"rejected": int(rejected.sum()),
