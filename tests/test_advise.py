@@ -4,12 +4,14 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+from PIL import Image
 
 from headstart.advise import MARGIN, advise, recommend
-from headstart.domain import domain_gap
+from headstart.domain import SIMILARITY_FAR, SIMILARITY_NEAR, domain_gap
 from headstart.features import extract_features
 
-from .conftest import EXAMPLES, copy_digits
+from .conftest import EXAMPLES, copy_digits, shared
 
 TRANSFER = {"head only", "head + fine-tune"}
 
@@ -42,9 +44,34 @@ def test_domain_gap_near_for_photos_far_for_digits(backbone, tmp_path):
     near = domain_gap(backbone, extract_features(backbone, photos).X)
     far = domain_gap(backbone, extract_features(backbone, digits).X)
     assert near.level == "near" and far.level == "far"
-    assert near.feature_distance < 3.0 <= 4.5 <= far.feature_distance
+    assert near.imagenet_similarity >= SIMILARITY_NEAR > SIMILARITY_FAR > \
+        far.imagenet_similarity
+    assert near.feature_distance < far.feature_distance
     assert near.imagenet_max_prob > 0.3 > 0.2 > far.imagenet_max_prob
     assert 0 < near.imagenet_entropy < far.imagenet_entropy < 1
+
+
+def test_domain_gap_scale_on_every_shared_dataset_and_synthetic_extremes(backbone,
+                                                                        tmp_path):
+    rng = np.random.default_rng(0)
+    for kind in ("noise", "flat"):
+        for i in range(8):
+            a = (rng.integers(0, 256, (224, 224, 3)) if kind == "noise" else
+                 np.full((224, 224, 3), rng.integers(0, 256, 3)))
+            Image.fromarray(a.astype(np.uint8)).save(tmp_path / f"{kind}{i}.png")
+    levels = {}
+    for name in ("hymenoptera", "safari", "digits", "steel_defects", "aerial",
+                 "blood_cells", "textures"):
+        root = shared(name)
+        root = root / "train" if (root / "train").is_dir() else root
+        files = [f for c in sorted(root.iterdir()) for f in sorted(c.iterdir())[:6]]
+        levels[name] = domain_gap(backbone, extract_features(backbone, files).X).level
+    for kind in ("noise", "flat"):
+        files = sorted(tmp_path.glob(f"{kind}*.png"))
+        levels[kind] = domain_gap(backbone, extract_features(backbone, files).X).level
+    assert levels.pop("hymenoptera") == levels.pop("safari") == "near"
+    assert levels.pop("digits") == levels.pop("noise") == levels.pop("flat") == "far"
+    assert set(levels.values()) <= {"moderate", "far"}, levels
 
 
 def test_advise_on_few_photos_recommends_transfer_learning():

@@ -13,8 +13,12 @@ from typing import Any, Callable, Iterator
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
     TimeRemainingColumn
+
+from .domain import explain
+from .summary import DomainGap
 
 __all__ = ["emit_json", "err", "error_line", "health_line", "out", "print_advice",
            "print_evaluation", "print_export", "print_health", "print_predictions",
@@ -157,6 +161,8 @@ def print_training(s: Any, data: Path, saved: Path) -> None:
     else:
         out.print(f"backbone    {s.backbone}: {s.features_computed} images computed "
                   f"({s.runtime}), {s.features_cached} from cache")
+    if s.domain_gap is not None and s.domain_gap.level in ("moderate", "far"):
+        out.print(f"domain      {explain(s.domain_gap)}")
     cv = ", ".join(f"{k} {v:.3f}" for k, v in s.head_cv_accuracy.items())
     chose = s.head_settings
     how = (f", {chose['normalize']} features, C={chose['C']:g}"
@@ -216,16 +222,13 @@ def print_evaluation(m: dict[str, Any]) -> None:
 
 def print_advice(r: dict[str, Any]) -> None:
     """The measurements and the recommendation of :func:`headstart.advise.advise`."""
-    from .domain import GAP_FAR, GAP_NEAR
 
     d, g, a = r["data_size"], r["domain_gap"], r["accuracy"]
     out.print(f"data          {d['train_images']} training images "
               f"({', '.join(f'{c} {n}' for c, n in d['train_counts'].items())}), "
               f"imbalance {d['imbalance_ratio']:.1f}x; {d['val_images']} validation images")
     if g["level"]:
-        dist = f"{g['feature_distance']:.2f}" if g["feature_distance"] is not None else "n/a"
-        out.print(f"domain gap    {g['level']}: feature distance {dist} (near < {GAP_NEAR}, "
-                  f"far >= {GAP_FAR}), ImageNet confidence {g['imagenet_max_prob']:.2f}")
+        out.print(f"domain gap    {explain(DomainGap(**g))}")
     curve = ", ".join(f"{c['images']}: {c['accuracy']:.3f}" for c in r["learning_curve"])
     out.print(f"learning curve {curve}"
               + (" (still rising)" if r["learning_curve_still_rising"] else ""))

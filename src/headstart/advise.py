@@ -32,7 +32,7 @@ import numpy as np
 from . import defaults
 from .backbones import DEFAULT_BACKBONE
 from .data import load_dataset, split_rows, stratified_split
-from .domain import GAP_FAR, GAP_NEAR, domain_gap
+from .domain import domain_gap, explain
 from .errors import HeadstartError
 from .features import FeatureCache, extract_features
 from .finetune import FinetuneConfig
@@ -152,8 +152,7 @@ def advise(data: str | os.PathLike, budget: float = DEFAULT_BUDGET,
     gain = (curve[-1]["accuracy"] - curve[-2]["accuracy"]) if len(curve) >= 2 else None
     choice, predicted, reasons = recommend(h, finetuned, scratch, gain, len(va))
     if gap.level == "far":
-        reasons.append(f"the images are far from the pretraining photos (feature distance "
-                       f"{gap.feature_distance:.1f}; near < {GAP_NEAR}, far >= {GAP_FAR})")
+        reasons.append(f"the images are far from the pretraining photos ({explain(gap)})")
     return {
         "data": str(data),
         "classes": list(ds.train.classes),

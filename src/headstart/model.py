@@ -29,7 +29,7 @@ from . import __version__, defaults
 from .backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from .calibration import OutOfDistribution
 from .data import Skipped
-from .domain import domain_gap
+from .domain import domain_gap, explain
 from .errors import DataError, HeadstartError, ModelError
 from .features import FeatureCache, Features, FileFacts, ProgressFn, extract_features, \
     resolve_cache_dir
@@ -188,10 +188,8 @@ class Classifier:
         clock.lap("domain_gap")
         if gap.level == "far":
             logger.warning("these images look far from the backbone's pretraining photos "
-                           "(feature distance %.1f, ImageNet confidence %.2f): transfer "
-                           "learning may not be the right tool; run 'headstart advise %s'",
-                           gap.feature_distance or float("nan"),
-                           gap.imagenet_max_prob or float("nan"), data)
+                           "(%s): transfer learning may not be the right tool; run "
+                           "'headstart advise %s'", explain(gap), data)
         fitted = fit_head(usable.X, usable.y, usable.is_train, self.head, self.seed,
                           self.val_fraction)
         clock.lap("fit_head")

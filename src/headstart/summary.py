@@ -58,6 +58,7 @@ class DomainGap:
     imagenet_max_prob: float | None = None
     imagenet_entropy: float | None = None
     feature_distance: float | None = None
+    imagenet_similarity: float | None = None
     level: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
