@@ -31,7 +31,7 @@ FLOORS = [
     ["stages"],
     ["persist"],
     ["model"],
-    ["evaluate", "export", "serve", "advise"],
+    ["evaluate", "export", "serve", "advise", "review"],
     ["report"],
     ["_console"],
     ["cli"],

@@ -24,7 +24,7 @@ _ORIGIN = {
     "AutoHead": "heads", "LinearHead": "heads", "MLPHead": "heads",
     "Classifier": "model", "Predictions": "model",
     "Callbacks": "stages", "FinetuneConfig": "finetune", "TrainingSummary": "summary",
-    "domain_gap": "domain",
+    "domain_gap": "domain", "Review": "review", "Suggestion": "review",
 }
 
 
@@ -61,7 +61,9 @@ __all__ = [
     "MLPHead",
     "ModelError",
     "Predictions",
+    "Review",
     "Skipped",
+    "Suggestion",
     "TrainingSummary",
     "check",
     "domain_gap",

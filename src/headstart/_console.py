@@ -265,3 +265,25 @@ def error_line(message: str) -> None:
 
 def emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+def print_review(r: Any, page: Path | None, csv_file: Path | None, limit: int = 30) -> None:
+    """The suggestions of :func:`headstart.review.review`, strongest first (at most
+    ``limit`` lines), and where the page and the CSV went."""
+    out.print(f"{r.images} images, {len(r.classes)} classes; out-of-fold accuracy "
+              f"{r.oof_accuracy:.4f}; {len(r.suggestions)} suggestion(s)")
+    if r.suggestions:
+        table = Table("kind", "image", "filed under", "suggested", box=None)
+        table.columns[1].overflow = "fold"
+        for s in r.suggestions[:limit]:
+            sug = f"{s.suggested} ({s.probability:.0%})" if s.suggested and \
+                s.probability is not None else "-"
+            table.add_row(s.kind, Text(s.path), Text(s.label), Text(sug))
+        out.print(table)
+        if len(r.suggestions) > limit:
+            out.print(f"... and {len(r.suggestions) - limit} more (--csv or --out)")
+    if page is not None:
+        out.print(f"page     {page}")
+    if csv_file is not None:
+        out.print(f"csv      {csv_file} (edit the action column, then: headstart review "
+                  f"DATA --apply {csv_file})")

@@ -22,7 +22,7 @@ from rich.table import Table
 from . import defaults
 from ._console import (emit_json, err, error_line, health_line, out, print_advice,
                        print_evaluation, print_export, print_health, print_predictions,
-                       print_skipped, print_training, progress_bar)
+                       print_review, print_skipped, print_training, progress_bar)
 from .errors import HeadstartError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -324,6 +324,58 @@ def check(
     else:
         print_health(h)
     raise typer.Exit(h["exit_code"])
+
+
+@app.command()
+@_user_errors
+def review(
+    data: Path = typer.Argument(..., help="Labelled images: class folders, train/val "
+                                "folders, or CSV."),
+    out_html: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the review "
+                                            "page (HTML, thumbnails embedded) here."),
+    csv_file: Optional[Path] = typer.Option(None, "--csv", help="Write the suggestions "
+                                            "here, with an editable 'action' column."),
+    apply_csv: Optional[Path] = typer.Option(None, "--apply", help="Carry out the 'action' "
+                                             "column of a suggestions CSV (move / "
+                                             "set_aside / keep); never deletes."),
+    undo_log: Optional[Path] = typer.Option(None, "--undo", help="Undo an --apply from "
+                                            "its log."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    backbone: str = typer.Option(defaults.BACKBONE, help="Backbone name."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
+) -> None:
+    """Find the images whose labels are probably wrong, copies filed under two classes and
+    images unlike the rest of their class; move the chosen ones, undoably."""
+    from .review import apply, undo, write_suggestions
+    from .review import review as run_review
+
+    if undo_log is not None:
+        n = undo(undo_log)
+        if as_json:
+            emit_json({"restored": n})
+        else:
+            out.print(f"moved {n} file(s) back; {data} is as before")
+        return
+    if apply_csv is not None:
+        log, n = apply(apply_csv, data)
+        if as_json:
+            emit_json({"moved": n, "log": str(log) if n else None})
+        else:
+            out.print(f"moved {n} file(s)" + (f"; undo: headstart review {data} --undo {log}"
+                                             if n else ""))
+        return
+    with progress_bar("features") as progress:
+        r = run_review(data, backbone=backbone, cache_dir=cache_dir, progress=progress)
+    if out_html is not None:
+        from .report import write_review_page
+
+        write_review_page(r, out_html)
+    if csv_file is not None:
+        write_suggestions(r, csv_file)
+    if as_json:
+        emit_json(r.to_dict())
+    else:
+        print_review(r, out_html, csv_file)
 
 
 @app.command()

@@ -3,7 +3,7 @@ no network), plus ``metrics.json`` beside it.
 
 Sections: data health (leakage first: held-out images that are copies of training images
 inflate accuracy; then unusable files, duplicates, folder problems); accuracy with a 95%
-bootstrap confidence interval; per-class precision, recall,
+Wilson score interval; per-class precision, recall,
 F1, support; confusion matrix (counts and row-normalised); reliability diagram and expected
 calibration error before and after temperature scaling; "unknown" rejections; a gallery of
 the misclassified and the least confident images; training curves (when the model has a
@@ -27,8 +27,16 @@ from .calibration import expected_calibration_error, reliability, softmax
 from .decode import UnreadableImage, read_image
 from .evaluate import scored_metrics
 from .finetune import read_metrics_csv
+from .review import Review
 
-__all__ = ["write_model_report", "write_report"]
+__all__ = ["write_model_report", "write_report", "write_review_page"]
+
+STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
+         ".big{font-size:2em;margin:0}.big span{font-size:.45em;color:#555}"
+         ".grid{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;width:130px;"
+         "font-size:12px}figure img{max-width:112px;max-height:112px}img{max-width:100%}"
+         ".bad{color:#b00020}.good{color:#1b5e20}")
 
 
 def _b64(svg: str) -> str:
@@ -152,7 +160,8 @@ def write_report(out: str | os.PathLike, classes: list[str], sources: Sequence[A
                      f'<p>{u["rejected"]} of {m["n_images"]} images '
                      f'({u["rejected_fraction"]:.1%}) were labelled <b>unknown</b> (unlike '
                      f'every training image); accuracy on the others {acc}.</p></section>')
-    wrong = np.flatnonzero(pred != y_true)[:24]
+    own = proba[np.arange(len(y_true)), y_true]
+    wrong = [i for i in np.argsort(own, kind="stable") if pred[i] != y_true[i]][:24]
     unsure = [i for i in np.argsort(conf) if i not in set(wrong)][:12]
     cards = []
     for kind, idx in (("misclassified", wrong), ("least confident", unsure)):
@@ -164,6 +173,8 @@ def write_report(out: str | os.PathLike, classes: list[str], sources: Sequence[A
                          f'{name}<br>true {e(classes[y_true[i]])}, predicted '
                          f'{e(classes[pred[i]])} ({conf[i]:.0%})</figcaption></figure>')
     parts.append('<section id="gallery"><h2>Mistakes and least confident images</h2>'
+                 '<p>Mistakes first, most likely mislabelled first (the least probability '
+                 'for the class they are filed under); then the least confident.</p>'
                  f'<div class="grid">{"".join(cards) or "<p>No mistakes.</p>"}</div></section>')
     history = read_metrics_csv(Path(model_dir) / "metrics.csv") if model_dir else []
     if history:
@@ -176,16 +187,7 @@ def write_report(out: str | os.PathLike, classes: list[str], sources: Sequence[A
     items = "".join(f"<tr><td>{e(str(k))}</td><td>{e(str(v))}</td></tr>"
                     for k, v in facts.items())
     parts.append(f'<section id="dataset"><h2>Dataset</h2><table>{items}</table></section>')
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
-             ".big{font-size:2em;margin:0}.big span{font-size:.45em;color:#555}"
-             ".grid{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;width:130px;"
-             "font-size:12px}figure img{max-width:112px;max-height:112px}img{max-width:100%}"
-             ".bad{color:#b00020}.good{color:#1b5e20}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f'<!doctype html><html><head><meta charset="utf-8"><title>{e(title)}'
-                   f"</title><style>{style}</style></head><body>{''.join(parts)}"
-                   "</body></html>\n")
+    _page(out, title, parts)
     (out.parent / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
     return m
 
@@ -206,3 +208,52 @@ def write_model_report(clf: Any, model_dir: str | os.PathLike, name: str | None 
                         v.logits, clf.temperature_, v.rejected, model_dir, facts,
                         title=f"headstart model report: {name or Path(model_dir).name}",
                         health=s.health.to_dict(limit=20) if s.health else None)
+
+
+def _page(out: Path, title: str, parts: list[str]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f'<!doctype html><html><head><meta charset="utf-8"><title>'
+                   f"{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+                   f"{''.join(parts)}</body></html>\n")
+
+
+REVIEW_SECTIONS = (("label", "Probably mislabelled"),
+                   ("duplicate", "The same photo filed under two classes"),
+                   ("outlier", "Unlike the rest of their class"))
+
+
+def write_review_page(r: Review, out: str | os.PathLike, look: int = 24) -> Path:
+    """The review as one self-contained HTML page: thumbnails grouped by kind of evidence,
+    strongest first, each with its class, the suggested class and its probability; then
+    up to ``look`` more images from the top of the label ranking ("worth a look")."""
+    e = html.escape
+    out = Path(out)
+
+    def card(path: str, lines: list[str], kind: str) -> str:
+        name = e(Path(path).name)
+        return (f'<figure class="{kind}" title="{e(path)}"><img alt="{name}" '
+                f'src="data:image/jpeg;base64,{_thumb(path)}"><figcaption>{name}<br>'
+                f'{"<br>".join(lines)}</figcaption></figure>')
+    parts = [f"<h1>headstart review: {e(r.data)}</h1>",
+             f'<p class="big">{len(r.suggestions)} <span>suggestion(s) for {r.images} '
+             f'images of {len(r.classes)} classes; out-of-fold accuracy '
+             f'{r.oof_accuracy:.1%}</span></p>']
+    for kind, heading in REVIEW_SECTIONS:
+        items = [s for s in r.suggestions if s.kind == kind]
+        cards = "".join(card(s.path, [f"filed under <b>{e(s.label)}</b>"] + (
+            [f"suggested <b>{e(s.suggested)}</b> ({s.probability:.0%})"]
+            if s.suggested and s.probability is not None else []) + [e(s.reason)], kind)
+            for s in items)
+        parts.append(f'<section id="{kind}"><h2>{heading} ({len(items)})</h2>'
+                     f'<div class="grid">{cards or "<p>None found.</p>"}</div></section>')
+    flagged = {s.path for s in r.suggestions}
+    more = [x for x in r.ranking if x.path not in flagged and x.top != x.label][:look]
+    cards = "".join(card(x.path, [f"filed under <b>{e(x.label)}</b> "
+                                  f"({x.label_probability:.0%})",
+                                  f"looks like {e(x.top)} ({x.top_probability:.0%})"], "look")
+                    for x in more)
+    parts.append('<section id="look"><h2>Also worth a look</h2><p>Predicted as another '
+                 'class, but not confidently enough to suggest a change.</p>'
+                 f'<div class="grid">{cards or "<p>None.</p>"}</div></section>')
+    _page(out, f"headstart review: {r.data}", parts)
+    return out

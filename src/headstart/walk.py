@@ -14,7 +14,7 @@ from ._fs import file_problem
 from .decode import UNSUPPORTED_EXTENSIONS, unsupported_reason
 from .errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "LINK_LOOP", "Skipped", "find_images", "is_hidden",
+__all__ = ["IMAGE_EXTENSIONS", "LINK_LOOP", "SET_ASIDE", "Skipped", "find_images", "is_hidden",
            "links_back"]
 
 IMAGE_EXTENSIONS = frozenset(
@@ -32,8 +32,12 @@ class Skipped:
     kind: str = "file"
 
 
+SET_ASIDE = "_set_aside"  # where `headstart review --apply` puts images taken out of a class
+
+
 def is_hidden(path: Path) -> bool:
-    return path.name.startswith(".")
+    """A dot file or folder, or the review's ``_set_aside`` folder: never read as data."""
+    return path.name.startswith(".") or path.name == SET_ASIDE
 
 
 HIDDEN_FILE, HIDDEN_FOLDER = "hidden file, ignored", "hidden folder, ignored"
