@@ -172,3 +172,19 @@ def test_write_suggestions_round_trips_through_apply(tmp_path, hymenoptera_copie
     relocated = {str(data / Path(m["to"])) for m in json.loads(log.read_text())["moves"]}
     assert len(relocated) == n
     assert undo(log) == n and tree(data) == before
+
+
+def test_evaluate_reviews_the_test_labels(trained, tmp_path):
+    _, model = trained
+    data = tmp_path / "test"
+    shutil.copytree(EXAMPLES / "test", data)
+    giraffe = sorted((data / "giraffe").iterdir())[0]
+    os.replace(giraffe, data / "elephant" / giraffe.name)  # a wrong test label
+    page = tmp_path / "review.html"
+    r = run_cli("evaluate", model, data, "--review", page, "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["review"]["page"] == str(page) and m["review"]["suggestions"] >= 1
+    text = page.read_text()
+    label = text[text.index('id="label"'):text.index('id="duplicate"')]
+    assert giraffe.name in label  # suggested for giraffe, from the model's own predictions

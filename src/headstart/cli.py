@@ -246,6 +246,9 @@ def evaluate(
                                           "metrics.json beside it)."),
     no_unknown: bool = typer.Option(False, "--no-unknown",
                                     help="Never answer 'unknown' for unfamiliar images."),
+    review_page: Optional[Path] = typer.Option(None, "--review", help="Also review these "
+                                               "images' labels (see 'headstart review'): "
+                                               "write the page here."),
 ) -> None:
     """Accuracy, per-class precision/recall/F1 and confusion matrix on labelled images."""
     from .data import Skipped
@@ -261,6 +264,14 @@ def evaluate(
         write_report(report, clf.classes_, pred.sources, y_true, pred.logits,
                      clf.temperature_, pred.rejected, model,
                      {"data": str(data), "model": str(model)}, health=m["health"])
+    if review_page is not None:
+        from .report import write_review_page
+        from .review import findings
+
+        r = findings(str(data), pred.sources, y_true, pred.proba, pred.features,
+                     clf.classes_, m["health"]["conflicts"] + m["health"]["leakage"])
+        write_review_page(r, review_page)
+        m["review"] = {"page": str(review_page), "suggestions": len(r.suggestions)}
     print_skipped([Skipped(**k) for k in m["skipped"]])
     health_line(m["health"], data)
     if as_json:
@@ -269,6 +280,8 @@ def evaluate(
     print_evaluation(m)
     if report is not None:
         out.print(f"report   {report}")
+    if review_page is not None:
+        out.print(f"review   {review_page} ({m['review']['suggestions']} suggestion(s))")
 
 
 @app.command()

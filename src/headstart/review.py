@@ -44,7 +44,7 @@ from .heads import LinearHead, softmax, stratified_folds
 from .stages import Callbacks, read_data
 from .walk import SET_ASIDE
 
-__all__ = ["ACTIONS", "Ranked", "Review", "Suggestion", "apply", "review", "undo",
+__all__ = ["ACTIONS", "Ranked", "Review", "Suggestion", "apply", "findings", "review", "undo",
            "write_suggestions"]
 
 logger = logging.getLogger(__name__)
@@ -192,21 +192,27 @@ def review(data: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
     assert X is not None
     if np.bincount(y, minlength=len(usable.classes)).min() < 2:
         raise DataError(f"{data}: review needs at least 2 images in every class")
-    paths = [str(p) for p in usable.paths]
     P = _oof_probabilities(X, y, seed)
+    return findings(str(data), [str(p) for p in usable.paths], y, P, X, usable.classes,
+                    usable.health.conflicts + usable.health.leakage)
+
+
+def findings(data: str, paths: list[str], y: np.ndarray, P: np.ndarray, X: np.ndarray,
+             classes: list[str], groups: list[dict[str, Any]]) -> Review:
+    """The :class:`Review` of images ``paths`` filed under ``y`` ``(N,)``, from honest
+    probabilities ``P`` ``(N, K)`` (out of fold, or of a model that never saw them, as
+    ``evaluate`` has for test images), their features ``X`` ``(N, D)`` and the duplicate
+    ``groups`` of their data health."""
     where = {p: i for i, p in enumerate(paths)}
-    groups = usable.health.conflicts + usable.health.leakage
-    found = (_label_issues(P, y, paths, usable.classes)
-             + _duplicates(groups, where, P, usable.classes))
+    found = (_label_issues(P, y, paths, classes) + _duplicates(groups, where, P, classes))
     seen = {s.path for s in found}
-    found += [s for s in _outliers(X, y, paths, usable.classes, P) if s.path not in seen]
+    found += [s for s in _outliers(X, y, paths, classes, P) if s.path not in seen]
     logger.info("review of %s: %d suggestion(s) for %d images", data, len(found), len(y))
     own = P[np.arange(len(y)), y]
     top = P.argmax(axis=1)
-    ranking = [Ranked(paths[i], usable.classes[y[i]], float(own[i]), usable.classes[top[i]],
+    ranking = [Ranked(paths[i], classes[y[i]], float(own[i]), classes[top[i]],
                       float(P[i, top[i]])) for i in np.argsort(own, kind="stable")]
-    return Review(str(data), list(usable.classes), len(y),
-                  float(np.mean(top == y)), found, ranking)
+    return Review(data, list(classes), len(y), float(np.mean(top == y)), found, ranking)
 
 
 def write_suggestions(r: Review, path: str | os.PathLike) -> Path:
