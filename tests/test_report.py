@@ -58,6 +58,10 @@ def test_evaluate_report_is_self_contained_with_metrics_json(reports):
     m = json.loads((report.parent / "metrics.json").read_text())
     lo, hi = m["accuracy_ci95"]
     assert lo <= m["accuracy"] <= hi and m["n_images"] == 30
+    assert lo < 1.0  # never a zero-width interval, even at 30/30
+    bins = text[text.index('class="bins"'):text.index("</table>", text.index('class="bins"'))]
+    counts = re.findall(r"<tr><td>\d+%-\d+%</td><td>(\d+)</td>", bins)
+    assert sum(map(int, counts)) == 30  # the reliability points with their image counts
     assert m["calibration"]["temperature"] > 0
     assert 0 <= m["unknown"]["rejected"] <= 30
 

@@ -58,6 +58,16 @@ def _reliability(y: np.ndarray, logits: np.ndarray, t: float) -> str:
                           diagonal=True, label="reliability diagram"))
 
 
+def _bins(proba: np.ndarray, y: np.ndarray) -> str:
+    """The calibrated reliability bins as a table: how many images each point stands on."""
+    r = reliability(proba, y)
+    rows = "".join(f"<tr><td>{lo:.0%}-{hi:.0%}</td><td>{n}</td><td>{c:.1%}</td>"
+                   f"<td>{a:.1%}</td></tr>" for lo, hi, n, c, a in zip(
+                       r["lower"], r["upper"], r["count"], r["confidence"], r["accuracy"]))
+    return ('<table class="bins"><tr><th>confidence bin</th><th>images</th>'
+            f'<th>mean confidence</th><th>accuracy</th></tr>{rows}</table>')
+
+
 def _curves(rows: list[dict[str, float]]) -> str:
     epochs = [r["epoch"] for r in rows]
     loss = lines_svg([("train loss", epochs, [r["train_loss"] for r in rows], BLUE, "")],
@@ -152,7 +162,8 @@ def write_report(out: str | os.PathLike, classes: list[str], sources: Sequence[A
                  f'{c["ece_after"]:.3f} after temperature scaling (T = '
                  f'{c["temperature"]:.2f}, fitted on validation data at training time).</p>'
                  '<img alt="reliability diagram" src="data:image/svg+xml;base64,'
-                 f'{_reliability(y_true, logits, temperature)}"></section>')
+                 f'{_reliability(y_true, logits, temperature)}">{_bins(proba, y_true)}'
+                 '</section>')
     if "unknown" in m:
         u = m["unknown"]
         acc = f"{u['accuracy_accepted']:.1%}" if u["accuracy_accepted"] is not None else "n/a"
