@@ -15,7 +15,7 @@ from headstart import Classifier
 from headstart.errors import HeadstartError
 from headstart.evaluate import evaluate
 from headstart.finetune import (AUTO_MIN_PER_CLASS, FinetuneConfig, _stages,
-                                choose_image_size, parse_mode)
+                                choose_image_size, parse_mode, skip_reason)
 from headstart.stages import Callbacks
 
 from .conftest import EXAMPLES
@@ -62,6 +62,17 @@ def test_auto_skips_small_data_with_reason():
     f = clf.summary_.finetune
     assert not f.ran and str(AUTO_MIN_PER_CLASS) in f.reason
     assert clf.summary_.val_accuracy == f.val_accuracy_head_only
+
+
+def test_auto_fine_tunes_far_data_from_fewer_images():
+    y, train = np.repeat([0, 1, 2], 25), np.ones(75, bool)
+    cfg = FinetuneConfig(mode="auto")
+    assert "fewer than 50" in skip_reason(cfg, y, train)
+    assert skip_reason(cfg, y, train, far=True) is None  # 25 >= 20 far from ImageNet
+    assert "fewer than 20 (images far from ImageNet)" in skip_reason(
+        cfg, np.repeat([0, 1, 2], 10), np.ones(30, bool), far=True)
+    assert skip_reason(FinetuneConfig(mode="last-2"), np.repeat([0, 1], 2),
+                       np.ones(4, bool)) is None  # only auto decides
 
 
 def test_finetune_keeps_the_better_model_and_reports_both(tmp_path):

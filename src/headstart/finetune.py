@@ -9,7 +9,10 @@ Rules:
 
 * ``mode``: ``off``; ``all``; ``last-N`` (unfreeze the top N stages of the backbone, as timm
   groups them: stem, each block stage, the final conv); ``auto`` fine-tunes ``last-3`` only
-  when every class has at least :data:`AUTO_MIN_PER_CLASS` training images.
+  when every class has at least :data:`AUTO_MIN_PER_CLASS` training images, or
+  :data:`AUTO_MIN_PER_CLASS_FAR` when the images are far from ImageNet
+  (:mod:`headstart.domain`), within :data:`AUTO_MAX_MINUTES` unless ``max_minutes`` says
+  otherwise; then it is kept only if it beats the head on the validation images.
 * image size: the backbone's input size, unless the images are much smaller: when their
   median shorter side is under half the input size they train at twice that side, rounded
   up to a multiple of 32 and at least 64 px (28 px digits train at 64 px).
@@ -47,7 +50,8 @@ from .errors import HeadstartError
 from .heads import LinearHead
 from .summary import FinetuneSummary, ScratchSummary
 
-__all__ = ["AUTO_MIN_PER_CLASS", "FinetuneConfig", "FinetuneResult", "StageResult",
+__all__ = ["AUTO_MAX_MINUTES", "AUTO_MIN_PER_CLASS", "AUTO_MIN_PER_CLASS_FAR",
+           "FinetuneConfig", "FinetuneResult", "StageResult",
            "choose_image_size", "finetune", "finetune_stage", "is_rank_zero", "parse_mode",
            "skip_reason",
            "read_metrics_csv", "write_metrics_csv"]
@@ -55,6 +59,8 @@ __all__ = ["AUTO_MIN_PER_CLASS", "FinetuneConfig", "FinetuneResult", "StageResul
 logger = logging.getLogger(__name__)
 
 AUTO_MIN_PER_CLASS = 50
+AUTO_MIN_PER_CLASS_FAR = 20  # far from ImageNet: where fine-tuning gains most
+AUTO_MAX_MINUTES = 5.0  # the budget of an 'auto' fine-tune without --max-minutes
 AUGMENTS = ("none", "light", "strong")
 
 
@@ -301,13 +307,17 @@ class StageResult:
     val_images: int = 0
 
 
-def skip_reason(cfg: FinetuneConfig, y: np.ndarray, is_train: np.ndarray) -> str | None:
+def skip_reason(cfg: FinetuneConfig, y: np.ndarray, is_train: np.ndarray,
+                far: bool = False) -> str | None:
     """Why :func:`finetune_stage` would not fine-tune (``auto`` with too few images per
-    class), or None when it would."""
+    class: fewer than 50, or 20 when the images are ``far`` from ImageNet), or None when
+    it would."""
     counts = np.bincount(y[is_train])
-    if parse_mode(cfg.mode) == "auto" and counts.min() < AUTO_MIN_PER_CLASS:
+    need = AUTO_MIN_PER_CLASS_FAR if far else AUTO_MIN_PER_CLASS
+    if parse_mode(cfg.mode) == "auto" and counts.min() < need:
         return (f"finetune='auto': a class has {int(counts.min())} training images, fewer "
-                f"than {AUTO_MIN_PER_CLASS}; kept the head only")
+                f"than {need}{' (images far from ImageNet)' if far else ''}; kept the head "
+                "only")
     return None
 
 
@@ -315,7 +325,8 @@ def finetune_stage(backbone: Any, paths: Sequence[Any], y: np.ndarray, is_train:
                    head_only_accuracy: float, cfg: FinetuneConfig, cache_root: Path,
                    features: Callable[[Any, list[Any]], np.ndarray], seed: int = 0,
                    val_fraction: float = 0.2,
-                   on_epoch: Callable[[dict[str, float]], None] | None = None) -> StageResult:
+                   on_epoch: Callable[[dict[str, float]], None] | None = None,
+                   far: bool = False) -> StageResult:
     """Decide, fine-tune, compare with the head-only model, keep the better.
 
     Args:
@@ -326,13 +337,17 @@ def finetune_stage(backbone: Any, paths: Sequence[Any], y: np.ndarray, is_train:
             accuracy was measured on).
         head_only_accuracy: validation accuracy of the head-only model on those rows.
         features: ``features(backbone, paths) -> (N, D)`` (cached frozen features).
+        far: the images are far from ImageNet (``auto`` then fine-tunes from 20 images per
+            class).
     """
     import copy
 
     summary = FinetuneSummary(mode=cfg.mode, val_accuracy_head_only=head_only_accuracy)
-    summary.reason = skip_reason(cfg, y, is_train)
+    summary.reason = skip_reason(cfg, y, is_train, far)
     if summary.reason is not None:
         return StageResult(summary, [])
+    if parse_mode(cfg.mode) == "auto" and cfg.max_minutes is None:
+        cfg = replace(cfg, max_minutes=AUTO_MAX_MINUTES)
     train_rows, val_rows = split_rows(y, is_train, val_fraction, seed)
     size = cfg.image_size or choose_image_size([paths[i] for i in train_rows],
                                                backbone.preprocess.size)

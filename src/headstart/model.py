@@ -198,12 +198,14 @@ class Classifier:
         if self.finetune != "off":
             cfg = replace(self.finetune_config or FinetuneConfig(), mode=self.finetune)
             head_only = fitted.val_accuracy
-            if skip_reason(cfg, usable.y, usable.is_train) is None:  # compare on its rows
+            far = gap.level == "far"
+            if skip_reason(cfg, usable.y, usable.is_train, far) is None:  # on its rows
                 head_only, _ = holdout_accuracy(fitted.head, usable.X, usable.y,
                                                 usable.is_train, self.seed, self.val_fraction)
             ft = finetune_stage(backbone, usable.paths, usable.y, usable.is_train,
                                 head_only, cfg, resolve_cache_dir(self.cache_dir),
-                                self._features_under, self.seed, self.val_fraction, cb.epoch)
+                                self._features_under, self.seed, self.val_fraction, cb.epoch,
+                                far)
             history = ft.history
             if ft.backbone is not None:
                 backbone, tuned = ft.backbone, ft
