@@ -31,7 +31,7 @@ FLOORS = [
     ["stages"],
     ["persist"],
     ["model"],
-    ["evaluate", "export", "serve", "advise", "review"],
+    ["evaluate", "export", "serve", "advise", "review", "stream"],
     ["report"],
     ["_console"],
     ["cli"],

@@ -42,7 +42,7 @@ def test_train_human_output_and_corrupt_file_skipped(tmp_path):
 
 def test_predict_json_csv_and_counts(model_dir, tmp_path):
     folder = EXAMPLES / "test"
-    r = run("predict", model_dir, folder, "--json", "--csv", tmp_path / "p.csv")
+    r = run("predict", model_dir, folder, "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert len(out["predictions"]) == 30 and sum(out["counts"].values()) == 30
@@ -50,8 +50,14 @@ def test_predict_json_csv_and_counts(model_dir, tmp_path):
     assert right >= 27
     for p in out["predictions"]:
         assert p["probability"] == max(p["probabilities"].values())
+    r = run("predict", model_dir, folder, "--json", "--csv", tmp_path / "p.csv")
+    assert r.returncode == 0, r.stderr
+    streamed = json.loads(r.stdout)
+    assert streamed["written"] == 30 and streamed["counts"] == out["counts"]
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     assert [r["label"] for r in rows] == [p["label"] for p in out["predictions"]]
+    assert [float(r["probability"]) for r in rows] == pytest.approx(
+        [p["probability"] for p in out["predictions"]], abs=1e-5)
     human = run("predict", model_dir, next((folder / "giraffe").iterdir()))
     assert human.returncode == 0 and "counts" in human.stdout
 

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-    TimeRemainingColumn
+    TimeElapsedColumn, TimeRemainingColumn
 
 from .domain import explain
 from .summary import DomainGap
@@ -50,6 +50,19 @@ def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
 
         def update(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
+        yield update
+
+
+@contextmanager
+def rate_bar(label: str) -> Iterator[Callable[[int, float], None]]:
+    """Progress of a stream of unknown length: images done and images per second."""
+    with Progress(TextColumn(label), TextColumn("{task.completed} images"),
+                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err,
+                  transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task(label, total=None, rate="")
+
+        def update(done: int, rate: float) -> None:
+            bar.update(task, completed=done, rate=f"{rate:.0f} images/s")
         yield update
 
 

@@ -8,7 +8,6 @@ errors (``head='svm': ...``); this layer says the option instead (``--head 'svm'
 
 from __future__ import annotations
 
-import csv
 import functools
 import logging
 import re
@@ -22,7 +21,7 @@ from rich.table import Table
 from . import defaults
 from ._console import (emit_json, err, error_line, health_line, out, print_advice,
                        print_evaluation, print_export, print_health, print_predictions,
-                       print_review, print_skipped, print_training, progress_bar)
+                       print_review, print_skipped, print_training, progress_bar, rate_bar)
 from .errors import HeadstartError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -197,17 +196,33 @@ def predict(
     model: Path = typer.Argument(..., help="Model directory from 'headstart train'."),
     paths: List[Path] = typer.Argument(..., help="Image files or folders."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    csv_file: Optional[Path] = typer.Option(None, "--csv", help="Also write a CSV here."),
+    csv_file: Optional[Path] = typer.Option(None, "--csv", help="Stream the predictions "
+                                            "to this CSV, each row as soon as known."),
+    jsonl: Optional[Path] = typer.Option(None, "--jsonl", help="Stream them to this JSON "
+                                         "lines file instead."),
+    resume: bool = typer.Option(False, "--resume", help="With --csv/--jsonl: skip the "
+                                "images already in the file (same path and bytes)."),
+    chunk: int = typer.Option(256, help="With --csv/--jsonl: images predicted and written "
+                              "per step (memory stays flat at any number of images)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
     runtime: str = typer.Option(defaults.RUNTIME, help=RUNTIME_HELP),
     no_unknown: bool = typer.Option(False, "--no-unknown",
                                     help="Never answer 'unknown' for unfamiliar images."),
 ) -> None:
     """Predict the class of images, then count images per class."""
-    from .data import find_images
     from .model import Classifier
+    from .walk import find_images
 
-    clf = Classifier.load(model, cache_dir=cache_dir, runtime=runtime, unknown=not no_unknown)
+    target = jsonl or csv_file
+    if csv_file is not None and jsonl is not None:
+        raise HeadstartError("--csv and --jsonl: expected one of them, got both")
+    if resume and target is None:
+        raise HeadstartError("--resume: expected --csv or --jsonl to resume")
+    clf = Classifier.load(model, cache=target is None, cache_dir=cache_dir, runtime=runtime,
+                          unknown=not no_unknown)
+    if target is not None:
+        _stream(clf, paths, target, "jsonl" if jsonl else "csv", resume, chunk, as_json)
+        return
     files, skipped = find_images(paths)
     with progress_bar("predict") as progress:
         pred = clf.predict_images(files, progress)
@@ -218,20 +233,31 @@ def predict(
              "unknown": bool(rej), "unknown_score": float(sc)}
             for p, lab, pr, rej, sc in zip(pred.sources, pred.labels, pred.proba,
                                            pred.rejected, pred.ood_score)]
-    if csv_file is not None:
-        # surrogateescape: a file name that is not valid UTF-8 is written back as its bytes
-        with csv_file.open("w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
-            w = csv.writer(fh)
-            w.writerow(["path", "label", "probability"] + [f"p_{c}" for c in pred.classes])
-            for r in rows:
-                w.writerow([r["path"], r["label"], f"{r['probability']:.6f}"]
-                           + [f"{v:.6f}" for v in r["probabilities"].values()])
     if as_json:
         emit_json({"predictions": rows, "counts": pred.counts(),
                    "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]})
         return
     print_predictions(rows)
     out.print("counts      " + ", ".join(f"{c} {n}" for c, n in pred.counts().items()))
+
+
+def _stream(clf: Any, paths: List[Path], target: Path, fmt: str, resume: bool, chunk: int,
+            as_json: bool) -> None:
+    from .stream import predict_stream
+
+    with rate_bar("predict") as progress:
+        r = predict_stream(clf, paths, target, fmt=fmt, resume=resume, chunk=chunk,
+                           progress=progress)
+    print_skipped(r.skipped)
+    if as_json:
+        emit_json({"out": str(target), "written": r.written, "resumed": r.resumed,
+                   "counts": r.counts, "seconds": r.seconds,
+                   "skipped": [{"path": s.path, "reason": s.reason} for s in r.skipped]})
+        return
+    out.print(f"wrote       {r.written} row(s) to {target} in {r.seconds:.1f} s"
+              + (f" ({r.resumed} already there)" if r.resumed else ""))
+    out.print("counts      " + ", ".join(f"{c} {n}" for c, n in r.counts.items() if n or
+                                         c != "unknown"))
 
 
 @app.command()

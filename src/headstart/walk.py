@@ -8,14 +8,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from ._fs import file_problem
 from .decode import UNSUPPORTED_EXTENSIONS, unsupported_reason
 from .errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "LINK_LOOP", "SET_ASIDE", "Skipped", "find_images", "is_hidden",
-           "links_back"]
+__all__ = ["IMAGE_EXTENSIONS", "LINK_LOOP", "SET_ASIDE", "Skipped", "find_images",
+           "is_hidden", "iter_images", "links_back"]
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -90,6 +90,33 @@ def _files_under(folder: Path) -> Iterable[tuple[Path, str | None]]:
     yield from problems
 
 
+def iter_images(paths: Iterable[str | os.PathLike]) -> Iterator[Path | Skipped]:
+    """Image files under ``paths`` (folders searched recursively, in sorted order), one at
+    a time, with a :class:`Skipped` for each file not used: a lazy :func:`find_images`
+    (flat memory over millions of files).
+
+    Raises:
+        DataError: a path does not exist (when it is reached).
+    """
+    for p in map(Path, paths):
+        if p.is_dir():
+            for f, problem in _files_under(p):
+                ext = f.suffix.lower()
+                if problem is not None:
+                    yield _skip(f, problem)
+                elif ext in IMAGE_EXTENSIONS:
+                    yield f
+                elif ext in UNSUPPORTED_EXTENSIONS:
+                    yield Skipped(str(f), unsupported_reason(ext))
+                else:
+                    yield Skipped(str(f), f"not an image type ({ext or 'none'})")
+        elif p.exists():
+            problem = file_problem(p)
+            yield p if problem is None else Skipped(str(p), problem)
+        else:
+            raise DataError(f"path not found: {p}")
+
+
 def find_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Skipped]]:
     """Expand files and folders (searched recursively) into image files.
 
@@ -99,26 +126,15 @@ def find_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Sk
     Raises:
         DataError: a path does not exist.
     """
+    paths = list(paths)
+    for p in map(Path, paths):  # every path checked before any folder is walked
+        if not p.is_dir() and not p.exists():
+            raise DataError(f"path not found: {p}")
     found: list[Path] = []
     skipped: list[Skipped] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            for f, problem in _files_under(p):
-                ext = f.suffix.lower()
-                if problem is not None:
-                    skipped.append(_skip(f, problem))
-                elif ext in IMAGE_EXTENSIONS:
-                    found.append(f)
-                elif ext in UNSUPPORTED_EXTENSIONS:
-                    skipped.append(Skipped(str(f), unsupported_reason(ext)))
-                else:
-                    skipped.append(Skipped(str(f), f"not an image type ({ext or 'none'})"))
-        elif p.exists():
-            problem = file_problem(p)
-            if problem is None:
-                found.append(p)
-            else:
-                skipped.append(Skipped(str(p), problem))
+    for item in iter_images(paths):
+        if isinstance(item, Skipped):
+            skipped.append(item)
         else:
-            raise DataError(f"path not found: {p}")
+            found.append(item)
     return found, skipped

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from headstart import Classifier
+from headstart.errors import DataError
+from headstart.stream import predict_stream
+
+from .conftest import EXAMPLES, assert_user_error, run_cli, shared
+
+
+def _sorted_rows(path) -> list[tuple[str, ...]]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return [tuple(rows[0])] + sorted(tuple(r) for r in rows[1:])
+
+
+def test_stream_writes_one_row_per_readable_image_and_lists_the_rest(trained, tmp_path):
+    _, model = trained
+    folder = tmp_path / "imgs"
+    shutil.copytree(EXAMPLES / "test", folder)
+    (folder / "giraffe" / "broken.jpg").write_bytes(b"not a jpeg")
+    (folder / "notes.txt").write_text("hello")
+    clf = Classifier.load(model, cache=False)
+    out = tmp_path / "p.jsonl"
+    r = predict_stream(clf, [folder], out, chunk=7)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert r.written == len(rows) == 30 and r.resumed == 0
+    assert sorted(s.path.rsplit("/", 1)[1] for s in r.skipped) == ["broken.jpg", "notes.txt"]
+    assert sum(r.counts.values()) == 30
+    assert all(len(x["content_hash"]) == 32 and x["label"] in clf.classes_ + ["unknown"]
+               for x in rows)
+    again = predict_stream(clf, [folder], out, resume=True, chunk=7)
+    assert again.written == 0 and again.resumed == 30  # nothing left to do
+    photo = folder / "giraffe" / json.loads(out.read_text().splitlines()[-1])["path"] \
+        .rsplit("/", 1)[1]
+    shutil.copy(sorted((EXAMPLES / "test" / "elephant").iterdir())[0], photo)  # new bytes
+    changed = predict_stream(clf, [folder], out, resume=True, chunk=7)
+    assert changed.written == 1 and changed.resumed == 29
+    with pytest.raises(DataError, match="cannot resume"):
+        (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+        predict_stream(clf, [folder], tmp_path / "other.csv", resume=True)
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_file(trained, tmp_path):
+    _, model = trained
+    images = shared("hymenoptera", "val")
+    full = tmp_path / "full.csv"
+    r = run_cli("predict", model, images, "--csv", full, "--chunk", "16")
+    assert r.returncode == 0, r.stderr
+    assert len(_sorted_rows(full)) == 1 + 153
+    part = tmp_path / "part.csv"
+    cmd = [sys.executable, "-m", "headstart", "predict", str(model), str(images), "--csv",
+           str(part), "--chunk", "16"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = random.Random(0).randint(20, 120)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if part.exists() and part.read_bytes().count(b"\n") > target:
+            break
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = part.read_bytes().count(b"\n") - 1
+    assert 0 < written < 153, written  # killed part-way
+    r = run_cli("predict", model, images, "--csv", part, "--chunk", "16", "--resume",
+                "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["resumed"] >= written - 16 and got["resumed"] + got["written"] == 153
+    assert _sorted_rows(part) == _sorted_rows(full)  # no row lost, none twice
+
+
+def test_stream_options_are_checked(trained, tmp_path):
+    _, model = trained
+    assert_user_error(run_cli("predict", model, EXAMPLES / "test", "--resume"), "--resume")
+    assert_user_error(run_cli("predict", model, EXAMPLES / "test", "--csv", tmp_path / "a",
+                              "--jsonl", tmp_path / "b"), "--csv and --jsonl")
