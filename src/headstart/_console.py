@@ -300,3 +300,28 @@ def print_review(r: Any, page: Path | None, csv_file: Path | None, limit: int = 
     if csv_file is not None:
         out.print(f"csv      {csv_file} (edit the action column, then: headstart review "
                   f"DATA --apply {csv_file})")
+
+
+def print_moves(data: Path, n: int, log: Path | None, as_json: bool) -> None:
+    """What ``review --apply`` (``log``: its log) or ``review --undo`` (``log`` None) did."""
+    if as_json:
+        emit_json({"moved": n, "log": str(log) if n else None} if log is not None
+                  else {"restored": n})
+    elif log is None:
+        out.print(f"moved {n} file(s) back; {data} is as before")
+    else:
+        out.print(f"moved {n} file(s)" + (f"; undo: headstart review {data} --undo {log}"
+                                         if n else ""))
+
+
+def print_stream(r: Any, target: Path, as_json: bool) -> None:
+    """What a streaming ``predict`` wrote (``r``: :class:`headstart.stream.StreamResult`)."""
+    if as_json:
+        emit_json({"out": str(target), "written": r.written, "resumed": r.resumed,
+                   "counts": r.counts, "seconds": r.seconds,
+                   "skipped": [{"path": s.path, "reason": s.reason} for s in r.skipped]})
+        return
+    out.print(f"wrote       {r.written} row(s) to {target} in {r.seconds:.1f} s"
+              + (f" ({r.resumed} already there)" if r.resumed else ""))
+    out.print("counts      " + ", ".join(f"{c} {n}" for c, n in r.counts.items()
+                                         if n or c != "unknown"))

@@ -21,7 +21,8 @@ from rich.table import Table
 from . import defaults
 from ._console import (emit_json, err, error_line, health_line, out, print_advice,
                        print_evaluation, print_export, print_health, print_predictions,
-                       print_review, print_skipped, print_training, progress_bar, rate_bar)
+                       print_moves, print_review, print_skipped, print_stream, print_training,
+                       progress_bar, rate_bar)
 from .errors import HeadstartError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -249,15 +250,7 @@ def _stream(clf: Any, paths: List[Path], target: Path, fmt: str, resume: bool, c
         r = predict_stream(clf, paths, target, fmt=fmt, resume=resume, chunk=chunk,
                            progress=progress)
     print_skipped(r.skipped)
-    if as_json:
-        emit_json({"out": str(target), "written": r.written, "resumed": r.resumed,
-                   "counts": r.counts, "seconds": r.seconds,
-                   "skipped": [{"path": s.path, "reason": s.reason} for s in r.skipped]})
-        return
-    out.print(f"wrote       {r.written} row(s) to {target} in {r.seconds:.1f} s"
-              + (f" ({r.resumed} already there)" if r.resumed else ""))
-    out.print("counts      " + ", ".join(f"{c} {n}" for c, n in r.counts.items() if n or
-                                         c != "unknown"))
+    print_stream(r, target, as_json)
 
 
 @app.command()
@@ -389,20 +382,10 @@ def review(
     from .review import review as run_review
 
     if undo_log is not None:
-        n = undo(undo_log)
-        if as_json:
-            emit_json({"restored": n})
-        else:
-            out.print(f"moved {n} file(s) back; {data} is as before")
-        return
+        return print_moves(data, undo(undo_log), None, as_json)
     if apply_csv is not None:
         log, n = apply(apply_csv, data)
-        if as_json:
-            emit_json({"moved": n, "log": str(log) if n else None})
-        else:
-            out.print(f"moved {n} file(s)" + (f"; undo: headstart review {data} --undo {log}"
-                                             if n else ""))
-        return
+        return print_moves(data, n, log, as_json)
     with progress_bar("features") as progress:
         r = run_review(data, backbone=backbone, cache_dir=cache_dir, progress=progress)
     if out_html is not None:
