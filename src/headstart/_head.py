@@ -98,6 +98,7 @@ class Head:
     kind: ClassVar[str] = ""
     oof_logits_: np.ndarray | None = None
     oof_rows_: np.ndarray | None = None
+    oof_scale_: float = 1.0  # final head's logit scale over the fold heads' (see LinearHead)
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor parameters and their values."""

@@ -235,15 +235,18 @@ def fit_honesty(head: Any, X: np.ndarray, y: np.ndarray, train_rows: np.ndarray,
         logits, yv = _cross_val_logits(head.kind, X[train_rows], y[train_rows], seed)
         rows = train_rows if len(yv) else train_rows[:0]
         source = "cross-validated predictions on the training images"
+    scale = 1.0  # the deployed head's logits over those calibrated on
     if len(yv) >= MIN_CALIBRATION_IMAGES:
-        t = fit_temperature(logits, yv)
+        if source.startswith("cross-validated") and head.oof_logits_ is not None:
+            scale = head.oof_scale_  # the deployed head is sharper than the fold heads
+        t = fit_temperature(logits, yv) * scale
     else:
         t, source = 1.0, (f"not calibrated: {len(yv)} held-out image(s), "
                           f"{MIN_CALIBRATION_IMAGES} needed")
     info = Calibration(temperature=t, fitted_on=source, images=int(len(yv)))
     if len(yv):
         info.ece_before = expected_calibration_error(softmax(logits), yv)
-        info.ece_after = expected_calibration_error(softmax(logits, t), yv)
+        info.ece_after = expected_calibration_error(softmax(logits, t / scale), yv)
     ood = OutOfDistribution(seed=seed).fit(X[train_rows],
                                            X[val_rows] if len(val_rows) else None)
     return Honesty(t, ood, info, rows, logits)
