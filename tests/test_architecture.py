@@ -32,6 +32,7 @@ FLOORS = [
     ["persist"],
     ["model"],
     ["evaluate", "export", "serve", "advise", "review", "stream"],
+    ["cluster"],
     ["report"],
     ["_console"],
     ["cli"],

@@ -86,3 +86,40 @@ def test_stream_options_are_checked(trained, tmp_path):
     assert_user_error(run_cli("predict", model, EXAMPLES / "test", "--resume"), "--resume")
     assert_user_error(run_cli("predict", model, EXAMPLES / "test", "--csv", tmp_path / "a",
                               "--jsonl", tmp_path / "b"), "--csv and --jsonl")
+
+
+def test_ray_cluster_gives_the_local_answers(trained, tmp_path):
+    pytest.importorskip("ray", reason="the [ray] extra is not installed")
+    _, model = trained
+    images = tmp_path / "imgs"
+    (images / "a").mkdir(parents=True)
+    for f in sorted(shared("hymenoptera", "val").rglob("*.jpg"))[:100]:
+        shutil.copy(f, images / "a" / f.name)
+    shutil.copytree(EXAMPLES, images / "b")  # 100 + 50 images, and a text file
+    local, remote = tmp_path / "local.csv", tmp_path / "ray.csv"
+    r = run_cli("predict", model, images, "--csv", local)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("predict", model, images, "--csv", remote, "--cluster", "local",
+                "--workers", "2", "--json", timeout=600)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["written"] == 150 and got["skipped"]  # ATTRIBUTION.md is not an image
+    a = {row["path"]: row for row in csv.DictReader(local.open())}
+    b = {row["path"]: row for row in csv.DictReader(remote.open())}
+    assert a.keys() == b.keys() and len(a) == 150
+    for path, row in a.items():
+        assert b[path]["label"] == row["label"] and b[path]["content_hash"] == \
+            row["content_hash"]
+        assert [float(b[path][k]) for k in row if k.startswith("p_")] == pytest.approx(
+            [float(row[k]) for k in row if k.startswith("p_")], abs=1e-5)
+    assert_user_error(run_cli("predict", model, images, "--cluster", "local"), "--cluster")
+
+
+def test_without_ray_the_cluster_option_says_what_to_install(trained, tmp_path):
+    _, model = trained
+    code = ("import sys; sys.modules['ray'] = None; sys.argv = ['headstart'] + sys.argv[1:];"
+            " from headstart.cli import main; main()")
+    r = subprocess.run([sys.executable, "-c", code, "predict", str(model),
+                        str(EXAMPLES / "test"), "--csv", str(tmp_path / "p.csv"), "--cluster",
+                        "local"], capture_output=True, text=True, timeout=300)
+    assert_user_error(r, "pip install 'headstart[ray]'")

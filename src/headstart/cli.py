@@ -205,6 +205,10 @@ def predict(
                                 "images already in the file (same path and bytes)."),
     chunk: int = typer.Option(256, help="With --csv/--jsonl: images predicted and written "
                               "per step (memory stays flat at any number of images)."),
+    cluster: Optional[str] = typer.Option(None, help="With --csv/--jsonl: predict on Ray: "
+                                          "local | auto | ray://HOST:PORT "
+                                          "(pip install 'headstart[ray]')."),
+    workers: int = typer.Option(2, help="With --cluster: model replicas (one CPU each)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
     runtime: str = typer.Option(defaults.RUNTIME, help=RUNTIME_HELP),
     no_unknown: bool = typer.Option(False, "--no-unknown",
@@ -217,13 +221,14 @@ def predict(
     target = jsonl or csv_file
     if csv_file is not None and jsonl is not None:
         raise HeadstartError("--csv and --jsonl: expected one of them, got both")
-    if resume and target is None:
-        raise HeadstartError("--resume: expected --csv or --jsonl to resume")
+    if (resume or cluster) and target is None:
+        raise HeadstartError(f"--{'resume' if resume else 'cluster'}: expected --csv or "
+                             "--jsonl to write to")
     clf = Classifier.load(model, cache=target is None, cache_dir=cache_dir, runtime=runtime,
                           unknown=not no_unknown)
     if target is not None:
-        _stream(clf, paths, target, "jsonl" if jsonl else "csv", resume, chunk, as_json)
-        return
+        return _stream(model, clf, paths, target, "jsonl" if jsonl else "csv", resume, chunk,
+                       cluster, workers, as_json)
     files, skipped = find_images(paths)
     with progress_bar("predict") as progress:
         pred = clf.predict_images(files, progress)
@@ -242,13 +247,15 @@ def predict(
     out.print("counts      " + ", ".join(f"{c} {n}" for c, n in pred.counts().items()))
 
 
-def _stream(clf: Any, paths: List[Path], target: Path, fmt: str, resume: bool, chunk: int,
-            as_json: bool) -> None:
+def _stream(model: Path, clf: Any, paths: List[Path], target: Path, fmt: str, resume: bool,
+            chunk: int, cluster: str | None, workers: int, as_json: bool) -> None:
+    from .cluster import predict_ray
     from .stream import predict_stream
 
     with rate_bar("predict") as progress:
-        r = predict_stream(clf, paths, target, fmt=fmt, resume=resume, chunk=chunk,
-                           progress=progress)
+        r = (predict_ray(model, paths, target, fmt, resume, cluster, workers, progress=progress,
+                         unknown=clf.unknown) if cluster else predict_stream(clf, paths, target, fmt=fmt, resume=resume,
+                                            chunk=chunk, progress=progress))
     print_skipped(r.skipped)
     print_stream(r, target, as_json)
 

@@ -20,14 +20,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TextIO
+from typing import Any, Callable, Iterable, Iterator, TextIO
 
 from ._fs import digest_bytes, read_regular
 from .errors import DataError
 from .model import Classifier, Predictions
 from .walk import Skipped, iter_images
 
-__all__ = ["StreamResult", "predict_stream"]
+__all__ = ["StreamProgress", "StreamResult", "Writer", "chunks", "done_rows", "output_format",
+           "predict_stream", "unchanged"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +48,15 @@ class StreamResult:
     seconds: float = 0.0
 
 
-def _fmt(path: Path, fmt: str | None) -> str:
+def output_format(path: Path, fmt: str | None) -> str:
+    """``csv`` or ``jsonl``: ``fmt``, else from the suffix of ``path``."""
     fmt = fmt or ("jsonl" if path.suffix.lower() in (".jsonl", ".ndjson") else "csv")
     if fmt not in ("csv", "jsonl"):
         raise DataError(f"fmt: expected csv or jsonl, got {fmt!r}")
     return fmt
 
 
-def _done_rows(path: Path, fmt: str) -> dict[str, str]:
+def done_rows(path: Path, fmt: str) -> dict[str, str]:
     """``{path: content hash}`` of the complete rows of an earlier run (a last line without
     its newline, cut by a kill, is truncated away)."""
     if not path.exists():
@@ -82,15 +84,18 @@ def _done_rows(path: Path, fmt: str) -> dict[str, str]:
     return done
 
 
-def _unchanged(path: Path, digest: str) -> bool:
+def unchanged(path: Path, digest: str) -> bool:
+    """``path`` still holds the bytes of content hash ``digest``."""
     try:
         return digest_bytes(read_regular(path)) == digest
     except (OSError, ValueError):
         return False
 
 
-def _chunks(items: Iterable[Path | Skipped], size: int, skipped: list[Skipped]
-            ) -> Iterator[list[Path]]:
+def chunks(items: Iterable[Path | Skipped], size: int, skipped: list[Skipped]
+           ) -> Iterator[list[Path]]:
+    """Lists of up to ``size`` image paths from ``items``; the :class:`Skipped` ones are
+    appended to ``skipped``."""
     chunk: list[Path] = []
     for item in items:
         if isinstance(item, Skipped):
@@ -104,8 +109,8 @@ def _chunks(items: Iterable[Path | Skipped], size: int, skipped: list[Skipped]
         yield chunk
 
 
-class _Writer:
-    """Rows to a CSV or JSON-lines file, flushed after each chunk."""
+class Writer:
+    """Rows to a CSV or JSON-lines file (see :func:`predict_stream` for the columns)."""
 
     def __init__(self, fh: TextIO, fmt: str, classes: list[str], header: bool) -> None:
         self.fh, self.fmt, self.classes = fh, fmt, classes
@@ -114,21 +119,25 @@ class _Writer:
             self.csv.writerow(["path", "label", "probability"] +
                               [f"p_{c}" for c in classes] + ["unknown", "content_hash"])
 
+    def row(self, path: str, label: str, proba: Any, unknown: bool, unknown_score: float,
+            digest: str) -> None:
+        if self.csv is not None:
+            self.csv.writerow([path, label, f"{float(proba.max()):.6f}"] +
+                              [f"{float(v):.6f}" for v in proba] + [int(unknown), digest])
+        else:
+            self.fh.write(json.dumps({
+                "path": path, "label": label, "probability": float(proba.max()),
+                "probabilities": {c: float(v) for c, v in zip(self.classes, proba)},
+                "unknown": unknown, "unknown_score": float(unknown_score),
+                "content_hash": digest}, ensure_ascii=False) + "\n")
+
     def rows(self, pred: Predictions, digests: dict[str, str | None]) -> None:
         for i, src in enumerate(pred.sources):
-            p = pred.proba[i]
-            digest = digests.get(src) or ""
-            if self.csv is not None:
-                self.csv.writerow([src, pred.labels[i], f"{float(p.max()):.6f}"] +
-                                  [f"{float(v):.6f}" for v in p] +
-                                  [int(bool(pred.rejected[i])), digest])
-            else:
-                self.fh.write(json.dumps({
-                    "path": src, "label": pred.labels[i], "probability": float(p.max()),
-                    "probabilities": {c: float(v) for c, v in zip(self.classes, p)},
-                    "unknown": bool(pred.rejected[i]),
-                    "unknown_score": float(pred.ood_score[i]), "content_hash": digest},
-                    ensure_ascii=False) + "\n")
+            self.row(src, pred.labels[i], pred.proba[i], bool(pred.rejected[i]),
+                     float(pred.ood_score[i]), digests.get(src) or "")
+        self.flush()
+
+    def flush(self) -> None:
         self.fh.flush()
         os.fsync(self.fh.fileno())
 
@@ -148,18 +157,18 @@ def predict_stream(clf: Classifier, paths: Iterable[str | os.PathLike], out: str
         DataError: a path does not exist, or ``out`` cannot be resumed from.
     """
     t0 = time.perf_counter()
-    out, fmt = Path(out), _fmt(Path(out), fmt)
+    out, fmt = Path(out), output_format(Path(out), fmt)
     if chunk < 1:
         raise DataError(f"chunk: expected >= 1, got {chunk}")
-    done = _done_rows(out, fmt) if resume else {}
+    done = done_rows(out, fmt) if resume else {}
     result = StreamResult()
     counts = dict.fromkeys(clf.classes_, 0)
     header = not (resume and out.exists() and out.stat().st_size > 0)
     with out.open("a" if resume else "w", newline="", encoding="utf-8",
                   errors="surrogateescape") as fh:
-        writer = _Writer(fh, fmt, list(clf.classes_), header)
-        for files in _chunks(iter_images(paths), chunk, result.skipped):
-            todo = [f for f in files if str(f) not in done or not _unchanged(f, done[str(f)])]
+        writer = Writer(fh, fmt, list(clf.classes_), header)
+        for files in chunks(iter_images(paths), chunk, result.skipped):
+            todo = [f for f in files if str(f) not in done or not unchanged(f, done[str(f)])]
             result.resumed += len(files) - len(todo)
             if not todo:
                 continue
