@@ -7,6 +7,9 @@ Images: 224x224 JPEGs (quality 85) of random gradients, circles and rectangles, 
 a seeded generator, kept in --work between runs (generated once per size, nested 1,000 a
 folder). Model: a head trained on the shipped safari examples (lite0).
 
+With --ray N: the same N images through `--cluster local --workers 1` and `--workers 2`
+beside local streaming (whole processes, Ray's start-up included).
+
 For each size: one `headstart predict MODEL FOLDER --csv out.csv` process; wall seconds,
 images/s, the peak resident memory of the process (ru_maxrss of the child) and the rows of
 the CSV (must equal N). The throughput ratio to the smallest size and the peak ratio to
@@ -62,13 +65,14 @@ MEASURE = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); 
            ".ru_maxrss); sys.exit(r.returncode)")
 
 
-def run(model: Path, folder: Path, out: Path, env: dict[str, str]) -> dict[str, float]:
+def run(model: Path, folder: Path, out: Path, env: dict[str, str], *extra: str
+        ) -> dict[str, float]:
     """One whole predict process, measured by a wrapper process of its own (its children's
     peak resident memory is exactly this run's)."""
     t = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "headstart",
-                           "predict", str(model), str(folder), "--csv", str(out), "--json"],
-                          capture_output=True, text=True, env=env)
+                           "predict", str(model), str(folder), "--csv", str(out), "--json",
+                           *extra], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t
     if done.returncode != 0:
         raise SystemExit(done.stderr[-3000:])
@@ -83,6 +87,9 @@ def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--sizes", type=int, nargs="+", default=[400, 10000, 100000])
     ap.add_argument("--work", type=Path, default=Path("/tmp/headstart-scale"))
+    ap.add_argument("--ray", type=int, default=0, metavar="N",
+                    help="also predict N images on a local Ray cluster with 1 and 2 workers "
+                    "(needs the [ray] extra), beside local streaming on the same images")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HEADSTART_CACHE": str(args.work / "cache")}
@@ -103,6 +110,16 @@ def main() -> None:
     if 10000 in results and big != 10000:
         print(f"peak RSS {big} vs 10000: "
               f"{results[big]['peak_mb'] / results[10000]['peak_mb']:.2f}x")
+    if args.ray:
+        folder = generate(args.work / f"images-{args.ray}", args.ray)
+        local = run(model, folder, args.work / "ray-local.csv", env)
+        for workers in (1, 2):
+            r = run(model, folder, args.work / f"ray-{workers}.csv", env, "--cluster",
+                    "local", "--workers", str(workers))
+            print(f"ray, {workers} worker(s), {args.ray} images: {r['seconds']:.1f} s "
+                  f"(local streaming {local['seconds']:.1f} s): throughput "
+                  f"{local['seconds'] / r['seconds']:.2f}x of local, whole processes, Ray "
+                  f"start-up included; {r['rows']} rows", flush=True)
 
 
 if __name__ == "__main__":
