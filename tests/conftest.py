@@ -169,8 +169,9 @@ def io_png() -> bytes:
 CHROMIUM = "/usr/bin/chromium"
 
 
-def launch_chromium(playwright):
-    """Debian's headless Chromium through Playwright (never a downloaded browser)."""
+def launch_chromium(playwright, *extra: str):
+    """Debian's headless Chromium through Playwright (never a downloaded browser);
+    ``extra``: more command-line switches (a fake camera, say)."""
     import os
 
     if not Path(CHROMIUM).exists():
@@ -179,7 +180,7 @@ def launch_chromium(playwright):
         pytest.skip("Debian's chromium is not installed (bash tests/install-browser.sh)")
     return playwright.chromium.launch(executable_path=CHROMIUM, args=[
         "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"])
+        "--disable-component-update", "--disable-sync", "--no-first-run", *extra])
 
 
 def run_cli(*args: Any, timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess:

@@ -3,13 +3,16 @@ machines. Only the CLI imports this module; the library logs and never prints.""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -18,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
     TimeElapsedColumn, TimeRemainingColumn
 
 from .domain import explain
+from .errors import HeadstartError
 from .summary import DomainGap
 
 __all__ = ["emit_json", "err", "error_line", "health_line", "out", "print_advice",
@@ -325,3 +329,53 @@ def print_stream(r: Any, target: Path, as_json: bool) -> None:
               + (f" ({r.resumed} already there)" if r.resumed else ""))
     out.print("counts      " + ", ".join(f"{c} {n}" for c, n in r.counts.items()
                                          if n or c != "unknown"))
+
+
+# library parameter -> the option that sets it, where the names differ
+_OPTION_OF = {"max_epochs": "epochs", "path": "out", "fmt": "format"}
+_OPTIONS = ("head", "backbone", "weights", "runtime", "finetune", "augment", "image_size",
+            "max_epochs", "lr", "backbone_lr_factor", "patience", "max_minutes", "resume",
+            "int8", "val", "path", "budget", "near_threshold", "fmt", "samples", "port",
+            "host", "max_upload_mb", "max_pixels", "max_batch", "batch_wait_ms")
+_PARAM = re.compile(r"(?<![\w/.-])(" + "|".join(_OPTIONS) + r")(=True\b|=|:)")
+
+
+def as_options(message: str) -> str:
+    """A library message with its parameter names (``head=``, ``weights=FILE``,
+    ``int8=True``, ``budget:``) written as the CLI options that set them."""
+    def option(m: re.Match) -> str:
+        flag = "--" + _OPTION_OF.get(m[1], m[1]).replace("_", "-")
+        return flag + {"=True": "", "=": " ", ":": ":"}[m[2]]
+    return _PARAM.sub(option, message)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn :class:`HeadstartError`, and an ``OSError`` of the machine (full disk, no
+    permission), into a one-line message and exit status 2; a closed stdout (``| head``)
+    ends the command quietly with status 0."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except HeadstartError as e:
+            error_line(as_options(str(e)))
+            raise typer.Exit(2) from None
+        except BrokenPipeError:
+            quiet_stdout()
+            raise typer.Exit(0) from None
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            error_line(f"{where}{e.strerror or e}")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+    return wrapper
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

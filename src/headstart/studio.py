@@ -1,0 +1,305 @@
+"""The studio: the whole loop (collect, label, check, train, review, try, export) in a
+local web app over the same library.
+
+A project is a plain folder the CLI understands too: ``PROJECT/data/<class>/<images>``,
+``PROJECT/models/<run>/`` (model directories), ``PROJECT/studio.json`` (the current run and
+each run's figures) and ``PROJECT/_trash/`` (deleted classes and images: never removed
+from disk). :func:`create_studio_app` serves it; :func:`studio` runs it on uvicorn.
+
+Security: every request needs the per-launch token (``?token=`` on the first page load,
+which sets a same-site cookie, or the ``X-Headstart-Token`` header); a request that would
+change something and carries a foreign ``Origin`` is refused (403); uploads have the size
+and pixel limits of ``serve``; file and class names from the browser are reduced to safe
+names, never used as paths; every path the browser sends is resolved and must lie inside
+the project's ``data`` folder.
+
+Training runs in a separate process (:mod:`headstart._studio_worker`): the server stays
+responsive, one run at a time, cancel kills it (the model directory is written atomically,
+so no half model is left), and its progress reaches the page as server-sent events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import secrets
+from typing import Any
+
+from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, \
+    StreamingResponse
+
+from . import defaults
+from ._project import COOKIE, MAX_UPLOAD_MB, PAGE, TOKEN_HEADER, Project, Trainer, zip_run
+from .errors import HeadstartError
+
+__all__ = ["create_studio_app", "studio"]
+
+logger = logging.getLogger(__name__)
+
+MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def _routes(project: Project, token: str, host: str, port: int) -> Any:
+    app = FastAPI(title="headstart studio", docs_url=None, redoc_url=None, openapi_url=None)
+    trainer = Trainer(project)
+    models: dict[str, Any] = {}
+    own = {f"http://{host}:{port}", f"http://127.0.0.1:{port}", f"http://localhost:{port}"}
+    max_bytes = int(MAX_UPLOAD_MB * 2 ** 20)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Any:
+        given = (request.query_params.get("token") or request.headers.get(TOKEN_HEADER)
+                 or request.cookies.get(COOKIE))
+        if given != token:
+            return JSONResponse({"detail": "missing or wrong token: open the address "
+                                 "'headstart studio' printed"}, status_code=403)
+        origin = request.headers.get("origin")
+        if request.method in MUTATING and origin is not None and origin not in own:
+            return JSONResponse({"detail": f"foreign origin {origin}"}, status_code=403)
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_bytes:
+            return JSONResponse({"detail": f"request larger than {MAX_UPLOAD_MB:g} MB"},
+                                status_code=413)
+        response = await call_next(request)
+        if request.query_params.get("token") == token:
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    @app.exception_handler(HeadstartError)
+    async def user_error(request: Request, exc: HeadstartError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> str:
+        return PAGE.read_text()
+
+    @app.get("/api/project")
+    async def info() -> dict[str, Any]:
+        return {"root": str(project.root), "classes": project.classes(),
+                "runs": project.runs(), "current": project.current(),
+                "training": {"state": trainer.state, "run": trainer.run},
+                "serve": (f"headstart serve {project.models / project.current()}"
+                          if project.current() else None)}
+
+    @app.post("/api/classes")
+    async def add_class(body: dict[str, str]) -> dict[str, str]:
+        return {"name": project.add_class(body.get("name", ""))}
+
+    @app.post("/api/classes/{name}/rename")
+    async def rename(name: str, body: dict[str, str]) -> dict[str, str]:
+        return {"name": project.rename_class(name, body.get("to", ""))}
+
+    @app.delete("/api/classes/{name}")
+    async def delete_class(name: str) -> dict[str, bool]:
+        project.delete_class(name)
+        return {"deleted": True}
+
+    @app.get("/api/classes/{name}/images")
+    async def images(name: str) -> dict[str, list[str]]:
+        return {"images": project.images(name)}
+
+    @app.post("/api/classes/{name}/images")
+    async def upload(name: str, files: list[UploadFile] = File(...)) -> dict[str, Any]:
+        results = []
+        for f in files:
+            data = await f.read()
+            r = await asyncio.to_thread(project.add_image, name, f.filename or "", data)
+            results.append({"filename": f.filename, **r})
+        return {"results": results}
+
+    @app.post("/api/images/move")
+    async def move(body: dict[str, str]) -> dict[str, str]:
+        return {"path": project.move_image(body.get("path", ""), body.get("to", ""))}
+
+    @app.post("/api/images/delete")
+    async def delete_image(body: dict[str, str]) -> dict[str, bool]:
+        project.delete_image(body.get("path", ""))
+        return {"deleted": True}
+
+    @app.get("/api/thumb")
+    async def thumb(path: str) -> Response:
+        from PIL import Image
+
+        from .decode import UnreadableImage, read_image
+
+        src = project.inside(path)
+        try:
+            img = await asyncio.to_thread(read_image, src)
+        except UnreadableImage:
+            img = Image.new("RGB", (8, 8), (200, 0, 0))
+        img.thumbnail((160, 160))
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, format="JPEG", quality=80)
+        return Response(buf.getvalue(), media_type="image/jpeg")
+
+    @app.get("/api/health")
+    async def health() -> dict[str, Any]:
+        from .health import check
+
+        if len(project.classes()) < 1:
+            return {"summary": "no classes yet", "problems": 0}
+        try:
+            h = await asyncio.to_thread(check, project.data, near=False)
+        except HeadstartError as e:
+            return {"summary": str(e), "problems": 1}
+        return {**h.to_dict(limit=20), "summary": h.summary(), "problems": h.problems()}
+
+    @app.post("/api/train")
+    async def train(body: dict[str, Any]) -> dict[str, str]:
+        settings = {"head": str(body.get("head", defaults.HEAD)),
+                    "finetune": str(body.get("finetune", "off")),
+                    "int8": bool(body.get("int8", False))}
+        return {"run": trainer.start(settings)}
+
+    @app.post("/api/train/cancel")
+    async def cancel() -> dict[str, bool]:
+        return {"cancelled": trainer.cancel()}
+
+    @app.get("/api/train/events")
+    async def events(request: Request) -> StreamingResponse:
+        async def stream() -> Any:
+            sent = 0
+            while not await request.is_disconnected():
+                while sent < len(trainer.events):
+                    yield f"data: {json.dumps(trainer.events[sent], default=float)}\n\n"
+                    sent += 1
+                if trainer.state != "running" and sent >= len(trainer.events):
+                    yield f"event: end\ndata: {json.dumps({'state': trainer.state})}\n\n"
+                    return
+                await asyncio.sleep(0.2)
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    @app.post("/api/runs/{run}/current")
+    async def set_current(run: str) -> dict[str, str]:
+        project.run_dir(run)
+        s = project.settings()
+        s["current"] = run
+        project.save_settings(s)
+        return {"current": run}
+
+    @app.get("/api/runs/{run}/report")
+    async def report(run: str) -> Response:
+        path = project.run_dir(run) / "report.html"
+        if not path.is_file():
+            return HTMLResponse("<p>No report: nothing was held out to measure on.</p>")
+        return HTMLResponse(path.read_text())
+
+    def _model(run: str) -> Any:
+        from .model import Classifier
+
+        if run not in models:
+            models[run] = Classifier.load(project.run_dir(run))
+        return models[run]
+
+    @app.post("/api/predict")
+    async def predict(files: list[UploadFile] = File(...)) -> dict[str, Any]:
+        from .decode import UnreadableImage
+        from .features import prepare_image
+
+        run = project.current()
+        if run is None:
+            raise HeadstartError("no model yet: train first")
+        clf = await asyncio.to_thread(_model, run)
+        out, arrays, names = [], [], []
+        for f in files:
+            data = await f.read()
+            try:
+                arrays.append(prepare_image(io.BytesIO(data), clf.backbone_.preprocess))
+                names.append(f.filename)
+            except UnreadableImage as e:
+                out.append({"filename": f.filename, "refused": str(e)})
+        if arrays:
+            import numpy as np
+
+            pred = await asyncio.to_thread(clf.predict_arrays, np.stack(arrays))
+            for i, name in enumerate(names):
+                out.append({"filename": name, "label": pred.labels[i],
+                            "unknown": bool(pred.rejected[i]),
+                            "probabilities": {c: float(v) for c, v in
+                                              zip(clf.classes_, pred.proba[i])}})
+        counts: dict[str, int] = {}
+        for r in out:
+            if "label" in r:
+                counts[r["label"]] = counts.get(r["label"], 0) + 1
+        return {"run": run, "predictions": out, "counts": counts}
+
+    @app.get("/api/review")
+    async def review() -> dict[str, Any]:
+        from .review import review as run_review
+
+        r = await asyncio.to_thread(run_review, project.data)
+        base = str(project.data) + "/"
+        return {"oof_accuracy": r.oof_accuracy, "images": r.images, "suggestions": [
+            {**s.__dict__, "path": s.path[len(base):] if s.path.startswith(base) else s.path}
+            for s in r.suggestions]}
+
+    @app.post("/api/review/apply")
+    async def relabel(body: dict[str, str]) -> dict[str, Any]:
+        from .review import apply_rows
+
+        src = project.inside(body.get("path", ""))
+        log, moved = apply_rows([{"action": body.get("action", "move"), "path": str(src),
+                                  "suggested": body.get("suggested", "")}], project.data)
+        return {"moved": moved, "log": log.name if moved else None}
+
+    @app.post("/api/runs/{run}/export")
+    async def export(run: str, body: dict[str, str]) -> dict[str, Any]:
+        from .export import export as run_export
+
+        fmt = body.get("format", "onnx")
+        return await asyncio.to_thread(run_export, project.run_dir(run), fmt)
+
+    @app.get("/api/runs/{run}/download")
+    async def download(run: str, format: str = "onnx") -> Any:
+        d = project.run_dir(run)
+        if format == "zip":  # the whole model directory
+            z = await asyncio.to_thread(zip_run, d)
+            return FileResponse(z, filename=f"{run}.zip", media_type="application/zip")
+        names = {"onnx": ["model.onnx"], "openvino": ["model.xml", "model.bin"]}.get(format)
+        if names is None or not all((d / n).is_file() for n in names):
+            raise HeadstartError(f"format: export {format!r} first")
+        if len(names) == 1:
+            return FileResponse(d / names[0], filename=f"{run}-{names[0]}",
+                                media_type="application/octet-stream")
+        z = await asyncio.to_thread(zip_run, d, names)  # an IR is two files
+        return FileResponse(z, filename=f"{run}-openvino.zip", media_type="application/zip")
+
+    return app
+
+
+def create_studio_app(project: str | os.PathLike, token: str, host: str = "127.0.0.1",
+                      port: int = defaults.STUDIO_PORT) -> Any:
+    """The FastAPI application of the studio over ``project`` (see the module docstring).
+    ``host``/``port``: where it is served, the only ``Origin`` allowed to change data."""
+    return _routes(Project(project), token, host, port)
+
+
+def studio(project: str | os.PathLike, host: str = "127.0.0.1",
+           port: int = defaults.STUDIO_PORT, on_ready: Any = None) -> None:
+    """Serve the studio until interrupted; ``on_ready(url)`` gets the address with the
+    token, just before the server starts listening.
+
+    Raises:
+        HeadstartError: the port is out of range or busy.
+    """
+    import socket
+
+    import uvicorn
+
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise HeadstartError(f"port: expected 0-65535, got {port!r}")
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise HeadstartError(f"port: cannot listen on {host}:{port} ({e.strerror}); "
+                             "choose another port") from None
+    token = secrets.token_urlsafe(24)
+    app = create_studio_app(project, token, host, port)
+    if on_ready is not None:
+        on_ready(f"http://{host}:{port}/?token={token}")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,214 @@
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import EXAMPLES, REPO, launch_chromium
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def studio(tmp_path):
+    """A real ``headstart studio`` process on 127.0.0.1: (base URL, token, project)."""
+    port, project = _free_port(), tmp_path / "project"
+    proc = subprocess.Popen([sys.executable, "-m", "headstart", "studio", str(project),
+                             "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    line = proc.stdout.readline()
+    m = re.search(r"http://127\.0\.0\.1:\d+/\?token=(\S+)", line)
+    assert m, line
+    deadline = time.time() + 60
+    while True:  # the address is printed just before uvicorn starts listening
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert time.time() < deadline and proc.poll() is None, "studio did not start"
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}", m[1], project
+    proc.kill()
+    proc.wait()
+
+
+def _call(url: str, method: str = "GET", body: dict | None = None,
+          headers: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, method=method, headers={
+        "Content-Type": "application/json", **(headers or {})},
+        data=json.dumps(body).encode() if body is not None else None)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _upload(url: str, token: str, files: list[tuple[str, bytes]]) -> dict:
+    boundary = "headstart-test-boundary"
+    body = b"".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
+                    f"filename=\"{name}\"\r\nContent-Type: image/jpeg\r\n\r\n".encode() +
+                    data + b"\r\n" for name, data in files) + f"--{boundary}--\r\n".encode()
+    req = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": f"multipart/form-data; boundary={boundary}",
+        "X-Headstart-Token": token})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_token_origin_and_file_names_are_checked(studio):
+    base, token, project = studio
+    assert _call(f"{base}/api/project")[0] == 403  # no token
+    assert _call(f"{base}/api/project", headers={"X-Headstart-Token": "wrong"})[0] == 403
+    ok = {"X-Headstart-Token": token}
+    assert _call(f"{base}/api/project", headers=ok)[0] == 200
+    status, body = _call(f"{base}/api/classes", "POST", {"name": "giraffe"},
+                         {**ok, "Origin": "http://evil.example"})
+    assert status == 403 and "origin" in body["detail"]
+    assert not (project / "data" / "giraffe").exists()
+    assert _call(f"{base}/api/classes", "POST", {"name": "../giraffe"}, ok) == \
+        (200, {"name": "giraffe"})  # a safe name, inside data/
+    photo = sorted((EXAMPLES / "train" / "giraffe").iterdir())[0].read_bytes()
+    r = _upload(f"{base}/api/classes/giraffe/images", token,
+                [("../../x.jpg", photo), ("bad.jpg", b"<html>not an image</html>")])
+    assert r["results"][0]["saved"] == "giraffe/x.jpg"
+    assert "refused" in r["results"][1]  # decoded by the library's rules, refused
+    assert sorted(p.name for p in project.rglob("*.jpg")) == ["x.jpg"]
+    again = _upload(f"{base}/api/classes/giraffe/images", token, [("y.jpg", photo)])
+    assert again["results"][0]["duplicate_of"] == "giraffe/x.jpg"
+    status, _ = _call(f"{base}/api/images/move", "POST",
+                      {"path": "../../../etc/passwd", "to": "giraffe"}, ok)
+    assert status == 400
+
+
+def test_the_whole_loop_in_headless_chromium(studio, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    base, token, project = studio
+    ele = sorted((EXAMPLES / "train" / "elephant").iterdir())
+    gir = sorted((EXAMPLES / "train" / "giraffe").iterdir())
+    mixed = tmp_path / "upload"
+    mixed.mkdir()
+    for f in ele[1:] + gir[:1]:  # one giraffe filed as an elephant: a label to fix
+        shutil.copy(f, mixed / f.name)
+    requests: list[str] = []
+    problems: list[str] = []
+    with sync_playwright() as p:
+        browser = launch_chromium(p, "--use-fake-device-for-media-stream",
+                                  "--use-fake-ui-for-media-stream")
+        context = browser.new_context(permissions=["camera"], accept_downloads=True)
+        page = context.new_page()
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto(f"{base}/?token={token}")
+        for name in ("elephant", "giraffe", "webcam"):
+            page.fill("#class-name", name)
+            page.click("#add-class button")
+            expect(page.locator(f'.cls[data-class="{name}"]')).to_be_visible()
+        page.set_input_files('.cls[data-class="elephant"] input[type=file]',
+                             sorted(mixed.iterdir()))
+        expect(page.locator("#upload-status")).to_contain_text("10 image(s) added to elephant")
+        page.set_input_files('.cls[data-class="giraffe"] input[type=file]', gir[1:])
+        expect(page.locator("#upload-status")).to_contain_text("9 image(s) added to giraffe")
+        page.select_option("#camera-class", "webcam")
+        page.click("#camera-start")
+        page.wait_for_function("document.getElementById('video').videoWidth > 0")
+        page.hover("#camera-hold")
+        page.mouse.down()
+        page.wait_for_function(
+            "(document.getElementById('camera-count').textContent.match(/\\d+/) || [0])[0] >= 6")
+        page.mouse.up()
+        expect(page.locator('.cls[data-class="webcam"] h3')).not_to_contain_text("(0)")
+        (project / "data" / "giraffe" / "broken.jpg").write_bytes(b"\xff\xd8\xff truncated")
+        page.reload()
+        expect(page.locator("#health")).to_contain_text("unusable")
+        page.click("#train-button")
+        t0, slowest = time.time(), 0.0
+        while page.locator("#train-status").inner_text().find("done") < 0:
+            t = time.perf_counter()  # the server answers while the worker trains
+            assert _call(f"{base}/api/project", headers={"X-Headstart-Token": token})[0] == 200
+            slowest = max(slowest, time.perf_counter() - t)
+            assert time.time() - t0 < 300, page.locator("#train-status").inner_text()
+            time.sleep(0.3)
+        assert slowest < 0.2, slowest
+        expect(page.locator("#accuracy")).to_contain_text("validation accuracy")
+        frame = page.frame_locator("#report")
+        expect(frame.locator("h1")).to_contain_text("headstart model report")
+        page.set_input_files("#try-files", [sorted((EXAMPLES / "test" / "giraffe")
+                                                   .iterdir())[0]])
+        expect(page.locator(".prediction").first).to_contain_text("giraffe")
+        page.click("#review-button")
+        fix = page.locator(f'.suggestion[data-path="elephant/{gir[0].name}"]')
+        expect(fix).to_be_visible(timeout=120_000)
+        fix.get_by_role("button", name="Move to giraffe").click()
+        expect(fix).to_have_count(0)
+        assert (project / "data" / "giraffe" / gir[0].name).is_file()
+        assert not (project / "data" / "elephant" / gir[0].name).exists()
+        page.click("#train-button")
+        expect(page.locator("#train-status")).to_contain_text("done", timeout=300_000)
+        expect(page.locator("#runs tr")).to_have_count(3)  # header + two runs
+        expect(page.locator("#runs tr").nth(1)).to_contain_text("(current)")  # the newest
+        page.click("#export-onnx")
+        link = page.locator("#download-onnx")
+        expect(link).to_be_visible(timeout=180_000)
+        expect(page.locator("#export-status")).to_contain_text("labels identical")
+        with page.expect_download() as got:
+            link.click()
+        saved = tmp_path / "model.onnx"
+        got.value.save_as(saved)
+        page.screenshot(path=str(tmp_path / "studio.png"), full_page=True)
+        browser.close()
+    assert saved.stat().st_size > 1_000_000
+    assert all(u.startswith(("http://127.0.0.1:", "blob:", "data:")) for u in requests), \
+        [u for u in requests if not u.startswith("http://127.0.0.1:")]
+    assert not problems, problems
+    docs = REPO / "docs"
+    if os.environ.get("HEADSTART_UPDATE_SCREENSHOT"):
+        docs.mkdir(exist_ok=True)
+        shutil.copy(tmp_path / "studio.png", docs / "studio.png")
+
+
+def test_classes_rename_merge_delete_to_trash_and_cancel_leaves_no_model(studio):
+    base, token, project = studio
+    ok = {"X-Headstart-Token": token}
+    photos = sorted((EXAMPLES / "train" / "giraffe").iterdir())
+    for name in ("a", "b"):
+        assert _call(f"{base}/api/classes", "POST", {"name": name}, ok)[0] == 200
+    _upload(f"{base}/api/classes/a/images", token, [("1.jpg", photos[0].read_bytes())])
+    _upload(f"{base}/api/classes/b/images", token, [("1.jpg", photos[1].read_bytes())])
+    assert _call(f"{base}/api/classes/a/rename", "POST", {"to": "b"}, ok) == \
+        (200, {"name": "b"})  # into an existing class: a merge, nothing overwritten
+    assert sorted(p.name for p in (project / "data" / "b").iterdir()) == ["1-1.jpg", "1.jpg"]
+    assert _call(f"{base}/api/images/move", "POST", {"path": "b/1.jpg", "to": "nope"},
+                 ok)[0] == 400
+    assert _call(f"{base}/api/classes/b", "DELETE", None, ok)[0] == 200
+    trashed = list((project / "_trash").rglob("*.jpg"))
+    assert len(trashed) == 2 and not (project / "data" / "b").exists()  # nothing removed
+    for name in ("x", "y"):
+        _call(f"{base}/api/classes", "POST", {"name": name}, ok)
+        _upload(f"{base}/api/classes/{name}/images", token,
+                [(p.name, p.read_bytes()) for p in photos[:3]] if name == "x" else
+                [(p.name, p.read_bytes()) for p in
+                 sorted((EXAMPLES / "train" / "elephant").iterdir())[:3]])
+    assert _call(f"{base}/api/train", "POST", {}, ok)[0] == 200
+    assert _call(f"{base}/api/train", "POST", {}, ok)[0] == 400  # one run at a time
+    assert _call(f"{base}/api/train/cancel", "POST", {}, ok) == (200, {"cancelled": True})
+    time.sleep(1)
+    assert _call(f"{base}/api/project", headers=ok)[1]["training"]["state"] == "cancelled"
+    assert not any((d / "headstart.json").exists() for d in (project / "models").iterdir())
