@@ -239,7 +239,10 @@ class Trainer:
 
     def start(self, settings: dict[str, Any]) -> str:
         if self.proc is not None and self.proc.poll() is None:
-            raise DataError("a training run is already in progress (cancel it first)")
+            if self.state == "running":
+                raise DataError("a training run is already in progress (cancel it first)")
+            self.proc.kill()  # finished (its model is saved) but still tearing down
+            self.proc.wait()
         run = time.strftime("%Y%m%d-%H%M%S")
         while (self.project.models / run).exists():
             run += "x"

@@ -7,6 +7,7 @@ validation accuracy, or ``error`` with a message)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,4 +50,6 @@ def main(project: str, run: str, settings: dict[str, Any]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2], json.loads(sys.argv[3])))
+    code = main(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))
+    sys.stdout.flush()
+    os._exit(code)  # everything is saved: skip the slow teardown of engine threads
