@@ -123,3 +123,24 @@ def test_without_ray_the_cluster_option_says_what_to_install(trained, tmp_path):
                         str(EXAMPLES / "test"), "--csv", str(tmp_path / "p.csv"), "--cluster",
                         "local"], capture_output=True, text=True, timeout=300)
     assert_user_error(r, "pip install 'headstart[ray]'")
+
+
+def test_train_on_a_ray_cluster_computes_the_features_there(tmp_path):
+    pytest.importorskip("ray", reason="the [ray] extra is not installed")
+    cache = tmp_path / "cache"  # empty: every feature comes from the Ray workers
+    env = {**os.environ, "HEADSTART_CACHE": str(cache)}
+    r = run_cli("train", EXAMPLES / "train", "--out", tmp_path / "m", "--cluster", "local",
+                "--json", timeout=600, env=env)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["features_computed"] == 0 and s["features_cached"] == 20  # all from Ray
+    local = run_cli("train", EXAMPLES / "train", "--out", tmp_path / "m2", "--json",
+                    "--cache-dir", tmp_path / "fresh", timeout=600)
+    assert local.returncode == 0, local.stderr
+    assert json.loads(local.stdout)["val_accuracy"] == s["val_accuracy"]
+    a = Classifier.load(tmp_path / "m", cache=False)
+    b = Classifier.load(tmp_path / "m2", cache=False)
+    files = sorted((EXAMPLES / "test").rglob("*.jpg"))
+    assert a.predict(files) == b.predict(files)
+    assert a.predict_images(files).proba == pytest.approx(b.predict_images(files).proba,
+                                                         abs=1e-5)

@@ -99,6 +99,11 @@ def train(
     precision: Optional[str] = typer.Option(None, help="Lightning precision, e.g. "
                                             "16-mixed (default on GPU) or 32-true.",
                                             rich_help_panel=DISTRIBUTED),
+    cluster: Optional[str] = typer.Option(None, help="Compute the frozen features on Ray "
+                                          "first: local | auto | ray://HOST:PORT.",
+                                          rich_help_panel=DISTRIBUTED),
+    workers: int = typer.Option(2, help="With --cluster: backbone replicas.",
+                                rich_help_panel=DISTRIBUTED),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Train a classifier on a folder of labelled images."""
@@ -119,6 +124,11 @@ def train(
     clf = Classifier(backbone=backbone, head=head, weights=weights, seed=seed,
                      cache_dir=cache_dir, runtime=runtime, int8=int8, finetune=finetune,
                      finetune_config=config, from_scratch=from_scratch)
+    if cluster is not None:
+        from .cluster import features_ray
+        from .data import load_dataset
+
+        features_ray(backbone, load_dataset(data, val).rows()[0], cache_dir, cluster, workers)
     with progress_bar("features") as progress:
         clf.fit(data, val=val, callbacks=Callbacks(progress, _print_epoch))
     if not is_rank_zero():

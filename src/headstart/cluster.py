@@ -27,7 +27,7 @@ from .stream import StreamProgress, StreamResult, Writer, chunks, done_rows, out
     unchanged
 from .walk import Skipped, iter_images
 
-__all__ = ["RAY_HINT", "predict_ray"]
+__all__ = ["RAY_HINT", "features_ray", "predict_ray"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,80 @@ class _Predictor:
                                       for p in paths], object)}
 
 
+class _Featurizer:
+    """A Ray Data actor: frozen features of batches of paths under a backbone by name (one
+    engine per actor); rows ``path, digest, x`` (``x`` empty when unreadable)."""
+
+    def __init__(self, backbone: str, threads: int) -> None:
+        os.environ["HEADSTART_THREADS"] = str(threads)
+        from .backbones import load_backbone
+
+        self.backbone, self.engine = load_backbone(backbone), None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from .features import extract_features
+
+        paths = [str(p) for p in batch["path"]]
+        feats = extract_features(self.backbone, paths, None, engine=self.engine)
+        self.engine = feats.engine or self.engine
+        x = np.zeros((len(paths), self.backbone.num_features), np.float32)
+        ok = np.zeros(len(paths), bool)
+        x[feats.index], ok[feats.index] = feats.X, True
+        return {"path": np.asarray(paths, object), "ok": ok, "x": x,
+                "digest": np.asarray([f.digest or "" for f in feats.facts], object)}
+
+
+def features_ray(backbone: str, paths: list[Any], cache_dir: str | os.PathLike | None = None,
+                 address: str = "local", workers: int = 2, chunk: int = 64) -> int:
+    """Compute on Ray the features ``train`` needs and put them in the feature cache, so
+    that fitting finds every one of them there (heads are fitted locally, as always);
+    returns how many were computed (images already cached are not sent).
+
+    Raises:
+        HeadstartError: Ray missing or unreachable.
+    """
+    from ._fs import digest_bytes, read_regular, resolve_cache_dir
+    from .backbones import load_backbone
+    from .features import FeatureCache
+
+    bb = load_backbone(backbone, cache_dir=cache_dir)
+    cache, key = FeatureCache(resolve_cache_dir(cache_dir)), bb.identity()
+    todo = []
+    for p in paths:
+        try:
+            if cache.get(key, digest_bytes(read_regular(p))) is None:
+                todo.append(str(p))
+        except (OSError, ValueError):
+            todo.append(str(p))  # the workers report it, as a local pass would
+    if not todo:
+        return 0
+    ray = _init(address, workers)
+    done = 0
+    try:
+        rows = ray.data.from_items([{"path": p} for p in todo]).map_batches(
+            _Featurizer, fn_constructor_args=(backbone, 1), batch_size=chunk,
+            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=1)
+        _quiet_ray()
+        for b in rows.iter_batches(batch_size=None, batch_format="numpy"):
+            for i in np.flatnonzero(b["ok"]):
+                cache.put(key, str(b["digest"][i]), b["x"][i])
+                done += 1
+    finally:
+        ray.shutdown()
+    logger.info("computed %d feature vector(s) on Ray (%s, %d workers)", done, address,
+                workers)
+    return done
+
+
+def _quiet_ray() -> None:
+    """Ray's Python loggers (Ray Data configures its own, with their own levels) to errors
+    only: the CLI owns stdout and stderr."""
+    for name in list(logging.root.manager.loggerDict):
+        if name == "ray" or name.startswith("ray."):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def _init(address: str, workers: int) -> Any:
     try:
         import ray
@@ -92,8 +166,7 @@ def _init(address: str, workers: int) -> Any:
         raise HeadstartError(f"cluster: cannot start or reach Ray at {address!r}: "
                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
                              ) from None
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    _quiet_ray()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     return ray
@@ -134,10 +207,11 @@ def predict_ray(model_dir: str | os.PathLike, paths: Iterable[str | os.PathLike]
                       errors="surrogateescape") as fh:
             writer = Writer(fh, fmt, list(classes), header)
             if ds is not None:
+                _quiet_ray()
                 rows = ds.map_batches(_Predictor, fn_constructor_args=(ray.put(files), 1, unknown),
                                       batch_size=chunk, batch_format="numpy",
                                       compute=ray.data.ActorPoolStrategy(size=workers),
-                                      num_cpus=1)
+                                      num_cpus=1, max_restarts=0)
                 for b in rows.iter_batches(batch_size=None, batch_format="numpy"):
                     ok = b["reason"] == ""
                     for i in np.flatnonzero(ok):
