@@ -192,7 +192,7 @@ def main() -> None:
             if a.finetune_epoch:
                 epoch["loaded"] = finetune_epoch()
     qa = rows["a  timm eager script"]
-    print(f"\n| what | quiet s | quiet x | loaded s | loaded x | loaded x / quiet x |")
+    print("\n| what | quiet s | quiet x | loaded s | loaded x | loaded x / quiet x |")
     print("|---|---|---|---|---|---|")
     for k, v in rows.items():
         line = f"| {k} | {v:.2f} | {qa / v:.2f}"
