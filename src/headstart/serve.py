@@ -46,7 +46,7 @@ from .errors import HeadstartError
 from .features import prepare_image
 from .model import Classifier
 
-__all__ = ["Limits", "create_app", "serve"]
+__all__ = ["Limits", "check_port", "create_app", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -342,6 +342,21 @@ def _swagger_assets() -> str | None:
     return str(swagger_ui_bundle.swagger_ui_path)
 
 
+def check_port(host: str, port: int) -> None:
+    """Raise :class:`HeadstartError` (one line, naming ``port``) unless ``host:port`` can
+    be listened on now."""
+    import socket
+
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise HeadstartError(f"port: expected 0-65535, got {port!r}")
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise HeadstartError(f"port: cannot listen on {host}:{port} "
+                             f"({e.strerror}); choose another port") from None
+
+
 def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = defaults.PORT,
           limits: Limits | None = None, cache_dir: str | os.PathLike | None = None,
           runtime: str = "auto", log_level: str = "info",
@@ -353,18 +368,9 @@ def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = default
         HeadstartError: the port is out of range or busy, or the model directory is missing
             or invalid (nothing is served then).
     """
-    import socket
-
     import uvicorn
 
-    if not isinstance(port, int) or not 0 <= port <= 65535:
-        raise HeadstartError(f"port: expected 0-65535, got {port!r}")
-    try:
-        with socket.create_server((host, port)):
-            pass
-    except OSError as e:
-        raise HeadstartError(f"port: cannot listen on {host}:{port} "
-                             f"({e.strerror}); choose another port") from None
+    check_port(host, port)
     app = create_app(model, limits, cache_dir, runtime)
     if on_ready is not None:
         on_ready()

@@ -286,18 +286,11 @@ def studio(project: str | os.PathLike, host: str = "127.0.0.1",
     Raises:
         HeadstartError: the port is out of range or busy.
     """
-    import socket
-
     import uvicorn
 
-    if not isinstance(port, int) or not 0 <= port <= 65535:
-        raise HeadstartError(f"port: expected 0-65535, got {port!r}")
-    try:
-        with socket.create_server((host, port)):
-            pass
-    except OSError as e:
-        raise HeadstartError(f"port: cannot listen on {host}:{port} ({e.strerror}); "
-                             "choose another port") from None
+    from .serve import check_port
+
+    check_port(host, port)
     token = secrets.token_urlsafe(24)
     app = create_studio_app(project, token, host, port)
     if on_ready is not None:
