@@ -22,6 +22,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ._threads import cores
 from .errors import HeadstartError
 from .stream import StreamProgress, StreamResult, Writer, chunks, done_rows, output_format, \
     unchanged
@@ -200,6 +201,9 @@ def predict_ray(model_dir: str | os.PathLike, paths: Iterable[str | os.PathLike]
         todo += [str(f) for f in left]
     counts = dict.fromkeys(classes, 0)
     header = not (resume and out.exists() and out.stat().st_size > 0)
+    # at least 2 threads an actor, so that decoding overlaps inference (measured on 2
+    # cores with 2 actors: 0.53x local streaming against 0.45x with one thread)
+    threads = max(2, cores() // workers)
     ray = _init(address, workers)
     try:
         ds = ray.data.from_items([{"path": p} for p in todo]) if todo else None
@@ -208,7 +212,7 @@ def predict_ray(model_dir: str | os.PathLike, paths: Iterable[str | os.PathLike]
             writer = Writer(fh, fmt, list(classes), header)
             if ds is not None:
                 _quiet_ray()
-                rows = ds.map_batches(_Predictor, fn_constructor_args=(ray.put(files), 1, unknown),
+                rows = ds.map_batches(_Predictor, fn_constructor_args=(ray.put(files), threads, unknown),
                                       batch_size=chunk, batch_format="numpy",
                                       compute=ray.data.ActorPoolStrategy(size=workers),
                                       num_cpus=1, max_restarts=0)
