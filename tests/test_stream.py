@@ -83,6 +83,11 @@ def test_kill_9_then_resume_gives_the_uninterrupted_file(trained, tmp_path):
 
 def test_stream_options_are_checked(trained, tmp_path):
     _, model = trained
+    old = tmp_path / "old.csv"
+    old.write_text("the user's own file\n")
+    assert_user_error(run_cli("predict", model, tmp_path / "typo", "--csv", old),
+                      "path not found")
+    assert old.read_text() == "the user's own file\n"  # untouched
     assert_user_error(run_cli("predict", model, EXAMPLES / "test", "--resume"), "--resume")
     assert_user_error(run_cli("predict", model, EXAMPLES / "test", "--csv", tmp_path / "a",
                               "--jsonl", tmp_path / "b"), "--csv and --jsonl")

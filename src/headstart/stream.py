@@ -160,6 +160,10 @@ def predict_stream(clf: Classifier, paths: Iterable[str | os.PathLike], out: str
     out, fmt = Path(out), output_format(Path(out), fmt)
     if chunk < 1:
         raise DataError(f"chunk: expected >= 1, got {chunk}")
+    paths = list(paths)
+    for p in map(Path, paths):  # a mistyped path must not cost the user their old file
+        if not p.exists():
+            raise DataError(f"path not found: {p}")
     done = done_rows(out, fmt) if resume else {}
     result = StreamResult()
     counts = dict.fromkeys(clf.classes_, 0)
