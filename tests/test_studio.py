@@ -212,3 +212,18 @@ def test_classes_rename_merge_delete_to_trash_and_cancel_leaves_no_model(studio)
     time.sleep(1)
     assert _call(f"{base}/api/project", headers=ok)[1]["training"]["state"] == "cancelled"
     assert not any((d / "headstart.json").exists() for d in (project / "models").iterdir())
+
+
+def test_a_folder_of_class_folders_is_imported_by_copy_never_taken_over(tmp_path):
+    from headstart._project import Project
+    from headstart.errors import DataError
+
+    photos = tmp_path / "photos"
+    shutil.copytree(EXAMPLES / "train", photos)
+    before = sorted(p.relative_to(photos) for p in photos.rglob("*"))
+    with pytest.raises(DataError, match="--import"):
+        Project(photos)  # not a project: never gets data/ and models/ written into it
+    project = Project(tmp_path / "new")
+    assert project.import_classes(photos) == ["elephant", "giraffe"]
+    assert [c["images"] for c in project.classes()] == [10, 10]
+    assert sorted(p.relative_to(photos) for p in photos.rglob("*")) == before  # copied

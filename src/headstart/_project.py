@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,6 +60,13 @@ class Project:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root).resolve()
+        if self.root.is_dir() and not (self.root / "data").is_dir() and any(
+                d.is_dir() and not d.name.startswith((".", "_")) and d.name != "models"
+                and any(f.suffix.lower() in IMAGE_EXTENSIONS for f in d.iterdir())
+                for d in self.root.iterdir()):
+            raise DataError(f"{root} holds class folders, not a studio project: open a new "
+                            f"project with them copied in: headstart studio PROJECT "
+                            f"--import {root}")
         self.data, self.models, self.trash = (self.root / "data", self.root / "models",
                                               self.root / "_trash")
         for folder in (self.data, self.models):
@@ -68,6 +76,23 @@ class Project:
             self.save_settings({"current": None})
         self.lock = threading.Lock()
         self._digests: dict[str, str] | None = None
+
+    def import_classes(self, source: str | os.PathLike) -> list[str]:
+        """Copy the class folders of ``source`` (never moved) into ``data``; files whose
+        names are taken get a suffix. Returns the classes imported."""
+        src = Path(source)
+        if not src.is_dir():
+            raise DataError(f"import: {source} is not a folder")
+        names = []
+        for d in sorted(src.iterdir()):
+            if d.is_dir() and not d.name.startswith((".", "_")):
+                dest = self.data / self.add_class(d.name)
+                for f in sorted(d.iterdir()):
+                    if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                        shutil.copy2(f, self._free(dest, f.name))
+                names.append(dest.name)
+        self._digests = None
+        return names
 
     # ------------------------------------------------------------ settings and runs
     def settings(self) -> dict[str, Any]:

@@ -421,12 +421,15 @@ def studio(
                                    "(created if missing): data/<class>/, models/."),
     host: str = typer.Option("127.0.0.1", help="Address to bind."),
     port: int = typer.Option(defaults.STUDIO_PORT, help="Port."),
+    import_from: Optional[Path] = typer.Option(None, "--import", help="Copy the class "
+                                               "folders of this folder into the project."),
 ) -> None:
     """The whole loop in a local web app: collect, label, check, train, review, try,
     export. Open the address it prints (it carries this launch's token)."""
     from .studio import studio as run_studio
 
-    run_studio(project, host, port, on_ready=lambda url: out.print(f"studio      {url}"))
+    run_studio(project, host, port, on_ready=lambda url: out.print(f"studio      {url}"),
+               import_from=import_from)
 
 
 @app.command()

@@ -279,9 +279,11 @@ def create_studio_app(project: str | os.PathLike, token: str, host: str = "127.0
 
 
 def studio(project: str | os.PathLike, host: str = "127.0.0.1",
-           port: int = defaults.STUDIO_PORT, on_ready: Any = None) -> None:
+           port: int = defaults.STUDIO_PORT, on_ready: Any = None,
+           import_from: str | os.PathLike | None = None) -> None:
     """Serve the studio until interrupted; ``on_ready(url)`` gets the address with the
-    token, just before the server starts listening.
+    token, just before the server starts listening. ``import_from``: a folder of class
+    folders copied into the project's ``data`` first.
 
     Raises:
         HeadstartError: the port is out of range or busy.
@@ -291,6 +293,8 @@ def studio(project: str | os.PathLike, host: str = "127.0.0.1",
     from .serve import check_port
 
     check_port(host, port)
+    if import_from is not None:
+        Project(project).import_classes(import_from)
     token = secrets.token_urlsafe(24)
     app = create_studio_app(project, token, host, port)
     if on_ready is not None:
