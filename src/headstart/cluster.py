@@ -24,8 +24,8 @@ import numpy as np
 
 from ._threads import cores
 from .errors import HeadstartError
-from .stream import StreamProgress, StreamResult, Writer, chunks, done_rows, output_format, \
-    unchanged
+from .stream import StreamProgress, StreamResult, chunks, done_rows, open_writer, \
+    output_format, pending
 from .walk import Skipped, iter_images
 
 __all__ = ["RAY_HINT", "features_ray", "predict_ray"]
@@ -196,23 +196,21 @@ def predict_ray(model_dir: str | os.PathLike, paths: Iterable[str | os.PathLike]
     result = StreamResult()
     todo: list[str] = []
     for batch in chunks(iter_images(paths), 1024, result.skipped):
-        left = [f for f in batch if str(f) not in done or not unchanged(f, done[str(f)])]
+        left = pending(batch, done)
         result.resumed += len(batch) - len(left)
         todo += [str(f) for f in left]
     counts = dict.fromkeys(classes, 0)
-    header = not (resume and out.exists() and out.stat().st_size > 0)
     # at least 2 threads an actor, so that decoding overlaps inference (measured on 2
     # cores with 2 actors: 0.53x local streaming against 0.45x with one thread)
     threads = max(2, cores() // workers)
     ray = _init(address, workers)
     try:
         ds = ray.data.from_items([{"path": p} for p in todo]) if todo else None
-        with out.open("a" if resume else "w", newline="", encoding="utf-8",
-                      errors="surrogateescape") as fh:
-            writer = Writer(fh, fmt, list(classes), header)
+        with open_writer(out, fmt, list(classes), resume) as writer:
             if ds is not None:
                 _quiet_ray()
-                rows = ds.map_batches(_Predictor, fn_constructor_args=(ray.put(files), threads, unknown),
+                rows = ds.map_batches(_Predictor,
+                                      fn_constructor_args=(ray.put(files), threads, unknown),
                                       batch_size=chunk, batch_format="numpy",
                                       compute=ray.data.ActorPoolStrategy(size=workers),
                                       num_cpus=1, max_restarts=0)

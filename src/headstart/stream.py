@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TextIO
@@ -27,8 +28,8 @@ from .errors import DataError
 from .model import Classifier, Predictions
 from .walk import Skipped, iter_images
 
-__all__ = ["StreamProgress", "StreamResult", "Writer", "chunks", "done_rows", "output_format",
-           "predict_stream", "unchanged"]
+__all__ = ["StreamProgress", "StreamResult", "Writer", "chunks", "done_rows", "open_writer",
+           "output_format", "pending", "predict_stream", "unchanged"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,21 @@ def chunks(items: Iterable[Path | Skipped], size: int, skipped: list[Skipped]
         yield chunk
 
 
+def pending(files: list[Path], done: dict[str, str]) -> list[Path]:
+    """The ``files`` a resumed run still has to predict: not in ``done``, or changed."""
+    return [f for f in files if str(f) not in done or not unchanged(f, done[str(f)])]
+
+
+@contextmanager
+def open_writer(out: Path, fmt: str, classes: list[str], resume: bool) -> Iterator["Writer"]:
+    """A :class:`Writer` on ``out``: appended to when resuming (the header only if the file
+    is empty), else replaced."""
+    header = not (resume and out.exists() and out.stat().st_size > 0)
+    with out.open("a" if resume else "w", newline="", encoding="utf-8",
+                  errors="surrogateescape") as fh:
+        yield Writer(fh, fmt, classes, header)
+
+
 class Writer:
     """Rows to a CSV or JSON-lines file (see :func:`predict_stream` for the columns)."""
 
@@ -167,12 +183,9 @@ def predict_stream(clf: Classifier, paths: Iterable[str | os.PathLike], out: str
     done = done_rows(out, fmt) if resume else {}
     result = StreamResult()
     counts = dict.fromkeys(clf.classes_, 0)
-    header = not (resume and out.exists() and out.stat().st_size > 0)
-    with out.open("a" if resume else "w", newline="", encoding="utf-8",
-                  errors="surrogateescape") as fh:
-        writer = Writer(fh, fmt, list(clf.classes_), header)
+    with open_writer(out, fmt, list(clf.classes_), resume) as writer:
         for files in chunks(iter_images(paths), chunk, result.skipped):
-            todo = [f for f in files if str(f) not in done or not unchanged(f, done[str(f)])]
+            todo = pending(files, done)
             result.resumed += len(files) - len(todo)
             if not todo:
                 continue
