@@ -224,25 +224,24 @@ def fit_honesty(head: Any, X: np.ndarray, y: np.ndarray, train_rows: np.ndarray,
     logits of new heads of the same kind; the detector's threshold from leave-one-out
     scores.
     """
+    # scale: the deployed head's logits over those calibrated on (fold heads are fitted on
+    # fewer rows, so the deployed head is sharper; 1 for the head itself on validation)
     if len(val_rows):
         logits, yv, rows = head.decision_function(X[val_rows]), y[val_rows], val_rows
-        source = "validation images"
-    elif head.oof_logits_ is not None and len(head.oof_logits_) == len(head.oof_rows_):
-        rows = train_rows[head.oof_rows_]
-        logits, yv = head.oof_logits_, y[rows]
-        source = "cross-validated predictions on the training images"
+        source, scale = "validation images", 1.0
     else:
-        logits, yv = _cross_val_logits(head.kind, X[train_rows], y[train_rows], seed)
-        rows = train_rows if len(yv) else train_rows[:0]
-        source = "cross-validated predictions on the training images"
-    scale = 1.0  # the deployed head's logits over those calibrated on
+        if head.oof_logits_ is not None and len(head.oof_logits_) == len(head.oof_rows_):
+            rows = train_rows[head.oof_rows_]
+            logits, yv = head.oof_logits_, y[rows]
+        else:
+            logits, yv = _cross_val_logits(head.kind, X[train_rows], y[train_rows], seed)
+            rows = train_rows if len(yv) else train_rows[:0]
+        source, scale = "cross-validated predictions on the training images", head.oof_scale_
     if len(yv) >= MIN_CALIBRATION_IMAGES:
-        if source.startswith("cross-validated") and head.oof_logits_ is not None:
-            scale = head.oof_scale_  # the deployed head is sharper than the fold heads
         t = fit_temperature(logits, yv) * scale
     else:
-        t, source = 1.0, (f"not calibrated: {len(yv)} held-out image(s), "
-                          f"{MIN_CALIBRATION_IMAGES} needed")
+        t, scale = 1.0, 1.0
+        source = f"not calibrated: {len(yv)} held-out image(s), {MIN_CALIBRATION_IMAGES} needed"
     info = Calibration(temperature=t, fitted_on=source, images=int(len(yv)))
     if len(yv):
         info.ece_before = expected_calibration_error(softmax(logits), yv)
