@@ -28,7 +28,8 @@ from .heads import make_head, softmax, stratified_folds
 from .summary import Calibration
 
 __all__ = ["Honesty", "OutOfDistribution", "expected_calibration_error", "fit_honesty",
-           "fit_temperature", "reliability", "robust_quantile", "softmax"]
+           "fit_temperature", "leave_one_out_scores", "reliability", "robust_quantile",
+           "softmax"]
 
 MAX_REFERENCE = 2000
 PRIOR_SD = 0.5  # of log T: T within 0.37-2.7 a priori (one sd)
@@ -115,6 +116,14 @@ def robust_quantile(scores: np.ndarray, q: float = 0.95) -> float:
     return max(robust, float(np.quantile(s, q))) if len(s) else robust
 
 
+def leave_one_out_scores(unit: np.ndarray, k: int) -> np.ndarray:
+    """``(N,)`` one minus the mean cosine similarity of each of the ``unit`` rows ``(N, D)``
+    (unit length) to its ``k`` nearest other rows: how unlike the others each one is."""
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, -np.inf)
+    return 1.0 - (-np.sort(-sims, axis=1)[:, :k]).mean(axis=1)
+
+
 class OutOfDistribution:
     """k-NN cosine distance to the training features; see the module docstring.
 
@@ -144,10 +153,7 @@ class OutOfDistribution:
         if X_val is not None and len(X_val):
             scores = self.score(X_val)
         else:  # leave one out: each training image against the others
-            sims = ref @ ref.T
-            np.fill_diagonal(sims, -np.inf)
-            top = -np.sort(-sims, axis=1)[:, :self.k_]
-            scores = 1.0 - top.mean(axis=1)
+            scores = leave_one_out_scores(ref, self.k_)
         self.threshold_ = robust_quantile(scores, self.keep)
         return self
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from ._fs import resolve_cache_dir
 from .backbones import load_backbone
-from .calibration import fit_temperature, robust_quantile
+from .calibration import fit_temperature, leave_one_out_scores, robust_quantile
 from .data import layout
 from .defaults import BACKBONE as DEFAULT_BACKBONE
 from .errors import DataError
@@ -161,10 +161,7 @@ def _outliers(X: np.ndarray, y: np.ndarray, paths: list[str], classes: list[str]
         rows = np.flatnonzero(y == c)
         if len(rows) < 5:
             continue
-        sims = U[rows] @ U[rows].T
-        np.fill_diagonal(sims, -np.inf)
-        kk = min(5, len(rows) - 1)
-        scores = 1.0 - (-np.sort(-sims, axis=1)[:, :kk]).mean(axis=1)
+        scores = leave_one_out_scores(U[rows], min(5, len(rows) - 1))
         limit = robust_quantile(scores, OUTLIER_QUANTILE)
         for r in np.flatnonzero(scores > limit):
             i = rows[r]
