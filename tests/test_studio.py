@@ -84,9 +84,11 @@ def test_token_origin_and_file_names_are_checked(studio):
         (200, {"name": "giraffe"})  # a safe name, inside data/
     photo = sorted((EXAMPLES / "train" / "giraffe").iterdir())[0].read_bytes()
     r = _upload(f"{base}/api/classes/giraffe/images", token,
-                [("../../x.jpg", photo), ("bad.jpg", b"<html>not an image</html>")])
+                [("../../x.jpg", photo), ("bad.jpg", b"<html>not an image</html>"),
+                 ("cut.jpg", photo[:len(photo) // 2])])
     assert r["results"][0]["saved"] == "giraffe/x.jpg"
     assert "refused" in r["results"][1]  # decoded by the library's rules, refused
+    assert "truncated" in r["results"][2]["refused"]  # decoded whole before it is kept
     assert sorted(p.name for p in project.rglob("*.jpg")) == ["x.jpg"]
     again = _upload(f"{base}/api/classes/giraffe/images", token, [("y.jpg", photo)])
     assert again["results"][0]["duplicate_of"] == "giraffe/x.jpg"

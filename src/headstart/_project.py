@@ -10,7 +10,6 @@ the browser are reduced to safe names (:func:`safe_name`) and paths checked to l
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -26,11 +25,11 @@ from typing import Any
 
 from . import defaults
 from ._fs import digest_bytes
-from .decode import UnreadableImage, open_image
+from .decode import UnreadableImage, check_upload
 from .errors import DataError
 from .walk import IMAGE_EXTENSIONS
 
-__all__ = ["COOKIE", "MAX_UPLOAD_MB", "PAGE", "TOKEN_HEADER", "Project", "Trainer", "safe_name",
+__all__ = ["COOKIE", "PAGE", "TOKEN_HEADER", "Project", "Trainer", "safe_name",
            "zip_run"]
 
 logger = logging.getLogger(__name__)
@@ -38,7 +37,6 @@ logger = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("studio.html")
 COOKIE = "headstart_token"
 TOKEN_HEADER = "x-headstart-token"
-MAX_UPLOAD_MB = 20.0
 
 
 def safe_name(name: str, what: str = "name") -> str:
@@ -219,14 +217,8 @@ class Project:
         stem, ext = os.path.splitext(name)
         if ext.lower() not in IMAGE_EXTENSIONS:
             name = f"{stem}.jpg"
-        if not data:
-            return {"refused": "empty file"}
         try:
-            with open_image(io.BytesIO(data)) as img:
-                w, h = img.size
-                if w * h > max_pixels:
-                    return {"refused": f"too many pixels ({w}x{h} > {max_pixels:,})"}
-                img.load()
+            check_upload(data, max_pixels, decode=True)
         except UnreadableImage as e:
             return {"refused": str(e)}
         digest = digest_bytes(data)

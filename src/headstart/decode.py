@@ -22,7 +22,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ._fs import FileProblem, read_regular
 
 __all__ = ["MAX_PIXELS", "UNSUPPORTED_EXTENSIONS", "UnreadableImage", "check_pixels",
-           "image_error", "load_bytes", "open_image", "read_image", "unsupported_reason"]
+           "check_upload", "image_error", "load_bytes", "open_image", "read_image",
+           "thumbnail_jpeg", "unsupported_reason"]
 
 # Image formats people have but Pillow cannot decode: named in the reason for skipping.
 UNSUPPORTED_EXTENSIONS = frozenset(
@@ -103,6 +104,37 @@ def read_image(source: str | os.PathLike | bytes | Image.Image) -> Image.Image:
     except Exception as e:  # noqa: BLE001 - every failure becomes a reason
         fp = getattr(img, "fp", None)
         raise image_error(e, fp if isinstance(fp, io.BytesIO) else None) from None
+
+
+def check_upload(data: bytes, max_pixels: int, decode: bool = False) -> None:
+    """Refuse uploaded bytes that are empty, not an image, or over ``max_pixels`` (from the
+    header); with ``decode``, also decode them whole, so that a truncated file is refused
+    now rather than later.
+
+    Raises:
+        UnreadableImage: with the reason (``too many pixels (WxH > N)`` for the limit).
+    """
+    if not data:
+        raise UnreadableImage("empty file")
+    with open_image(io.BytesIO(data)) as img:
+        w, h = img.size
+        if w * h > max_pixels:
+            raise UnreadableImage(f"too many pixels ({w}x{h} > {max_pixels:,})")
+    if decode:
+        read_image(data)
+
+
+def thumbnail_jpeg(source: str | os.PathLike | bytes | Image.Image, size: int
+                   ) -> bytes | None:
+    """A JPEG thumbnail (longer side ``size`` px) of an image, None if it cannot be read."""
+    try:
+        img = read_image(source)
+    except UnreadableImage:
+        return None
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
 
 
 def image_error(e: BaseException, stream: BinaryIO | None = None,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import os
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 
 from ._charts import BLUE, GREEN, ORANGE, confusion_svg, lines_svg, side_by_side
 from .calibration import expected_calibration_error, reliability, softmax
-from .decode import UnreadableImage, read_image
+from .decode import thumbnail_jpeg
 from .evaluate import scored_metrics
 from .finetune import read_metrics_csv
 from .review import Review
@@ -79,14 +78,8 @@ def _curves(rows: list[dict[str, float]]) -> str:
 
 
 def _thumb(source: Any) -> str:
-    try:
-        img = read_image(source)
-    except UnreadableImage:
-        return ""
-    img.thumbnail((112, 112))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=80)
-    return base64.b64encode(buf.getvalue()).decode()
+    data = thumbnail_jpeg(source, 112)
+    return base64.b64encode(data).decode() if data else ""
 
 
 def _health_section(h: dict[str, Any]) -> str:

@@ -41,12 +41,12 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from . import __version__, defaults
 from ._fs import worker_count
-from .decode import UnreadableImage, open_image
+from .decode import UnreadableImage, check_upload
 from .errors import HeadstartError
 from .features import prepare_image
 from .model import Classifier
 
-__all__ = ["Limits", "check_port", "create_app", "serve"]
+__all__ = ["LimitBody", "Limits", "check_port", "create_app", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,31 +135,27 @@ class _Batcher:
 
 def _decode(data: bytes, filename: str, clf: Classifier, max_pixels: int) -> np.ndarray:
     """Uploaded bytes -> the backbone's ``(S, S, 3)`` uint8 input, or :class:`_BadImage`."""
-    if not data:
-        raise _BadImage(422, filename, "empty file")
     try:
-        with open_image(io.BytesIO(data)) as img:
-            w, h = img.size
-            if w * h > max_pixels:
-                raise _BadImage(413, filename, f"too many pixels ({w}x{h} > {max_pixels:,})")
+        check_upload(data, max_pixels)
         return prepare_image(io.BytesIO(data), clf.backbone_.preprocess)
     except UnreadableImage as e:
         status = 413 if str(e).startswith("too many pixels") else 422
         raise _BadImage(status, filename, str(e)) from None
 
 
-class _LimitBody:
-    """ASGI middleware: answer 413 to request bodies over ``max_bytes`` (declared or not)."""
+class LimitBody:
+    """ASGI middleware: answer 413 to request bodies over ``max_bytes`` (declared or not);
+    ``hint``: how to raise the limit, appended to the message."""
 
     class TooLarge(Exception):
         pass
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: Any, max_bytes: int, hint: str = " (--max-upload-mb)") -> None:
+        self.app, self.max_bytes, self.hint = app, max_bytes, hint
 
     async def _reply(self, send: Any) -> None:
-        body = json.dumps({"detail": f"request body larger than {self.max_bytes:,} bytes "
-                                     "(--max-upload-mb)"}).encode()
+        body = json.dumps({"detail": f"request body larger than {self.max_bytes:,} bytes"
+                                     f"{self.hint}"}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode()),
@@ -330,7 +326,7 @@ def create_app(model: str | os.PathLike | Classifier, limits: Limits | None = No
     async def page() -> str:
         return PAGE.read_text()
 
-    app.add_middleware(_LimitBody, max_bytes=int(limits.max_upload_mb * 1024 * 1024))
+    app.add_middleware(LimitBody, max_bytes=int(limits.max_upload_mb * 1024 * 1024))
     return app
 
 

@@ -21,6 +21,7 @@ so no half model is left), and its progress reaches the page as server-sent even
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import logging
@@ -33,8 +34,10 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
     StreamingResponse
 
 from . import defaults
-from ._project import COOKIE, MAX_UPLOAD_MB, PAGE, TOKEN_HEADER, Project, Trainer, zip_run
+from ._project import COOKIE, PAGE, TOKEN_HEADER, Project, Trainer, zip_run
+from .decode import UnreadableImage, check_upload, thumbnail_jpeg
 from .errors import HeadstartError
+from .serve import LimitBody
 
 __all__ = ["create_studio_app", "studio"]
 
@@ -43,12 +46,21 @@ logger = logging.getLogger(__name__)
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 
 
+@functools.lru_cache(maxsize=1)
+def _red_square() -> bytes:
+    """The thumbnail of a file that cannot be read: a small red square."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
+
+
 def _routes(project: Project, token: str, host: str, port: int) -> Any:
     app = FastAPI(title="headstart studio", docs_url=None, redoc_url=None, openapi_url=None)
     trainer = Trainer(project)
     models: dict[str, Any] = {}
     own = {f"http://{host}:{port}", f"http://127.0.0.1:{port}", f"http://localhost:{port}"}
-    max_bytes = int(MAX_UPLOAD_MB * 2 ** 20)
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
@@ -60,14 +72,13 @@ def _routes(project: Project, token: str, host: str, port: int) -> Any:
         origin = request.headers.get("origin")
         if request.method in MUTATING and origin is not None and origin not in own:
             return JSONResponse({"detail": f"foreign origin {origin}"}, status_code=403)
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_bytes:
-            return JSONResponse({"detail": f"request larger than {MAX_UPLOAD_MB:g} MB"},
-                                status_code=413)
         response = await call_next(request)
         if request.query_params.get("token") == token:
             response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
         return response
+
+    # serve's limit on bodies, declared or not (inside the token check: added after it)
+    app.add_middleware(LimitBody, max_bytes=int(defaults.MAX_UPLOAD_MB * 2 ** 20), hint="")
 
     @app.exception_handler(HeadstartError)
     async def user_error(request: Request, exc: HeadstartError) -> JSONResponse:
@@ -122,19 +133,8 @@ def _routes(project: Project, token: str, host: str, port: int) -> Any:
 
     @app.get("/api/thumb")
     async def thumb(path: str) -> Response:
-        from PIL import Image
-
-        from .decode import UnreadableImage, read_image
-
-        src = project.inside(path)
-        try:
-            img = await asyncio.to_thread(read_image, src)
-        except UnreadableImage:
-            img = Image.new("RGB", (8, 8), (200, 0, 0))
-        img.thumbnail((160, 160))
-        buf = io.BytesIO()
-        img.convert("RGB").save(buf, format="JPEG", quality=80)
-        return Response(buf.getvalue(), media_type="image/jpeg")
+        data = await asyncio.to_thread(thumbnail_jpeg, project.inside(path), 160)
+        return Response(data or _red_square(), media_type="image/jpeg")
 
     @app.get("/api/health")
     async def health() -> dict[str, Any]:
@@ -197,7 +197,6 @@ def _routes(project: Project, token: str, host: str, port: int) -> Any:
 
     @app.post("/api/predict")
     async def predict(files: list[UploadFile] = File(...)) -> dict[str, Any]:
-        from .decode import UnreadableImage
         from .features import prepare_image
 
         run = project.current()
@@ -207,7 +206,8 @@ def _routes(project: Project, token: str, host: str, port: int) -> Any:
         out, arrays, names = [], [], []
         for f in files:
             data = await f.read()
-            try:
+            try:  # the checks of serve's uploads
+                check_upload(data, defaults.MAX_PIXELS)
                 arrays.append(prepare_image(io.BytesIO(data), clf.backbone_.preprocess))
                 names.append(f.filename)
             except UnreadableImage as e:
