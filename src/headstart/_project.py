@@ -122,10 +122,17 @@ class Project:
                             (s.get("finetune") or {}).get("ran"))})
         return out
 
-    def current(self) -> str | None:
-        runs = [r["id"] for r in self.runs()]
+    def current(self, runs: list[dict[str, Any]] | None = None) -> str | None:
+        """The current run: the one chosen, else the newest (``runs``: :meth:`runs`, if
+        already read)."""
+        ids = [r["id"] for r in (self.runs() if runs is None else runs)]
         cur = self.settings().get("current")
-        return cur if cur in runs else (runs[0] if runs else None)
+        return cur if cur in ids else (ids[0] if ids else None)
+
+    def set_current(self, run: str) -> None:
+        s = self.settings()
+        s["current"] = run
+        self.save_settings(s)
 
     def run_dir(self, run: str) -> Path:
         d = self.models / safe_name(run, "run")
@@ -278,10 +285,8 @@ class Trainer:
                 event = json.loads(line)
             except ValueError:
                 continue
-            if event.get("stage") == "done":  # the new model is current before anyone hears
-                s = self.project.settings()
-                s["current"] = self.run
-                self.project.save_settings(s)
+            if event.get("stage") == "done" and self.run:  # current before anyone hears
+                self.project.set_current(self.run)
             self.events.append(event)
             if event.get("stage") in ("done", "error"):
                 self.state = event["stage"]

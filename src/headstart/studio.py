@@ -90,11 +90,12 @@ def _routes(project: Project, token: str, host: str, port: int) -> Any:
 
     @app.get("/api/project")
     async def info() -> dict[str, Any]:
-        return {"root": str(project.root), "classes": project.classes(),
-                "runs": project.runs(), "current": project.current(),
+        runs = project.runs()  # each run's headstart.json read once per call
+        current = project.current(runs)
+        return {"root": str(project.root), "classes": project.classes(), "runs": runs,
+                "current": current,
                 "training": {"state": trainer.state, "run": trainer.run},
-                "serve": (f"headstart serve {project.models / project.current()}"
-                          if project.current() else None)}
+                "serve": f"headstart serve {project.models / current}" if current else None}
 
     @app.post("/api/classes")
     async def add_class(body: dict[str, str]) -> dict[str, str]:
@@ -175,10 +176,8 @@ def _routes(project: Project, token: str, host: str, port: int) -> Any:
 
     @app.post("/api/runs/{run}/current")
     async def set_current(run: str) -> dict[str, str]:
-        project.run_dir(run)
-        s = project.settings()
-        s["current"] = run
-        project.save_settings(s)
+        project.run_dir(run)  # it exists
+        project.set_current(run)
         return {"current": run}
 
     @app.get("/api/runs/{run}/report")
