@@ -72,30 +72,41 @@ def wilson_ci(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     return float(lo), float(1.0 if successes == n else min(1.0, centre + half))
 
 
+def _mean(cells: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``(B,)`` mean of the values ``cells`` ``(U,)`` taken ``counts`` ``(B, U)`` times."""
+    return counts @ cells / counts.sum(axis=1)
+
+
+def _macro_f1(cells: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``(B,)`` macro F1, over the classes present, of the (true, predicted) pairs
+    ``cells`` ``(U, 2)`` taken ``counts`` ``(B, U)`` times."""
+    k = int(cells.max()) + 1
+    true, pred = np.eye(k)[cells[:, 0]], np.eye(k)[cells[:, 1]]
+    support, predicted, tp = counts @ true, counts @ pred, counts @ (true * pred)
+    denom = support + predicted
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    present = support > 0
+    return (f1 * present).sum(axis=1) / present.sum(axis=1)
+
+
 def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0,
-                 statistic: Any = np.mean) -> tuple[float, float] | None:
-    """95% percentile-bootstrap interval of ``statistic`` over the rows of ``values``
-    (resampled with replacement); None when every resample gives the same value (a
-    zero-width interval would claim certainty the data cannot give)."""
+                 statistic: Any = _mean) -> tuple[float, float] | None:
+    """95% percentile-bootstrap interval of a statistic of the rows of ``values`` (discrete:
+    0/1 outcomes, (true, predicted) pairs), resampled with replacement; None when every
+    resample gives the same value (a zero-width interval would claim certainty the data
+    cannot give). A resample is drawn as how many times each distinct row comes up
+    (multinomial, the same distribution as drawing rows), so the cost does not grow with
+    the number of rows; ``statistic(cells, counts)`` gets the distinct rows and the
+    ``(n_boot, U)`` counts and returns ``(n_boot,)`` values (default: the mean)."""
     values = np.asarray(values)
     if len(values) == 0:
         return None
-    rng = np.random.default_rng(seed)
-    stats = np.asarray([statistic(values[rng.integers(0, len(values), len(values))])
-                        for _ in range(n_boot)])
+    cells, inverse = np.unique(values, axis=0, return_inverse=True)
+    freq = np.bincount(inverse.ravel(), minlength=len(cells)) / len(values)
+    counts = np.random.default_rng(seed).multinomial(len(values), freq, size=n_boot)
+    stats = statistic(cells, counts.astype(float))
     lo, hi = float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
     return None if hi - lo <= 0 else (lo, hi)
-
-
-def _macro_f1(pairs: np.ndarray) -> float:
-    """Macro F1 of ``pairs`` ``(N, 2)`` (true, predicted) over the classes present."""
-    true, pred = pairs[:, 0], pairs[:, 1]
-    f1 = []
-    for c in np.unique(true):
-        tp = np.sum((true == c) & (pred == c))
-        denom = np.sum(true == c) + np.sum(pred == c)
-        f1.append(2 * tp / denom if denom else 0.0)
-    return float(np.mean(f1))
 
 
 def scored_metrics(y_true: np.ndarray, logits: np.ndarray, temperature: float,
