@@ -128,11 +128,14 @@ def test_review_cli_writes_page_csv_and_json(tmp_path):
     shutil.copytree(EXAMPLES / "train", data)
     giraffe = sorted((data / "giraffe").iterdir())[0]
     os.replace(giraffe, data / "elephant" / giraffe.name)  # one wrong label
+    os.mkfifo(data / "giraffe" / "pipe.jpg")  # never opened, reported
     page, sheet = tmp_path / "review.html", tmp_path / "s.csv"
     r = run_cli("review", data, "--out", page, "--csv", sheet, "--json")
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     assert got["images"] == 20 and len(got["ranking"]) == 20
+    assert [s["path"].rsplit("/", 1)[1] for s in got["skipped"]] == ["pipe.jpg"]
+    assert "pipe.jpg" in r.stderr and "named pipe" in r.stderr
     assert got["ranking"][0]["path"].endswith(giraffe.name)  # the least probable label
     assert sheet.read_text().splitlines()[0] == \
         "action,path,label,suggested,probability,kind,reason"

@@ -351,6 +351,7 @@ def review(
         return print_moves(data, n, log, as_json)
     with progress_bar("features") as progress:
         r = run_review(data, backbone=backbone, cache_dir=cache_dir, progress=progress)
+    print_skipped(r.skipped)
     if out_html is not None:
         from .report import write_review_page
 

@@ -42,7 +42,7 @@ from .errors import DataError
 from .features import FeatureCache, ProgressFn
 from .heads import LinearHead, softmax, stratified_folds
 from .stages import Callbacks, read_data
-from .walk import SET_ASIDE
+from .walk import SET_ASIDE, Skipped
 
 __all__ = ["ACTIONS", "Ranked", "Review", "Suggestion", "apply", "apply_rows", "findings",
            "review", "undo", "write_suggestions"]
@@ -90,7 +90,8 @@ class Review:
     ``suggestions`` ordered by kind (``label``, ``duplicate``, ``outlier``) then score; the
     accuracy of the out-of-fold predictions they come from; and ``ranking``: every image
     from the least to the most probable under its own label (the suggestions of kind
-    ``label`` are the confident part of its top; the rest of the top is worth a look)."""
+    ``label`` are the confident part of its top; the rest of the top is worth a look);
+    ``skipped``: the files that could not be read, with their reasons."""
 
     data: str
     classes: list[str]
@@ -98,6 +99,7 @@ class Review:
     oof_accuracy: float
     suggestions: list[Suggestion] = field(default_factory=list)
     ranking: list[Ranked] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,8 +192,10 @@ def review(data: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
     if np.bincount(y, minlength=len(usable.classes)).min() < 2:
         raise DataError(f"{data}: review needs at least 2 images in every class")
     P = _oof_probabilities(X, y, seed)
-    return findings(str(data), [str(p) for p in usable.paths], y, P, X, usable.classes,
-                    usable.health.conflicts + usable.health.leakage)
+    r = findings(str(data), [str(p) for p in usable.paths], y, P, X, usable.classes,
+                 usable.health.conflicts + usable.health.leakage)
+    r.skipped = list(usable.skipped)
+    return r
 
 
 def findings(data: str, paths: list[str], y: np.ndarray, P: np.ndarray, X: np.ndarray,
