@@ -8,7 +8,9 @@ a seeded generator, kept in --work between runs (generated once per size, nested
 folder). Model: a head trained on the shipped safari examples (lite0).
 
 With --ray N: the same N images through `--cluster local --workers 1` and `--workers 2`
-beside local streaming (whole processes, Ray's start-up included).
+beside local streaming (whole processes, Ray's start-up included), and each of the three
+again on 16 images: their difference is the throughput once started (the fixed start-up
+cost, mostly Ray's own processes, taken out).
 
 For each size: one `headstart predict MODEL FOLDER --csv out.csv` process; wall seconds,
 images/s, the peak resident memory of the process (ru_maxrss of the child) and the rows of
@@ -112,14 +114,20 @@ def main() -> None:
               f"{results[big]['peak_mb'] / results[10000]['peak_mb']:.2f}x")
     if args.ray:
         folder = generate(args.work / f"images-{args.ray}", args.ray)
+        tiny = generate(args.work / "images-16", 16)
         local = run(model, folder, args.work / "ray-local.csv", env)
+        local0 = run(model, tiny, args.work / "ray-local-16.csv", env)
         for workers in (1, 2):
-            r = run(model, folder, args.work / f"ray-{workers}.csv", env, "--cluster",
-                    "local", "--workers", str(workers))
+            how = ("--cluster", "local", "--workers", str(workers))
+            r = run(model, folder, args.work / f"ray-{workers}.csv", env, *how)
+            r0 = run(model, tiny, args.work / f"ray-{workers}-16.csv", env, *how)
+            started = (local["seconds"] - local0["seconds"]) / (r["seconds"] - r0["seconds"])
             print(f"ray, {workers} worker(s), {args.ray} images: {r['seconds']:.1f} s "
                   f"(local streaming {local['seconds']:.1f} s): throughput "
                   f"{local['seconds'] / r['seconds']:.2f}x of local, whole processes, Ray "
-                  f"start-up included; {r['rows']} rows", flush=True)
+                  f"start-up included; {r['rows']} rows; on 16 images {r0['seconds']:.1f} s "
+                  f"(local {local0['seconds']:.1f} s), so once started "
+                  f"{started:.2f}x of local", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from headstart import Classifier
-from headstart.errors import DataError
+from headstart.cluster import predict_ray
+from headstart.errors import DataError, HeadstartError
 from headstart.stream import predict_stream
 
 from .conftest import EXAMPLES, assert_user_error, run_cli, shared
@@ -93,31 +94,67 @@ def test_stream_options_are_checked(trained, tmp_path):
                               "--jsonl", tmp_path / "b"), "--csv and --jsonl")
 
 
-def test_ray_cluster_gives_the_local_answers(trained, tmp_path):
+def test_ray_cluster_gives_the_local_answers_after_a_kill_and_resume(trained, tmp_path):
     pytest.importorskip("ray", reason="the [ray] extra is not installed")
     _, model = trained
     images = tmp_path / "imgs"
     (images / "a").mkdir(parents=True)
-    for f in sorted(shared("hymenoptera", "val").rglob("*.jpg"))[:100]:
+    for f in sorted(shared("hymenoptera", "val").rglob("*.jpg"))[:150]:
         shutil.copy(f, images / "a" / f.name)
-    shutil.copytree(EXAMPLES, images / "b")  # 100 + 50 images, and a text file
+    shutil.copytree(EXAMPLES, images / "b")  # 150 + 50 images, and a text file
     local, remote = tmp_path / "local.csv", tmp_path / "ray.csv"
     r = run_cli("predict", model, images, "--csv", local)
     assert r.returncode == 0, r.stderr
+    cmd = [sys.executable, "-m", "headstart", "predict", str(model), str(images), "--csv",
+           str(remote), "--cluster", "local", "--workers", "2", "--chunk", "8"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if remote.exists() and remote.read_bytes().count(b"\n") > 40:
+            break
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)  # Ray's own processes share the driver's fate
+    proc.wait()
+    written = remote.read_bytes().count(b"\n") - 1
+    assert 40 <= written < 200, written  # killed part-way, rows merged from the shards
     r = run_cli("predict", model, images, "--csv", remote, "--cluster", "local",
-                "--workers", "2", "--json", timeout=600)
+                "--workers", "2", "--resume", "--json", timeout=600)
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
-    assert got["written"] == 150 and got["skipped"]  # ATTRIBUTION.md is not an image
+    assert got["resumed"] >= written and got["resumed"] + got["written"] == 200
+    assert got["skipped"]  # ATTRIBUTION.md is not an image
+    assert not (tmp_path / ".ray.csv.parts").exists()  # every shard merged, then removed
     a = {row["path"]: row for row in csv.DictReader(local.open())}
     b = {row["path"]: row for row in csv.DictReader(remote.open())}
-    assert a.keys() == b.keys() and len(a) == 150
+    assert a.keys() == b.keys() and len(a) == 200
+    assert len(remote.read_text().splitlines()) == 201  # no row twice
     for path, row in a.items():
         assert b[path]["label"] == row["label"] and b[path]["content_hash"] == \
             row["content_hash"]
         assert [float(b[path][k]) for k in row if k.startswith("p_")] == pytest.approx(
             [float(row[k]) for k in row if k.startswith("p_")], abs=1e-5)
     assert_user_error(run_cli("predict", model, images, "--cluster", "local"), "--cluster")
+
+
+def test_resume_merges_the_shards_a_killed_ray_run_left(trained, tmp_path):
+    _, model = trained
+    full = tmp_path / "full.csv"
+    predict_stream(Classifier.load(model, cache=False), [EXAMPLES / "test"], full)
+    lines = full.read_text().splitlines(keepends=True)
+    out, parts = tmp_path / "out.csv", tmp_path / ".out.csv.parts"
+    out.write_text("".join(lines[:21]) + lines[21][:30])  # a row cut by the kill
+    parts.mkdir()
+    (parts / "part-1.csv").write_text("".join(lines[15:26]))  # merged in part already
+    (parts / "part-2.csv").write_text("".join(lines[26:]))
+    (parts / ".part-3.csv.tmp").write_text(lines[5][:10])  # a shard being written
+    r = predict_ray(model, [EXAMPLES / "test"], out, resume=True)  # no Ray needed
+    assert r.written == 0 and r.resumed == 30
+    assert _sorted_rows(out) == _sorted_rows(full) and not parts.exists()
+    parts.mkdir()
+    (parts / "mine.txt").write_text("the user's")
+    with pytest.raises(HeadstartError, match="did not write"):
+        predict_ray(model, [EXAMPLES / "test"], out, resume=True)
+    assert (parts / "mine.txt").read_text() == "the user's"
 
 
 def test_without_ray_the_cluster_option_says_what_to_install(trained, tmp_path):

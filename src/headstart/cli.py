@@ -209,9 +209,11 @@ def _stream(model: Path, clf: Any, paths: List[Path], target: Path, fmt: str, re
     from .stream import predict_stream
 
     with rate_bar("predict") as progress:
-        r = (predict_ray(model, paths, target, fmt, resume, cluster, workers, progress=progress,
-                         unknown=clf.unknown) if cluster else predict_stream(clf, paths, target, fmt=fmt, resume=resume,
-                                            chunk=chunk, progress=progress))
+        if cluster:
+            r = predict_ray(model, paths, target, fmt, resume, cluster, workers, chunk,
+                            progress, unknown=clf.unknown)
+        else:
+            r = predict_stream(clf, paths, target, fmt, resume, chunk, progress)
     print_skipped(r.skipped)
     print_stream(r, target, as_json)
 

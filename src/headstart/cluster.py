@@ -3,28 +3,37 @@
 :func:`predict_ray` is :func:`headstart.stream.predict_stream` with the work spread over
 Ray: the file list becomes a Ray dataset, an actor pool of ``workers`` runs the whole model
 (decode, backbone engine, head, calibration, unknown) on batches of ``chunk`` paths, one
-engine per actor, and the rows stream back to this process, which writes them as they come
-(flushed after each batch, with the same columns and the same ``resume`` semantics). The
+engine per actor. Each actor writes its batch's rows as a shard, one file in a hidden folder
+beside the output (``.NAME.parts/``), and sends back only paths and labels; this process
+merges each shard into the output as soon as its batch is reported (fsynced, then the shard
+deleted), so the output grows as with local streaming and has the same columns and the same
+``resume`` semantics: shards a killed run left unmerged are merged first. The
 model directory is read here and shipped to the actors once through Ray's object store, so
-the workers need the images (a shared file system) but not the model. ``address``:
+the workers need the images and the output's folder (a shared file system) but not the
+model. ``address``:
 ``local`` starts a private Ray on this machine (``workers`` CPUs, nothing exposed beyond
 127.0.0.1), ``auto`` joins the running cluster, ``ray://HOST:PORT`` a remote one.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import logging
 import os
 import tempfile
 import time
+import uuid
+import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, TextIO
 
 import numpy as np
 
 from ._threads import cores
 from .errors import HeadstartError
-from .stream import StreamProgress, StreamResult, chunks, done_rows, open_writer, \
+from .stream import StreamProgress, StreamResult, Writer, chunks, done_rows, open_writer, \
     output_format, pending
 from .walk import Skipped, iter_images
 
@@ -37,10 +46,13 @@ RAY_HINT = "install Ray first: pip install 'headstart[ray]'"
 
 class _Predictor:
     """A Ray Data actor: the model, loaded once from ``files`` (name -> bytes, or a Ray
-    object reference to them), applied to
-    batches of paths; one output row per path (``reason`` non-empty when unreadable)."""
+    object reference to them), applied to batches of paths. Each batch's rows are written
+    by the actor into one file of ``parts`` (the output's format, written whole, fsynced,
+    then renamed into place); what comes back is one small row per path: ``path, label,
+    reason`` (``reason`` non-empty when unreadable) and ``part``, the file's name."""
 
-    def __init__(self, files: Any, threads: int, unknown: bool = True) -> None:
+    def __init__(self, files: Any, threads: int, unknown: bool, parts: str, fmt: str
+                 ) -> None:
         os.environ["HEADSTART_THREADS"] = str(threads)
         import ray
 
@@ -53,27 +65,54 @@ class _Predictor:
         for name, data in files.items():
             (Path(self._dir.name) / name).write_bytes(data)
         self.clf = Classifier.load(self._dir.name, cache=False, unknown=unknown)
+        self.parts, self.fmt = Path(parts), fmt
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [str(p) for p in batch["path"]]
         pred = self.clf.predict_images(paths)
-        where = {s: i for i, s in enumerate(pred.sources)}
-        digest = {p: f.digest for p, f in zip(paths, pred.facts or [])}
+        name = f"part-{uuid.uuid4().hex}.{self.fmt}"
+        tmp = self.parts / f".{name}.tmp"
+        with tmp.open("w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
+            Writer(fh, self.fmt, list(self.clf.classes_), header=False).rows(
+                pred, {p: f.digest for p, f in zip(pred.sources, pred.facts or [])})
+        os.replace(tmp, self.parts / name)
+        label = dict(zip(pred.sources, pred.labels))
         why = {s.path: s.reason for s in pred.skipped}
-        k = len(self.clf.classes_)
-        proba = np.zeros((len(paths), k), np.float32)
-        label, unknown, score = [""] * len(paths), np.zeros(len(paths), bool), \
-            np.zeros(len(paths), np.float32)
-        for r, p in enumerate(paths):
-            if p in where:
-                i = where[p]
-                proba[r], label[r] = pred.proba[i], pred.labels[i]
-                unknown[r], score[r] = bool(pred.rejected[i]), float(pred.ood_score[i])
-        return {"path": np.asarray(paths, dtype=object), "label": np.asarray(label, object),
-                "proba": proba, "unknown": unknown, "unknown_score": score,
-                "content_hash": np.asarray([digest.get(p) or "" for p in paths], object),
-                "reason": np.asarray([why.get(p, "" if p in where else "unreadable")
-                                      for p in paths], object)}
+        return {"path": np.asarray(paths, dtype=object),
+                "label": np.asarray([label.get(p, "") for p in paths], object),
+                "reason": np.asarray([why.get(p, "" if p in label else "unreadable")
+                                      for p in paths], object),
+                "part": np.asarray([name] * len(paths), object)}
+
+
+def parts_folder(out: Path) -> Path:
+    """Where the workers write their row files for ``out``: a hidden folder beside it."""
+    return out.with_name(f".{out.name}.parts")
+
+
+def merge_part(part: Path, fh: TextIO, fmt: str, done: dict[str, str]) -> int:
+    """Append the rows of one worker's row file to the open output ``fh``, except those of
+    paths already in ``done`` (``{path: content hash}``, updated), then fsync ``fh`` and
+    delete ``part``; returns the rows appended. A kill at any point leaves the row either
+    in the output or still in ``part`` (or both: the next merge skips it)."""
+    text = part.read_text(encoding="utf-8", errors="surrogateescape")
+    n = 0
+    if fmt == "csv":
+        w = csv.writer(fh)
+        for row in csv.reader(io.StringIO(text)):
+            if row and row[0] not in done:
+                w.writerow(row)
+                done[row[0]], n = row[-1], n + 1
+    else:
+        for line in text.splitlines():
+            row = json.loads(line) if line.strip() else None
+            if row is not None and row["path"] not in done:
+                fh.write(line + "\n")
+                done[row["path"]], n = row["content_hash"], n + 1
+    fh.flush()
+    os.fsync(fh.fileno())
+    part.unlink()
+    return n
 
 
 class _Featurizer:
@@ -175,63 +214,99 @@ def _init(address: str, workers: int) -> Any:
 
 def predict_ray(model_dir: str | os.PathLike, paths: Iterable[str | os.PathLike],
                 out: str | os.PathLike, fmt: str | None = None, resume: bool = False,
-                address: str = "local", workers: int = 2, chunk: int = 64,
+                address: str = "local", workers: int = 2, chunk: int = 256,
                 progress: StreamProgress | None = None, unknown: bool = True) -> StreamResult:
     """Predict every image under ``paths`` into ``out`` on Ray (see the module docstring);
     the same rows as :func:`headstart.stream.predict_stream` (in the order batches finish).
 
     Raises:
-        HeadstartError: Ray missing or the cluster unreachable; a path does not exist.
+        HeadstartError: Ray missing or the cluster unreachable; a path does not exist; the
+            workers' row files are not visible here (``out`` not on a shared file system).
     """
     from .model import Classifier
 
     t0 = time.perf_counter()
     if workers < 1:
         raise HeadstartError(f"workers: expected >= 1, got {workers}")
+    if chunk < 1:
+        raise HeadstartError(f"chunk: expected >= 1, got {chunk}")
     model_dir, out = Path(model_dir), Path(out)
     fmt = output_format(out, fmt)
-    classes = Classifier.load(model_dir, cache=False).classes_  # checks the model here
+    classes = list(Classifier.load(model_dir, cache=False).classes_)  # checks the model here
     files = {f.name: f.read_bytes() for f in model_dir.iterdir() if f.is_file()}
-    done = done_rows(out, fmt) if resume else {}
+    parts = parts_folder(out)
     result = StreamResult()
     todo: list[str] = []
-    for batch in chunks(iter_images(paths), 1024, result.skipped):
-        left = pending(batch, done)
-        result.resumed += len(batch) - len(left)
-        todo += [str(f) for f in left]
+    with open_writer(out, fmt, classes, resume) as writer:
+        done = done_rows(out, fmt) if resume else {}
+        if parts.is_dir():  # rows a killed run's workers wrote and it did not merge
+            for part in sorted(parts.glob(f"part-*.{fmt}")) if resume else ():
+                merge_part(part, writer.fh, fmt, done)
+            _clear(parts)
+        for batch in chunks(iter_images(paths), 1024, result.skipped):
+            left = pending(batch, done)
+            result.resumed += len(batch) - len(left)
+            todo += [str(f) for f in left]
+        if todo:
+            parts.mkdir()
+            _run(todo, files, parts, fmt, writer, done, result, address, workers, chunk,
+                 unknown, progress, t0)
+            _clear(parts)  # only once every row is merged: a failed run is resumable
     counts = dict.fromkeys(classes, 0)
+    for label in result.counts:
+        counts[label] = result.counts[label]
+    result.counts, result.seconds = counts, round(time.perf_counter() - t0, 2)
+    logger.info("predicted %d image(s) on Ray (%s, %d workers) into %s in %.1f s",
+                result.written, address, workers, out, result.seconds)
+    return result
+
+
+def _clear(parts: Path) -> None:
+    """Delete the row files in ``parts`` (and their unfinished ``.tmp`` files), then the
+    folder; anything else in it is left and reported."""
+    for f in list(parts.glob("part-*")) + list(parts.glob(".part-*.tmp")):
+        f.unlink()
+    try:
+        parts.rmdir()
+    except OSError:
+        raise HeadstartError(f"cluster: {parts} holds files headstart did not write; move "
+                             f"them and run again") from None
+
+
+def _run(todo: list[str], files: dict[str, bytes], parts: Path, fmt: str, writer: Writer,
+         done: dict[str, str], result: StreamResult, address: str, workers: int, chunk: int,
+         unknown: bool, progress: StreamProgress | None, t0: float) -> None:
+    """The Ray Data pipeline over ``todo``: each finished batch's row file is merged into
+    the output as its small result rows arrive here."""
     # at least 2 threads an actor, so that decoding overlaps inference (measured on 2
     # cores with 2 actors: 0.53x local streaming against 0.45x with one thread)
     threads = max(2, cores() // workers)
     ray = _init(address, workers)
     try:
-        ds = ray.data.from_items([{"path": p} for p in todo]) if todo else None
-        with open_writer(out, fmt, list(classes), resume) as writer:
-            if ds is not None:
-                _quiet_ray()
-                rows = ds.map_batches(_Predictor,
-                                      fn_constructor_args=(ray.put(files), threads, unknown),
-                                      batch_size=chunk, batch_format="numpy",
-                                      compute=ray.data.ActorPoolStrategy(size=workers),
-                                      num_cpus=1, max_restarts=0)
-                for b in rows.iter_batches(batch_size=None, batch_format="numpy"):
-                    ok = b["reason"] == ""
-                    for i in np.flatnonzero(ok):
-                        writer.row(str(b["path"][i]), str(b["label"][i]), b["proba"][i],
-                                   bool(b["unknown"][i]), float(b["unknown_score"][i]),
-                                   str(b["content_hash"][i]))
-                        counts[str(b["label"][i])] = counts.get(str(b["label"][i]), 0) + 1
-                    writer.flush()
-                    result.written += int(ok.sum())
-                    result.skipped += [Skipped(str(p), str(r)) for p, r in
-                                       zip(b["path"][~ok], b["reason"][~ok])]
-                    if progress:
-                        elapsed = time.perf_counter() - t0
-                        progress(result.written + result.resumed,
-                                 result.written / max(elapsed, 1e-9))
+        ds = ray.data.from_items([{"path": p} for p in todo],
+                                 override_num_blocks=max(1, -(-len(todo) // chunk)))
+        _quiet_ray()
+        with warnings.catch_warnings():  # Ray 2.60 has no other way to say max_restarts
+            warnings.simplefilter("ignore", DeprecationWarning)
+            rows = ds.map_batches(_Predictor, fn_constructor_args=(
+                ray.put(files), threads, unknown, str(parts), fmt), batch_size=chunk,
+                batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
+                num_cpus=1, max_restarts=0)  # a dead worker fails the run; resume continues it
+        for b in rows.iter_batches(batch_size=None, batch_format="numpy"):
+            for name in dict.fromkeys(b["part"]):
+                part = parts / str(name)
+                if not part.exists():
+                    raise HeadstartError(
+                        f"cluster: the workers' row file {part} is not visible here: put "
+                        f"the output on a file system the workers share")
+                result.written += merge_part(part, writer.fh, fmt, done)
+            ok = b["reason"] == ""
+            for label in b["label"][ok]:
+                result.counts[str(label)] = result.counts.get(str(label), 0) + 1
+            result.skipped += [Skipped(str(p), str(r)) for p, r in
+                               zip(b["path"][~ok], b["reason"][~ok])]
+            if progress:
+                progress(result.written + result.resumed,
+                         result.written / max(time.perf_counter() - t0, 1e-9))
     finally:
         ray.shutdown()
-    result.counts, result.seconds = counts, round(time.perf_counter() - t0, 2)
-    logger.info("predicted %d image(s) on Ray (%s, %d workers) into %s in %.1f s",
-                result.written, address, workers, out, result.seconds)
-    return result
