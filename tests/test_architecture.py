@@ -23,6 +23,7 @@ FLOORS = [
     ["health"],
     ["summary"],
     ["_head"],
+    ["_mlp"],
     ["heads"],
     ["calibration", "domain"],
     ["_training"],

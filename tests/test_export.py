@@ -4,6 +4,7 @@ probabilities and the unknown score, metadata in the file, parity with PyTorch."
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -83,3 +84,29 @@ def test_mlp_head_exports_with_parity(tmp_path):
     r = export(clf, "openvino", tmp_path / "mlp.xml", samples=SAMPLES)
     assert r["parity"]["ok"] and r["parity"]["labels_identical"]
     assert (tmp_path / "mlp.xml").is_file() and (tmp_path / "mlp.bin").is_file()
+
+
+def test_a_head_with_the_imagenet_classes_exports_with_parity(tmp_path):
+    """Few ants and bees (near ImageNet) keep the ImageNet block; ONNX and OpenVINO carry
+    it, and a digits model (far) never tries it."""
+    from headstart import Classifier
+
+    from .conftest import copy_digits, shared
+
+    data = tmp_path / "hym"
+    for c in ("ants", "bees"):
+        (data / c).mkdir(parents=True)
+        for f in sorted(shared("hymenoptera", "train", c).iterdir())[:6]:
+            shutil.copy(f, data / c / f.name)
+    clf = Classifier().fit(data)
+    assert clf.summary_.head_settings["imagenet_classes"] is True
+    model_dir = clf.save(tmp_path / "m")
+    val = sorted(shared("hymenoptera", "val", "ants").iterdir())[:8]
+    loaded = Classifier.load(model_dir)
+    np.testing.assert_array_equal(loaded.predict_images(val).proba, clf.predict_images(val).proba)
+    for fmt, out in (("onnx", tmp_path / "m.onnx"), ("openvino", tmp_path / "ov")):
+        p = export(model_dir, fmt, out, samples=val)["parity"]
+        assert p["ok"] and p["labels_identical"] and p["max_abs_diff"] < 1e-4, fmt
+    far = Classifier().fit(copy_digits(tmp_path / "digits", train=8, val=4))
+    assert far.summary_.domain_gap.level == "far"
+    assert far.summary_.head_settings["imagenet_classes"] is False

@@ -103,3 +103,42 @@ def test_tiny_classes_without_cv_still_fit():
     X, y = blobs((1, 1, 2), sep=5.0)
     h = AutoHead().fit(X, y)
     assert h.kind_ == "linear" and (h.predict(X) == y).all()
+
+
+def _hymenoptera(backbone, split: str, per_class: int | None = None):
+    from headstart.features import extract_features
+
+    from .conftest import shared
+
+    files, y = [], []
+    for i, c in enumerate(["ants", "bees"]):
+        found = sorted(shared("hymenoptera", split, c).iterdir())[:per_class]
+        files, y = files + found, y + [i] * len(found)
+    return extract_features(backbone, files, None).X, np.array(y)
+
+
+def test_imagenet_classes_are_kept_where_they_help_and_survive_every_round_trip(backbone):
+    import torch
+
+    from headstart.errors import ModelError
+
+    Xtr, ytr = _hymenoptera(backbone, "train", 5)  # ants and bees: ImageNet classes
+    Xte, yte = _hymenoptera(backbone, "val")
+    plain = LinearHead().fit(Xtr, ytr)
+    h = LinearHead(imagenet=backbone.imagenet_head).fit(Xtr, ytr)
+    assert plain.imagenet_block_ is None and h.imagenet_block_ is not None
+    assert h.chosen()["imagenet_classes"] is True
+    assert h.coef_.shape == (2, Xtr.shape[1] + 1000)
+    assert h.score(Xte, yte) >= plain.score(Xte, yte) + 0.01  # 0.941 against 0.922
+    again = head_from_state("linear", h.state(), 2, Xtr.shape[1])
+    np.testing.assert_array_equal(again.predict_proba(Xte), h.predict_proba(Xte))
+    with torch.no_grad():
+        z = h.to_torch()(torch.from_numpy(Xte)).numpy()
+    np.testing.assert_allclose(z, h.decision_function(Xte), atol=1e-4)
+    bad = {**h.state(), "imagenet_bias": np.zeros(999, np.float32)}
+    with pytest.raises(ModelError, match="imagenet"):
+        head_from_state("linear", bad, 2, Xtr.shape[1])
+    with pytest.raises(HeadstartError, match="imagenet: expected"):
+        LinearHead(imagenet=(np.zeros((10, 7)), np.zeros(10))).fit(Xtr, ytr)
+    many = np.repeat(Xtr, 9, axis=0), np.repeat(ytr, 9)  # 45 a class: not tried
+    assert LinearHead(imagenet=backbone.imagenet_head).fit(*many).imagenet_block_ is None

@@ -24,18 +24,21 @@ heads run single-threaded (thread pools only cost time on problems this small).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ._head import (FILE, Folds, Head, buffers, check_xy, cv_subset, logits2,
                     one_thread, softmax, standardiser, stratified_folds)
+from ._mlp import MLPHead
 from ._logistic import Logistic, balanced_weights, fit_logistic, project
 from .bundle import expect_shapes
 from .errors import HeadstartError, ModelError
 
 __all__ = ["AutoHead", "LinearHead", "MLPHead", "MLP_MIN_PER_CLASS", "WIDE_CS", "make_head",
-           "head_from_state", "HEADS", "power_l2", "softmax", "stratified_folds"]
+           "head_from_state", "HEADS", "imagenet_block", "power_l2", "softmax",
+           "stratified_folds"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,9 @@ logger = logging.getLogger(__name__)
 # datasets (120 to 1,200 images per class) it never beat the linear head in CV.
 MLP_MIN_PER_CLASS = 150
 NORMALIZE = ("power-l2", "standard")
+# The ImageNet block (see imagenet_block) is tried up to this many images in the smallest
+# class: it pays at 1-20 (few-shot), and beyond, a second C path only costs time.
+IMAGENET_MAX_PER_CLASS = 40
 
 # C grid of the linear head: half decades from strong to weak regularisation (weak matters
 # at 1-20 images per class, where a wide search on normalised features wins).
@@ -57,6 +63,30 @@ def log_loss(logits: np.ndarray, y: np.ndarray) -> float:
     z = np.asarray(logits, np.float64)
     z = z - z.max(axis=1, keepdims=True)
     return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]))
+
+
+def imagenet_block(X: np.ndarray, weight: np.ndarray, bias: np.ndarray,
+                   scale: float = NORM_SCALE) -> np.ndarray:
+    """The square roots of the backbone's ImageNet class probabilities for features ``X``
+    ``(N, D)`` (``weight`` ``(M, D)``, ``bias`` ``(M,)``), a row of length ``scale`` like
+    :func:`power_l2`: ``(N, M)``. Appended to the features of ImageNet-like images, where
+    the pretrained classes carry over (hymenoptera's ants and bees: +2 points at 20 and +4
+    at 5 images per class), when cross-validation prefers it."""
+    return np.sqrt(softmax(X @ weight.T + bias).astype(np.float64)) * scale
+
+
+@dataclass
+class _Path:
+    """A C path's outcome: the chosen ``C``, its out-of-fold accuracy, log-loss and logits
+    ``(n, K)`` (None without folds), every C's ``(accuracy, log-loss)`` and the fold
+    heads' mean weight norm at that C."""
+
+    C: float
+    accuracy: float
+    loss: float
+    by_C: dict[float, tuple[float, float]]
+    oof: np.ndarray | None
+    norm: float
 
 
 def power_l2(X: np.ndarray, scale: float = NORM_SCALE) -> np.ndarray:
@@ -85,37 +115,51 @@ class LinearHead(Head):
     """
 
     kind = "linear"
+    imagenet_block_: tuple[np.ndarray, np.ndarray] | None = None
 
     def __init__(self, Cs: tuple[float, ...] = WIDE_CS, cv: int = 5,
                  class_weight: str | None = "balanced", max_iter: int = 1000,
-                 random_state: int = 0, normalize: str = "power-l2") -> None:
+                 random_state: int = 0, normalize: str = "power-l2",
+                 imagenet: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.Cs = Cs
         self.cv = cv
         self.class_weight = class_weight
         self.max_iter = max_iter
         self.random_state = random_state
         self.normalize = normalize
+        self.imagenet = imagenet
 
     def _normalised(self, X: Any) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
-        if self.normalize == "power-l2":
-            return power_l2(X)
-        return (X - self.mean_) / self.scale_
+        Z = power_l2(X) if self.normalize == "power-l2" else (X - self.mean_) / self.scale_
+        if self.imagenet_block_ is not None:
+            Z = np.concatenate([Z, imagenet_block(X, *self.imagenet_block_)], axis=1)
+        return Z
 
     def fit(self, X: Any, y: Any, folds: Folds | None = None) -> "LinearHead":
-        """Standardise, choose ``C`` by cross-validation (``folds`` of the rows
-        cross-validated on, or new ones), then fit on every row.
+        """Normalise, choose ``C`` by cross-validation (``folds`` of the rows
+        cross-validated on, or new ones), then fit on every row. With ``imagenet`` (the
+        backbone's ImageNet classifier, weight ``(1000, D)`` and bias ``(1000,)``) the same
+        path also runs on the features with the :func:`imagenet_block` appended, and the
+        features with the lower out-of-fold log-loss are kept (never without
+        cross-validation, nor beyond :data:`IMAGENET_MAX_PER_CLASS` images in the smallest
+        class).
 
         Fitted attributes besides the parameters: ``oof_logits_`` ``(n, K)``, the
         out-of-fold logits of the chosen ``C`` for the rows ``oof_rows_`` (None without
-        cross-validation), and ``oof_scale_``: how much larger the final head's weights are
+        cross-validation), ``oof_scale_``: how much larger the final head's weights are
         than the fold heads' (a temperature fitted on the out-of-fold logits is multiplied
-        by it, about 1.1 at 5-20 images per class).
+        by it, about 1.1 at 5-20 images per class), and ``imagenet_block_``: the classifier
+        appended, or None.
         """
         X, y = check_xy(X, y)
         if self.normalize not in NORMALIZE:
             raise HeadstartError(f"normalize: expected one of {', '.join(NORMALIZE)}, "
                                  f"got {self.normalize!r}")
+        if self.imagenet is not None and (len(self.imagenet) != 2 or
+                                          np.shape(self.imagenet[0])[1:] != X.shape[1:]):
+            raise HeadstartError(f"imagenet: expected (weight (M, {X.shape[1]}), bias (M,)), "
+                                 f"got shapes {[np.shape(a) for a in self.imagenet]}")
         self.classes_ = np.unique(y)
         yi = np.searchsorted(self.classes_, y)
         if self.normalize == "standard":
@@ -123,49 +167,35 @@ class LinearHead(Head):
         else:
             self.mean_ = np.zeros(X.shape[1], np.float32)
             self.scale_ = np.ones(X.shape[1], np.float32)
-        Xs = self._normalised(X).astype(np.float64)
         sub = cv_subset(yi, self.random_state)
-        Xc, yc = Xs[sub], yi[sub]
-        folds = folds if folds is not None else stratified_folds(yc, self.cv,
+        folds = folds if folds is not None else stratified_folds(yi[sub], self.cv,
                                                                   self.random_state)
-        Cs = sorted(self.Cs)
+        candidates: list[tuple[np.ndarray, np.ndarray] | None] = [None]
+        if self.imagenet is not None and folds is not None and \
+                np.bincount(yi).min() <= IMAGENET_MAX_PER_CLASS:
+            candidates.append((np.asarray(self.imagenet[0], np.float32),
+                               np.asarray(self.imagenet[1], np.float32)))
         with one_thread():
-            if folds is None:
-                self.C_ = 0.01 if self.normalize == "standard" else 1.0
-                self.cv_score_ = float("nan")
-                self.cv_path_: dict[float, tuple[float, float]] = {}
-                self.oof_logits_ = self.oof_rows_ = None
-            else:
-                scores = np.zeros((len(folds), len(Cs)))
-                norms = np.zeros((len(folds), len(Cs)))
-                loss = np.full(len(Cs), np.inf)
-                oof = np.zeros((len(Cs), len(yc), len(self.classes_)), np.float32)
-                spaces = [project(Xc[tr]) for tr, _ in folds]
-                tests = [Xc[te] @ V if V is not None else Xc[te]
-                         for (_, te), (_, V) in zip(folds, spaces)]
-                models: list[Logistic | None] = [None] * len(folds)
-                for j, C in enumerate(Cs):  # one warm-started path along C per fold
-                    for f, (tr, te) in enumerate(folds):
-                        models[f] = m = self._solve(spaces[f][0], yc[tr], C, models[f])
-                        oof[j, te] = logits2(_logits(m, tests[f]))
-                        scores[f, j] = np.mean(oof[j, te].argmax(axis=1) == yc[te])
-                        norms[f, j] = np.linalg.norm(m.W)
-                    loss[j] = log_loss(oof[j], yc)
-                    if j - int(np.argmin(loss[:j + 1])) >= PATH_PATIENCE:
-                        break  # PATH_PATIENCE weaker C values without a lower log-loss
-                mean = scores.mean(axis=0)
-                best = int(np.argmin(loss))  # accuracy ties often; log-loss hardly ever
-                self.C_, self.cv_score_ = float(Cs[best]), float(mean[best])
-                self.cv_path_ = {float(C): (float(a), float(l))
-                                 for C, a, l in zip(Cs, mean, loss) if np.isfinite(l)}
-                self.oof_logits_, self.oof_rows_ = oof[best], sub
+            best = None
+            for block in candidates:
+                self.imagenet_block_ = block
+                Xs = self._normalised(X).astype(np.float64)
+                path = self._path(Xs[sub], yi[sub], folds)
+                if best is None or path.loss < best[1].loss:
+                    best = (block, path, Xs)
+            assert best is not None
+            self.imagenet_block_, path, Xs = best
+            if len(candidates) > 1:
+                logger.info("linear head: out-of-fold log-loss %.4f with the ImageNet "
+                            "classes, kept %s", path.loss, self.imagenet_block_ is not None)
+            self.C_, self.cv_score_, self.cv_path_ = path.C, path.accuracy, path.by_C
+            self.oof_logits_, self.oof_rows_ = path.oof, (sub if path.oof is not None else None)
             Z, V = project(Xs)
             model = self._solve(Z, yi, self.C_, None)
             # the final head, fitted on every row, is more confident than the fold heads
             # whose logits calibrate it: by the ratio of their weights' norms
-            self.oof_scale_ = (float(np.linalg.norm(model.W) / max(norms[:, best].mean(),
-                                                                   1e-12))
-                               if folds is not None else 1.0)
+            self.oof_scale_ = float(np.linalg.norm(model.W) / max(path.norm, 1e-12)) \
+                if path.oof is not None else 1.0
         coef = (model.W @ V.T if V is not None else model.W).astype(np.float32)
         intercept = model.b.astype(np.float32)
         if coef.shape[0] == 1:  # binary: p1 = sigmoid(z) = softmax([0, z])[1]
@@ -173,6 +203,35 @@ class LinearHead(Head):
             intercept = np.concatenate([np.zeros(1, np.float32), intercept])
         self.coef_, self.intercept_ = coef, intercept
         return self
+
+    def _path(self, Xc: np.ndarray, yc: np.ndarray, folds: Folds | None) -> "_Path":
+        """One warm-started path along ``Cs`` per fold on normalised rows ``Xc``."""
+        if folds is None:
+            return _Path(0.01 if self.normalize == "standard" else 1.0, float("nan"),
+                         float("inf"), {}, None, 1.0)
+        Cs = sorted(self.Cs)
+        scores = np.zeros((len(folds), len(Cs)))
+        norms = np.zeros((len(folds), len(Cs)))
+        loss = np.full(len(Cs), np.inf)
+        oof = np.zeros((len(Cs), len(yc), len(self.classes_)), np.float32)
+        spaces = [project(Xc[tr]) for tr, _ in folds]
+        tests = [Xc[te] @ V if V is not None else Xc[te]
+                 for (_, te), (_, V) in zip(folds, spaces)]
+        models: list[Logistic | None] = [None] * len(folds)
+        for j, C in enumerate(Cs):  # one warm-started path along C per fold
+            for f, (tr, te) in enumerate(folds):
+                models[f] = m = self._solve(spaces[f][0], yc[tr], C, models[f])
+                oof[j, te] = logits2(_logits(m, tests[f]))
+                scores[f, j] = np.mean(oof[j, te].argmax(axis=1) == yc[te])
+                norms[f, j] = np.linalg.norm(m.W)
+            loss[j] = log_loss(oof[j], yc)
+            if j - int(np.argmin(loss[:j + 1])) >= PATH_PATIENCE:
+                break  # PATH_PATIENCE weaker C values without a lower log-loss
+        mean = scores.mean(axis=0)
+        best = int(np.argmin(loss))  # accuracy ties often; log-loss hardly ever
+        return _Path(float(Cs[best]), float(mean[best]), float(loss[best]),
+                     {float(C): (float(a), float(l)) for C, a, l in zip(Cs, mean, loss)
+                      if np.isfinite(l)}, oof[best], float(norms[:, best].mean()))
 
     def _solve(self, Z: np.ndarray, y: np.ndarray, C: float, init: Logistic | None
                ) -> Logistic:
@@ -184,6 +243,7 @@ class LinearHead(Head):
         """What fitting chose: the normalisation, ``C`` and the out-of-fold accuracy and
         log-loss of each C tried (empty without cross-validation)."""
         return {"normalize": self.normalize, "C": self.C_ if self.C_ == self.C_ else None,
+                "imagenet_classes": self.imagenet_block_ is not None,
                 "chosen_by": "out-of-fold log-loss" if self.cv_path_ else "default",
                 "cv_by_C": {f"{C:g}": {"accuracy": round(a, 4), "log_loss": round(l, 4)}
                             for C, (a, l) in self.cv_path_.items()}}
@@ -195,9 +255,12 @@ class LinearHead(Head):
     def state(self) -> dict[str, np.ndarray]:
         """The fitted parameters as named arrays (see :meth:`from_state`): ``power_l2``
         ``(1,)`` (the row length) for power-l2 heads, ``mean``/``scale`` for standardised
-        ones."""
+        ones; ``imagenet_weight`` ``(M, D)`` and ``imagenet_bias`` ``(M,)`` when the
+        ImageNet block is appended (``coef`` is then ``(K, D + M)``)."""
         norm = ({"power_l2": np.asarray([NORM_SCALE], np.float32)}
                 if self.normalize == "power-l2" else {"mean": self.mean_, "scale": self.scale_})
+        if self.imagenet_block_ is not None:
+            norm["imagenet_weight"], norm["imagenet_bias"] = self.imagenet_block_
         return {**norm, "coef": self.coef_, "intercept": self.intercept_,
                 "classes": self.classes_.astype(np.int64)}
 
@@ -211,13 +274,21 @@ class LinearHead(Head):
             ModelError: other keys or shapes.
         """
         k, d = n_classes, n_features
-        norm = {"power_l2": (1,)} if "power_l2" in state else {"mean": (d,), "scale": (d,)}
-        expect_shapes(FILE, state, {**norm, "coef": (k, d), "intercept": (k,),
+        norm: dict[str, tuple[int, ...]] = ({"power_l2": (1,)} if "power_l2" in state
+                                            else {"mean": (d,), "scale": (d,)})
+        m = 0
+        if "imagenet_bias" in state or "imagenet_weight" in state:
+            bias = state.get("imagenet_bias")
+            m = bias.shape[0] if bias is not None and bias.ndim == 1 else -1
+            norm.update({"imagenet_weight": (m, d), "imagenet_bias": (m,)})
+        expect_shapes(FILE, state, {**norm, "coef": (k, d + m), "intercept": (k,),
                                     "classes": (k,)})
         head = cls(normalize="power-l2" if "power_l2" in state else "standard")
         head.coef_, head.intercept_ = state["coef"], state["intercept"]
         head.C_, head.cv_score_, head.cv_path_ = float("nan"), float("nan"), {}  # not stored
         head.oof_scale_ = 1.0
+        if m:
+            head.imagenet_block_ = (state["imagenet_weight"], state["imagenet_bias"])
         if "power_l2" in state:
             if not np.isclose(float(state["power_l2"][0]), NORM_SCALE):
                 raise ModelError(f"{FILE}: power_l2 must be {NORM_SCALE:.6f}")
@@ -243,8 +314,11 @@ class LinearHead(Head):
             def __init__(self, head: LinearHead) -> None:
                 super().__init__()
                 self.power_l2 = head.normalize == "power-l2"
+                self.imagenet = head.imagenet_block_ is not None
                 buffers(self, {"mean": head.mean_, "scale": head.scale_,
                                "coef": head.coef_, "intercept": head.intercept_})
+                if head.imagenet_block_ is not None:
+                    buffers(self, dict(zip(("in_weight", "in_bias"), head.imagenet_block_)))
 
             def forward(self, f: torch.Tensor) -> torch.Tensor:
                 if self.power_l2:
@@ -252,137 +326,12 @@ class LinearHead(Head):
                     z = z * (NORM_SCALE / (z.norm(dim=1, keepdim=True) + 1e-12))
                 else:
                     z = (f - self.mean) / self.scale
+                if self.imagenet:
+                    p = torch.softmax(f @ self.in_weight.T + self.in_bias, dim=1)
+                    z = torch.cat([z, torch.sqrt(p) * NORM_SCALE], dim=1)
                 return z @ self.coef.T + self.intercept
 
         return Linear(self).eval()
-
-
-class MLPHead(Head):
-    """``Linear(D, hidden) -> ReLU -> Dropout -> Linear(hidden, K)`` on standardised features.
-
-    Trained full-batch with AdamW and a class-weighted cross-entropy; ``val_fraction`` of
-    each class is held out for early stopping (``patience`` epochs) and the best epoch's
-    weights are kept. Fitted attributes: ``classes_``, ``mean_``, ``scale_``, ``w1_``
-    ``(hidden, D)``, ``b1_``, ``w2_`` ``(K, hidden)``, ``b2_``, ``n_epochs_``.
-    """
-
-    kind = "mlp"
-
-    def __init__(self, hidden: int = 256, dropout: float = 0.5, lr: float = 1e-3,
-                 weight_decay: float = 1e-2, max_epochs: int = 300, patience: int = 30,
-                 val_fraction: float = 0.15, class_weight: str | None = "balanced",
-                 random_state: int = 0) -> None:
-        self.hidden = hidden
-        self.dropout = dropout
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.max_epochs = max_epochs
-        self.patience = patience
-        self.val_fraction = val_fraction
-        self.class_weight = class_weight
-        self.random_state = random_state
-
-    def fit(self, X: Any, y: Any) -> "MLPHead":
-        with one_thread():
-            return self._fit(X, y)
-
-    def _fit(self, X: Any, y: Any) -> "MLPHead":
-        import torch
-        from torch import nn
-
-        from .data import stratified_split
-
-        X, y = check_xy(X, y)
-        self.classes_ = np.unique(y)
-        k = len(self.classes_)
-        self.mean_, self.scale_ = standardiser(X)
-        Xs = (X - self.mean_) / self.scale_
-        yi = np.searchsorted(self.classes_, y)
-        tr, va = stratified_split(yi, self.val_fraction, self.random_state)
-        if len(va) == 0:
-            tr = va = np.arange(len(yi))
-        counts = np.bincount(yi[tr], minlength=k).astype(np.float32)
-        weight = (len(tr) / (k * np.maximum(counts, 1))) if self.class_weight == "balanced" \
-            else np.ones(k, np.float32)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.random_state)
-            net = nn.Sequential(nn.Linear(X.shape[1], self.hidden), nn.ReLU(),
-                                nn.Dropout(self.dropout), nn.Linear(self.hidden, k))
-            opt = torch.optim.AdamW(net.parameters(), lr=self.lr,
-                                    weight_decay=self.weight_decay)
-            loss_fn = nn.CrossEntropyLoss(weight=torch.as_tensor(weight, dtype=torch.float32))
-            xt, yt = torch.from_numpy(Xs[tr]), torch.from_numpy(yi[tr])
-            xv, yv = torch.from_numpy(Xs[va]), torch.from_numpy(yi[va])
-            best = (-1.0, float("inf"))
-            best_state, best_epoch, since = None, 0, 0
-            for epoch in range(self.max_epochs):
-                net.train()
-                opt.zero_grad()
-                loss_fn(net(xt), yt).backward()
-                opt.step()
-                net.eval()
-                with torch.no_grad():
-                    out = net(xv)
-                    acc = float((out.argmax(1) == yv).float().mean())
-                    vloss = float(nn.functional.cross_entropy(out, yv))
-                if (acc, -vloss) > (best[0], -best[1]):
-                    best, best_epoch, since = (acc, vloss), epoch + 1, 0
-                    best_state = {n: p.detach().clone() for n, p in net.state_dict().items()}
-                else:
-                    since += 1
-                    if since >= self.patience:
-                        break
-            net.load_state_dict(best_state)
-        self.w1_ = net[0].weight.detach().numpy().copy()
-        self.b1_ = net[0].bias.detach().numpy().copy()
-        self.w2_ = net[3].weight.detach().numpy().copy()
-        self.b2_ = net[3].bias.detach().numpy().copy()
-        self.n_epochs_ = best_epoch
-        return self
-
-    def decision_function(self, X: Any) -> np.ndarray:
-        """Logits ``(N, K)``."""
-        h = np.maximum(self._scaled(X) @ self.w1_.T + self.b1_, 0.0)
-        return h @ self.w2_.T + self.b2_
-
-    def state(self) -> dict[str, np.ndarray]:
-        """The fitted parameters as named arrays (see :meth:`from_state`)."""
-        return {"mean": self.mean_, "scale": self.scale_, "w1": self.w1_, "b1": self.b1_,
-                "w2": self.w2_, "b2": self.b2_, "classes": self.classes_.astype(np.int64)}
-
-    @classmethod
-    def from_state(cls, state: dict[str, np.ndarray], n_classes: int, n_features: int
-                   ) -> "MLPHead":
-        """A fitted head from :meth:`state` arrays, checked to map ``n_features`` to
-        ``n_classes`` (any hidden width).
-
-        Raises:
-            ModelError: other keys or shapes.
-        """
-        k, d = n_classes, n_features
-        h = state["w1"].shape[0] if "w1" in state and state["w1"].ndim == 2 else -1
-        expect_shapes(FILE, state, {"mean": (d,), "scale": (d,), "w1": (h, d), "b1": (h,),
-                                     "w2": (k, h), "b2": (k,), "classes": (k,)})
-        head = cls(hidden=int(h))
-        head.w1_, head.b1_, head.w2_, head.b2_ = (state[n] for n in ("w1", "b1", "w2", "b2"))
-        head._set_common(state)
-        return head
-
-    def to_torch(self) -> Any:
-        """The head as a ``torch.nn.Module``: features ``(N, D)`` -> logits ``(N, K)``."""
-        import torch
-
-        class MLP(torch.nn.Module):
-            def __init__(self, head: MLPHead) -> None:
-                super().__init__()
-                buffers(self, {"mean": head.mean_, "scale": head.scale_, "w1": head.w1_,
-                                "b1": head.b1_, "w2": head.w2_, "b2": head.b2_})
-
-            def forward(self, f: torch.Tensor) -> torch.Tensor:
-                h = torch.relu(((f - self.mean) / self.scale) @ self.w1.T + self.b1)
-                return h @ self.w2.T + self.b2
-
-        return MLP(self).eval()
 
 
 class AutoHead(Head):
@@ -398,10 +347,12 @@ class AutoHead(Head):
     kind = "auto"
 
     def __init__(self, cv: int = 5, class_weight: str | None = "balanced",
-                 random_state: int = 0) -> None:
+                 random_state: int = 0,
+                 imagenet: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.cv = cv
         self.class_weight = class_weight
         self.random_state = random_state
+        self.imagenet = imagenet
 
     def fit(self, X: Any, y: Any) -> "AutoHead":
         X, y = check_xy(X, y)
@@ -409,7 +360,8 @@ class AutoHead(Head):
         sub = cv_subset(y, self.random_state)  # the rows cross-validated on
         folds = stratified_folds(y[sub], self.cv, self.random_state)
         linear = LinearHead(cv=self.cv, class_weight=self.class_weight,
-                            random_state=self.random_state).fit(X, y, folds)
+                            random_state=self.random_state,
+                            imagenet=self.imagenet).fit(X, y, folds)
         self.best_, self.kind_ = linear, "linear"
         self.cv_scores_ = {"linear": linear.cv_score_} if folds is not None else {}
         if folds is None or np.bincount(y).min() < MLP_MIN_PER_CLASS:
@@ -442,14 +394,18 @@ _KINDS: dict[str, type[Head]] = {"linear": LinearHead, "mlp": MLPHead}
 HEADS = ("auto",) + tuple(_KINDS)
 
 
-def make_head(kind: str = "auto", random_state: int = 0) -> Head:
-    """A new, unfitted head by name: ``auto``, ``linear`` or ``mlp``.
+def make_head(kind: str = "auto", random_state: int = 0,
+              imagenet: tuple[np.ndarray, np.ndarray] | None = None) -> Head:
+    """A new, unfitted head by name: ``auto``, ``linear`` or ``mlp`` (``imagenet``: the
+    backbone's ImageNet classifier, for the linear head to try, see :class:`LinearHead`).
 
     Raises:
         HeadstartError: an unknown name.
     """
     if kind == "auto":
-        return AutoHead(random_state=random_state)
+        return AutoHead(random_state=random_state, imagenet=imagenet)
+    if kind == "linear":
+        return LinearHead(random_state=random_state, imagenet=imagenet)
     if kind not in _KINDS:
         raise HeadstartError(f"head: expected one of {', '.join(HEADS)}, got {kind!r}")
     return _KINDS[kind](random_state=random_state)

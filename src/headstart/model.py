@@ -190,8 +190,10 @@ class Classifier:
             logger.warning("these images look far from the backbone's pretraining photos "
                            "(%s): transfer learning may not be the right tool; run "
                            "'headstart advise %s'", explain(gap), data)
+        # ImageNet's classes are features worth trying only for ImageNet-like images
+        imagenet = backbone.imagenet_head if gap.level == "near" else None
         fitted = fit_head(usable.X, usable.y, usable.is_train, self.head, self.seed,
-                          self.val_fraction)
+                          self.val_fraction, imagenet)
         clock.lap("fit_head")
         X, engine, history = usable.X, usable.engine, []
         tuned = ft = None
@@ -220,7 +222,7 @@ class Classifier:
         if self.int8:
             q = quantize(backbone, usable, fitted, self.head, self._cache(),
                          resolve_cache_dir(self.cache_dir), self.batch_size, self.runtime,
-                         self.seed, self.val_fraction, cb.progress)
+                         self.seed, self.val_fraction, cb.progress, imagenet)
             X, engine, fitted, int8 = q.X, q.engine, q.fitted, q.summary
             clock.lap("quantize")
         calibrated = calibrate(fitted.head, X, usable, tuned is not None and not self.int8,

@@ -165,9 +165,9 @@ class FittedHead:
     val_source: str
 
 
-def _fit_one(kind: str, X: np.ndarray, y: np.ndarray, seed: int
+def _fit_one(kind: str, X: np.ndarray, y: np.ndarray, seed: int, imagenet: Any = None
              ) -> tuple[Any, dict[str, float]]:
-    head = make_head(kind, seed).fit(X, y)
+    head = make_head(kind, seed, imagenet).fit(X, y)
     if isinstance(head, AutoHead):
         return head.best_, head.cv_scores_
     score = head.cv_score_ if isinstance(head, LinearHead) else float("nan")
@@ -175,9 +175,12 @@ def _fit_one(kind: str, X: np.ndarray, y: np.ndarray, seed: int
 
 
 def fit_head(X: np.ndarray, y: np.ndarray, is_train: np.ndarray, kind: str, seed: int,
-             val_fraction: float) -> FittedHead:
+             val_fraction: float, imagenet: tuple[np.ndarray, np.ndarray] | None = None
+             ) -> FittedHead:
     """Fit a ``kind`` head (``auto``, ``linear``, ``mlp``) on the training rows of ``X``
-    ``(N, D)`` and measure it on the validation rows.
+    ``(N, D)`` and measure it on the validation rows. ``imagenet``: the backbone's ImageNet
+    classifier, for the linear head to try as extra features (see
+    :class:`headstart.heads.LinearHead`; given for images near ImageNet).
 
     Without validation rows, the measure is the head's own cross-validation: every
     training image predicted by a head fitted on the other folds, with the settings chosen
@@ -190,10 +193,10 @@ def fit_head(X: np.ndarray, y: np.ndarray, is_train: np.ndarray, kind: str, seed
     """
     Xtr, ytr, Xva, yva = X[is_train], y[is_train], X[~is_train], y[~is_train]
     if len(yva):
-        head, scores = _fit_one(kind, Xtr, ytr, seed)
+        head, scores = _fit_one(kind, Xtr, ytr, seed, imagenet)
         return FittedHead(head, scores, float(np.mean(head.predict(Xva) == yva)), len(yva),
                           "validation split")
-    head, scores = _fit_one(kind, Xtr, ytr, seed)
+    head, scores = _fit_one(kind, Xtr, ytr, seed, imagenet)
     if head.oof_logits_ is not None:
         rows = head.oof_rows_
         acc = float(np.mean(np.argmax(head.oof_logits_, axis=1) == ytr[rows]))
@@ -205,7 +208,7 @@ def fit_head(X: np.ndarray, y: np.ndarray, is_train: np.ndarray, kind: str, seed
                        "measured and the probabilities are not calibrated")
         return FittedHead(head, scores, float("nan"), 0, "not measured (one image per "
                           "class: nothing to hold out)")
-    probe, _ = _fit_one(kind, Xtr[tr], ytr[tr], seed)
+    probe, _ = _fit_one(kind, Xtr[tr], ytr[tr], seed, imagenet)
     val_acc = float(np.mean(probe.predict(Xtr[va]) == ytr[va]))
     return FittedHead(head, scores, val_acc, len(va),
                       f"held-out {val_fraction:.0%} of each class, measured before the final "
@@ -239,7 +242,8 @@ class Quantized:
 
 def quantize(backbone: Backbone, usable: Usable, fp32: FittedHead, kind: str,
              cache: FeatureCache | None, cache_root: Path, batch_size: int, runtime: str,
-             seed: int, val_fraction: float, progress: ProgressFn | None = None) -> Quantized:
+             seed: int, val_fraction: float, progress: ProgressFn | None = None,
+             imagenet: tuple[np.ndarray, np.ndarray] | None = None) -> Quantized:
     """Quantise ``backbone`` to INT8 (calibrated on up to 300 training images), refit the
     head on its features and compare the validation accuracy with ``fp32``'s.
 
@@ -252,7 +256,7 @@ def quantize(backbone: Backbone, usable: Usable, fp32: FittedHead, kind: str,
         [prepare_image(p, backbone.preprocess) for p in calibration[::step][:300]]))
     X8 = extract_features(backbone, usable.paths, cache, batch_size, progress,
                           runtime=runtime, engine=engine).X
-    fitted = fit_head(X8, usable.y, usable.is_train, kind, seed, val_fraction)
+    fitted = fit_head(X8, usable.y, usable.is_train, kind, seed, val_fraction, imagenet)
     drop = fp32.val_accuracy - fitted.val_accuracy
     if drop > 0.005:
         logger.warning("INT8 lowers validation accuracy by %.1f points (%.4f -> %.4f); "
