@@ -69,7 +69,12 @@ def test_evaluate_report_is_self_contained_with_metrics_json(reports):
 def test_train_writes_a_report_into_the_model_directory(reports):
     model, _ = reports
     assert (model / "report.html").is_file() and (model / "metrics.json").is_file()
-    assert 'id="curves"' in (model / "report.html").read_text()
+    text = (model / "report.html").read_text()
+    assert 'id="curves"' in text
+    # what the head chose, and why: safari's photos are near ImageNet
+    assert re.search(r"head settings</td><td>power-l2 features( \+ ImageNet class "
+                     r"probabilities)?, C=[0-9.e+-]+ \(by out-of-fold log-loss\)", text)
+    assert re.search(r"images against ImageNet</td><td>near \(similarity 0\.\d+\)", text)
 
 
 def test_report_renders_in_headless_chromium(reports, tmp_path):

@@ -181,9 +181,7 @@ def print_training(s: Any, data: Path, saved: Path) -> None:
     if s.domain_gap is not None and s.domain_gap.level in ("moderate", "far"):
         out.print(f"domain      {explain(s.domain_gap)}")
     cv = ", ".join(f"{k} {v:.3f}" for k, v in s.head_cv_accuracy.items())
-    chose = s.head_settings
-    how = (f", {chose['normalize']} features, C={chose['C']:g}"
-           if chose.get("C") is not None and "normalize" in chose else "")
+    how = f", {s.head_choice()}" if s.head_choice() else ""
     out.print(f"head        {s.head}" + (f" (CV accuracy: {cv}{how})" if cv else ""))
     if s.val_images:
         out.print(f"validation  accuracy {s.val_accuracy:.4f} on {s.val_images} images "

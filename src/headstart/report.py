@@ -206,6 +206,10 @@ def write_model_report(clf: Any, model_dir: str | os.PathLike, name: str | None 
         return None
     s = clf.summary_
     facts = {"data": s.data, "layout": s.layout, "backbone": s.backbone, "head": s.head,
+             **({"head settings": s.head_choice()} if s.head_choice() else {}),
+             **({"images against ImageNet": f"{s.domain_gap.level} (similarity "
+                                             f"{s.domain_gap.imagenet_similarity:.3f})"}
+                if s.domain_gap and s.domain_gap.level else {}),
              "evaluated on": v.what,
              **{f"training images of {k}": n for k, n in s.train_counts.items()}}
     return write_report(Path(model_dir) / "report.html", clf.classes_, v.sources, v.y,

@@ -133,8 +133,9 @@ class TrainingSummary:
     ``val_accuracy`` was measured on ``val_images`` images as ``val_source`` says (a
     validation split, or a held-out fraction before the final refit); ``head_cv_accuracy``
     is each head candidate's cross-validated accuracy; ``head_settings`` what the
-    chosen head's fit chose (for the linear head: normalisation, C, CV accuracy per C); ``runtime`` is the engine that
-    computed features (``cache`` when none was needed); ``timings`` the seconds of each
+    chosen head's fit chose (for the linear head: normalisation, whether the ImageNet
+    classes were appended, C, CV accuracy per C); ``runtime`` is the engine that computed
+    features (``cache`` when none was needed); ``timings`` the seconds of each
     stage of ``fit`` and ``seconds`` its wall time. Optional stages are None when they did
     not run.
     """
@@ -193,6 +194,15 @@ class TrainingSummary:
         s.domain_gap = _from(DomainGap, d.get("domain_gap"))
         s.calibration = _from(Calibration, d.get("calibration")) or Calibration()
         return s
+
+    def head_choice(self) -> str:
+        """What the head's fit chose, in words ("" when it chose nothing): e.g.
+        ``power-l2 features + ImageNet class probabilities, C=1 (by out-of-fold log-loss)``."""
+        h = self.head_settings
+        if h.get("C") is None or "normalize" not in h:
+            return ""
+        extra = " + ImageNet class probabilities" if h.get("imagenet_classes") else ""
+        return f"{h['normalize']} features{extra}, C={h['C']:g} (by {h.get('chosen_by')})"
 
     @property
     def changed_features(self) -> bool:
