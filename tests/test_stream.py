@@ -133,6 +133,14 @@ def test_ray_cluster_gives_the_local_answers_after_a_kill_and_resume(trained, tm
             row["content_hash"]
         assert [float(b[path][k]) for k in row if k.startswith("p_")] == pytest.approx(
             [float(row[k]) for k in row if k.startswith("p_")], abs=1e-5)
+    photo = images / "a" / sorted((images / "a").iterdir())[0].name
+    shutil.copy(sorted((EXAMPLES / "test" / "elephant").iterdir())[0], photo)  # new bytes
+    r = run_cli("predict", model, images, "--csv", remote, "--cluster", "local",
+                "--resume", "--json", timeout=600)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["written"] == 1 and got["resumed"] == 199  # its new row appended, as locally
+    assert sum(row["path"] == str(photo) for row in csv.DictReader(remote.open())) == 2
     assert_user_error(run_cli("predict", model, images, "--cluster", "local"), "--cluster")
 
 
@@ -150,6 +158,9 @@ def test_resume_merges_the_shards_a_killed_ray_run_left(trained, tmp_path):
     r = predict_ray(model, [EXAMPLES / "test"], out, resume=True)  # no Ray needed
     assert r.written == 0 and r.resumed == 30
     assert _sorted_rows(out) == _sorted_rows(full) and not parts.exists()
+    with pytest.raises(DataError, match="path not found"):  # before the output is opened
+        predict_ray(model, [tmp_path / "typo"], out)
+    assert _sorted_rows(out) == _sorted_rows(full)
     parts.mkdir()
     (parts / "mine.txt").write_text("the user's")
     with pytest.raises(HeadstartError, match="did not write"):

@@ -33,8 +33,8 @@ import numpy as np
 
 from ._threads import cores
 from .errors import HeadstartError
-from .stream import StreamProgress, StreamResult, Writer, chunks, done_rows, open_writer, \
-    output_format, pending
+from .stream import StreamProgress, StreamResult, Writer, chunks, done_rows, existing, \
+    open_writer, output_format, pending
 from .walk import Skipped, iter_images
 
 __all__ = ["RAY_HINT", "features_ray", "predict_ray"]
@@ -165,9 +165,7 @@ def features_ray(backbone: str, paths: list[Any], cache_dir: str | os.PathLike |
     ray = _init(address, workers)
     done = 0
     try:
-        rows = ray.data.from_items([{"path": p} for p in todo],
-                                   override_num_blocks=max(1, -(-len(todo) // chunk))
-                                   ).map_batches(
+        rows = _dataset(ray, todo, chunk).map_batches(
             _Featurizer, fn_constructor_args=(backbone, _threads(workers)), batch_size=chunk,
             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=1)
@@ -181,6 +179,13 @@ def features_ray(backbone: str, paths: list[Any], cache_dir: str | os.PathLike |
     logger.info("computed %d feature vector(s) on Ray (%s, %d workers)", done, address,
                 workers)
     return done
+
+
+def _dataset(ray: Any, paths: list[str], chunk: int) -> Any:
+    """A Ray dataset of ``path`` rows cut into blocks of one ``chunk`` each (Ray's own
+    blocks split batches: 260 rows made batches of 256 and 4)."""
+    return ray.data.from_items([{"path": p} for p in paths],
+                               override_num_blocks=max(1, -(-len(paths) // chunk)))
 
 
 def _quiet_ray() -> None:
@@ -233,7 +238,7 @@ def predict_ray(model_dir: str | os.PathLike, paths: Iterable[str | os.PathLike]
     if chunk < 1:
         raise HeadstartError(f"chunk: expected >= 1, got {chunk}")
     model_dir, out = Path(model_dir), Path(out)
-    fmt = output_format(out, fmt)
+    fmt, paths = output_format(out, fmt), existing(paths)
     classes = list(Classifier.load(model_dir, cache=False).classes_)  # checks the model here
     files = {f.name: f.read_bytes() for f in model_dir.iterdir() if f.is_file()}
     parts = parts_folder(out)
@@ -249,6 +254,8 @@ def predict_ray(model_dir: str | os.PathLike, paths: Iterable[str | os.PathLike]
             left = pending(batch, done)
             result.resumed += len(batch) - len(left)
             todo += [str(f) for f in left]
+        for path in todo:  # changed since its row: a new row is appended, as locally
+            done.pop(path, None)
         if todo:
             parts.mkdir()
             _run(todo, files, parts, fmt, writer, done, result, address, workers, chunk,
@@ -289,8 +296,7 @@ def _run(todo: list[str], files: dict[str, bytes], parts: Path, fmt: str, writer
     the output as its small result rows arrive here."""
     ray = _init(address, workers)
     try:
-        ds = ray.data.from_items([{"path": p} for p in todo],
-                                 override_num_blocks=max(1, -(-len(todo) // chunk)))
+        ds = _dataset(ray, todo, chunk)
         _quiet_ray()
         with warnings.catch_warnings():  # Ray 2.60 has no other way to say max_restarts
             warnings.simplefilter("ignore", DeprecationWarning)

@@ -7,9 +7,10 @@ flat dict of arrays (:meth:`state`, saved with safetensors, rebuilt with
 :func:`head_from_state`) and build the same maths as a ``torch.nn.Module``
 (:meth:`to_torch`, for export). A new kind of head touches this module only.
 
-* :class:`LinearHead`: multinomial logistic regression on standardised features; its L2
-  strength is chosen by stratified cross-validation along one warm-started path of ``C``
-  values per fold.
+* :class:`LinearHead`: multinomial logistic regression on power-L2 (or standardised)
+  features, optionally with the backbone's ImageNet class probabilities appended; its L2
+  strength is chosen by out-of-fold log-loss along one warm-started path of ``C`` values
+  per fold.
 * :class:`MLPHead`: the article's new head, ``Linear(D, hidden) -> ReLU -> Dropout ->
   Linear(hidden, K)``, trained with AdamW and early stopping on a held-out fold.
 * :class:`AutoHead`: both on the same folds, keeping the better; the MLP is tried only from
@@ -31,8 +32,8 @@ import numpy as np
 
 from ._head import (FILE, Folds, Head, buffers, check_xy, cv_subset, logits2,
                     one_thread, softmax, standardiser, stratified_folds)
-from ._mlp import MLPHead
 from ._logistic import Logistic, balanced_weights, fit_logistic, project
+from ._mlp import MLPHead
 from .bundle import expect_shapes
 from .errors import HeadstartError, ModelError
 
@@ -53,8 +54,8 @@ IMAGENET_MAX_PER_CLASS = 40
 # C grid of the linear head: half decades from strong to weak regularisation (weak matters
 # at 1-20 images per class, where a wide search on normalised features wins).
 WIDE_CS = tuple(float(10.0 ** (e / 2)) for e in range(-8, 7))
-NORM_SCALE = float(np.sqrt(1280) / 4)
-PATH_PATIENCE = 3  # C values past the log-loss minimum before the path stops  # unit vectors scaled so that C = 1 is a sane default
+NORM_SCALE = float(np.sqrt(1280) / 4)  # unit vectors scaled so that C = 1 is a sane default
+PATH_PATIENCE = 3  # C values past the log-loss minimum before the path stops
 
 
 def log_loss(logits: np.ndarray, y: np.ndarray) -> float:
@@ -175,11 +176,13 @@ class LinearHead(Head):
                 np.bincount(yi).min() <= IMAGENET_MAX_PER_CLASS:
             candidates.append((np.asarray(self.imagenet[0], np.float32),
                                np.asarray(self.imagenet[1], np.float32)))
+        self.imagenet_block_ = None
+        plain = self._normalised(X).astype(np.float64)
         with one_thread():
             best = None
             for block in candidates:
-                self.imagenet_block_ = block
-                Xs = self._normalised(X).astype(np.float64)
+                Xs = plain if block is None else \
+                    np.concatenate([plain, imagenet_block(X, *block)], axis=1)
                 path = self._path(Xs[sub], yi[sub], folds)
                 if best is None or path.loss < best[1].loss:
                     best = (block, path, Xs)

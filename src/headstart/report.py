@@ -204,9 +204,9 @@ def write_model_report(clf: Any, model_dir: str | os.PathLike, name: str | None 
     v = clf.held_out_
     if v is None or not len(v.y):
         return None
-    s = clf.summary_
+    s, chose = clf.summary_, clf.summary_.head_choice()
     facts = {"data": s.data, "layout": s.layout, "backbone": s.backbone, "head": s.head,
-             **({"head settings": s.head_choice()} if s.head_choice() else {}),
+             **({"head settings": chose} if chose else {}),
              **({"images against ImageNet": f"{s.domain_gap.level} (similarity "
                                              f"{s.domain_gap.imagenet_similarity:.3f})"}
                 if s.domain_gap and s.domain_gap.level else {}),

@@ -28,7 +28,8 @@ from .errors import DataError
 from .model import Classifier, Predictions
 from .walk import Skipped, iter_images
 
-__all__ = ["StreamProgress", "StreamResult", "Writer", "chunks", "done_rows", "open_writer",
+__all__ = ["StreamProgress", "StreamResult", "Writer", "chunks", "done_rows", "existing",
+           "open_writer",
            "output_format", "pending", "predict_stream", "unchanged"]
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,20 @@ def done_rows(path: Path, fmt: str) -> dict[str, str]:
         raise DataError(f"{path}: cannot resume from this file: not a headstart predict "
                         f"output ({e})") from None
     return done
+
+
+def existing(paths: Iterable[str | os.PathLike]) -> list[str | os.PathLike]:
+    """``paths`` as a list, once each is known to exist: checked before the output is
+    opened, so that a mistyped path never costs the user their old file.
+
+    Raises:
+        DataError: a path does not exist.
+    """
+    paths = list(paths)
+    for p in map(Path, paths):
+        if not p.exists():
+            raise DataError(f"path not found: {p}")
+    return paths
 
 
 def unchanged(path: Path, digest: str) -> bool:
@@ -176,10 +191,7 @@ def predict_stream(clf: Classifier, paths: Iterable[str | os.PathLike], out: str
     out, fmt = Path(out), output_format(Path(out), fmt)
     if chunk < 1:
         raise DataError(f"chunk: expected >= 1, got {chunk}")
-    paths = list(paths)
-    for p in map(Path, paths):  # a mistyped path must not cost the user their old file
-        if not p.exists():
-            raise DataError(f"path not found: {p}")
+    paths = existing(paths)
     done = done_rows(out, fmt) if resume else {}
     result = StreamResult()
     counts = dict.fromkeys(clf.classes_, 0)
