@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 
 __all__ = ["MAX_FILE_BYTES", "FileProblem", "atomic_folder", "digest_bytes", "file_digest",
            "file_problem", "read_regular", "recover_folder", "resolve_cache_dir",
-           "worker_count"]
+           "worker_count", "write_text_atomic"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,14 @@ def file_digest(path: str | os.PathLike) -> str:
         FileProblem: see :func:`read_regular`.
     """
     return hashlib.sha256(read_regular(path)).hexdigest()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step (a temporary file beside it, then a
+    rename): a reader, or a kill, sees the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def worker_count(limit: int = 8) -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import defaults
-from ._fs import digest_bytes
+from ._fs import FileProblem, digest_bytes, read_regular, write_text_atomic
 from .decode import UnreadableImage, check_upload
 from .errors import DataError
 from .walk import IMAGE_EXTENSIONS
@@ -101,9 +101,7 @@ class Project:
             return {}
 
     def save_settings(self, s: dict[str, Any]) -> None:
-        tmp = self.settings_file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(s, indent=1) + "\n")
-        os.replace(tmp, self.settings_file)
+        write_text_atomic(self.settings_file, json.dumps(s, indent=1) + "\n")
 
     def runs(self) -> list[dict[str, Any]]:
         """Model directories under ``models/``, newest first, with their figures."""
@@ -245,9 +243,11 @@ class Project:
             for d in self.data.iterdir():
                 if d.is_dir():
                     for f in sorted(d.iterdir()):
-                        if f.is_file() and f.stat().st_size < 64 * 2 ** 20:
-                            self._digests.setdefault(digest_bytes(f.read_bytes()),
-                                                     f"{d.name}/{f.name}")
+                        try:
+                            data = read_regular(f, 64 * 2 ** 20)
+                        except FileProblem:  # not a regular file, too large, unreadable
+                            continue
+                        self._digests.setdefault(digest_bytes(data), f"{d.name}/{f.name}")
         return self._digests
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ._fs import resolve_cache_dir
+from ._fs import resolve_cache_dir, write_text_atomic
 from .backbones import load_backbone
 from .calibration import fit_temperature, leave_one_out_scores, robust_quantile
 from .data import layout
@@ -271,9 +271,7 @@ def _planned(rows: list[dict[str, str]], root: Path) -> list[tuple[Path, Path]]:
 
 
 def _write_log(log: Path, record: dict[str, Any]) -> None:
-    tmp = log.with_name(log.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, log)
+    write_text_atomic(log, json.dumps(record, indent=1) + "\n")
 
 
 def apply(suggestions: str | os.PathLike, data: str | os.PathLike) -> tuple[Path, int]:

@@ -2,8 +2,8 @@
 local web app over the same library.
 
 A project is a plain folder the CLI understands too: ``PROJECT/data/<class>/<images>``,
-``PROJECT/models/<run>/`` (model directories), ``PROJECT/studio.json`` (the current run and
-each run's figures) and ``PROJECT/_trash/`` (deleted classes and images: never removed
+``PROJECT/models/<run>/`` (model directories), ``PROJECT/studio.json`` (the current run)
+and ``PROJECT/_trash/`` (deleted classes and images: never removed
 from disk). :func:`create_studio_app` serves it; :func:`studio` runs it on uvicorn.
 
 Security: every request needs the per-launch token (``?token=`` on the first page load,
