@@ -33,9 +33,9 @@ import numpy as np
 
 from ._threads import cores
 from .errors import HeadstartError
-from .stream import StreamProgress, StreamResult, Writer, chunks, done_rows, existing, \
-    open_writer, output_format, pending
-from .walk import Skipped, iter_images
+from .stream import StreamProgress, StreamResult, Writer, chunks, done_rows, open_writer, \
+    output_format, pending
+from .walk import Skipped, existing, iter_images
 
 __all__ = ["RAY_HINT", "features_ray", "predict_ray"]
 

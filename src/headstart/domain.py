@@ -3,8 +3,8 @@
 :func:`domain_gap` measures it from the pooled features alone: how close they come to any
 of the 1000 class directions of the backbone's original ImageNet classifier (the level is
 read from that), with the classifier's confidence and the distance of the features from
-reference statistics of natural photos shipped in ``headstart/reference`` for the record. ``train`` warns
-when the images are far; ``advise`` reasons from it.
+reference statistics of natural photos shipped in ``headstart/reference`` for the record.
+``train`` warns when the images are far; ``advise`` reasons from it.
 """
 
 from __future__ import annotations

@@ -26,10 +26,9 @@ from typing import Any, Callable, Iterable, Iterator, TextIO
 from ._fs import digest_bytes, read_regular
 from .errors import DataError
 from .model import Classifier, Predictions
-from .walk import Skipped, iter_images
+from .walk import Skipped, existing, iter_images
 
-__all__ = ["StreamProgress", "StreamResult", "Writer", "chunks", "done_rows", "existing",
-           "open_writer",
+__all__ = ["StreamProgress", "StreamResult", "Writer", "chunks", "done_rows", "open_writer",
            "output_format", "pending", "predict_stream", "unchanged"]
 
 logger = logging.getLogger(__name__)
@@ -84,20 +83,6 @@ def done_rows(path: Path, fmt: str) -> dict[str, str]:
         raise DataError(f"{path}: cannot resume from this file: not a headstart predict "
                         f"output ({e})") from None
     return done
-
-
-def existing(paths: Iterable[str | os.PathLike]) -> list[str | os.PathLike]:
-    """``paths`` as a list, once each is known to exist: checked before the output is
-    opened, so that a mistyped path never costs the user their old file.
-
-    Raises:
-        DataError: a path does not exist.
-    """
-    paths = list(paths)
-    for p in map(Path, paths):
-        if not p.exists():
-            raise DataError(f"path not found: {p}")
-    return paths
 
 
 def unchanged(path: Path, digest: str) -> bool:

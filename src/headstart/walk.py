@@ -14,8 +14,8 @@ from ._fs import file_problem
 from .decode import UNSUPPORTED_EXTENSIONS, unsupported_reason
 from .errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "LINK_LOOP", "SET_ASIDE", "Skipped", "find_images",
-           "is_hidden", "iter_images", "links_back"]
+__all__ = ["IMAGE_EXTENSIONS", "LINK_LOOP", "SET_ASIDE", "Skipped", "existing",
+           "find_images", "is_hidden", "iter_images", "links_back"]
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -117,6 +117,20 @@ def iter_images(paths: Iterable[str | os.PathLike]) -> Iterator[Path | Skipped]:
             raise DataError(f"path not found: {p}")
 
 
+def existing(paths: Iterable[str | os.PathLike]) -> list[str | os.PathLike]:
+    """``paths`` as a list, once each is known to exist (checked before anything is
+    walked or written: a mistyped path must not cost the user their old output file).
+
+    Raises:
+        DataError: a path does not exist.
+    """
+    paths = list(paths)
+    for p in map(Path, paths):
+        if not p.exists():
+            raise DataError(f"path not found: {p}")
+    return paths
+
+
 def find_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Skipped]]:
     """Expand files and folders (searched recursively) into image files.
 
@@ -126,10 +140,7 @@ def find_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Sk
     Raises:
         DataError: a path does not exist.
     """
-    paths = list(paths)
-    for p in map(Path, paths):  # every path checked before any folder is walked
-        if not p.is_dir() and not p.exists():
-            raise DataError(f"path not found: {p}")
+    paths = existing(paths)  # every path checked before any folder is walked
     found: list[Path] = []
     skipped: list[Skipped] = []
     for item in iter_images(paths):
