@@ -181,7 +181,8 @@ def print_training(s: Any, data: Path, saved: Path) -> None:
     if s.domain_gap is not None and s.domain_gap.level in ("moderate", "far"):
         out.print(f"domain      {explain(s.domain_gap)}")
     cv = ", ".join(f"{k} {v:.3f}" for k, v in s.head_cv_accuracy.items())
-    how = f", {s.head_choice()}" if s.head_choice() else ""
+    chose = s.head_choice()
+    how = f", {chose}" if chose else ""
     out.print(f"head        {s.head}" + (f" (CV accuracy: {cv}{how})" if cv else ""))
     if s.val_images:
         out.print(f"validation  accuracy {s.val_accuracy:.4f} on {s.val_images} images "
