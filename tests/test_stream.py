@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,9 @@ from headstart.errors import DataError, HeadstartError
 from headstart.stream import predict_stream
 
 from .conftest import EXAMPLES, assert_user_error, run_cli, shared
+
+
+RAY_NOISE = re.compile(r"logging\.cc|core_worker|Warning")  # Ray's own lines on stderr
 
 
 def _sorted_rows(path) -> list[tuple[str, ...]]:
@@ -121,6 +125,7 @@ def test_ray_cluster_gives_the_local_answers_after_a_kill_and_resume(trained, tm
                 "--workers", "2", "--resume", "--json", timeout=600)
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
+    assert not RAY_NOISE.search(r.stderr), r.stderr  # the CLI owns stderr
     assert got["resumed"] >= written and got["resumed"] + got["written"] == 200
     assert got["skipped"]  # ATTRIBUTION.md is not an image
     assert not (tmp_path / ".ray.csv.parts").exists()  # every shard merged, then removed
@@ -186,6 +191,7 @@ def test_train_on_a_ray_cluster_computes_the_features_there(tmp_path):
                 "--json", timeout=600, env=env)
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
+    assert not RAY_NOISE.search(r.stderr), r.stderr
     assert s["features_computed"] == 0 and s["features_cached"] == 20  # all from Ray
     local = run_cli("train", EXAMPLES / "train", "--out", tmp_path / "m2", "--json",
                     "--cache-dir", tmp_path / "fresh", timeout=600)

@@ -165,11 +165,8 @@ def features_ray(backbone: str, paths: list[Any], cache_dir: str | os.PathLike |
     ray = _init(address, workers)
     done = 0
     try:
-        rows = _dataset(ray, todo, chunk).map_batches(
-            _Featurizer, fn_constructor_args=(backbone, _threads(workers)), batch_size=chunk,
-            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=1)
-        _quiet_ray()
+        rows = _on_actors(ray, todo, chunk, workers, _Featurizer,
+                          (backbone, _threads(workers)))
         for b in rows.iter_batches(batch_size=None, batch_format="numpy"):
             for i in np.flatnonzero(b["ok"]):
                 cache.put(key, str(b["digest"][i]), b["x"][i])
@@ -181,11 +178,22 @@ def features_ray(backbone: str, paths: list[Any], cache_dir: str | os.PathLike |
     return done
 
 
-def _dataset(ray: Any, paths: list[str], chunk: int) -> Any:
-    """A Ray dataset of ``path`` rows cut into blocks of one ``chunk`` each (Ray's own
-    blocks split batches: 260 rows made batches of 256 and 4)."""
-    return ray.data.from_items([{"path": p} for p in paths],
-                               override_num_blocks=max(1, -(-len(paths) // chunk)))
+def _on_actors(ray: Any, paths: list[str], chunk: int, workers: int, actor: type,
+               args: tuple[Any, ...]) -> Any:
+    """``actor(*args)`` mapped over a Ray dataset of ``path`` rows in batches of ``chunk``:
+    blocks of one batch each (Ray's own blocks split batches: 260 rows made batches of 256
+    and 4), on ``workers`` actors or one a block when there are fewer blocks (an idle actor
+    only costs its start-up, and Ray warns about it). Actors are not restarted: a dead
+    worker fails the run, which ``resume`` continues (Ray warns, rightly, that restarting
+    an actor whose arguments came through the object store can fail)."""
+    blocks = max(1, -(-len(paths) // chunk))
+    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
+    _quiet_ray()
+    with warnings.catch_warnings():  # Ray 2.60 has no other way to say max_restarts
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ds.map_batches(actor, fn_constructor_args=args, batch_size=chunk,
+                              batch_format="numpy", num_cpus=1, max_restarts=0,
+                              compute=ray.data.ActorPoolStrategy(size=min(workers, blocks)))
 
 
 def _quiet_ray() -> None:
@@ -201,7 +209,6 @@ def _init(address: str, workers: int) -> Any:
         import ray
     except ImportError:
         raise HeadstartError(f"cluster: Ray is not installed; {RAY_HINT}") from None
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
     try:
         if address == "local":
@@ -296,14 +303,8 @@ def _run(todo: list[str], files: dict[str, bytes], parts: Path, fmt: str, writer
     the output as its small result rows arrive here."""
     ray = _init(address, workers)
     try:
-        ds = _dataset(ray, todo, chunk)
-        _quiet_ray()
-        with warnings.catch_warnings():  # Ray 2.60 has no other way to say max_restarts
-            warnings.simplefilter("ignore", DeprecationWarning)
-            rows = ds.map_batches(_Predictor, fn_constructor_args=(
-                ray.put(files), _threads(workers), unknown, str(parts), fmt), batch_size=chunk,
-                batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
-                num_cpus=1, max_restarts=0)  # a dead worker fails the run; resume continues it
+        rows = _on_actors(ray, todo, chunk, workers, _Predictor,
+                          (ray.put(files), _threads(workers), unknown, str(parts), fmt))
         for b in rows.iter_batches(batch_size=None, batch_format="numpy"):
             for name in dict.fromkeys(b["part"]):
                 part = parts / str(name)
