@@ -12,9 +12,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "headstart"
 
 # Bottom to top. A module may import only modules of lower floors.
 FLOORS = [
-    ["errors", "defaults", "_threads", "_charts", "_logistic"],
+    ["errors", "defaults", "_threads", "_charts", "_logistic", "_taps"],
     ["_fs"],
-    ["decode", "bundle", "_hub"],
+    ["decode", "bundle", "_hub", "_weights"],
     ["walk"],
     ["data"],
     ["backbones"],
@@ -23,7 +23,7 @@ FLOORS = [
     ["health"],
     ["summary"],
     ["_head"],
-    ["_mlp"],
+    ["_mlp", "_normalise"],
     ["heads"],
     ["calibration", "domain"],
     ["_training"],

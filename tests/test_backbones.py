@@ -133,3 +133,42 @@ def test_list_backbones_marks_offline_and_download():
     assert rows["efficientnet_lite0"]["status"] == "offline"
     assert rows["resnet50"]["status"] in ("download", "cached")
     assert rows["efficientnet_lite1"]["status"] in ("offline", "install")
+
+
+def test_tapped_backbone_adds_the_pooled_blocks_and_keeps_its_weights(backbone, tmp_path):
+    """The final features come first and unchanged, then blocks 3-6 mean-pooled (checked
+    against forward hooks on timm's own blocks); same state dict, own identity; a saved
+    spec rebuilds it lazily; an architecture without a tap table is not tapped."""
+    import timm
+    from safetensors.torch import save_file
+
+    assert load_backbone().with_taps()._model is None  # built on first use, as the plain one
+    tapped = backbone.with_taps()
+    assert tapped.taps == (3, 4, 5, 6) and tapped.tap_widths == (80, 112, 192, 320)
+    assert tapped.num_features == 1280 + 704
+    assert tapped.identity() != backbone.identity() and tapped.with_taps() is None
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    seen = []
+    hooks = [backbone.model.blocks[i].register_forward_hook(
+        lambda m, i, out: seen.append(out.mean((2, 3)))) for i in (3, 4, 5, 6)]
+    with torch.no_grad():  # tapped shares the plain model's layers (and so the hooks)
+        f = tapped.model(x)
+        for h in hooks:
+            h.remove()
+        plain = backbone.model(x)
+    assert f.shape == (2, 1984) and tapped.model.num_features == 1984
+    assert torch.allclose(f[:, :1280], plain, atol=1e-6)
+    assert torch.allclose(f[:, 1280:], torch.cat(seen, 1), atol=1e-6)
+    assert list(tapped.model.state_dict()) == list(backbone.model.state_dict())
+    save_file({k: v.contiguous() for k, v in tapped.model.state_dict().items()},
+              str(tmp_path / "t.safetensors"))
+    digest = hashlib.sha256((tmp_path / "t.safetensors").read_bytes()).hexdigest()
+    again = backbone_from_file(tapped.spec(), tmp_path / "t.safetensors", digest, True)
+    assert again.taps == (3, 4, 5, 6) and again.identity() == tapped.identity()
+    with torch.no_grad():
+        assert torch.equal(again.model(x), f)
+    small = timm.create_model("mobilenetv3_small_050", pretrained=False)
+    save_file({k: v.contiguous() for k, v in small.state_dict().items()},
+              str(tmp_path / "small.safetensors"))
+    assert load_backbone("mobilenetv3_small_050",
+                         weights=tmp_path / "small.safetensors").with_taps() is None

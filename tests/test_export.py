@@ -87,8 +87,10 @@ def test_mlp_head_exports_with_parity(tmp_path):
 
 
 def test_a_head_with_the_imagenet_classes_exports_with_parity(tmp_path):
-    """Few ants and bees (near ImageNet) keep the ImageNet block; ONNX and OpenVINO carry
-    it, and a digits model (far) never tries it."""
+    """Few ants and bees (near ImageNet) keep the ImageNet block and a plain backbone; ONNX
+    and OpenVINO carry it. A few-shot digits model (far) never tries it: its backbone is
+    tapped at intermediate blocks instead, and it too saves, loads and exports with
+    parity."""
     from headstart import Classifier
 
     from .conftest import copy_digits, shared
@@ -99,7 +101,7 @@ def test_a_head_with_the_imagenet_classes_exports_with_parity(tmp_path):
         for f in sorted(shared("hymenoptera", "train", c).iterdir())[:6]:
             shutil.copy(f, data / c / f.name)
     clf = Classifier().fit(data)
-    assert clf.summary_.head_settings["imagenet_classes"] is True
+    assert clf.summary_.head_settings["imagenet_classes"] is True and clf.backbone_.taps == ()
     model_dir = clf.save(tmp_path / "m")
     val = sorted(shared("hymenoptera", "val", "ants").iterdir())[:8]
     loaded = Classifier.load(model_dir)
@@ -110,3 +112,14 @@ def test_a_head_with_the_imagenet_classes_exports_with_parity(tmp_path):
     far = Classifier().fit(copy_digits(tmp_path / "digits", train=8, val=4))
     assert far.summary_.domain_gap.level == "far"
     assert far.summary_.head_settings["imagenet_classes"] is False
+    assert far.backbone_.taps == (3, 4, 5, 6) and far.head_.blocks == (80, 112, 192, 320)
+    far_dir = far.save(tmp_path / "far")
+    spec = json.loads((far_dir / "headstart.json").read_text())["backbone"]
+    assert spec["taps"] == [3, 4, 5, 6] and spec["num_features"] == 1984
+    digits = sorted((tmp_path / "digits" / "val" / "7").iterdir())
+    again = Classifier.load(far_dir)
+    np.testing.assert_allclose(again.predict_images(digits).proba,
+                               far.predict_images(digits).proba, atol=1e-6)
+    for fmt, out in (("onnx", tmp_path / "far.onnx"), ("openvino", tmp_path / "far_ov")):
+        p = export(far_dir, fmt, out, samples=digits)["parity"]
+        assert p["ok"] and p["labels_identical"] and p["max_abs_diff"] < 1e-4, fmt

@@ -142,3 +142,40 @@ def test_imagenet_classes_are_kept_where_they_help_and_survive_every_round_trip(
         LinearHead(imagenet=(np.zeros((10, 7)), np.zeros(10))).fit(Xtr, ytr)
     many = np.repeat(Xtr, 9, axis=0), np.repeat(ytr, 9)  # 45 a class: not tried
     assert LinearHead(imagenet=backbone.imagenet_head).fit(*many).imagenet_block_ is None
+
+
+def test_tapped_blocks_are_weighed_by_cv_and_survive_every_round_trip():
+    """Rows of final features (noise here) then two tapped blocks (the signal): the head
+    gives the blocks a weight, predicts from them, and its state, torch module and
+    errors agree."""
+    import torch
+
+    from headstart.errors import ModelError
+
+    rng = np.random.default_rng(0)
+    signal, y = blobs((12, 12, 12), d=24, sep=1.5)
+    rows = np.abs(np.concatenate([rng.normal(size=(36, 40)), signal], axis=1)).astype(np.float32)
+    blocks = (8, 16)
+    plain = LinearHead().fit(rows[:, :40], y)
+    h = LinearHead(blocks=blocks).fit(rows, y)
+    assert h.block_weight_ > 0 and h.chosen()["intermediate_blocks"] == [8, 16]
+    assert h.coef_.shape == (3, 64) and h.mean_.shape == (40,)
+    assert h.cv_score_ >= plain.cv_score_ + 0.2
+    again = head_from_state("linear", h.state(), 3, 64)
+    np.testing.assert_array_equal(again.predict_proba(rows), h.predict_proba(rows))
+    assert again.blocks == blocks and again.block_weight_ == h.block_weight_
+    with torch.no_grad():
+        z = h.to_torch()(torch.from_numpy(rows)).numpy()
+    np.testing.assert_allclose(z, h.decision_function(rows), atol=1e-4)
+    fixed = LinearHead(blocks=blocks, block_weights=(0.0,)).fit(rows, y)
+    assert fixed.block_weight_ == 0 and fixed.chosen()["intermediate_blocks"] == []
+    np.testing.assert_allclose(fixed.predict_proba(rows), plain.predict_proba(rows[:, :40]),
+                               atol=1e-4)  # weight 0: the final features alone
+    many = np.repeat(rows, 14, axis=0), np.repeat(y, 14)  # 168 a class: not tried
+    assert LinearHead(blocks=blocks).fit(*many).block_weight_ == 0
+    with pytest.raises(ModelError, match="blocks"):
+        head_from_state("linear", {**h.state(), "blocks": np.array([8, 99])}, 3, 64)
+    with pytest.raises(HeadstartError, match="blocks: expected"):
+        LinearHead(blocks=(40, 30)).fit(rows, y)
+    with pytest.raises(HeadstartError, match="blocks: the mlp head"):
+        make_head("mlp", blocks=blocks)

@@ -33,14 +33,19 @@ class Logistic:
 
 def project(X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """``(Z, V)``: ``X`` ``(N, D)`` in coordinates of its row space, ``Z = X @ V`` with
-    ``V`` ``(D, r)`` orthonormal, when ``N < D``; else ``(X, None)``."""
+    ``V`` ``(D, r)`` orthonormal, when ``N < D``; else ``(X, None)``. Computed from the
+    ``(N, N)`` Gram matrix (an eigendecomposition, several times faster than an SVD of
+    ``X`` when N is well below D); directions whose singular value is under 1e-6 of the
+    largest are dropped (they carry rounding noise, not data)."""
     n, d = X.shape
     if n >= d:
         return X, None
-    _, s, vt = np.linalg.svd(X, full_matrices=False)
-    keep = s > s[0] * 1e-10 if len(s) else s > 0
-    V = vt[keep].T
-    return X @ V, V
+    X = np.asarray(X, np.float64)
+    e, U = np.linalg.eigh(X @ X.T)
+    keep = e > max(float(e[-1]), 0.0) * 1e-12
+    s = np.sqrt(e[keep])
+    V = (X.T @ U[:, keep]) / s
+    return U[:, keep] * s, V
 
 
 def _loss_grad(theta: np.ndarray, Z: np.ndarray, Y: np.ndarray, w: np.ndarray, k: int,

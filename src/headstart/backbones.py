@@ -26,7 +26,9 @@ from typing import Any, Callable
 from . import defaults
 from ._fs import resolve_cache_dir
 from ._hub import hub_cached_file, hub_id, hub_weights_file
+from ._taps import TAPS, tap_widths, tapped_model
 from ._threads import before_torch
+from ._weights import load_into, read_state_dict
 from .errors import BackboneError
 
 __all__ = [
@@ -130,13 +132,16 @@ class Backbone:
         preprocess: the input transform the weights were trained with.
         weights_id: a string naming the exact weights (used to key the feature cache).
         num_features: length of the pooled feature vector.
-        imagenet_head: the original 1000-class ImageNet classifier ``(W (1000, D), b)``,
-            None when unknown.
+        imagenet_head: the original 1000-class ImageNet classifier ``(W (1000, F), b)``
+            on the final ``F`` features, None when unknown.
+        taps: the blocks whose pooled outputs follow the final features in each row
+            (:meth:`with_taps`), and ``tap_widths`` their widths; empty for a plain one.
     """
 
     def __init__(self, name: str, timm_name: str, preprocess: Preprocess, weights_id: str,
                  num_features: int, model: Any = None, loader: "_Loader | None" = None,
-                 imagenet_head: tuple[Any, Any] | None = None) -> None:
+                 imagenet_head: tuple[Any, Any] | None = None,
+                 taps: tuple[int, ...] = (), tap_widths: tuple[int, ...] = ()) -> None:
         if model is None and loader is None:
             raise ValueError("Backbone needs a model or a loader")
         self.name = name
@@ -147,13 +152,15 @@ class Backbone:
         self._model = model
         self._loader = loader
         self._imagenet_head = imagenet_head
+        self.taps, self.tap_widths = tuple(taps), tuple(tap_widths)
         self.ir: Path | None = None  # a parity-checked OpenVINO graph of exactly these weights
 
     @property
     def model(self) -> Any:
         if self._model is None:
             assert self._loader is not None
-            self._model = self._loader.build()
+            built = self._loader.build()
+            self._model = tapped_model(built, self.taps) if self.taps else built
         return self._model
 
     @property
@@ -177,22 +184,38 @@ class Backbone:
         """The same network and weights, fed images prepared by ``preprocess`` (another
         input size)."""
         return Backbone(self.name, self.timm_name, preprocess, self.weights_id,
-                        self.num_features, model=self.model)
+                        self.num_features, model=self.model, taps=self.taps,
+                        tap_widths=self.tap_widths)
+
+    def with_taps(self) -> "Backbone | None":
+        """The same weights with the pooled outputs of blocks :data:`TAPS` after the final
+        features: rows of ``num_features + sum(tap_widths)`` (see :mod:`headstart._taps`);
+        None for an architecture that cannot be tapped, or one tapped already."""
+        widths = tap_widths(self.timm_name)
+        if not widths or self.taps:
+            return None
+        model = tapped_model(self._model, TAPS) if self._model is not None else None
+        return Backbone(self.name, self.timm_name, self.preprocess, self.weights_id,
+                        self.num_features + sum(widths), model=model, loader=self._loader,
+                        imagenet_head=self._imagenet_head, taps=TAPS, tap_widths=widths)
 
     def __repr__(self) -> str:
         return f"Backbone({self.name!r}, weights={self.weights_id!r})"
 
     def spec(self) -> dict[str, Any]:
         """JSON-serialisable description (everything except the weights themselves)."""
+        taps = {"taps": list(self.taps), "tap_widths": list(self.tap_widths)} if self.taps else {}
         return {"name": self.name, "timm_name": self.timm_name, "weights_id": self.weights_id,
-                "num_features": self.num_features, "preprocess": self.preprocess.to_dict()}
+                "num_features": self.num_features, "preprocess": self.preprocess.to_dict(),
+                **taps}
 
     def identity(self) -> str:
         """A short hash of weights + preprocessing: equal identities give equal features."""
         import json
 
         blob = json.dumps({"timm": self.timm_name, "weights": self.weights_id,
-                           "pre": self.preprocess.to_dict()}, sort_keys=True)
+                           "pre": self.preprocess.to_dict(),
+                           **({"taps": list(self.taps)} if self.taps else {})}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -247,7 +270,7 @@ class _Loader:
             model = timm.create_model(self.timm_name, pretrained=False,
                                       **({} if self.classifier else {"num_classes": 0}))
             assert self.read is not None
-            _load_into(model, self.read(), self.source)
+            load_into(model, self.read(), self.source)
         if self.expect is not None and Preprocess.from_timm(model) != self.expect:
             raise BackboneError(f"{self.name}: timm's preprocessing {Preprocess.from_timm(model)}"
                                 f" differs from headstart's catalog {self.expect}")
@@ -319,44 +342,6 @@ def list_backbones() -> list[dict[str, str]]:
     return rows
 
 
-def _read_state_dict(path: Path) -> dict[str, Any]:
-    import torch
-
-    if not path.is_file():
-        raise BackboneError(f"weights: file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt files raise many types
-        raise BackboneError(f"weights: cannot read {path}: {e}") from None
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-    if not isinstance(sd, dict) or not sd:
-        raise BackboneError(f"weights: {path} holds no state dict of tensors")
-    return sd
-
-
-def _load_into(model: Any, sd: dict[str, Any], source: str) -> None:
-    """Load ``sd`` into ``model`` by key, or else by position when every shape matches."""
-    target = model.state_dict()
-    if set(sd) == set(target):
-        model.load_state_dict(sd)
-        return
-    if len(sd) == len(target) and all(
-            tuple(a.shape) == tuple(b.shape) for a, b in zip(sd.values(), target.values())):
-        model.load_state_dict(dict(zip(target.keys(), sd.values())))
-        return
-    missing = [k for k in target if k not in sd]
-    raise BackboneError(
-        f"weights from {source} do not fit {type(model).__name__}: "
-        f"{len(missing)} of {len(target)} tensors missing (e.g. {missing[:2]})")
-
-
 def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike | None = None,
                   keep_classifier: bool = False,
                   cache_dir: str | os.PathLike | None = None) -> Backbone:
@@ -393,7 +378,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike | Non
                             "Run 'headstart backbones' to list them.")
     if weights is not None:
         file = Path(weights)
-        sd = _read_state_dict(file)
+        sd = read_state_dict(file)
         loader = _Loader(name, timm_name, str(file), read=lambda: sd,
                          keep_classifier=keep_classifier)
         weights_id = "file:" + hashlib.sha256(file.read_bytes()).hexdigest()[:16]
@@ -470,4 +455,5 @@ def backbone_from_file(spec: dict[str, Any], path: str | os.PathLike, digest: st
     loader = _Loader(spec["name"], spec["timm_name"], str(path), read=read, classifier=False,
                      saved_file=Path(path))
     return Backbone(spec["name"], spec["timm_name"], Preprocess.from_dict(spec["preprocess"]),
-                    weights_id, int(spec["num_features"]), loader=loader)
+                    weights_id, int(spec["num_features"]), loader=loader,
+                    taps=tuple(spec.get("taps", ())), tap_widths=tuple(spec.get("tap_widths", ())))

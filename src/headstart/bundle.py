@@ -191,6 +191,12 @@ def _check_meta(meta: Any) -> None:
             raise _bad(f"backbone.{key}", "a non-empty string", b.get(key))
     if not isinstance(b.get("num_features"), int) or b["num_features"] < 1:
         raise _bad("backbone.num_features", "a positive integer", b.get("num_features"))
+    taps, widths = b.get("taps", []), b.get("tap_widths", [])
+    if not (isinstance(taps, list) and isinstance(widths, list) and len(taps) == len(widths)
+            and all(isinstance(v, int) and v >= 0 for v in taps + widths)
+            and sum(widths) < b["num_features"]):
+        raise _bad("backbone.taps", "block numbers and as many widths (integers), narrower "
+                   "in all than num_features", {"taps": taps, "tap_widths": widths})
     _check_preprocess(b.get("preprocess"))
     head = meta.get("head")
     if not isinstance(head, dict) or head.get("kind") not in HEAD_KINDS:

@@ -127,8 +127,11 @@ def train(
     if cluster is not None:
         from .cluster import features_ray
         from .data import load_dataset
+        from .stages import reads_taps
 
-        features_ray(backbone, load_dataset(data, val).rows()[0], cache_dir, cluster, workers)
+        paths, y, is_train = load_dataset(data, val).rows()
+        features_ray(backbone, paths, cache_dir, cluster, workers,
+                     taps=reads_taps(y[is_train], head))
     with progress_bar("features") as progress:
         clf.fit(data, val=val, callbacks=Callbacks(progress, _print_epoch))
     if not is_rank_zero():

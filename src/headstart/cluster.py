@@ -119,11 +119,12 @@ class _Featurizer:
     """A Ray Data actor: frozen features of batches of paths under a backbone by name (one
     engine per actor); rows ``path, digest, x`` (``x`` empty when unreadable)."""
 
-    def __init__(self, backbone: str, threads: int) -> None:
+    def __init__(self, backbone: str, threads: int, taps: bool = False) -> None:
         os.environ["HEADSTART_THREADS"] = str(threads)
         from .backbones import load_backbone
 
-        self.backbone, self.engine = load_backbone(backbone), None
+        bb = load_backbone(backbone)
+        self.backbone, self.engine = (bb.with_taps() or bb) if taps else bb, None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from .features import extract_features
@@ -139,10 +140,12 @@ class _Featurizer:
 
 
 def features_ray(backbone: str, paths: list[Any], cache_dir: str | os.PathLike | None = None,
-                 address: str = "local", workers: int = 2, chunk: int = 64) -> int:
+                 address: str = "local", workers: int = 2, chunk: int = 64,
+                 taps: bool = False) -> int:
     """Compute on Ray the features ``train`` needs and put them in the feature cache, so
     that fitting finds every one of them there (heads are fitted locally, as always);
-    returns how many were computed (images already cached are not sent).
+    returns how many were computed (images already cached are not sent). ``taps``: those
+    of the tapped backbone (as :func:`headstart.stages.reads_taps` decides for ``fit``).
 
     Raises:
         HeadstartError: Ray missing or unreachable.
@@ -152,6 +155,7 @@ def features_ray(backbone: str, paths: list[Any], cache_dir: str | os.PathLike |
     from .features import FeatureCache
 
     bb = load_backbone(backbone, cache_dir=cache_dir)
+    bb = (bb.with_taps() or bb) if taps else bb
     cache, key = FeatureCache(resolve_cache_dir(cache_dir)), bb.identity()
     todo = []
     for p in paths:
@@ -166,7 +170,7 @@ def features_ray(backbone: str, paths: list[Any], cache_dir: str | os.PathLike |
     done = 0
     try:
         rows = _on_actors(ray, todo, chunk, workers, _Featurizer,
-                          (backbone, _threads(workers)))
+                          (backbone, _threads(workers), taps))
         for b in rows.iter_batches(batch_size=None, batch_format="numpy"):
             for i in np.flatnonzero(b["ok"]):
                 cache.put(key, str(b["digest"][i]), b["x"][i])

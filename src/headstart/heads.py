@@ -25,6 +25,7 @@ heads run single-threaded (thread pools only cost time on problems this small).
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,12 +35,15 @@ from ._head import (FILE, Folds, Head, buffers, check_xy, cv_subset, logits2,
                     one_thread, softmax, standardiser, stratified_folds)
 from ._logistic import Logistic, balanced_weights, fit_logistic, project
 from ._mlp import MLPHead
+from ._threads import cores
+from ._normalise import (NORM_SCALE, imagenet_block, power_l2, tapped_blocks, torch_power_l2,
+                         torch_tapped_blocks)
 from .bundle import expect_shapes
 from .errors import HeadstartError, ModelError
 
-__all__ = ["AutoHead", "LinearHead", "MLPHead", "MLP_MIN_PER_CLASS", "WIDE_CS", "make_head",
-           "head_from_state", "HEADS", "imagenet_block", "power_l2", "softmax",
-           "stratified_folds"]
+__all__ = ["AutoHead", "BLOCK_WEIGHTS", "FEW_SHOT_MAX_PER_CLASS", "LinearHead", "MLPHead",
+           "MLP_MIN_PER_CLASS", "WIDE_CS", "make_head", "head_from_state", "HEADS",
+           "imagenet_block", "power_l2", "softmax", "stratified_folds", "tapped_blocks"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,15 +51,19 @@ logger = logging.getLogger(__name__)
 # datasets (120 to 1,200 images per class) it never beat the linear head in CV.
 MLP_MIN_PER_CLASS = 150
 NORMALIZE = ("power-l2", "standard")
-# The ImageNet block (see imagenet_block) is tried up to this many images in the smallest
-# class: it pays at 1-20 (few-shot), and beyond, a second C path only costs time.
-IMAGENET_MAX_PER_CLASS = 40
+# The ImageNet block (see imagenet_block) and the tapped blocks (tapped_blocks) are tried up
+# to this many images in the smallest class: they pay at 1-20 (few-shot), and beyond, more
+# C paths only cost time.
+FEW_SHOT_MAX_PER_CLASS = 40
+# The weights tried for the tapped blocks (0: the final features alone). 1 as well gained
+# 0.1 point at 5 and 20 shots on the far shared sets, for a third C path.
+BLOCK_WEIGHTS = (0.0, 0.5)
 
-# C grid of the linear head: half decades from strong to weak regularisation (weak matters
-# at 1-20 images per class, where a wide search on normalised features wins).
-WIDE_CS = tuple(float(10.0 ** (e / 2)) for e in range(-8, 7))
-NORM_SCALE = float(np.sqrt(1280) / 4)  # unit vectors scaled so that C = 1 is a sane default
-PATH_PATIENCE = 3  # C values past the log-loss minimum before the path stops
+# C grid of the linear head: decades from strong to weak regularisation (weak matters at
+# 1-20 images per class, where a wide search on normalised features wins). Half decades
+# chose as well (within 0.05 point at 5 and 20 shots) at twice the time.
+WIDE_CS = tuple(float(10.0 ** e) for e in range(-4, 4))
+PATH_PATIENCE = 2  # C values past the log-loss minimum before the path stops
 
 
 def log_loss(logits: np.ndarray, y: np.ndarray) -> float:
@@ -64,16 +72,6 @@ def log_loss(logits: np.ndarray, y: np.ndarray) -> float:
     z = np.asarray(logits, np.float64)
     z = z - z.max(axis=1, keepdims=True)
     return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]))
-
-
-def imagenet_block(X: np.ndarray, weight: np.ndarray, bias: np.ndarray,
-                   scale: float = NORM_SCALE) -> np.ndarray:
-    """The square roots of the backbone's ImageNet class probabilities for features ``X``
-    ``(N, D)`` (``weight`` ``(M, D)``, ``bias`` ``(M,)``), a row of length ``scale`` like
-    :func:`power_l2`: ``(N, M)``. Appended to the features of ImageNet-like images, where
-    the pretrained classes carry over (hymenoptera's ants and bees: +2 points at 20 and +4
-    at 5 images per class), when cross-validation prefers it."""
-    return np.sqrt(softmax(X @ weight.T + bias).astype(np.float64)) * scale
 
 
 @dataclass
@@ -90,14 +88,6 @@ class _Path:
     norm: float
 
 
-def power_l2(X: np.ndarray, scale: float = NORM_SCALE) -> np.ndarray:
-    """Signed square root of each feature, then each row scaled to length ``scale``: the
-    normalisation that works best at few shots (+2 to +4 points over standardising on the
-    shared datasets at 1-20 images per class)."""
-    Z = np.sign(X) * np.sqrt(np.abs(X))
-    return Z * (scale / (np.linalg.norm(Z, axis=1, keepdims=True) + 1e-12))
-
-
 class LinearHead(Head):
     """Multinomial logistic regression; ``C`` (inverse L2 strength) chosen by CV: the C
     with the lowest out-of-fold log-loss (at 1-20 images per class many C values tie on
@@ -108,20 +98,29 @@ class LinearHead(Head):
     ``kind``: ``"linear"``. ``normalize``: ``"power-l2"`` (signed square root, then unit
     rows, see :func:`power_l2`) or ``"standard"`` (zero mean, unit variance per feature).
     Without cross-validation (a class with one image) ``C`` is 1 (0.01 standardised).
+    ``blocks``: the widths of tapped intermediate blocks at the end of each feature row
+    (see :meth:`headstart.backbones.Backbone.with_taps`); the first ``D - sum(blocks)``
+    columns are the final features, which the normalisation and the ImageNet block use;
+    ``block_weights``: the weights tried for the blocks (:data:`BLOCK_WEIGHTS`).
 
-    Fitted attributes: ``classes_``, ``mean_``/``scale_`` (standardisation ``(D,)``; zeros
-    and ones with ``power-l2``), ``coef_`` ``(K, D)``, ``intercept_`` ``(K,)``, ``C_``,
-    ``cv_score_`` (mean CV accuracy of the chosen ``C``, NaN when a class is too small to
-    cross-validate), ``cv_path_`` (``{C: (accuracy, log-loss)}`` out of fold).
+    Fitted attributes: ``classes_``, ``mean_``/``scale_`` (standardisation of the final
+    features; zeros and ones with ``power-l2``), ``coef_`` ``(K, D)``, ``intercept_``
+    ``(K,)``, ``C_``, ``cv_score_`` (mean CV accuracy of the chosen ``C``, NaN when a class
+    is too small to cross-validate), ``cv_path_`` (``{C: (accuracy, log-loss)}`` out of
+    fold), ``block_weight_`` (the tapped blocks' weight, see :func:`tapped_blocks`; 0 when
+    unused).
     """
 
     kind = "linear"
     imagenet_block_: tuple[np.ndarray, np.ndarray] | None = None
+    block_weight_: float = 0.0
 
     def __init__(self, Cs: tuple[float, ...] = WIDE_CS, cv: int = 5,
                  class_weight: str | None = "balanced", max_iter: int = 1000,
                  random_state: int = 0, normalize: str = "power-l2",
-                 imagenet: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                 imagenet: tuple[np.ndarray, np.ndarray] | None = None,
+                 blocks: tuple[int, ...] = (),
+                 block_weights: tuple[float, ...] = BLOCK_WEIGHTS) -> None:
         self.Cs = Cs
         self.cv = cv
         self.class_weight = class_weight
@@ -129,68 +128,87 @@ class LinearHead(Head):
         self.random_state = random_state
         self.normalize = normalize
         self.imagenet = imagenet
+        self.blocks = blocks
+        self.block_weights = block_weights
 
-    def _normalised(self, X: Any) -> np.ndarray:
+    def _final(self, X: np.ndarray) -> np.ndarray:
+        """The final features of rows ``X`` (without the tapped blocks)."""
+        return X[:, :X.shape[1] - sum(self.blocks)]
+
+    def _normalised(self, X: Any, imagenet: tuple[np.ndarray, np.ndarray] | None = None,
+                    weight: float | None = None) -> np.ndarray:
+        """Rows ``(N, D)`` as the head sees them: ``(N, D + M)`` with an ImageNet block of
+        ``M`` classes (the fitted settings unless ``imagenet`` and ``weight`` are given)."""
         X = np.asarray(X, dtype=np.float32)
-        Z = power_l2(X) if self.normalize == "power-l2" else (X - self.mean_) / self.scale_
-        if self.imagenet_block_ is not None:
-            Z = np.concatenate([Z, imagenet_block(X, *self.imagenet_block_)], axis=1)
-        return Z
+        imagenet = self.imagenet_block_ if imagenet is None else imagenet
+        weight = self.block_weight_ if weight is None else weight
+        F = self._final(X)
+        parts = [power_l2(F) if self.normalize == "power-l2" else (F - self.mean_) / self.scale_]
+        if imagenet is not None:
+            parts.append(imagenet_block(F, *imagenet))
+        if self.blocks:
+            parts.append(tapped_blocks(X[:, F.shape[1]:], self.blocks, weight))
+        return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
     def fit(self, X: Any, y: Any, folds: Folds | None = None) -> "LinearHead":
         """Normalise, choose ``C`` by cross-validation (``folds`` of the rows
         cross-validated on, or new ones), then fit on every row. With ``imagenet`` (the
         backbone's ImageNet classifier, weight ``(1000, D)`` and bias ``(1000,)``) the same
-        path also runs on the features with the :func:`imagenet_block` appended, and the
-        features with the lower out-of-fold log-loss are kept (never without
-        cross-validation, nor beyond :data:`IMAGENET_MAX_PER_CLASS` images in the smallest
-        class).
+        path also runs on the features with the :func:`imagenet_block` appended; with
+        ``blocks``, with the tapped blocks at each of ``block_weights``; the
+        features with the lowest out-of-fold log-loss are kept, the simpler on ties (never
+        without cross-validation, nor beyond :data:`FEW_SHOT_MAX_PER_CLASS` images in the
+        smallest class: then the final features alone).
 
         Fitted attributes besides the parameters: ``oof_logits_`` ``(n, K)``, the
         out-of-fold logits of the chosen ``C`` for the rows ``oof_rows_`` (None without
         cross-validation), ``oof_scale_``: how much larger the final head's weights are
         than the fold heads' (a temperature fitted on the out-of-fold logits is multiplied
-        by it, about 1.1 at 5-20 images per class), and ``imagenet_block_``: the classifier
-        appended, or None.
+        by it, about 1.1 at 5-20 images per class), ``imagenet_block_``: the classifier
+        appended, or None, and ``block_weight_``.
         """
         X, y = check_xy(X, y)
         if self.normalize not in NORMALIZE:
             raise HeadstartError(f"normalize: expected one of {', '.join(NORMALIZE)}, "
                                  f"got {self.normalize!r}")
+        d = X.shape[1] - sum(self.blocks)
+        if any(int(b) < 1 for b in self.blocks) or d < 1:
+            raise HeadstartError(f"blocks: expected widths >= 1 summing to less than the "
+                                 f"{X.shape[1]} features, got {self.blocks!r}")
         if self.imagenet is not None and (len(self.imagenet) != 2 or
-                                          np.shape(self.imagenet[0])[1:] != X.shape[1:]):
-            raise HeadstartError(f"imagenet: expected (weight (M, {X.shape[1]}), bias (M,)), "
+                                          np.shape(self.imagenet[0])[1:] != (d,)):
+            raise HeadstartError(f"imagenet: expected (weight (M, {d}), bias (M,)), "
                                  f"got shapes {[np.shape(a) for a in self.imagenet]}")
         self.classes_ = np.unique(y)
         yi = np.searchsorted(self.classes_, y)
         if self.normalize == "standard":
-            self.mean_, self.scale_ = standardiser(X)
+            self.mean_, self.scale_ = standardiser(X[:, :d])
         else:
-            self.mean_ = np.zeros(X.shape[1], np.float32)
-            self.scale_ = np.ones(X.shape[1], np.float32)
+            self.mean_ = np.zeros(d, np.float32)
+            self.scale_ = np.ones(d, np.float32)
         sub = cv_subset(yi, self.random_state)
         folds = folds if folds is not None else stratified_folds(yi[sub], self.cv,
                                                                   self.random_state)
-        candidates: list[tuple[np.ndarray, np.ndarray] | None] = [None]
-        if self.imagenet is not None and folds is not None and \
-                np.bincount(yi).min() <= IMAGENET_MAX_PER_CLASS:
-            candidates.append((np.asarray(self.imagenet[0], np.float32),
-                               np.asarray(self.imagenet[1], np.float32)))
-        self.imagenet_block_ = None
-        plain = self._normalised(X).astype(np.float64)
+        few = folds is not None and np.bincount(yi).min() <= FEW_SHOT_MAX_PER_CLASS
+        blocks: list[tuple[np.ndarray, np.ndarray] | None] = [None]
+        if self.imagenet is not None and few:
+            blocks.append((np.asarray(self.imagenet[0], np.float32),
+                           np.asarray(self.imagenet[1], np.float32)))
+        weights = tuple(self.block_weights) if self.blocks and few else (0.0,)
         with one_thread():
             best = None
-            for block in candidates:
-                Xs = plain if block is None else \
-                    np.concatenate([plain, imagenet_block(X, *block)], axis=1)
-                path = self._path(Xs[sub], yi[sub], folds)
-                if best is None or path.loss < best[1].loss:
-                    best = (block, path, Xs)
+            for block in blocks:
+                for w in weights:
+                    Xs = self._normalised(X, block, w).astype(np.float64)
+                    path = self._path(Xs[sub], yi[sub], folds)
+                    if best is None or path.loss < best[2].loss:
+                        best = (block, w, path, Xs)
             assert best is not None
-            self.imagenet_block_, path, Xs = best
-            if len(candidates) > 1:
+            self.imagenet_block_, self.block_weight_, path, Xs = best
+            if len(blocks) * len(weights) > 1:
                 logger.info("linear head: out-of-fold log-loss %.4f with the ImageNet "
-                            "classes, kept %s", path.loss, self.imagenet_block_ is not None)
+                            "classes %s, tapped blocks at weight %g", path.loss,
+                            self.imagenet_block_ is not None, self.block_weight_)
             self.C_, self.cv_score_, self.cv_path_ = path.C, path.accuracy, path.by_C
             self.oof_logits_, self.oof_rows_ = path.oof, (sub if path.oof is not None else None)
             Z, V = project(Xs)
@@ -221,15 +239,18 @@ class LinearHead(Head):
         tests = [Xc[te] @ V if V is not None else Xc[te]
                  for (_, te), (_, V) in zip(folds, spaces)]
         models: list[Logistic | None] = [None] * len(folds)
-        for j, C in enumerate(Cs):  # one warm-started path along C per fold
-            for f, (tr, te) in enumerate(folds):
-                models[f] = m = self._solve(spaces[f][0], yc[tr], C, models[f])
-                oof[j, te] = logits2(_logits(m, tests[f]))
-                scores[f, j] = np.mean(oof[j, te].argmax(axis=1) == yc[te])
-                norms[f, j] = np.linalg.norm(m.W)
-            loss[j] = log_loss(oof[j], yc)
-            if j - int(np.argmin(loss[:j + 1])) >= PATH_PATIENCE:
-                break  # PATH_PATIENCE weaker C values without a lower log-loss
+        # the folds' solves of one C run side by side (NumPy releases the GIL in them)
+        with ThreadPoolExecutor(min(len(folds), cores())) as pool:
+            for j, C in enumerate(Cs):  # one warm-started path along C per fold
+                models = list(pool.map(lambda f: self._solve(
+                    spaces[f][0], yc[folds[f][0]], C, models[f]), range(len(folds))))
+                for f, ((_, te), m) in enumerate(zip(folds, models)):
+                    oof[j, te] = logits2(_logits(m, tests[f]))
+                    scores[f, j] = np.mean(oof[j, te].argmax(axis=1) == yc[te])
+                    norms[f, j] = np.linalg.norm(m.W)
+                loss[j] = log_loss(oof[j], yc)
+                if j - int(np.argmin(loss[:j + 1])) >= PATH_PATIENCE:
+                    break  # PATH_PATIENCE weaker C values without a lower log-loss
         mean = scores.mean(axis=0)
         best = int(np.argmin(loss))  # accuracy ties often; log-loss hardly ever
         return _Path(float(Cs[best]), float(mean[best]), float(loss[best]),
@@ -243,10 +264,13 @@ class LinearHead(Head):
         return fit_logistic(Z, y, k, C, weight, init, max_iter=self.max_iter)
 
     def chosen(self) -> dict[str, Any]:
-        """What fitting chose: the normalisation, ``C`` and the out-of-fold accuracy and
-        log-loss of each C tried (empty without cross-validation)."""
+        """What fitting chose: the normalisation, ``C``, the extra features, and the
+        out-of-fold accuracy and log-loss of each C tried (empty without
+        cross-validation)."""
         return {"normalize": self.normalize, "C": self.C_ if self.C_ == self.C_ else None,
                 "imagenet_classes": self.imagenet_block_ is not None,
+                "intermediate_blocks": list(self.blocks) if self.block_weight_ else [],
+                "intermediate_weight": self.block_weight_,
                 "chosen_by": "out-of-fold log-loss" if self.cv_path_ else "default",
                 "cv_by_C": {f"{C:g}": {"accuracy": round(a, 4), "log_loss": round(l, 4)}
                             for C, (a, l) in self.cv_path_.items()}}
@@ -258,12 +282,16 @@ class LinearHead(Head):
     def state(self) -> dict[str, np.ndarray]:
         """The fitted parameters as named arrays (see :meth:`from_state`): ``power_l2``
         ``(1,)`` (the row length) for power-l2 heads, ``mean``/``scale`` for standardised
-        ones; ``imagenet_weight`` ``(M, D)`` and ``imagenet_bias`` ``(M,)`` when the
-        ImageNet block is appended (``coef`` is then ``(K, D + M)``)."""
+        ones; ``imagenet_weight`` ``(M, F)`` and ``imagenet_bias`` ``(M,)`` when the
+        ImageNet block is appended (``coef`` is then ``(K, D + M)``); ``blocks`` (the
+        tapped widths) and ``block_weight`` ``(1,)`` with tapped blocks."""
         norm = ({"power_l2": np.asarray([NORM_SCALE], np.float32)}
                 if self.normalize == "power-l2" else {"mean": self.mean_, "scale": self.scale_})
         if self.imagenet_block_ is not None:
             norm["imagenet_weight"], norm["imagenet_bias"] = self.imagenet_block_
+        if self.blocks:
+            norm["blocks"] = np.asarray(self.blocks, np.int64)
+            norm["block_weight"] = np.asarray([self.block_weight_], np.float32)
         return {**norm, "coef": self.coef_, "intercept": self.intercept_,
                 "classes": self.classes_.astype(np.int64)}
 
@@ -277,25 +305,35 @@ class LinearHead(Head):
             ModelError: other keys or shapes.
         """
         k, d = n_classes, n_features
+        widths = state.get("blocks")
+        blocks = tuple(int(w) for w in widths) if widths is not None and widths.ndim == 1 \
+            and widths.dtype.kind in "iu" else ()
+        f = d - sum(blocks)
+        if widths is not None and (not blocks or min(blocks) < 1 or f < 1):
+            raise ModelError(f"{FILE}: blocks must be widths >= 1 summing to less than {d}")
         norm: dict[str, tuple[int, ...]] = ({"power_l2": (1,)} if "power_l2" in state
-                                            else {"mean": (d,), "scale": (d,)})
+                                            else {"mean": (f,), "scale": (f,)})
+        if blocks:
+            norm.update({"blocks": (len(blocks),), "block_weight": (1,)})
         m = 0
         if "imagenet_bias" in state or "imagenet_weight" in state:
             bias = state.get("imagenet_bias")
             m = bias.shape[0] if bias is not None and bias.ndim == 1 else -1
-            norm.update({"imagenet_weight": (m, d), "imagenet_bias": (m,)})
+            norm.update({"imagenet_weight": (m, f), "imagenet_bias": (m,)})
         expect_shapes(FILE, state, {**norm, "coef": (k, d + m), "intercept": (k,),
                                     "classes": (k,)})
-        head = cls(normalize="power-l2" if "power_l2" in state else "standard")
+        head = cls(normalize="power-l2" if "power_l2" in state else "standard", blocks=blocks)
         head.coef_, head.intercept_ = state["coef"], state["intercept"]
         head.C_, head.cv_score_, head.cv_path_ = float("nan"), float("nan"), {}  # not stored
         head.oof_scale_ = 1.0
         if m:
             head.imagenet_block_ = (state["imagenet_weight"], state["imagenet_bias"])
+        if blocks:
+            head.block_weight_ = float(state["block_weight"][0])
         if "power_l2" in state:
             if not np.isclose(float(state["power_l2"][0]), NORM_SCALE):
                 raise ModelError(f"{FILE}: power_l2 must be {NORM_SCALE:.6f}")
-            state = {**state, "mean": np.zeros(d, np.float32), "scale": np.ones(d, np.float32)}
+            state = {**state, "mean": np.zeros(f, np.float32), "scale": np.ones(f, np.float32)}
         head._set_common(state)
         return head
 
@@ -318,20 +356,21 @@ class LinearHead(Head):
                 super().__init__()
                 self.power_l2 = head.normalize == "power-l2"
                 self.imagenet = head.imagenet_block_ is not None
+                self.blocks, self.weight = list(head.blocks), head.block_weight_
                 buffers(self, {"mean": head.mean_, "scale": head.scale_,
                                "coef": head.coef_, "intercept": head.intercept_})
                 if head.imagenet_block_ is not None:
                     buffers(self, dict(zip(("in_weight", "in_bias"), head.imagenet_block_)))
 
-            def forward(self, f: torch.Tensor) -> torch.Tensor:
-                if self.power_l2:
-                    z = torch.sign(f) * torch.sqrt(torch.abs(f))
-                    z = z * (NORM_SCALE / (z.norm(dim=1, keepdim=True) + 1e-12))
-                else:
-                    z = (f - self.mean) / self.scale
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                f = x[:, :x.shape[1] - sum(self.blocks)]
+                z = torch_power_l2(f) if self.power_l2 else (f - self.mean) / self.scale
                 if self.imagenet:
                     p = torch.softmax(f @ self.in_weight.T + self.in_bias, dim=1)
                     z = torch.cat([z, torch.sqrt(p) * NORM_SCALE], dim=1)
+                if self.blocks:
+                    z = torch.cat([z, torch_tapped_blocks(x[:, f.shape[1]:], self.blocks,
+                                                          self.weight)], dim=1)
                 return z @ self.coef.T + self.intercept
 
         return Linear(self).eval()
@@ -351,11 +390,13 @@ class AutoHead(Head):
 
     def __init__(self, cv: int = 5, class_weight: str | None = "balanced",
                  random_state: int = 0,
-                 imagenet: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                 imagenet: tuple[np.ndarray, np.ndarray] | None = None,
+                 blocks: tuple[int, ...] = ()) -> None:
         self.cv = cv
         self.class_weight = class_weight
         self.random_state = random_state
         self.imagenet = imagenet
+        self.blocks = blocks
 
     def fit(self, X: Any, y: Any) -> "AutoHead":
         X, y = check_xy(X, y)
@@ -364,7 +405,7 @@ class AutoHead(Head):
         folds = stratified_folds(y[sub], self.cv, self.random_state)
         linear = LinearHead(cv=self.cv, class_weight=self.class_weight,
                             random_state=self.random_state,
-                            imagenet=self.imagenet).fit(X, y, folds)
+                            imagenet=self.imagenet, blocks=self.blocks).fit(X, y, folds)
         self.best_, self.kind_ = linear, "linear"
         self.cv_scores_ = {"linear": linear.cv_score_} if folds is not None else {}
         if folds is None or np.bincount(y).min() < MLP_MIN_PER_CLASS:
@@ -398,19 +439,23 @@ HEADS = ("auto",) + tuple(_KINDS)
 
 
 def make_head(kind: str = "auto", random_state: int = 0,
-              imagenet: tuple[np.ndarray, np.ndarray] | None = None) -> Head:
+              imagenet: tuple[np.ndarray, np.ndarray] | None = None,
+              blocks: tuple[int, ...] = ()) -> Head:
     """A new, unfitted head by name: ``auto``, ``linear`` or ``mlp`` (``imagenet``: the
-    backbone's ImageNet classifier, for the linear head to try, see :class:`LinearHead`).
+    backbone's ImageNet classifier, ``blocks``: the widths of tapped blocks, for the linear
+    head to try, see :class:`LinearHead`).
 
     Raises:
-        HeadstartError: an unknown name.
+        HeadstartError: an unknown name, or ``blocks`` for a head that cannot use them.
     """
     if kind == "auto":
-        return AutoHead(random_state=random_state, imagenet=imagenet)
+        return AutoHead(random_state=random_state, imagenet=imagenet, blocks=blocks)
     if kind == "linear":
-        return LinearHead(random_state=random_state, imagenet=imagenet)
+        return LinearHead(random_state=random_state, imagenet=imagenet, blocks=blocks)
     if kind not in _KINDS:
         raise HeadstartError(f"head: expected one of {', '.join(HEADS)}, got {kind!r}")
+    if blocks:
+        raise HeadstartError(f"blocks: the {kind} head takes the final features only")
     return _KINDS[kind](random_state=random_state)
 
 

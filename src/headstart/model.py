@@ -179,21 +179,27 @@ class Classifier:
         cb = callbacks or Callbacks()
         if self.from_scratch:
             return self._fit_scratch(data, labels, val, cb, t0)
-        backbone = load_backbone(self.backbone, self.weights, cache_dir=self.cache_dir)
-        usable = read_data(data, labels, val, backbone, self._cache(), self.batch_size,
-                           self.runtime, cb)
-        assert usable.X is not None
+        plain = load_backbone(self.backbone, self.weights, cache_dir=self.cache_dir)
+        usable = read_data(data, labels, val, plain, self._cache(), self.batch_size,
+                           self.runtime, cb, head=self.head)
+        assert usable.X is not None and usable.backbone is not None
         clock.lap("read_data")
+        backbone = usable.backbone
         gap = domain_gap(backbone, usable.X[usable.is_train])
+        if gap.level == "near" and backbone.taps:  # intermediate blocks pay far from ImageNet
+            usable = replace(usable, X=usable.X[:, :plain.num_features], backbone=plain,
+                             engine=None)
+            backbone = plain
         clock.lap("domain_gap")
         if gap.level == "far":
             logger.warning("these images look far from the backbone's pretraining photos "
                            "(%s): transfer learning may not be the right tool; run "
-                           "'headstart advise %s'", explain(gap), data)
+                           "'headstart advise %s'", explain(gap),
+                           usable.data_path or "DATA")
         # ImageNet's classes are features worth trying only for ImageNet-like images
         imagenet = backbone.imagenet_head if gap.level == "near" else None
         fitted = fit_head(usable.X, usable.y, usable.is_train, self.head, self.seed,
-                          self.val_fraction, imagenet)
+                          self.val_fraction, imagenet, backbone.tap_widths)
         clock.lap("fit_head")
         X, engine, history = usable.X, usable.engine, []
         tuned = ft = None
@@ -204,7 +210,7 @@ class Classifier:
             if skip_reason(cfg, usable.y, usable.is_train, far) is None:  # on its rows
                 head_only, _ = holdout_accuracy(fitted.head, usable.X, usable.y,
                                                 usable.is_train, self.seed, self.val_fraction)
-            ft = finetune_stage(backbone, usable.paths, usable.y, usable.is_train,
+            ft = finetune_stage(plain, usable.paths, usable.y, usable.is_train,
                                 head_only, cfg, resolve_cache_dir(self.cache_dir),
                                 self._features_under, self.seed, self.val_fraction, cb.epoch,
                                 far)

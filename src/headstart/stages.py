@@ -35,12 +35,12 @@ from .errors import DataError
 from .features import FeatureCache, Features, ProgressFn, extract_features, prepare_image, \
     scan_images
 from .health import Health, dataset_health
-from .heads import AutoHead, LinearHead, make_head
+from .heads import FEW_SHOT_MAX_PER_CLASS, AutoHead, LinearHead, make_head
 from .runtime import Engine, int8_engine
 from .summary import Calibration, Int8Summary
 
 __all__ = ["Callbacks", "Calibrated", "Stopwatch", "FittedHead", "HeldOut", "Quantized", "Usable",
-           "calibrate", "fit_head", "holdout_accuracy", "quantize", "read_data"]
+           "calibrate", "fit_head", "holdout_accuracy", "quantize", "read_data", "reads_taps"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +75,10 @@ class Usable:
     """The images ``fit`` trains on, after one pass over the files.
 
     ``paths``, ``y``, ``is_train``: ``(M,)`` usable images (training rows first), labels
-    into ``classes`` and training flags; ``X``: their ``(M, D)`` frozen features (None
-    from scratch). ``computed`` / ``cached``: features computed in this pass / read from
-    the cache; ``engine``: the engine the pass used (None if none was needed).
+    into ``classes`` and training flags; ``X``: their ``(M, D)`` frozen features under
+    ``backbone`` (None from scratch). ``computed`` / ``cached``: features computed in this
+    pass / read from the cache; ``engine``: the engine the pass used (None if none was
+    needed).
     """
 
     source: str
@@ -94,6 +95,7 @@ class Usable:
     computed: int = 0
     cached: int = 0
     engine: Engine | None = None
+    backbone: Backbone | None = None
 
     @property
     def train_labels(self) -> np.ndarray:
@@ -112,13 +114,27 @@ def _dataset(data: Any, labels: Sequence[str] | None, val: Any) -> Dataset:
     return Dataset(train=train, val=val_set, layout="in memory")
 
 
+def reads_taps(train_labels: np.ndarray, head: str | None) -> bool:
+    """Whether ``fit`` reads the features of a tapped backbone
+    (:meth:`~headstart.backbones.Backbone.with_taps`): for a linear or ``auto`` head, with
+    at most :data:`~headstart.heads.FEW_SHOT_MAX_PER_CLASS` training images in a class
+    (where the intermediate blocks can pay; the head weighs them by cross-validation)."""
+    counts = np.bincount(np.asarray(train_labels, int))
+    return head in ("auto", "linear") and len(counts) > 0 and \
+        int(counts[counts > 0].min()) <= FEW_SHOT_MAX_PER_CLASS
+
+
 def read_data(data: Any, labels: Sequence[str] | None, val: Any,
               backbone: Backbone | None, cache: FeatureCache | None, batch_size: int = 32,
-              runtime: str = "auto", callbacks: Callbacks | None = None) -> Usable:
+              runtime: str = "auto", callbacks: Callbacks | None = None,
+              head: str | None = None) -> Usable:
     """Find the images (see :func:`headstart.data.load_dataset`; ``labels``: names of the
     images in ``data``, a sequence of paths or PIL images), read each file once (features
     under ``backbone``, or a decode check without one), judge the data's health, and leave
     out unreadable files and classes none of whose images can be read.
+
+    ``head``: the kind of head to be fitted; where :func:`reads_taps`, the features read are
+    those of the backbone tapped at intermediate blocks (where it can be), in the same pass.
 
     Raises:
         DataError: fewer than 2 classes with usable training images, or bad paths.
@@ -128,6 +144,8 @@ def read_data(data: Any, labels: Sequence[str] | None, val: Any,
     source = None if labels is not None else data
     X: np.ndarray | None = None
     feats: Features | None = None
+    if backbone is not None and reads_taps(y_all[train_all], head):
+        backbone = backbone.with_taps() or backbone
     if backbone is not None:
         feats = extract_features(backbone, paths, cache, batch_size,
                                  callbacks.progress if callbacks else None, runtime=runtime,
@@ -136,7 +154,9 @@ def read_data(data: Any, labels: Sequence[str] | None, val: Any,
     else:
         ok, bad, facts = scan_images(paths)
     skipped = dataset.skipped + bad
-    health, digests = dataset_health(dataset, source, facts, skipped, X, ok)
+    final = X[:, :X.shape[1] - sum(backbone.tap_widths)] if X is not None and backbone \
+        else None
+    health, digests = dataset_health(dataset, source, facts, skipped, final, ok)
     classes, y, keep, dropped = drop_unreadable_classes(dataset.train, y_all[ok],
                                                         train_all[ok])
     ok, y = ok[keep], y[keep]
@@ -150,7 +170,7 @@ def read_data(data: Any, labels: Sequence[str] | None, val: Any,
         is_train=is_train, X=X[keep] if X is not None else None,
         skipped=skipped + dropped, health=health, train_digests=digests, computed=computed,
         cached=len(feats.index) - computed if feats is not None else 0,
-        engine=feats.engine if feats is not None else None)
+        engine=feats.engine if feats is not None else None, backbone=backbone)
 
 
 @dataclass
@@ -165,9 +185,10 @@ class FittedHead:
     val_source: str
 
 
-def _fit_one(kind: str, X: np.ndarray, y: np.ndarray, seed: int, imagenet: Any = None
+def _fit_one(kind: str, X: np.ndarray, y: np.ndarray, seed: int, imagenet: Any = None,
+             blocks: tuple[int, ...] = ()
              ) -> tuple[Any, dict[str, float]]:
-    head = make_head(kind, seed, imagenet).fit(X, y)
+    head = make_head(kind, seed, imagenet, blocks).fit(X, y)
     if isinstance(head, AutoHead):
         return head.best_, head.cv_scores_
     score = head.cv_score_ if isinstance(head, LinearHead) else float("nan")
@@ -175,12 +196,13 @@ def _fit_one(kind: str, X: np.ndarray, y: np.ndarray, seed: int, imagenet: Any =
 
 
 def fit_head(X: np.ndarray, y: np.ndarray, is_train: np.ndarray, kind: str, seed: int,
-             val_fraction: float, imagenet: tuple[np.ndarray, np.ndarray] | None = None
-             ) -> FittedHead:
+             val_fraction: float, imagenet: tuple[np.ndarray, np.ndarray] | None = None,
+             blocks: tuple[int, ...] = ()) -> FittedHead:
     """Fit a ``kind`` head (``auto``, ``linear``, ``mlp``) on the training rows of ``X``
     ``(N, D)`` and measure it on the validation rows. ``imagenet``: the backbone's ImageNet
     classifier, for the linear head to try as extra features (see
-    :class:`headstart.heads.LinearHead`; given for images near ImageNet).
+    :class:`headstart.heads.LinearHead`; given for images near ImageNet); ``blocks``: the
+    widths of the tapped blocks at the end of each row of ``X``.
 
     Without validation rows, the measure is the head's own cross-validation: every
     training image predicted by a head fitted on the other folds, with the settings chosen
@@ -193,10 +215,10 @@ def fit_head(X: np.ndarray, y: np.ndarray, is_train: np.ndarray, kind: str, seed
     """
     Xtr, ytr, Xva, yva = X[is_train], y[is_train], X[~is_train], y[~is_train]
     if len(yva):
-        head, scores = _fit_one(kind, Xtr, ytr, seed, imagenet)
+        head, scores = _fit_one(kind, Xtr, ytr, seed, imagenet, blocks)
         return FittedHead(head, scores, float(np.mean(head.predict(Xva) == yva)), len(yva),
                           "validation split")
-    head, scores = _fit_one(kind, Xtr, ytr, seed, imagenet)
+    head, scores = _fit_one(kind, Xtr, ytr, seed, imagenet, blocks)
     if head.oof_logits_ is not None:
         rows = head.oof_rows_
         acc = float(np.mean(np.argmax(head.oof_logits_, axis=1) == ytr[rows]))
@@ -208,7 +230,7 @@ def fit_head(X: np.ndarray, y: np.ndarray, is_train: np.ndarray, kind: str, seed
                        "measured and the probabilities are not calibrated")
         return FittedHead(head, scores, float("nan"), 0, "not measured (one image per "
                           "class: nothing to hold out)")
-    probe, _ = _fit_one(kind, Xtr[tr], ytr[tr], seed, imagenet)
+    probe, _ = _fit_one(kind, Xtr[tr], ytr[tr], seed, imagenet, blocks)
     val_acc = float(np.mean(probe.predict(Xtr[va]) == ytr[va]))
     return FittedHead(head, scores, val_acc, len(va),
                       f"held-out {val_fraction:.0%} of each class, measured before the final "
@@ -224,7 +246,7 @@ def holdout_accuracy(head: Any, X: np.ndarray, y: np.ndarray, is_train: np.ndarr
     if not (~is_train).any():
         params = head.get_params()
         if isinstance(head, LinearHead):
-            params["Cs"] = (head.C_,)
+            params["Cs"], params["block_weights"] = (head.C_,), (head.block_weight_,)
         head = type(head)(**params).fit(X[train_rows], y[train_rows])
     return float(np.mean(head.predict(X[val_rows]) == y[val_rows])), int(len(val_rows))
 
@@ -256,7 +278,8 @@ def quantize(backbone: Backbone, usable: Usable, fp32: FittedHead, kind: str,
         [prepare_image(p, backbone.preprocess) for p in calibration[::step][:300]]))
     X8 = extract_features(backbone, usable.paths, cache, batch_size, progress,
                           runtime=runtime, engine=engine).X
-    fitted = fit_head(X8, usable.y, usable.is_train, kind, seed, val_fraction, imagenet)
+    fitted = fit_head(X8, usable.y, usable.is_train, kind, seed, val_fraction, imagenet,
+                      backbone.tap_widths)
     drop = fp32.val_accuracy - fitted.val_accuracy
     if drop > 0.005:
         logger.warning("INT8 lowers validation accuracy by %.1f points (%.4f -> %.4f); "

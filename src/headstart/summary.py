@@ -197,11 +197,15 @@ class TrainingSummary:
 
     def head_choice(self) -> str:
         """What the head's fit chose, in words ("" when it chose nothing): e.g.
-        ``power-l2 features + ImageNet class probabilities, C=1 (by out-of-fold log-loss)``."""
+        ``power-l2 features + ImageNet class probabilities, C=1 (by out-of-fold log-loss)``
+        or ``power-l2 features + 3 intermediate blocks at weight 0.5, C=10 (...)``."""
         h = self.head_settings
         if h.get("C") is None or "normalize" not in h:
             return ""
         extra = " + ImageNet class probabilities" if h.get("imagenet_classes") else ""
+        if h.get("intermediate_blocks"):
+            extra += (f" + {len(h['intermediate_blocks'])} intermediate blocks at weight "
+                      f"{h['intermediate_weight']:g}")
         return f"{h['normalize']} features{extra}, C={h['C']:g} (by {h.get('chosen_by')})"
 
     @property
