@@ -174,3 +174,29 @@ def test_evaluate_flags_test_images_the_model_was_trained_on(trained, tmp_path):
     kinds = {Path(g["members"][0]["path"]).name: g["kind"] for g in h["leakage"]}
     assert kinds == {"seen-before.jpg": "exact", "resized-copy.jpg": "near"}
     assert h["summary"].startswith("LEAKAGE: 2 held-out image(s)")
+
+
+def test_evaluate_finds_leakage_with_a_tapped_backbone_too(tmp_path):
+    """A few-shot steel model reads tapped features (far from ImageNet); its leakage
+    check still compares unit rows of final features, so the same pixels in other bytes
+    (a lossless re-save) are found near, a copy exact, and no other test image is flagged
+    (JPEG-like edits of these noisy surfaces already fall under the threshold)."""
+    from headstart import Classifier
+    from headstart.evaluate import evaluate
+
+    from .conftest import shared
+
+    classes = ("red_iron", "slag_inclusion", "surface_scratch")
+    for split, files in (("train", slice(0, 8)), ("test", slice(40, 46))):
+        for c in classes:
+            (tmp_path / split / c).mkdir(parents=True)
+            for f in sorted(shared("steel_defects", c).iterdir())[files]:
+                shutil.copy(f, tmp_path / split / c / f.name)
+    clf = Classifier().fit(tmp_path / "train")
+    assert clf.backbone_.taps and clf.summary_.domain_gap.level == "far"
+    seen = sorted((tmp_path / "train" / "red_iron").iterdir())
+    shutil.copy(seen[2], tmp_path / "test" / "red_iron" / "seen-before.jpg")
+    Image.open(seen[5]).convert("RGB").save(tmp_path / "test" / "red_iron" / "resaved.png")
+    h = evaluate(clf, tmp_path / "test")["health"]
+    kinds = {Path(g["members"][0]["path"]).name: g["kind"] for g in h["leakage"]}
+    assert kinds == {"seen-before.jpg": "exact", "resaved.png": "near"}

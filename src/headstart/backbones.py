@@ -199,6 +199,11 @@ class Backbone:
                         self.num_features + sum(widths), model=model, loader=self._loader,
                         imagenet_head=self._imagenet_head, taps=TAPS, tap_widths=widths)
 
+    def final(self, X: Any) -> Any:
+        """The final pooled features of rows ``X`` ``(N, num_features)``: without the
+        tapped blocks ``(N, num_features - sum(tap_widths))``."""
+        return X[:, :self.num_features - sum(self.tap_widths)]
+
     def __repr__(self) -> str:
         return f"Backbone({self.name!r}, weights={self.weights_id!r})"
 

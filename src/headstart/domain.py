@@ -47,7 +47,7 @@ def domain_gap(backbone: Backbone, X: Any) -> DomainGap:
         None values where the backbone lacks the head or reference.
     """
     X = np.asarray(X, dtype=np.float32)
-    X = X[:, :X.shape[1] - sum(backbone.tap_widths)]  # the final features
+    X = backbone.final(X)
     out: dict[str, Any] = {"imagenet_max_prob": None, "imagenet_entropy": None,
                            "feature_distance": None, "imagenet_similarity": None,
                            "level": None}

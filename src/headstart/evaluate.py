@@ -153,8 +153,9 @@ def evaluation(clf: Classifier, data: str | os.PathLike, progress: ProgressFn | 
     pred = clf.predict_images(images.paths, progress, thumbs=True)  # the one pass
     where = {str(p): i for i, p in enumerate(images.paths)}
     index = np.asarray([where[str(src)] for src in pred.sources], dtype=int)
+    final = clf.backbone_.final(pred.features) if pred.features is not None else None
     health = assess(entries_of("test", images), pred.facts, skipped + pred.skipped,
-                    pred.features, index, data=str(data), layout="evaluation images",
+                    final, index, data=str(data), layout="evaluation images",
                     folders=folder_problems(data), trained_on=_trained_on(clf))
     if not len(pred.sources):
         raise DataError(f"{data}: none of the {len(images)} images could be read")
@@ -175,8 +176,11 @@ def _trained_on(clf: Classifier) -> TrainedOn:
     s = clf.summary_
     near = s.health.near_threshold if s.health is not None and not s.changed_features \
         else None
-    return TrainedOn(set(clf.train_digests_),
-                     clf.ood_.reference_ if clf.ood_ is not None else None, near)
+    ref = None
+    if clf.ood_ is not None:  # unit rows of the final features, as the check compares
+        ref = clf.backbone_.final(clf.ood_.reference_)
+        ref = ref / (np.linalg.norm(ref, axis=1, keepdims=True) + 1e-12)
+    return TrainedOn(set(clf.train_digests_), ref, near)
 
 
 def evaluate(clf: Classifier, data: str | os.PathLike, progress: ProgressFn | None = None

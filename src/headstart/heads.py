@@ -8,9 +8,10 @@ flat dict of arrays (:meth:`state`, saved with safetensors, rebuilt with
 (:meth:`to_torch`, for export). A new kind of head touches this module only.
 
 * :class:`LinearHead`: multinomial logistic regression on power-L2 (or standardised)
-  features, optionally with the backbone's ImageNet class probabilities appended; its L2
-  strength is chosen by out-of-fold log-loss along one warm-started path of ``C`` values
-  per fold.
+  features, optionally with the backbone's ImageNet class probabilities appended (images
+  near ImageNet) or with the pooled outputs of tapped intermediate blocks weighed in
+  (images far from it); its L2 strength is chosen by out-of-fold log-loss along one
+  warm-started path of ``C`` values per fold.
 * :class:`MLPHead`: the article's new head, ``Linear(D, hidden) -> ReLU -> Dropout ->
   Linear(hidden, K)``, trained with AdamW and early stopping on a held-out fold.
 * :class:`AutoHead`: both on the same folds, keeping the better; the MLP is tried only from

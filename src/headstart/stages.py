@@ -154,8 +154,7 @@ def read_data(data: Any, labels: Sequence[str] | None, val: Any,
     else:
         ok, bad, facts = scan_images(paths)
     skipped = dataset.skipped + bad
-    final = X[:, :X.shape[1] - sum(backbone.tap_widths)] if X is not None and backbone \
-        else None
+    final = backbone.final(X) if X is not None and backbone is not None else None
     health, digests = dataset_health(dataset, source, facts, skipped, final, ok)
     classes, y, keep, dropped = drop_unreadable_classes(dataset.train, y_all[ok],
                                                         train_all[ok])
