@@ -12,7 +12,7 @@ import numpy as np
 from .errors import HeadstartError, ModelError
 
 __all__ = ["CV_MAX_IMAGES", "FILE", "Folds", "Head", "buffers", "check_xy", "cv_subset",
-           "logits2", "one_thread", "softmax", "standardiser", "stratified_folds"]
+           "log_loss", "logits2", "one_thread", "softmax", "standardiser", "stratified_folds"]
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -22,6 +22,14 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def log_loss(logits: np.ndarray, y: np.ndarray) -> float:
+    """Mean negative log-likelihood of class indices ``y`` ``(N,)`` under ``logits``
+    ``(N, K)``."""
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]))
 
 
 def check_xy(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
