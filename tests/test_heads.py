@@ -151,6 +151,7 @@ def test_tapped_blocks_are_weighed_by_cv_and_survive_every_round_trip():
     import torch
 
     from headstart.errors import ModelError
+    from headstart.summary import TrainingSummary
 
     rng = np.random.default_rng(0)
     signal, y = blobs((12, 12, 12), d=24, sep=1.5)
@@ -159,6 +160,11 @@ def test_tapped_blocks_are_weighed_by_cv_and_survive_every_round_trip():
     plain = LinearHead().fit(rows[:, :40], y)
     h = LinearHead(blocks=blocks).fit(rows, y)
     assert h.block_weight_ > 0 and h.chosen()["intermediate_blocks"] == [8, 16]
+    said = TrainingSummary(head_settings=h.chosen()).head_choice()  # train's output, report
+    assert f"+ 2 intermediate blocks at weight {h.block_weight_:g}, C=" in said
+    tried = h.chosen()["cv_by_features"]  # each candidate's out-of-fold scores, recorded
+    assert set(tried) == {"final", "final + blocks at 0.5"}
+    assert tried["final + blocks at 0.5"]["log_loss"] < tried["final"]["log_loss"]
     assert h.coef_.shape == (3, 64) and h.mean_.shape == (40,)
     assert h.cv_score_ >= plain.cv_score_ + 0.2
     again = head_from_state("linear", h.state(), 3, 64)

@@ -101,7 +101,7 @@ class LinearHead(Head):
     ``(K,)``, ``C_``, ``cv_score_`` (mean CV accuracy of the chosen ``C``, NaN when a class
     is too small to cross-validate), ``cv_path_`` (``{C: (accuracy, log-loss)}`` out of
     fold), ``block_weight_`` (the tapped blocks' weight, see :func:`tapped_blocks`; 0 when
-    unused).
+    unused), ``cv_features_`` (``{features: (accuracy, log-loss)}`` of each candidate).
     """
 
     kind = "linear"
@@ -174,11 +174,8 @@ class LinearHead(Head):
                                  f"got shapes {[np.shape(a) for a in self.imagenet]}")
         self.classes_ = np.unique(y)
         yi = np.searchsorted(self.classes_, y)
-        if self.normalize == "standard":
-            self.mean_, self.scale_ = standardiser(X[:, :d])
-        else:
-            self.mean_ = np.zeros(d, np.float32)
-            self.scale_ = np.ones(d, np.float32)
+        self.mean_, self.scale_ = standardiser(X[:, :d]) if self.normalize == "standard" \
+            else (np.zeros(d, np.float32), np.ones(d, np.float32))
         sub = cv_subset(yi, self.random_state)
         folds = folds if folds is not None else stratified_folds(yi[sub], self.cv,
                                                                   self.random_state)
@@ -188,20 +185,23 @@ class LinearHead(Head):
             blocks.append((np.asarray(self.imagenet[0], np.float32),
                            np.asarray(self.imagenet[1], np.float32)))
         weights = tuple(self.block_weights) if self.blocks and few else (0.0,)
+        self.cv_features_: dict[str, tuple[float, float]] = {}
         with one_thread():
             best = None
             for block in blocks:
                 for w in weights:
                     Xs = self._normalised(X, block, w).astype(np.float64)
                     path = self._path(Xs[sub], yi[sub], folds)
+                    name = "final" + (" + ImageNet classes" if block is not None else "") + \
+                        (f" + blocks at {w:g}" if w else "")
+                    self.cv_features_[name] = (path.accuracy, path.loss)
                     if best is None or path.loss < best[2].loss:
                         best = (block, w, path, Xs)
             assert best is not None
             self.imagenet_block_, self.block_weight_, path, Xs = best
-            if len(blocks) * len(weights) > 1:
-                logger.info("linear head: out-of-fold log-loss %.4f with the ImageNet "
-                            "classes %s, tapped blocks at weight %g", path.loss,
-                            self.imagenet_block_ is not None, self.block_weight_)
+            if len(self.cv_features_) > 1:
+                logger.info("linear head: (accuracy, log-loss) out of fold %s",
+                            self.cv_features_)
             self.C_, self.cv_score_, self.cv_path_ = path.C, path.accuracy, path.by_C
             self.oof_logits_, self.oof_rows_ = path.oof, (sub if path.oof is not None else None)
             Z, V = project(Xs)
@@ -275,6 +275,9 @@ class LinearHead(Head):
                 "intermediate_blocks": list(self.blocks) if self.block_weight_ else [],
                 "intermediate_weight": self.block_weight_,
                 "chosen_by": "out-of-fold log-loss" if self.cv_path_ else "default",
+                "cv_by_features": {k: {"accuracy": round(a, 4), "log_loss": round(l, 4)}
+                                   for k, (a, l) in self.cv_features_.items()
+                                   if len(self.cv_features_) > 1},
                 "cv_by_C": {f"{C:g}": {"accuracy": round(a, 4), "log_loss": round(l, 4)}
                             for C, (a, l) in self.cv_path_.items()}}
 
@@ -328,6 +331,7 @@ class LinearHead(Head):
         head = cls(normalize="power-l2" if "power_l2" in state else "standard", blocks=blocks)
         head.coef_, head.intercept_ = state["coef"], state["intercept"]
         head.C_, head.cv_score_, head.cv_path_ = float("nan"), float("nan"), {}  # not stored
+        head.cv_features_ = {}
         head.oof_scale_ = 1.0
         if m:
             head.imagenet_block_ = (state["imagenet_weight"], state["imagenet_bias"])
