@@ -10,8 +10,8 @@ import numpy as np
 
 from ._head import softmax
 
-__all__ = ["NORM_SCALE", "imagenet_block", "power_l2", "tapped_blocks", "torch_power_l2",
-           "torch_tapped_blocks"]
+__all__ = ["NORM_SCALE", "imagenet_block", "power_l2", "tapped_blocks", "torch_imagenet_block",
+           "torch_power_l2", "torch_tapped_blocks"]
 
 NORM_SCALE = float(np.sqrt(1280) / 4)  # unit vectors scaled so that C = 1 is a sane default
 
@@ -49,6 +49,13 @@ def torch_power_l2(f: Any) -> Any:
 
     z = torch.sign(f) * torch.sqrt(torch.abs(f))
     return z * (NORM_SCALE / (z.norm(dim=1, keepdim=True) + 1e-12))
+
+
+def torch_imagenet_block(f: Any, weight: Any, bias: Any) -> Any:
+    """:func:`imagenet_block` on ``torch.Tensor`` features and classifier."""
+    import torch
+
+    return torch.sqrt(torch.softmax(f @ weight.T + bias, dim=1)) * NORM_SCALE
 
 
 def torch_tapped_blocks(f: Any, widths: Sequence[int], weight: float) -> Any:

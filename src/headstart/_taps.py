@@ -32,10 +32,10 @@ def tap_widths(timm_name: str, taps: tuple[int, ...] = TAPS) -> tuple[int, ...]:
     return tuple(widths[i] for i in taps) if widths else ()
 
 
-def tapped_model(model: Any, taps: tuple[int, ...]) -> Any:
+def tapped_model(model: Any, taps: tuple[int, ...], widths: tuple[int, ...]) -> Any:
     """A ``torch.nn.Module`` sharing ``model``'s layers (the same ``state_dict`` keys):
     ``(N, 3, S, S) -> (N, D + sum(widths))``, the final pooled features then the
-    mean-pooled outputs of blocks ``taps``."""
+    mean-pooled outputs of blocks ``taps`` (``widths``: theirs, from :func:`tap_widths`)."""
     import torch
 
     class Tapped(torch.nn.Module):
@@ -44,10 +44,7 @@ def tapped_model(model: Any, taps: tuple[int, ...]) -> Any:
             for name, child in model.named_children():
                 self.add_module(name, child)
             self.taps = tuple(taps)
-            widths = [model.blocks[i][-1] for i in taps]
-            self.num_features = int(model.num_features) + sum(
-                int(getattr(b, "conv_pwl", getattr(b, "conv_pw", None)).out_channels)
-                for b in widths)
+            self.num_features = int(model.num_features) + sum(widths)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = self.bn1(self.conv_stem(x))

@@ -160,7 +160,8 @@ class Backbone:
         if self._model is None:
             assert self._loader is not None
             built = self._loader.build()
-            self._model = tapped_model(built, self.taps) if self.taps else built
+            self._model = tapped_model(built, self.taps, self.tap_widths) if self.taps \
+                else built
         return self._model
 
     @property
@@ -194,7 +195,7 @@ class Backbone:
         widths = tap_widths(self.timm_name)
         if not widths or self.taps:
             return None
-        model = tapped_model(self._model, TAPS) if self._model is not None else None
+        model = tapped_model(self._model, TAPS, widths) if self._model is not None else None
         return Backbone(self.name, self.timm_name, self.preprocess, self.weights_id,
                         self.num_features + sum(widths), model=model, loader=self._loader,
                         imagenet_head=self._imagenet_head, taps=TAPS, tap_widths=widths)

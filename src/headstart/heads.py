@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -37,8 +37,8 @@ from ._head import (FILE, Folds, Head, buffers, check_xy, cv_subset, log_loss, l
 from ._logistic import Logistic, balanced_weights, fit_logistic, project
 from ._mlp import MLPHead
 from ._threads import cores
-from ._normalise import (NORM_SCALE, imagenet_block, power_l2, tapped_blocks, torch_power_l2,
-                         torch_tapped_blocks)
+from ._normalise import (NORM_SCALE, imagenet_block, power_l2, tapped_blocks,
+                         torch_imagenet_block, torch_power_l2, torch_tapped_blocks)
 from .bundle import expect_shapes
 from .errors import HeadstartError, ModelError
 
@@ -232,7 +232,7 @@ class LinearHead(Head):
         heads: list[list[Logistic]] = []
         # the folds' solves of one C run side by side (NumPy releases the GIL in them)
         with ThreadPoolExecutor(min(len(folds), cores())) as pool:
-            def at(C: float, start: list[Logistic | None]) -> list[Logistic]:
+            def at(C: float, start: Sequence[Logistic | None]) -> list[Logistic]:
                 models = list(pool.map(lambda f: self._solve(
                     spaces[f][0], yc[folds[f][0]], C, start[f]), range(len(folds))))
                 oof = np.zeros((len(yc), len(self.classes_)), np.float32)
@@ -244,17 +244,17 @@ class LinearHead(Head):
                               float(np.mean([np.linalg.norm(m.W) for m in models]))))
                 return models
             Cs = sorted(self.Cs)
-            start: list[Logistic | None] = [None] * len(folds)
+            start: Sequence[Logistic | None] = [None] * len(folds)
             for j, C in enumerate(Cs):  # one warm-started path along C per fold
                 heads.append(at(C, start))
-                start = list(heads[-1])
+                start = heads[-1]
                 losses = [t[2] for t in tried]
                 if j - int(np.argmin(losses)) >= PATH_PATIENCE:
                     break  # PATH_PATIENCE weaker C values without a lower log-loss
             b = int(np.argmin([t[2] for t in tried]))
             for lo in (b - 1, b):  # the half-way Cs below and above the best
                 if 0 <= lo and lo + 1 < len(Cs):
-                    at(float(np.sqrt(Cs[lo] * Cs[lo + 1])), list(heads[lo]))
+                    at(float(np.sqrt(Cs[lo] * Cs[lo + 1])), heads[lo])
         C, acc, loss, oof, norm = min(tried, key=lambda t: t[2])  # accuracy ties often
         return _Path(float(C), acc, float(loss),
                      {float(c): (float(a), float(l)) for c, a, l, _, _ in sorted(tried)
@@ -373,8 +373,7 @@ class LinearHead(Head):
                 f = x[:, :x.shape[1] - sum(self.blocks)]
                 z = torch_power_l2(f) if self.power_l2 else (f - self.mean) / self.scale
                 if self.imagenet:
-                    p = torch.softmax(f @ self.in_weight.T + self.in_bias, dim=1)
-                    z = torch.cat([z, torch.sqrt(p) * NORM_SCALE], dim=1)
+                    z = torch.cat([z, torch_imagenet_block(f, self.in_weight, self.in_bias)], 1)
                 if self.blocks:
                     z = torch.cat([z, torch_tapped_blocks(x[:, f.shape[1]:], self.blocks,
                                                           self.weight)], dim=1)

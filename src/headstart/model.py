@@ -187,8 +187,7 @@ class Classifier:
         backbone = usable.backbone
         gap = domain_gap(backbone, usable.X[usable.is_train])
         if gap.level == "near" and backbone.taps:  # intermediate blocks pay far from ImageNet
-            usable = replace(usable, X=usable.X[:, :plain.num_features], backbone=plain,
-                             engine=None)
+            usable = replace(usable, X=backbone.final(usable.X), backbone=plain, engine=None)
             backbone = plain
         clock.lap("domain_gap")
         if gap.level == "far":
