@@ -149,9 +149,9 @@ def test_tapped_backbone_adds_the_pooled_blocks_and_keeps_its_weights(backbone, 
     assert tapped.identity() != backbone.identity() and tapped.with_taps() is None
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
     seen = []
-    hooks = [backbone.model.blocks[i].register_forward_hook(
+    hooks = [tapped.model.blocks[i].register_forward_hook(
         lambda m, i, out: seen.append(out.mean((2, 3)))) for i in (3, 4, 5, 6)]
-    with torch.no_grad():  # tapped shares the plain model's layers (and so the hooks)
+    with torch.no_grad():  # hooks on the tapped model's blocks (shared with the plain one)
         f = tapped.model(x)
         for h in hooks:
             h.remove()

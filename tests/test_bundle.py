@@ -146,13 +146,21 @@ def _tamper(meta: dict, how: str) -> object:
     elif how == "bad size":
         meta["backbone"] = {**meta["backbone"], "preprocess": {
             **meta["backbone"]["preprocess"], "size": -3}}
+    elif how == "missing block":  # lite0 has blocks 0-6
+        meta["backbone"] = {**meta["backbone"], "taps": [3, 4, 5, 9],
+                            "tap_widths": [80, 112, 192, 320]}
+    elif how == "swapped widths":
+        meta["backbone"] = {**meta["backbone"], "taps": [3, 4, 5, 6],
+                            "tap_widths": [80, 112, 320, 192]}
     return meta
 
 
 TAMPERED = {"list": "is not a headstart model", "one class": "classes",
             "three classes": "coef must have shape (3, 1280)", "no backbone": "backbone",
             "hot": "temperature", "zero": "temperature", "nan threshold": "ood.threshold",
-            "bad size": "backbone.preprocess.size"}
+            "bad size": "backbone.preprocess.size",
+            "missing block": "backbone.taps must be blocks of tf_efficientnet_lite0",
+            "swapped widths": "backbone.taps must be blocks of tf_efficientnet_lite0"}
 
 
 def test_tampered_metadata_is_one_error_line_naming_the_field(model, tmp_path):

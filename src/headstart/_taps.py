@@ -26,10 +26,11 @@ _BLOCK_WIDTHS = {
 
 
 def tap_widths(timm_name: str, taps: tuple[int, ...] = TAPS) -> tuple[int, ...]:
-    """The widths of the pooled ``taps`` of ``timm_name``; empty when it cannot be
-    tapped."""
-    widths = _BLOCK_WIDTHS.get(timm_name)
-    return tuple(widths[i] for i in taps) if widths else ()
+    """The widths of the pooled ``taps`` of ``timm_name``; empty when it cannot be tapped
+    there (another architecture, or a block it does not have)."""
+    widths = _BLOCK_WIDTHS.get(timm_name, ())
+    ok = all(isinstance(i, int) and 0 <= i < len(widths) for i in taps)
+    return tuple(widths[i] for i in taps) if widths and ok else ()
 
 
 def tapped_model(model: Any, taps: tuple[int, ...], widths: tuple[int, ...]) -> Any:

@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ._fs import FileProblem, atomic_folder, file_digest, read_regular, recover_folder
+from ._taps import tap_widths
 from .errors import ModelError
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MODEL_FILE", "MODEL_FILES", "REQUIRED_FILES",
@@ -197,6 +198,9 @@ def _check_meta(meta: Any) -> None:
             and sum(widths) < b["num_features"]):
         raise _bad("backbone.taps", "block numbers and as many widths (integers), narrower "
                    "in all than num_features", {"taps": taps, "tap_widths": widths})
+    if taps and tap_widths(b["timm_name"], tuple(taps)) != tuple(widths):
+        raise _bad("backbone.taps", f"blocks of {b['timm_name']} with their widths",
+                   {"taps": taps, "tap_widths": widths})
     _check_preprocess(b.get("preprocess"))
     head = meta.get("head")
     if not isinstance(head, dict) or head.get("kind") not in HEAD_KINDS:
