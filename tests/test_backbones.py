@@ -136,37 +136,48 @@ def test_list_backbones_marks_offline_and_download():
 
 
 def test_tapped_backbone_adds_the_pooled_blocks_and_keeps_its_weights(backbone, tmp_path):
-    """The final features come first and unchanged, then blocks 3-6 mean-pooled (checked
-    against forward hooks on timm's own blocks); same state dict, own identity; a saved
-    spec rebuilds it lazily; an architecture without a tap table is not tapped."""
+    """The final features come first and unchanged, then blocks 4-6 pooled onto 3 x 3
+    cells (checked against forward hooks on timm's own blocks and torch's adaptive
+    pooling); same state dict, own identity; a saved spec rebuilds it lazily, and the spec
+    of a model saved before the grid (blocks 3-6, their means) rebuilds that one; an
+    architecture without a tap table is not tapped."""
     import timm
     from safetensors.torch import save_file
 
     assert load_backbone().with_taps()._model is None  # built on first use, as the plain one
     tapped = backbone.with_taps()
-    assert tapped.taps == (3, 4, 5, 6) and tapped.tap_widths == (80, 112, 192, 320)
-    assert tapped.num_features == 1280 + 704
+    assert tapped.taps == (4, 5, 6) and tapped.tap_widths == (1008, 1728, 2880)
+    assert tapped.tap_grid == 3 and tapped.num_features == 1280 + 5616
     assert tapped.identity() != backbone.identity() and tapped.with_taps() is None
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
-    seen = []
+    seen = {}
     hooks = [tapped.model.blocks[i].register_forward_hook(
-        lambda m, i, out: seen.append(out.mean((2, 3)))) for i in (3, 4, 5, 6)]
+        lambda m, i, out, b=i: seen.setdefault(b, out)) for i in range(7)]
     with torch.no_grad():  # hooks on the tapped model's blocks (shared with the plain one)
         f = tapped.model(x)
         for h in hooks:
             h.remove()
         plain = backbone.model(x)
-    assert f.shape == (2, 1984) and tapped.model.num_features == 1984
+    assert f.shape == (2, 6896) and tapped.model.num_features == 6896
     assert torch.allclose(f[:, :1280], plain, atol=1e-6)
-    assert torch.allclose(f[:, 1280:], torch.cat(seen, 1), atol=1e-6)
+    cells = [torch.nn.functional.adaptive_avg_pool2d(seen[i], 3).flatten(1) for i in (4, 5, 6)]
+    assert seen[4].shape[-1] == 14 and seen[6].shape[-1] == 7  # 3 does not divide either
+    assert torch.allclose(f[:, 1280:], torch.cat(cells, 1), atol=1e-6)
     assert list(tapped.model.state_dict()) == list(backbone.model.state_dict())
     save_file({k: v.contiguous() for k, v in tapped.model.state_dict().items()},
               str(tmp_path / "t.safetensors"))
     digest = hashlib.sha256((tmp_path / "t.safetensors").read_bytes()).hexdigest()
     again = backbone_from_file(tapped.spec(), tmp_path / "t.safetensors", digest, True)
-    assert again.taps == (3, 4, 5, 6) and again.identity() == tapped.identity()
+    assert again.taps == (4, 5, 6) and again.identity() == tapped.identity()
+    old_spec = {**backbone.spec(), "taps": [3, 4, 5, 6], "tap_widths": [80, 112, 192, 320],
+                "num_features": 1984}
+    old = backbone_from_file(old_spec, tmp_path / "t.safetensors", digest, True)
+    assert old.tap_grid == 1 and "tap_grid" not in old.spec()
+    assert old.identity() not in (tapped.identity(), backbone.identity())
     with torch.no_grad():
         assert torch.equal(again.model(x), f)
+        means = torch.cat([seen[i].mean((2, 3)) for i in (3, 4, 5, 6)], 1)
+        assert torch.allclose(old.model(x)[:, 1280:], means, atol=1e-6)
     small = timm.create_model("mobilenetv3_small_050", pretrained=False)
     save_file({k: v.contiguous() for k, v in small.state_dict().items()},
               str(tmp_path / "small.safetensors"))

@@ -152,6 +152,12 @@ def _tamper(meta: dict, how: str) -> object:
     elif how == "swapped widths":
         meta["backbone"] = {**meta["backbone"], "taps": [3, 4, 5, 6],
                             "tap_widths": [80, 112, 320, 192]}
+    elif how == "grid of a string":
+        meta["backbone"] = {**meta["backbone"], "taps": [4, 5, 6], "tap_grid": "3",
+                            "tap_widths": [112, 192, 320]}
+    elif how == "widths of another grid":  # 3 x 3 cells, widths of the block means
+        meta["backbone"] = {**meta["backbone"], "taps": [4, 5, 6], "tap_grid": 3,
+                            "tap_widths": [112, 192, 320]}
     return meta
 
 
@@ -160,7 +166,9 @@ TAMPERED = {"list": "is not a headstart model", "one class": "classes",
             "hot": "temperature", "zero": "temperature", "nan threshold": "ood.threshold",
             "bad size": "backbone.preprocess.size",
             "missing block": "backbone.taps must be blocks of tf_efficientnet_lite0",
-            "swapped widths": "backbone.taps must be blocks of tf_efficientnet_lite0"}
+            "swapped widths": "backbone.taps must be blocks of tf_efficientnet_lite0",
+            "grid of a string": "backbone.tap_grid must be an integer from 1 to 8",
+            "widths of another grid": "backbone.taps must be blocks of tf_efficientnet_lite0"}
 
 
 def test_tampered_metadata_is_one_error_line_naming_the_field(model, tmp_path):

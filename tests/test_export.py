@@ -112,10 +112,10 @@ def test_a_head_with_the_imagenet_classes_exports_with_parity(tmp_path):
     far = Classifier().fit(copy_digits(tmp_path / "digits", train=8, val=4))
     assert far.summary_.domain_gap.level == "far"
     assert far.summary_.head_settings["imagenet_classes"] is False
-    assert far.backbone_.taps == (3, 4, 5, 6) and far.head_.blocks == (80, 112, 192, 320)
+    assert far.backbone_.taps == (4, 5, 6) and far.head_.blocks == (1008, 1728, 2880)
     far_dir = far.save(tmp_path / "far")
     spec = json.loads((far_dir / "headstart.json").read_text())["backbone"]
-    assert spec["taps"] == [3, 4, 5, 6] and spec["num_features"] == 1984
+    assert spec["taps"] == [4, 5, 6] and spec["tap_grid"] == 3 and spec["num_features"] == 6896
     digits = sorted((tmp_path / "digits" / "val" / "7").iterdir())
     again = Classifier.load(far_dir)
     np.testing.assert_allclose(again.predict_images(digits).proba,

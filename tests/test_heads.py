@@ -163,8 +163,8 @@ def test_tapped_blocks_are_weighed_by_cv_and_survive_every_round_trip():
     said = TrainingSummary(head_settings=h.chosen()).head_choice()  # train's output, report
     assert f"+ 2 intermediate blocks at weight {h.block_weight_:g}, C=" in said
     tried = h.chosen()["cv_by_features"]  # each candidate's out-of-fold scores, recorded
-    assert set(tried) == {"final", "final + blocks at 0.5"}
-    assert tried["final + blocks at 0.5"]["log_loss"] < tried["final"]["log_loss"]
+    assert set(tried) == {"final", "final + blocks at 1"}
+    assert tried["final + blocks at 1"]["log_loss"] < tried["final"]["log_loss"]
     assert h.coef_.shape == (3, 64) and h.mean_.shape == (40,)
     assert h.cv_score_ >= plain.cv_score_ + 0.2
     again = head_from_state("linear", h.state(), 3, 64)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 from . import defaults
 from ._fs import resolve_cache_dir
 from ._hub import hub_cached_file, hub_id, hub_weights_file
-from ._taps import TAPS, tap_widths, tapped_model
+from ._taps import TAP_GRID, TAPS, tap_widths, tapped_model
 from ._threads import before_torch
 from ._weights import load_into, read_state_dict
 from .errors import BackboneError
@@ -135,13 +135,15 @@ class Backbone:
         imagenet_head: the original 1000-class ImageNet classifier ``(W (1000, F), b)``
             on the final ``F`` features, None when unknown.
         taps: the blocks whose pooled outputs follow the final features in each row
-            (:meth:`with_taps`), and ``tap_widths`` their widths; empty for a plain one.
+            (:meth:`with_taps`), ``tap_widths`` their widths and ``tap_grid`` the cells a
+            side they are pooled onto; taps empty for a plain one.
     """
 
     def __init__(self, name: str, timm_name: str, preprocess: Preprocess, weights_id: str,
                  num_features: int, model: Any = None, loader: "_Loader | None" = None,
                  imagenet_head: tuple[Any, Any] | None = None,
-                 taps: tuple[int, ...] = (), tap_widths: tuple[int, ...] = ()) -> None:
+                 taps: tuple[int, ...] = (), tap_widths: tuple[int, ...] = (),
+                 tap_grid: int = 1) -> None:
         if model is None and loader is None:
             raise ValueError("Backbone needs a model or a loader")
         self.name = name
@@ -152,7 +154,7 @@ class Backbone:
         self._model = model
         self._loader = loader
         self._imagenet_head = imagenet_head
-        self.taps, self.tap_widths = tuple(taps), tuple(tap_widths)
+        self.taps, self.tap_widths, self.tap_grid = tuple(taps), tuple(tap_widths), tap_grid
         self.ir: Path | None = None  # a parity-checked OpenVINO graph of exactly these weights
 
     @property
@@ -160,8 +162,8 @@ class Backbone:
         if self._model is None:
             assert self._loader is not None
             built = self._loader.build()
-            self._model = tapped_model(built, self.taps, self.tap_widths) if self.taps \
-                else built
+            self._model = tapped_model(built, self.taps, self.tap_widths, self.tap_grid) \
+                if self.taps else built
         return self._model
 
     @property
@@ -186,19 +188,22 @@ class Backbone:
         input size)."""
         return Backbone(self.name, self.timm_name, preprocess, self.weights_id,
                         self.num_features, model=self.model, taps=self.taps,
-                        tap_widths=self.tap_widths)
+                        tap_widths=self.tap_widths, tap_grid=self.tap_grid)
 
     def with_taps(self) -> "Backbone | None":
-        """The same weights with the pooled outputs of blocks :data:`TAPS` after the final
-        features: rows of ``num_features + sum(tap_widths)`` (see :mod:`headstart._taps`);
-        None for an architecture that cannot be tapped, or one tapped already."""
-        widths = tap_widths(self.timm_name)
+        """The same weights with the outputs of blocks :data:`TAPS`, pooled onto
+        :data:`TAP_GRID` cells a side, after the final features: rows of ``num_features +
+        sum(tap_widths)`` (see :mod:`headstart._taps`); None for an architecture that
+        cannot be tapped, or one tapped already."""
+        widths = tap_widths(self.timm_name, TAPS, TAP_GRID)
         if not widths or self.taps:
             return None
-        model = tapped_model(self._model, TAPS, widths) if self._model is not None else None
+        model = tapped_model(self._model, TAPS, widths, TAP_GRID) \
+            if self._model is not None else None
         return Backbone(self.name, self.timm_name, self.preprocess, self.weights_id,
                         self.num_features + sum(widths), model=model, loader=self._loader,
-                        imagenet_head=self._imagenet_head, taps=TAPS, tap_widths=widths)
+                        imagenet_head=self._imagenet_head, taps=TAPS, tap_widths=widths,
+                        tap_grid=TAP_GRID)
 
     def final(self, X: Any) -> Any:
         """The final pooled features of rows ``X`` ``(N, num_features)``: without the
@@ -210,7 +215,8 @@ class Backbone:
 
     def spec(self) -> dict[str, Any]:
         """JSON-serialisable description (everything except the weights themselves)."""
-        taps = {"taps": list(self.taps), "tap_widths": list(self.tap_widths)} if self.taps else {}
+        taps = {"taps": list(self.taps), "tap_widths": list(self.tap_widths),
+                **self._grid()} if self.taps else {}
         return {"name": self.name, "timm_name": self.timm_name, "weights_id": self.weights_id,
                 "num_features": self.num_features, "preprocess": self.preprocess.to_dict(),
                 **taps}
@@ -221,8 +227,13 @@ class Backbone:
 
         blob = json.dumps({"timm": self.timm_name, "weights": self.weights_id,
                            "pre": self.preprocess.to_dict(),
-                           **({"taps": list(self.taps)} if self.taps else {})}, sort_keys=True)
+                           **({"taps": list(self.taps), **self._grid()} if self.taps else {})},
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    def _grid(self) -> dict[str, int]:
+        # absent for blocks pooled to their mean (models saved before the grid)
+        return {"tap_grid": self.tap_grid} if self.tap_grid != 1 else {}
 
 
 @dataclass
@@ -462,4 +473,5 @@ def backbone_from_file(spec: dict[str, Any], path: str | os.PathLike, digest: st
                      saved_file=Path(path))
     return Backbone(spec["name"], spec["timm_name"], Preprocess.from_dict(spec["preprocess"]),
                     weights_id, int(spec["num_features"]), loader=loader,
-                    taps=tuple(spec.get("taps", ())), tap_widths=tuple(spec.get("tap_widths", ())))
+                    taps=tuple(spec.get("taps", ())), tap_widths=tuple(spec.get("tap_widths", ())),
+                    tap_grid=int(spec.get("tap_grid", 1)))

@@ -198,9 +198,12 @@ def _check_meta(meta: Any) -> None:
             and sum(widths) < b["num_features"]):
         raise _bad("backbone.taps", "block numbers and as many widths (integers), narrower "
                    "in all than num_features", {"taps": taps, "tap_widths": widths})
-    if taps and tap_widths(b["timm_name"], tuple(taps)) != tuple(widths):
+    grid = b.get("tap_grid", 1)
+    if type(grid) is not int or not 1 <= grid <= 8:
+        raise _bad("backbone.tap_grid", "an integer from 1 to 8 (cells a side)", grid)
+    if taps and tap_widths(b["timm_name"], tuple(taps), grid) != tuple(widths):
         raise _bad("backbone.taps", f"blocks of {b['timm_name']} with their widths",
-                   {"taps": taps, "tap_widths": widths})
+                   {"taps": taps, "tap_widths": widths, "tap_grid": grid})
     _check_preprocess(b.get("preprocess"))
     head = meta.get("head")
     if not isinstance(head, dict) or head.get("kind") not in HEAD_KINDS:

@@ -198,7 +198,7 @@ class TrainingSummary:
     def head_choice(self) -> str:
         """What the head's fit chose, in words ("" when it chose nothing): e.g.
         ``power-l2 features + ImageNet class probabilities, C=1 (by out-of-fold log-loss)``
-        or ``power-l2 features + 3 intermediate blocks at weight 0.5, C=10 (...)``."""
+        or ``power-l2 features + 3 intermediate blocks at weight 1, C=10 (...)``."""
         h = self.head_settings
         if h.get("C") is None or "normalize" not in h:
             return ""
