@@ -185,3 +185,25 @@ def test_tapped_blocks_are_weighed_by_cv_and_survive_every_round_trip():
         LinearHead(blocks=(40, 30)).fit(rows, y)
     with pytest.raises(HeadstartError, match="blocks: the mlp head"):
         make_head("mlp", blocks=blocks)
+
+
+def test_fold_coordinates_match_each_folds_own_projection():
+    """The folds' row-space coordinates from one shared Gram matrix are those of projecting
+    each fold on its own (wide rows), and plain rows where there are more rows than
+    features; the logits of a solve in them agree."""
+    from headstart._logistic import fit_logistic, fold_coordinates, project
+
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(30, 200)), np.arange(30) % 3
+    folds = [(np.setdiff1d(np.arange(30), te), te) for te in np.array_split(
+        rng.permutation(30), 3)]
+    for (tr, te), (Z, Zte) in zip(folds, fold_coordinates(X, folds)):
+        Z0, V = project(X[tr])
+        assert Z.shape == Z0.shape == (20, 20) and Zte.shape == (10, 20)
+        np.testing.assert_allclose(np.abs(Z), np.abs(Z0), atol=1e-8)  # columns up to sign
+        a, b = fit_logistic(Z, y[tr], 3, 1.0), fit_logistic(Z0, y[tr], 3, 1.0)
+        np.testing.assert_allclose(Zte @ a.W.T + a.b, (X[te] @ V) @ b.W.T + b.b, atol=1e-5)
+    narrow = X[:, :5]
+    for (tr, te), (Z, Zte) in zip(folds, fold_coordinates(narrow, folds)):
+        np.testing.assert_array_equal(Z, narrow[tr])
+        np.testing.assert_array_equal(Zte, narrow[te])

@@ -34,7 +34,7 @@ import numpy as np
 
 from ._head import (FILE, Folds, Head, buffers, check_xy, cv_subset, log_loss, logits2,
                     one_thread, softmax, standardiser, stratified_folds)
-from ._logistic import Logistic, balanced_weights, fit_logistic, project
+from ._logistic import Logistic, balanced_weights, fit_logistic, fold_coordinates, project
 from ._mlp import MLPHead
 from ._threads import cores
 from ._normalise import (NORM_SCALE, imagenet_block, power_l2, tapped_blocks,
@@ -227,19 +227,17 @@ class LinearHead(Head):
         if folds is None:
             return _Path(0.01 if self.normalize == "standard" else 1.0, float("nan"),
                          float("inf"), {}, None, 1.0)
-        spaces = [project(Xc[tr]) for tr, _ in folds]
-        tests = [Xc[te] @ V if V is not None else Xc[te]
-                 for (_, te), (_, V) in zip(folds, spaces)]
+        coords = fold_coordinates(Xc, folds)  # (training rows, test rows) of each fold
         tried: list[tuple[float, float, float, np.ndarray, float]] = []  # C, acc, loss, oof, norm
         heads: list[list[Logistic]] = []
         # the folds' solves of one C run side by side (NumPy releases the GIL in them)
         with ThreadPoolExecutor(min(len(folds), cores())) as pool:
             def at(C: float, start: Sequence[Logistic | None]) -> list[Logistic]:
                 models = list(pool.map(lambda f: self._solve(
-                    spaces[f][0], yc[folds[f][0]], C, start[f]), range(len(folds))))
+                    coords[f][0], yc[folds[f][0]], C, start[f]), range(len(folds))))
                 oof = np.zeros((len(yc), len(self.classes_)), np.float32)
                 for f, ((_, te), m) in enumerate(zip(folds, models)):
-                    oof[te] = logits2(_logits(m, tests[f]))
+                    oof[te] = logits2(_logits(m, coords[f][1]))
                 acc = float(np.mean([np.mean(oof[te].argmax(axis=1) == yc[te])
                                      for _, te in folds]))
                 tried.append((C, acc, log_loss(oof, yc), oof,
