@@ -41,11 +41,16 @@ def project(X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     if n >= d:
         return X, None
     X = np.asarray(X, np.float64)
-    e, U = np.linalg.eigh(X @ X.T)
+    U, s = _row_space(X @ X.T)
+    return U * s, (X.T @ U) / s
+
+
+def _row_space(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(U, s)`` of a Gram matrix ``G = X @ X.T`` ``(N, N)``: its eigenvectors ``(N, r)``
+    and the singular values ``(r,)`` of ``X``, those under 1e-6 of the largest dropped."""
+    e, U = np.linalg.eigh(G)
     keep = e > max(float(e[-1]), 0.0) * 1e-12
-    s = np.sqrt(e[keep])
-    V = (X.T @ U[:, keep]) / s
-    return U[:, keep] * s, V
+    return U[:, keep], np.sqrt(e[keep])
 
 
 def fold_coordinates(X: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]]
@@ -63,10 +68,8 @@ def fold_coordinates(X: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]]
     G = X @ X.T
     out = []
     for tr, te in folds:
-        e, U = np.linalg.eigh(G[np.ix_(tr, tr)])
-        keep = e > max(float(e[-1]), 0.0) * 1e-12
-        s = np.sqrt(e[keep])
-        out.append((U[:, keep] * s, (G[np.ix_(te, tr)] @ U[:, keep]) / s))
+        U, s = _row_space(G[np.ix_(tr, tr)])
+        out.append((U * s, (G[np.ix_(te, tr)] @ U) / s))
     return out
 
 
