@@ -89,7 +89,7 @@ def test_apply_then_undo_restores_the_folder_byte_for_byte(tmp_path):
     ds = load_dataset(data)  # the set-aside folder and the log are not data
     assert ds.train.classes == ["elephant", "giraffe"]
     assert len(ds.train.paths) == len([k for k, v in before.items() if v != "dir"]) - 1
-    assert undo(log) == 2
+    assert undo(log, data) == 2
     assert tree(data) == before
 
 
@@ -174,7 +174,7 @@ def test_write_suggestions_round_trips_through_apply(tmp_path, hymenoptera_copie
     assert moved_n == n > 0
     relocated = {str(data / Path(m["to"])) for m in json.loads(log.read_text())["moves"]}
     assert len(relocated) == n
-    assert undo(log) == n and tree(data) == before
+    assert undo(log, data) == n and tree(data) == before
 
 
 def test_evaluate_reviews_the_test_labels(trained, tmp_path):

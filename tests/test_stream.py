@@ -144,8 +144,10 @@ def test_ray_cluster_gives_the_local_answers_after_a_kill_and_resume(trained, tm
                 "--resume", "--json", timeout=600)
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
-    assert got["written"] == 1 and got["resumed"] == 199  # its new row appended, as locally
-    assert sum(row["path"] == str(photo) for row in csv.DictReader(remote.open())) == 2
+    assert got["written"] == 1 and got["resumed"] == 199  # its new row replaces the old
+    rows = [row for row in csv.DictReader(remote.open()) if row["path"] == str(photo)]
+    assert len(rows) == 1 and rows[0]["content_hash"] != a[str(photo)]["content_hash"]
+    assert len(remote.read_text().splitlines()) == 201
     assert_user_error(run_cli("predict", model, images, "--cluster", "local"), "--cluster")
 
 

@@ -331,11 +331,13 @@ def print_stream(r: Any, target: Path, as_json: bool) -> None:
 
 
 # library parameter -> the option that sets it, where the names differ
-_OPTION_OF = {"max_epochs": "epochs", "path": "out", "fmt": "format"}
+_OPTION_OF = {"max_epochs": "epochs", "path": "out", "fmt": "format",
+              "body_timeout_s": "body_timeout"}
 _OPTIONS = ("head", "backbone", "weights", "runtime", "finetune", "augment", "image_size",
             "max_epochs", "lr", "backbone_lr_factor", "patience", "max_minutes", "resume",
             "int8", "val", "path", "budget", "near_threshold", "fmt", "samples", "port",
-            "host", "max_upload_mb", "max_pixels", "max_batch", "batch_wait_ms")
+            "host", "max_upload_mb", "max_pixels", "max_batch", "batch_wait_ms",
+            "body_timeout_s")
 _PARAM = re.compile(r"(?<![\w/.-])(" + "|".join(_OPTIONS) + r")(=True\b|=|:)")
 
 

@@ -17,16 +17,16 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from . import defaults
-from ._fs import FileProblem, digest_bytes, read_regular, write_text_atomic
+from ._fs import (FileProblem, clip_name, digest_bytes, inside, load_json, move_new, read_regular,
+                  write_text_atomic)
 from .decode import UnreadableImage, check_upload
-from .errors import DataError
+from .errors import DataError, PathError
 from .walk import IMAGE_EXTENSIONS
 
 __all__ = ["COOKIE", "PAGE", "TOKEN_HEADER", "Project", "Trainer", "safe_name",
@@ -37,11 +37,14 @@ logger = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("studio.html")
 COOKIE = "headstart_token"
 TOKEN_HEADER = "x-headstart-token"
+# a name from the browser, in encoded bytes: room left for "-12" and a trash time stamp
+MAX_NAME_BYTES = 200
 
 
 def safe_name(name: str, what: str = "name") -> str:
     """A file or class name from the browser reduced to letters, digits, ``-_. `` (no
-    path separators, no leading dot or underscore: never hidden, never ``_trash``).
+    path separators, no leading dot or underscore: never hidden, never ``_trash``), at
+    most :data:`MAX_NAME_BYTES` encoded bytes (its suffix kept).
 
     Raises:
         DataError: nothing usable is left.
@@ -50,7 +53,7 @@ def safe_name(name: str, what: str = "name") -> str:
     base = base.lstrip("._ ")
     if not base or base in (".", ".."):
         raise DataError(f"{what}: {name!r} has no usable characters")
-    return base[:120]
+    return clip_name(base, MAX_NAME_BYTES)
 
 
 class Project:
@@ -95,9 +98,9 @@ class Project:
     # ------------------------------------------------------------ settings and runs
     def settings(self) -> dict[str, Any]:
         try:
-            s = json.loads(self.settings_file.read_text())
+            s = load_json(read_regular(self.settings_file, 1 << 20))
             return s if isinstance(s, dict) else {}
-        except (OSError, ValueError):
+        except (FileProblem, ValueError):
             return {}
 
     def save_settings(self, s: dict[str, Any]) -> None:
@@ -107,12 +110,11 @@ class Project:
         """Model directories under ``models/``, newest first, with their figures."""
         out = []
         for d in sorted(self.models.iterdir(), reverse=True):
-            meta = d / "headstart.json"
-            if not meta.is_file():
-                continue
             try:
-                s = json.loads(meta.read_text()).get("summary", {})
-            except (OSError, ValueError):
+                meta = load_json(read_regular(self._meta(d.name), 16 << 20))
+                s = meta.get("summary", {}) if isinstance(meta, dict) else {}
+                s = s if isinstance(s, dict) else {}
+            except (PathError, FileProblem, ValueError):
                 continue
             out.append({"id": d.name, "val_accuracy": s.get("val_accuracy"),
                         "val_images": s.get("val_images"), "head": s.get("head"),
@@ -132,19 +134,57 @@ class Project:
         s["current"] = run
         self.save_settings(s)
 
+    def _meta(self, run: str) -> Path:
+        """``models/<run>/headstart.json``, both checked to stay inside ``models``."""
+        d = inside(self.models, run, "run", "folder")
+        return inside(d, "headstart.json", "run", "file")
+
     def run_dir(self, run: str) -> Path:
-        d = self.models / safe_name(run, "run")
-        if not (d / "headstart.json").is_file():
-            raise DataError(f"run: no model {run!r} in this project")
-        return d
+        """The model directory of ``run`` (inside ``models``, no link out).
+
+        Raises:
+            DataError: no such run.
+        """
+        try:
+            return self._meta(safe_name(run, "run")).parent
+        except PathError:
+            raise DataError(f"run: no model {run!r} in this project") from None
+
+    def run_file(self, run: str, name: str) -> Path | None:
+        """The regular file ``name`` of ``run``, inside its folder (a link out is
+        refused), or None when it is not there.
+
+        Raises:
+            PathError: it is a link out of the run's folder, a folder or not a file.
+        """
+        d = self.run_dir(run)
+        if not os.path.lexists(d / name):
+            return None
+        return inside(d, name, "file", "file")
 
     # ------------------------------------------------------------ classes and images
     def inside(self, rel: str) -> Path:
-        """The file ``rel`` (relative to ``data``) checked to lie inside ``data``."""
-        path = (self.data / rel).resolve()
-        if self.data not in path.parents:
-            raise DataError(f"path: {rel!r} is not inside the project's data")
+        """The image ``rel`` (``<class>/<file>``, relative to ``data``): a regular file in a
+        class folder, checked to stay inside ``data`` (see :func:`headstart._fs.inside`).
+
+        Raises:
+            PathError: anything else (a class folder, a link out, a NUL byte...).
+        """
+        path = inside(self.data, rel, "image", "file")
+        if path.parent.parent != self.data or path.parent.name.startswith((".", "_")):
+            raise PathError(f"image: {rel!r} is not an image in a class folder")
         return path
+
+    def class_dir(self, name: str) -> Path:
+        """The folder of class ``name`` (a safe name), inside ``data``.
+
+        Raises:
+            DataError: there is no such class (or it leads outside ``data``).
+        """
+        try:
+            return inside(self.data, safe_name(name, "class"), "class", "folder")
+        except PathError:
+            raise DataError(f"class: no class {name!r}") from None
 
     def classes(self) -> list[dict[str, Any]]:
         return [{"name": d.name, "images": sum(1 for f in d.iterdir() if f.is_file() and
@@ -153,9 +193,7 @@ class Project:
                 not d.name.startswith((".", "_"))]
 
     def images(self, cls: str) -> list[str]:
-        d = self.data / safe_name(cls, "class")
-        if not d.is_dir():
-            raise DataError(f"class: no class {cls!r}")
+        d = self.class_dir(cls)
         return [f"{d.name}/{f.name}" for f in sorted(d.iterdir())
                 if f.is_file() and not f.name.startswith(".")]
 
@@ -167,37 +205,35 @@ class Project:
     def rename_class(self, old: str, new: str) -> str:
         """Rename ``old`` to ``new``; into an existing class, a merge (names that clash get
         a suffix, nothing is overwritten)."""
-        src, new = self.data / safe_name(old, "class"), safe_name(new, "class")
-        if not src.is_dir():
-            raise DataError(f"class: no class {old!r}")
-        dest = self.data / new
-        if not dest.exists():
-            os.replace(src, dest)
+        src, new = self.class_dir(old), safe_name(new, "class")
+        if not os.path.lexists(self.data / new):
+            move_new(src, self.data / new)
+            return new
+        dest = self.class_dir(new)
+        if dest == src:
             return new
         for f in sorted(src.iterdir()):
-            os.replace(f, self._free(dest, f.name))
+            move_new(f, self._free(dest, f.name))
         src.rmdir()
         return new
 
     def delete_class(self, name: str) -> None:
-        src = self.data / safe_name(name, "class")
-        if not src.is_dir():
-            raise DataError(f"class: no class {name!r}")
+        src = self.class_dir(name)
         self.trash.mkdir(exist_ok=True)
-        os.replace(src, self._free(self.trash, f"{src.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
+        move_new(src, self._free(self.trash, f"{src.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
 
     def delete_image(self, rel: str) -> None:
         src = self.inside(rel)
         folder = self.trash / src.parent.name
         folder.mkdir(parents=True, exist_ok=True)
-        os.replace(src, self._free(folder, src.name))
+        move_new(src, self._free(folder, src.name))
 
     def move_image(self, rel: str, to: str) -> str:
-        src, dest = self.inside(rel), self.data / safe_name(to, "class")
-        if not dest.is_dir():
-            raise DataError(f"to: no class {to!r}")
+        src, dest = self.inside(rel), self.class_dir(to)
+        if dest == src.parent:
+            return f"{dest.name}/{src.name}"
         target = self._free(dest, src.name)
-        os.replace(src, target)
+        move_new(src, target)
         return f"{dest.name}/{target.name}"
 
     @staticmethod
@@ -205,7 +241,7 @@ class Project:
         """``folder/name``, or ``name-1``, ``name-2``... when taken."""
         stem, ext = os.path.splitext(name)
         target, n = folder / name, 0
-        while target.exists():
+        while os.path.lexists(target):
             n += 1
             target = folder / f"{stem}-{n}{ext}"
         return target
@@ -215,9 +251,7 @@ class Project:
         """Save an uploaded image into class ``cls`` under a safe, free name, if the
         library can decode it: ``{"saved": rel, "duplicate_of": rel or None}``, or
         ``{"refused": reason}``."""
-        folder = self.data / safe_name(cls, "class")
-        if not folder.is_dir():
-            raise DataError(f"class: no class {cls!r}")
+        folder = self.class_dir(cls)
         name = safe_name(filename or "image.jpg", "filename")
         stem, ext = os.path.splitext(name)
         if ext.lower() not in IMAGE_EXTENSIONS:
@@ -304,13 +338,21 @@ class Trainer:
         return True
 
 
-def zip_run(run_dir: Path, names: list[str] | None = None) -> Path:
-    """The model directory (or only its files ``names``) as a zip in a temporary folder."""
+def zip_run(run_dir: Path, names: list[str] | None = None) -> bytes:
+    """The model directory (or only its files ``names``) as the bytes of a zip; a file
+    that is a link out of the folder, or not a regular file, is left out."""
+    import io
     import zipfile
 
-    out = Path(tempfile.mkdtemp(prefix="headstart-zip-")) / f"{run_dir.name}.zip"
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for f in sorted(run_dir.iterdir()):
-            if f.is_file() and (names is None or f.name in names):
-                z.write(f, f"{run_dir.name}/{f.name}")
-    return out
+            if names is not None and f.name not in names:
+                continue
+            try:
+                data = read_regular(inside(run_dir, f.name, "file", "file"))
+            except (PathError, FileProblem) as e:
+                logger.warning("not zipped: %s (%s)", f, e)
+                continue
+            z.writestr(f"{run_dir.name}/{f.name}", data)
+    return buf.getvalue()

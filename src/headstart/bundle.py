@@ -32,13 +32,13 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ._fs import FileProblem, atomic_folder, file_digest, read_regular, recover_folder
+from ._fs import FileProblem, atomic_folder, file_digest, load_json, read_regular, recover_folder
 from ._taps import tap_widths
 from .errors import ModelError
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MODEL_FILE", "MODEL_FILES", "REQUIRED_FILES",
-           "check_destination", "expect_shapes", "is_model_dir", "read_arrays", "read_meta",
-           "verified_digest", "write_bundle"]
+           "TEMPERATURE_RANGE", "check_destination", "expect_shapes", "is_model_dir",
+           "read_arrays", "read_meta", "verified_digest", "write_bundle"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +52,15 @@ MODEL_FILES = frozenset(REQUIRED_FILES + (
     "backbone.int8.xml", "backbone.int8.bin", "backbone.fp32.xml", "backbone.fp32.bin",
     "model.onnx", "model.xml", "model.bin"))
 HEAD_KINDS = ("linear", "mlp")
+MAX_META_BYTES = 16 << 20  # headstart.json: a few KB written, a bound on what is read
+# a saved temperature (calibration fits it inside this range; the file is refused outside)
+TEMPERATURE_RANGE = (1e-2, 1e3)
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box")
 
 
 def _signature(d: Path) -> bool:
     try:
-        meta = json.loads(read_regular(d / MODEL_FILE, 1 << 24))
+        meta = load_json(read_regular(d / MODEL_FILE, MAX_META_BYTES))
     except (FileProblem, ValueError):
         return False
     return (isinstance(meta, dict) and meta.get("format") == FORMAT
@@ -209,9 +212,9 @@ def _check_meta(meta: Any) -> None:
     if not isinstance(head, dict) or head.get("kind") not in HEAD_KINDS:
         raise _bad("head.kind", f"one of {', '.join(HEAD_KINDS)}",
                    head.get("kind") if isinstance(head, dict) else head)
-    t = meta.get("temperature", 1.0)
-    if not _number(t) or t <= 0:
-        raise _bad("temperature", "a finite number > 0", t)
+    t, (lo, hi) = meta.get("temperature", 1.0), TEMPERATURE_RANGE
+    if not _number(t) or not lo <= t <= hi:
+        raise _bad("temperature", f"a number from {lo:g} to {hi:g}", t)
     ood = meta.get("ood")
     if ood is not None:
         if not isinstance(ood, dict):
@@ -244,7 +247,7 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     if not d.is_dir():
         raise ModelError(f"model directory not found: {d}")
     try:
-        meta = json.loads(read_regular(d / MODEL_FILE, 1 << 24))
+        meta = load_json(read_regular(d / MODEL_FILE, MAX_META_BYTES))
     except (FileProblem, ValueError) as e:
         raise ModelError(f"{d} is not a headstart model ({MODEL_FILE}: {e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .bundle import TEMPERATURE_RANGE
 from .heads import make_head, softmax, stratified_folds
 from .summary import Calibration
 
@@ -244,7 +245,7 @@ def fit_honesty(head: Any, X: np.ndarray, y: np.ndarray, train_rows: np.ndarray,
             rows = train_rows if len(yv) else train_rows[:0]
         source, scale = "cross-validated predictions on the training images", head.oof_scale_
     if len(yv) >= MIN_CALIBRATION_IMAGES:
-        t = fit_temperature(logits, yv) * scale
+        t = float(np.clip(fit_temperature(logits, yv) * scale, *TEMPERATURE_RANGE))
     else:
         t, scale = 1.0, 1.0
         source = f"not calibrated: {len(yv)} held-out image(s), {MIN_CALIBRATION_IMAGES} needed"

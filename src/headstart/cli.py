@@ -350,7 +350,7 @@ def review(
     from .review import review as run_review
 
     if undo_log is not None:
-        return print_moves(data, undo(undo_log), None, as_json)
+        return print_moves(data, undo(undo_log, data), None, as_json)
     if apply_csv is not None:
         log, n = apply(apply_csv, data)
         return print_moves(data, n, log, as_json)
@@ -408,13 +408,17 @@ def serve(
                                   "backbone at once."),
     batch_wait_ms: float = typer.Option(defaults.BATCH_WAIT_MS, help="How long an image "
                                         "waits for others to batch with."),
+    body_timeout: float = typer.Option(defaults.BODY_TIMEOUT_S, help="Seconds a request "
+                                       "body may take, plus 1 s per KiB (408 after)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature/engine cache directory."),
     runtime: str = typer.Option(defaults.RUNTIME, help=RUNTIME_HELP),
 ) -> None:
     """Serve the model over HTTP: POST /predict, GET /info, /health, /docs, and a page at /."""
-    from .serve import Limits, serve as run_server
+    from .serve import Limits
+    from .serve import serve as run_server
 
-    limits = Limits(max_upload_mb, max_pixels, defaults.MAX_FILES, max_batch, batch_wait_ms)
+    limits = Limits(max_upload_mb, max_pixels, defaults.MAX_FILES, max_batch, batch_wait_ms,
+                    body_timeout)
     run_server(model, host, port, limits, cache_dir, runtime,
                on_ready=lambda: err.print(f"serving {model} on http://{host}:{port}/ "
                                           "(API docs: /docs; Ctrl+C stops)"))
@@ -429,13 +433,21 @@ def studio(
     port: int = typer.Option(defaults.STUDIO_PORT, help="Port."),
     import_from: Optional[Path] = typer.Option(None, "--import", help="Copy the class "
                                                "folders of this folder into the project."),
+    allow_host: Optional[List[str]] = typer.Option(None, "--allow-host", help="Another "
+                                                   "Host name or address to answer (a LAN "
+                                                   "set-up; repeatable). Others get 403."),
+    body_timeout: float = typer.Option(defaults.BODY_TIMEOUT_S, help="Seconds a request "
+                                       "body may take, plus 1 s per KiB (408 after)."),
 ) -> None:
     """The whole loop in a local web app: collect, label, check, train, review, try,
     export. Open the address it prints (it carries this launch's token)."""
     from .studio import studio as run_studio
 
+    if body_timeout <= 0:
+        raise HeadstartError(f"--body-timeout: expected a number > 0, got {body_timeout}")
     run_studio(project, host, port, on_ready=lambda url: out.print(f"studio      {url}"),
-               import_from=import_from)
+               import_from=import_from, allow_hosts=tuple(allow_host or ()),
+               body_timeout=body_timeout)
 
 
 @app.command()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 import tempfile
@@ -31,10 +30,11 @@ from typing import Any, Iterable, TextIO
 
 import numpy as np
 
+from ._fs import load_json
 from ._threads import cores
 from .errors import HeadstartError
-from .stream import StreamProgress, StreamResult, Writer, chunks, done_rows, open_writer, \
-    output_format, pending
+from .stream import (StreamProgress, StreamResult, Writer, chunks, open_output, output_format,
+                     pending)
 from .walk import Skipped, existing, iter_images
 
 __all__ = ["RAY_HINT", "features_ray", "predict_ray"]
@@ -73,7 +73,7 @@ class _Predictor:
         name = f"part-{uuid.uuid4().hex}.{self.fmt}"
         tmp = self.parts / f".{name}.tmp"
         with tmp.open("w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
-            Writer(fh, self.fmt, list(self.clf.classes_), header=False).rows(
+            Writer(fh, self.fmt, list(self.clf.classes_), with_header=False).rows(
                 pred, {p: f.digest for p, f in zip(pred.sources, pred.facts or [])})
         os.replace(tmp, self.parts / name)
         label = dict(zip(pred.sources, pred.labels))
@@ -105,7 +105,7 @@ def merge_part(part: Path, fh: TextIO, fmt: str, done: dict[str, str]) -> int:
                 done[row[0]], n = row[-1], n + 1
     else:
         for line in text.splitlines():
-            row = json.loads(line) if line.strip() else None
+            row = load_json(line, 4) if line.strip() else None
             if row is not None and row["path"] not in done:
                 fh.write(line + "\n")
                 done[row["path"]], n = row["content_hash"], n + 1
@@ -255,8 +255,8 @@ def predict_ray(model_dir: str | os.PathLike, paths: Iterable[str | os.PathLike]
     parts = parts_folder(out)
     result = StreamResult()
     todo: list[str] = []
-    with open_writer(out, fmt, classes, resume) as writer:
-        done = done_rows(out, fmt) if resume else {}
+    with open_output(out, fmt, classes, resume) as output:
+        writer, done = output.writer, output.done
         if parts.is_dir():  # rows a killed run's workers wrote and it did not merge
             for part in sorted(parts.glob(f"part-*.{fmt}")) if resume else ():
                 merge_part(part, writer.fh, fmt, done)
@@ -265,8 +265,7 @@ def predict_ray(model_dir: str | os.PathLike, paths: Iterable[str | os.PathLike]
             left = pending(batch, done)
             result.resumed += len(batch) - len(left)
             todo += [str(f) for f in left]
-        for path in todo:  # changed since its row: a new row is appended, as locally
-            done.pop(path, None)
+        output.supersede(todo)  # changed since its row: its new row replaces it, as locally
         if todo:
             parts.mkdir()
             _run(todo, files, parts, fmt, writer, done, result, address, workers, chunk,

@@ -6,7 +6,8 @@ The library's typed configs (:class:`headstart.finetune.FinetuneConfig`,
 here, and so does the CLI; this module imports nothing, so ``headstart --help`` stays fast.
 """
 
-__all__ = ["BACKBONE", "BACKBONE_LR_FACTOR", "BATCH_WAIT_MS", "BUDGET_SECONDS", "EPOCHS",
+__all__ = ["BACKBONE", "BACKBONE_LR_FACTOR", "BATCH_WAIT_MS", "BODY_MIN_RATE", "BODY_TIMEOUT_S",
+           "BUDGET_SECONDS", "EPOCHS",
            "HEAD", "LR", "MAX_BATCH", "MAX_FILES", "MAX_PIXELS", "MAX_UPLOAD_MB", "PATIENCE",
            "PORT", "RUNTIME", "SCRATCH_LR", "STUDIO_PORT", "VAL_FRACTION"]
 
@@ -32,6 +33,8 @@ MAX_PIXELS = 40_000_000
 MAX_FILES = 64
 MAX_BATCH = 32
 BATCH_WAIT_MS = 5.0
+BODY_TIMEOUT_S = 30.0              # a request body must arrive within this many seconds,
+BODY_MIN_RATE = 1024               # plus one second per this many bytes (serve and studio)
 
 # studio
 STUDIO_PORT = 8765

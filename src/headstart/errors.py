@@ -7,7 +7,7 @@ status 2. Anything else is a bug.
 
 from __future__ import annotations
 
-__all__ = ["HeadstartError", "DataError", "BackboneError", "ModelError"]
+__all__ = ["HeadstartError", "DataError", "BackboneError", "ModelError", "PathError"]
 
 
 class HeadstartError(Exception):
@@ -24,3 +24,9 @@ class BackboneError(HeadstartError, ValueError):
 
 class ModelError(HeadstartError, ValueError):
     """A model directory is missing, incomplete or not a headstart model."""
+
+
+class PathError(HeadstartError, ValueError):
+    """A path from a request, a CSV, a log or the command line that leaves the folder it
+    belongs to, or names something other than what it should (a folder for a file, a named
+    pipe or a device for an output, a NUL byte, a name over 255 bytes)."""

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from . import __version__
+from ._fs import check_output, load_json
 from .data import find_images
 from .errors import HeadstartError
 from .features import normalize, prepare_image
@@ -111,7 +112,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         model = ov.Core().read_model(str(path))
         props = {k: model.get_rt_info(["headstart", k]).astype(str)
                  for k in META_KEYS if model.has_rt_info(["headstart", k])}
-    return {k: json.loads(v) for k, v in props.items()}
+    return {k: load_json(v) for k, v in props.items()}
 
 
 def _write_onnx(clf: Classifier, path: Path) -> None:
@@ -256,6 +257,8 @@ def export(model: str | os.PathLike | Classifier, fmt: str = "onnx",
         logger.warning("this model runs an INT8 backbone; the export uses the FP32 backbone, "
                        "whose probabilities differ slightly from the INT8 model's")
     out.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in (".onnx",) if fmt == "onnx" else (".xml", ".bin"):
+        check_output(out.with_suffix(suffix), "out")  # never a FIFO, a device, a folder
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.stem}.export-", dir=out.parent))
     try:
         written = tmp / out.name

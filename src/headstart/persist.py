@@ -120,6 +120,9 @@ def read_model(path: str | os.PathLike, cache_dir: str | os.PathLike | None = No
     """
     d = Path(path)
     meta = read_meta(d)
+    if meta.get("files") is None:
+        logger.warning("%s was saved by a headstart that recorded no file digests: its "
+                       "files are loaded unverified (save it again to add them)", d)
     spec = meta["backbone"]
     classes, n_features = list(meta["classes"]), int(spec["num_features"])
     kind = meta["head"]["kind"]

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._charts import BLUE, GREEN, ORANGE, confusion_svg, lines_svg, side_by_side
+from ._fs import check_output
 from .calibration import expected_calibration_error, reliability, softmax
 from .decode import thumbnail_jpeg
 from .evaluate import scored_metrics
@@ -126,6 +127,9 @@ def write_report(out: str | os.PathLike, classes: list[str], sources: Sequence[A
         health: data health findings (``Health.to_dict()``), shown first.
     """
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for path in (out, out.parent / "metrics.json"):  # both, before writing either
+        check_output(path, "out")
     y_true = np.asarray(y_true, dtype=int)
     m = scored_metrics(y_true, logits, temperature, classes, rejected)
     proba = softmax(logits, temperature)
@@ -220,6 +224,7 @@ def write_model_report(clf: Any, model_dir: str | os.PathLike, name: str | None 
 
 def _page(out: Path, title: str, parts: list[str]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
+    check_output(out, "out")
     out.write_text(f'<!doctype html><html><head><meta charset="utf-8"><title>'
                    f"{html.escape(title)}</title><style>{STYLE}</style></head><body>"
                    f"{''.join(parts)}</body></html>\n")

@@ -23,6 +23,7 @@ writes a log that :func:`undo` reverses.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -33,16 +34,17 @@ from typing import Any
 
 import numpy as np
 
-from ._fs import resolve_cache_dir, write_text_atomic
+from ._fs import (FileProblem, check_output, inside, load_json, move_new, name_problem,
+                  read_regular, resolve_cache_dir, write_text_atomic)
 from .backbones import load_backbone
 from .calibration import fit_temperature, leave_one_out_scores, robust_quantile
 from .data import layout
 from .defaults import BACKBONE as DEFAULT_BACKBONE
-from .errors import DataError
+from .errors import DataError, PathError
 from .features import FeatureCache, ProgressFn
 from .heads import LinearHead, softmax, stratified_folds
 from .stages import Callbacks, read_data
-from .walk import SET_ASIDE, Skipped
+from .walk import SET_ASIDE, Skipped, is_hidden
 
 __all__ = ["ACTIONS", "Ranked", "Review", "Suggestion", "apply", "apply_rows", "findings",
            "review", "undo", "write_suggestions"]
@@ -220,7 +222,7 @@ def write_suggestions(r: Review, path: str | os.PathLike) -> Path:
     """The suggestions as a CSV (``action,path,label,suggested,probability,kind,reason``):
     ``action`` is ``move`` for probable label errors and ``keep`` for the rest; edit it,
     then :func:`apply` the file."""
-    out = Path(path)
+    out = check_output(path, "csv")
     with out.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["action", "path", "label", "suggested", "probability", "kind", "reason"])
@@ -231,8 +233,41 @@ def write_suggestions(r: Review, path: str | os.PathLike) -> Path:
     return out
 
 
+def _move_of(row: dict[str, str], action: str, root: Path, parents: list[Path]
+             ) -> tuple[Path, Path]:
+    """``(from, to)`` of one row, every path checked to stay inside ``root`` (see
+    :func:`headstart._fs.inside`): the image a regular file in a class folder, the
+    destination a free place in a real class folder of the same split (``move``) or under
+    ``_set_aside`` (``set_aside``).
+
+    Raises:
+        PathError: the row names something outside ``root`` or not a class folder.
+    """
+    given = (row.get("path") or "").strip()
+    if not given:
+        raise PathError("the image's path is empty")
+    src = inside(root, Path(given).absolute(), "image", "file")
+    parent = next((p for p in parents if src.parent != p and p in src.parents), None)
+    if parent is None:
+        raise PathError(f"image: {given} is not in a class folder of {root}")
+    cls = src.relative_to(parent).parts[0]
+    if action == "set_aside":
+        return src, inside(root, root / SET_ASIDE / src.relative_to(root), "set-aside place",
+                           "absent")
+    name = (row.get("suggested") or "").strip()
+    if (not name or name_problem(name) or is_hidden(Path(name)) or name == cls
+            or not (parent / name).is_dir()):
+        classes = sorted(d.name for d in parent.iterdir()
+                         if d.is_dir() and not is_hidden(d) and d.name != cls)
+        raise PathError(f"suggested: expected a class folder beside {cls} in {parent} "
+                        f"({', '.join(classes) or 'there is none'}), got {name!r}")
+    folder = inside(root, parent / name, "suggested", "folder")
+    return src, inside(root, folder / src.name, "destination", "absent")
+
+
 def _planned(rows: list[dict[str, str]], root: Path) -> list[tuple[Path, Path]]:
     """``(from, to)`` of every row to carry out, all checked before anything moves."""
+    parents = [p.resolve() for p in layout(root).class_parents]
     moves, problems, targets = [], [], set()
     for n, row in enumerate(rows, start=2):
         action = (row.get("action") or "keep").strip().lower()
@@ -242,25 +277,14 @@ def _planned(rows: list[dict[str, str]], root: Path) -> list[tuple[Path, Path]]:
             continue
         if action == "keep":
             continue
-        src = Path(row.get("path") or "").resolve()
         try:
-            rel = src.relative_to(root)
-        except ValueError:
-            problems.append(f"line {n}: {src} is not inside {root}")
+            src, dest = _move_of(row, action, root, parents)
+        except PathError as e:
+            problems.append(f"line {n}: {e}")
             continue
-        if action == "move":
-            dest_dir = src.parent.parent / (row.get("suggested") or "").strip()
-            if not (row.get("suggested") or "").strip() or not dest_dir.is_dir():
-                problems.append(f"line {n}: suggested: no class folder "
-                                f"{row.get('suggested')!r} beside {src.parent}")
-                continue
-            dest = dest_dir / src.name
-        else:
-            dest = root / SET_ASIDE / rel
-        if not src.is_file():
-            problems.append(f"line {n}: {src}: no such file")
-        elif dest.exists() or dest in targets:
-            problems.append(f"line {n}: {dest} already exists (nothing is overwritten)")
+        if dest in targets or src in {m[0] for m in moves}:
+            problems.append(f"line {n}: {src.relative_to(root)} is moved by another row, "
+                            f"or {dest.relative_to(root)} is its destination too")
         else:
             targets.add(dest)
             moves.append((src, dest))
@@ -274,18 +298,32 @@ def _write_log(log: Path, record: dict[str, Any]) -> None:
     write_text_atomic(log, json.dumps(record, indent=1) + "\n")
 
 
+def _new_log(root: Path) -> Path:
+    """A log name of this second not yet taken in ``root`` (two applies never share one)."""
+    stem = f"{LOG_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}"
+    log, n = root / f"{stem}.json", 0
+    while os.path.lexists(log):
+        n += 1
+        log = root / f"{stem}-{n}.json"
+    return log
+
+
 def apply(suggestions: str | os.PathLike, data: str | os.PathLike) -> tuple[Path, int]:
     """Carry out the ``action`` column of a suggestions CSV on the class folders of
-    ``data``: ``(log, moved)``. Every row is checked first (file exists, inside ``data``,
-    destination free); nothing moves if any row fails. The log (``data``/
-    ``.headstart-review-<time>.json``, ignored as data) is rewritten after each move, so an
-    interruption leaves an exact record.
+    ``data``: ``(log, moved)``. Every row is checked first (the image a file inside
+    ``data``, in a class folder; the destination a free place in a real class folder of the
+    same split, or under ``_set_aside``; nothing leaves ``data``); nothing moves if any row
+    fails. The log (``data``/``.headstart-review-<time>.json``, ignored as data) records
+    each move before it happens, so an interruption leaves an exact record.
 
     Raises:
         DataError: ``data`` is not class folders, or a row cannot be carried out.
     """
-    with open(suggestions, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        text = read_regular(suggestions, 256 << 20).decode("utf-8-sig")
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    except (FileProblem, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read the suggestions CSV {suggestions}: {e}") from None
     return apply_rows(rows, data)
 
 
@@ -296,55 +334,100 @@ def apply_rows(rows: list[dict[str, str]], data: str | os.PathLike) -> tuple[Pat
         raise DataError(f"{data}: --apply moves files between class folders; a CSV dataset "
                         "is relabelled by editing the CSV")
     moves = _planned(rows, root)
-    log = root / f"{LOG_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}.json"
+    log = _new_log(root)
+    if not moves:
+        return log, 0
     record: dict[str, Any] = {"data": str(root), "moves": [], "created": []}
     for src, dest in moves:
         for folder in reversed(dest.parents):
             if not folder.exists() and root in folder.parents:
                 folder.mkdir()
                 record["created"].append(str(folder.relative_to(root)))
-        os.replace(src, dest)
         record["moves"].append({"from": str(src.relative_to(root)),
                                 "to": str(dest.relative_to(root))})
-        _write_log(log, record)
-    if not moves:
-        return log, 0
+        _write_log(log, record)  # before the move: a kill between leaves it recorded
+        move_new(src, dest)
     logger.info("moved %d file(s); undo with 'headstart review %s --undo %s'", len(moves),
                 data, log)
     return log, len(moves)
 
 
-def undo(log: str | os.PathLike) -> int:
-    """Reverse the moves recorded in ``log`` (newest first), remove the folders the moves
-    created if they are empty again, and delete the log: the folder is as before. Returns
+def _log_record(log: str | os.PathLike, root: Path) -> dict[str, Any]:
+    """The review log ``log``, checked to be one written for ``root``."""
+    try:
+        record = load_json(read_regular(log, 64 << 20))
+    except (FileProblem, ValueError) as e:
+        raise DataError(f"{log}: not a headstart review log ({e})") from None
+    entry = {"from": str, "to": str}
+    if not (isinstance(record, dict) and isinstance(record.get("data"), str)
+            and isinstance(record.get("moves"), list)
+            and isinstance(record.get("created", []), list)
+            and all(isinstance(m, dict) and all(isinstance(m.get(k), t)
+                                                for k, t in entry.items())
+                    for m in record["moves"])
+            and all(isinstance(c, str) for c in record.get("created", []))):
+        raise DataError(f"{log}: not a headstart review log (expected data, moves of "
+                        "from/to and created)")
+    if "\0" in record["data"] or Path(record["data"]).resolve() != root:
+        raise DataError(f"{log} was written for {record['data']!r}, not {root}: give the "
+                        "folder it was written for")
+    return record
+
+
+def _undo_plan(record: dict[str, Any], root: Path, log: str | os.PathLike
+               ) -> list[tuple[Path, Path] | None]:
+    """``(now, back)`` for each move of the log, newest first, every path checked to stay
+    inside ``root``; None for a move a kill stopped before it happened."""
+    plan: list[tuple[Path, Path] | None] = []
+    backs = set()
+    for m in reversed(record["moves"]):
+        try:
+            if Path(m["to"]).is_absolute() or Path(m["from"]).is_absolute():
+                raise PathError(f"{m['from']!r} -> {m['to']!r}: absolute paths")
+            if not os.path.lexists(root / m["to"]) and os.path.lexists(root / m["from"]):
+                inside(root, m["from"], "from", "file")
+                plan.append(None)  # recorded, then killed before the move: still in place
+                continue
+            now = inside(root, m["to"], "to", "file")
+            back = inside(root, m["from"], "from", "absent")
+        except PathError as e:
+            raise DataError(f"{log}: cannot undo: {e}; nothing was moved") from None
+        if back in backs or not back.parent.is_dir():
+            raise DataError(f"{log}: cannot undo: {back} is "
+                            f"{'named twice' if back in backs else 'in a folder that is gone'}"
+                            "; nothing was moved")
+        backs.add(back)
+        plan.append((now, back))
+    return plan
+
+
+def undo(log: str | os.PathLike, data: str | os.PathLike) -> int:
+    """Reverse the moves recorded in ``log`` inside ``data`` (the folder the log was written
+    for), newest first; remove the folders the moves created if they are empty again, and
+    delete the log: the folder is as before. Every entry is checked before anything moves
+    (each path inside ``data``, each file where the log says, each place free). Returns
     the number of files moved back.
 
     Raises:
-        DataError: not a review log, or a file cannot be put back (the log then keeps the
-            moves not undone).
+        DataError: not a review log, one written for another folder, or an entry that
+            cannot be undone (nothing is moved then).
     """
-    path = Path(log)
-    try:
-        record = json.loads(path.read_text())
-        root, moves, created = Path(record["data"]), record["moves"], record["created"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{log}: not a headstart review log ({e})") from None
+    root = Path(data).resolve()
+    if not root.is_dir():
+        raise DataError(f"{data}: not a folder; give the folder the log was written for")
+    record = _log_record(log, root)
+    plan = _undo_plan(record, root, log)
     done = 0
-    while moves:
-        m = moves[-1]
-        src, dest = root / m["to"], root / m["from"]
-        if dest.exists() or not src.is_file():
-            _write_log(path, record)
-            raise DataError(f"cannot put {src} back to {dest}: "
-                            f"{'the place is taken' if dest.exists() else 'the file is gone'}"
-                            f"; {len(moves)} move(s) left in {log}")
-        os.replace(src, dest)
-        moves.pop()
-        done += 1
-    for folder in reversed(created):
+    for step in plan:
+        if step is not None:
+            move_new(*step)
+            done += 1
+        record["moves"].pop()
+        _write_log(Path(log), record)
+    for folder in reversed(record.get("created", [])):
         try:
-            (root / folder).rmdir()
-        except OSError:
-            pass  # not empty: the user put something there
-    path.unlink()
+            inside(root, folder, "created", "folder").rmdir()
+        except (PathError, OSError):
+            pass  # not empty (the user put something there), gone, or not ours
+    Path(log).unlink()
     return done

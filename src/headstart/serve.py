@@ -12,11 +12,16 @@ Endpoints:
   ``GET /`` (a page to try the model: drag and drop images), ``GET /docs`` (OpenAPI UI,
   served locally).
 
-Bad input never gets a 500: a body over ``max_upload_mb`` gets 413, an image over
-``max_pixels`` gets 413, more than ``max_files`` files gets 413, an image that does not
-decode gets 422 with the file name and reason (the whole request is answered with 422 then,
-so clients never mistake a partial answer for a full one), a request without files gets
-422.
+Bad input never gets a 500: a body over ``max_upload_mb`` gets 413, a body that trickles
+in (later than ``body_timeout_s`` plus 1 s per KiB) gets 408 and its connection closed, an
+image over ``max_pixels`` gets 413, more than ``max_files`` files gets 413, an image that
+does not decode gets 422 with the file name and reason (the whole request is answered with
+422 then, so clients never mistake a partial answer for a full one), a request without
+files gets 422.
+
+``serve`` only answers predictions and changes nothing on disk, so it answers any
+``Host`` (put it behind a proxy under any name); the studio, which changes files, answers
+only its own (:mod:`headstart.studio`).
 """
 
 from __future__ import annotations
@@ -27,9 +32,9 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -67,9 +72,11 @@ class Limits:
     max_files: int = defaults.MAX_FILES
     max_batch: int = defaults.MAX_BATCH
     batch_wait_ms: float = defaults.BATCH_WAIT_MS
+    body_timeout_s: float = defaults.BODY_TIMEOUT_S
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_mb", "max_pixels", "max_files", "max_batch"):
+        for name in ("max_upload_mb", "max_pixels", "max_files", "max_batch",
+                     "body_timeout_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value <= 0:
                 raise HeadstartError(f"{name}={value!r}: expected a number > 0")
@@ -144,42 +151,74 @@ def _decode(data: bytes, filename: str, clf: Classifier, max_pixels: int) -> np.
 
 
 class LimitBody:
-    """ASGI middleware: answer 413 to request bodies over ``max_bytes`` (declared or not);
-    ``hint``: how to raise the limit, appended to the message."""
+    """ASGI middleware on request bodies: 413 for one over ``max_bytes`` (declared or not),
+    408 for one that arrives too slowly (``body_timeout`` seconds, plus one second for
+    every ``min_rate`` bytes received: a client trickling bytes cannot hold a connection
+    open forever); ``hint``: how to raise the size limit, appended to its message."""
 
-    class TooLarge(Exception):
-        pass
+    class Refused(Exception):
+        def __init__(self, status: int, detail: str) -> None:
+            super().__init__(detail)
+            self.status, self.detail = status, detail
 
-    def __init__(self, app: Any, max_bytes: int, hint: str = " (--max-upload-mb)") -> None:
+    def __init__(self, app: Any, max_bytes: int, hint: str = " (--max-upload-mb)",
+                 body_timeout: float = defaults.BODY_TIMEOUT_S,
+                 min_rate: float = defaults.BODY_MIN_RATE) -> None:
         self.app, self.max_bytes, self.hint = app, max_bytes, hint
+        self.body_timeout, self.min_rate = body_timeout, min_rate
 
-    async def _reply(self, send: Any) -> None:
-        body = json.dumps({"detail": f"request body larger than {self.max_bytes:,} bytes"
-                                     f"{self.hint}"}).encode()
-        await send({"type": "http.response.start", "status": 413,
+    @staticmethod
+    async def _reply(send: Any, refused: "LimitBody.Refused") -> None:
+        body = json.dumps({"detail": refused.detail}).encode()
+        await send({"type": "http.response.start", "status": refused.status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
 
+    def _too_large(self) -> "LimitBody.Refused":
+        return self.Refused(413, f"request body larger than {self.max_bytes:,} bytes"
+                                 f"{self.hint}")
+
+    async def _receive(self, receive: Any, start: float, seen: int) -> Any:
+        """The next message, or :class:`Refused` (408) once the body is late."""
+        loop = asyncio.get_running_loop()
+        left = start + self.body_timeout + seen / self.min_rate - loop.time()
+        try:
+            return await asyncio.wait_for(receive(), max(left, 0.01))
+        except asyncio.TimeoutError:
+            raise self.Refused(408, f"request body too slow: {seen:,} bytes in "
+                                    f"{loop.time() - start:.0f} s (a body must arrive "
+                                    f"within {self.body_timeout:g} s plus 1 s per "
+                                    f"{self.min_rate:,.0f} bytes)") from None
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        start = asyncio.get_running_loop().time()
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             drained = 0  # read what the client sends (up to a bound) so it sees the answer
-            while drained < 8 * self.max_bytes:
-                message = await receive()
-                drained += len(message.get("body", b""))
-                if message["type"] != "http.request" or not message.get("more_body"):
-                    break
-            return await self._reply(send)
+            try:
+                while drained < 8 * self.max_bytes:
+                    message = await self._receive(receive, start, drained)
+                    drained += len(message.get("body", b""))
+                    if message["type"] != "http.request" or not message.get("more_body"):
+                        break
+            except self.Refused:
+                pass
+            return await self._reply(send, self._too_large())
         seen = 0
-        too_large = replied = False
+        refused: LimitBody.Refused | None = None
+        replied = False
 
         async def counted() -> Any:
-            nonlocal seen, too_large
-            message = await receive()
+            nonlocal seen, refused
+            try:
+                message = await self._receive(receive, start, seen)
+            except self.Refused as e:
+                refused = e
+                raise
             if message["type"] == "http.request":
                 body = message.get("body", b"")
                 seen += len(body)
@@ -187,23 +226,23 @@ class LimitBody:
                 # without a 'files' field (422)
                 scope[BODY_TAIL] = (scope.get(BODY_TAIL, b"") + body)[-256:]
                 if seen > self.max_bytes:
-                    too_large = True
-                    raise self.TooLarge()
+                    refused = self._too_large()
+                    raise refused
             return message
 
         async def guarded(message: Any) -> None:
             nonlocal replied
-            if not too_large:
+            if refused is None:
                 return await send(message)
             if message["type"] == "http.response.start" and not replied:
-                replied = True  # whatever the app made of the aborted body: it is a 413
-                await self._reply(send)
+                replied = True  # whatever the app made of the aborted body: it is refused
+                await self._reply(send, refused)
         try:
             await self.app(scope, counted, guarded)
-        except self.TooLarge:
+        except self.Refused:
             pass
-        if too_large and not replied:
-            await self._reply(send)
+        if refused is not None and not replied:
+            await self._reply(send, refused)
 
 
 def create_app(model: str | os.PathLike | Classifier, limits: Limits | None = None,
@@ -326,7 +365,8 @@ def create_app(model: str | os.PathLike | Classifier, limits: Limits | None = No
     async def page() -> str:
         return PAGE.read_text()
 
-    app.add_middleware(LimitBody, max_bytes=int(limits.max_upload_mb * 1024 * 1024))
+    app.add_middleware(LimitBody, max_bytes=int(limits.max_upload_mb * 1024 * 1024),
+                       body_timeout=limits.body_timeout_s)
     return app
 
 

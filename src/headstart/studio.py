@@ -6,12 +6,17 @@ A project is a plain folder the CLI understands too: ``PROJECT/data/<class>/<ima
 and ``PROJECT/_trash/`` (deleted classes and images: never removed
 from disk). :func:`create_studio_app` serves it; :func:`studio` runs it on uvicorn.
 
-Security: every request needs the per-launch token (``?token=`` on the first page load,
-which sets a same-site cookie, or the ``X-Headstart-Token`` header); a request that would
-change something and carries a foreign ``Origin`` is refused (403); uploads have the size
-and pixel limits of ``serve``; file and class names from the browser are reduced to safe
-names, never used as paths; every path the browser sends is resolved and must lie inside
-the project's ``data`` folder.
+Security: a request whose ``Host`` is not a name the studio serves on (``127.0.0.1``,
+``localhost``, ``::1``, the ``host`` it listens on, and the names given in
+``allow_hosts`` for a LAN set-up) is refused (403), so a web page that rebinds its own
+name to 127.0.0.1 reaches nothing; so is one with a foreign ``Origin``. Then every
+request needs the per-launch token (``?token=`` on the first page load, which sets a
+same-site cookie, or the ``X-Headstart-Token`` header). Uploads have the size, pixel and
+body-time limits of ``serve``; file and class names from the browser are reduced to safe
+names of at most 200 bytes, never used as paths; every path the browser sends goes through
+:func:`headstart._fs.inside` (resolved, inside the project's ``data``, no symbolic link
+out, an image and not a class folder), and so does every file of a run that is served or
+zipped (inside its run's folder).
 
 Training runs in a separate process (:mod:`headstart._studio_worker`): the server stays
 responsive, one run at a time, cancel kills it (the model directory is written atomically,
@@ -30,10 +35,10 @@ import secrets
 from typing import Any
 
 from fastapi import FastAPI, File, Request, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, \
-    StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from . import defaults
+from ._fs import read_regular
 from ._project import COOKIE, PAGE, TOKEN_HEADER, Project, Trainer, zip_run
 from .decode import UnreadableImage, check_upload, thumbnail_jpeg
 from .errors import HeadstartError
@@ -43,7 +48,6 @@ __all__ = ["create_studio_app", "studio"]
 
 logger = logging.getLogger(__name__)
 
-MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -56,29 +60,65 @@ def _red_square() -> bytes:
     return buf.getvalue()
 
 
-def _routes(project: Project, token: str, host: str, port: int) -> Any:
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+WILDCARDS = ("", "0.0.0.0", "::")
+
+
+def host_name(header: str) -> str:
+    """The name of a ``Host`` header, lower case, without its port or IPv6 brackets."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def allowed_hosts(host: str, allow: tuple[str, ...] = ()) -> set[str]:
+    """The ``Host`` names the studio answers: loopback, the address it listens on (not a
+    wildcard such as ``0.0.0.0``) and ``allow``."""
+    names = set(LOOPBACK) | {host_name(h) for h in allow}
+    if host_name(host) not in WILDCARDS:
+        names.add(host_name(host))
+    return names
+
+
+def _refusal(request: Request, token: str, hosts: set[str], port: int) -> str | None:
+    """Why ``request`` is refused (403), or None: a foreign Host, a foreign Origin, or a
+    missing or wrong token, checked in that order."""
+    name = host_name(request.headers.get("host", ""))
+    if name not in hosts:
+        return (f"host {name or '(none)'!r} is not this studio's: open it at 127.0.0.1 "
+                "or localhost, or start it with --allow-host NAME")
+    origin = request.headers.get("origin")
+    if origin is not None and origin not in {f"http://{h}:{port}" if ":" not in h else
+                                             f"http://[{h}]:{port}" for h in hosts}:
+        return f"foreign origin {origin}"
+    given = (request.query_params.get("token") or request.headers.get(TOKEN_HEADER)
+             or request.cookies.get(COOKIE))
+    if given is None or not secrets.compare_digest(given, token):
+        return "missing or wrong token: open the address 'headstart studio' printed"
+    return None
+
+
+def _routes(project: Project, token: str, host: str, port: int,
+            allow_hosts: tuple[str, ...], body_timeout: float) -> Any:
     app = FastAPI(title="headstart studio", docs_url=None, redoc_url=None, openapi_url=None)
     trainer = Trainer(project)
     models: dict[str, Any] = {}
-    own = {f"http://{host}:{port}", f"http://127.0.0.1:{port}", f"http://localhost:{port}"}
+    hosts = allowed_hosts(host, allow_hosts)
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
-        given = (request.query_params.get("token") or request.headers.get(TOKEN_HEADER)
-                 or request.cookies.get(COOKIE))
-        if given != token:
-            return JSONResponse({"detail": "missing or wrong token: open the address "
-                                 "'headstart studio' printed"}, status_code=403)
-        origin = request.headers.get("origin")
-        if request.method in MUTATING and origin is not None and origin not in own:
-            return JSONResponse({"detail": f"foreign origin {origin}"}, status_code=403)
+        refusal = _refusal(request, token, hosts, port)
+        if refusal is not None:
+            return JSONResponse({"detail": refusal}, status_code=403)
         response = await call_next(request)
         if request.query_params.get("token") == token:
             response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
         return response
 
     # serve's limit on bodies, declared or not (inside the token check: added after it)
-    app.add_middleware(LimitBody, max_bytes=int(defaults.MAX_UPLOAD_MB * 2 ** 20), hint="")
+    app.add_middleware(LimitBody, max_bytes=int(defaults.MAX_UPLOAD_MB * 2 ** 20), hint="",
+                       body_timeout=body_timeout)
 
     @app.exception_handler(HeadstartError)
     async def user_error(request: Request, exc: HeadstartError) -> JSONResponse:
@@ -182,10 +222,10 @@ def _routes(project: Project, token: str, host: str, port: int) -> Any:
 
     @app.get("/api/runs/{run}/report")
     async def report(run: str) -> Response:
-        path = project.run_dir(run) / "report.html"
-        if not path.is_file():
+        path = project.run_file(run, "report.html")
+        if path is None:
             return HTMLResponse("<p>No report: nothing was held out to measure on.</p>")
-        return HTMLResponse(path.read_text())
+        return HTMLResponse(read_regular(path, 256 << 20))
 
     def _model(run: str) -> Any:
         from .model import Classifier
@@ -255,34 +295,41 @@ def _routes(project: Project, token: str, host: str, port: int) -> Any:
     @app.get("/api/runs/{run}/download")
     async def download(run: str, format: str = "onnx") -> Any:
         d = project.run_dir(run)
-        if format == "zip":  # the whole model directory
-            z = await asyncio.to_thread(zip_run, d)
-            return FileResponse(z, filename=f"{run}.zip", media_type="application/zip")
-        names = {"onnx": ["model.onnx"], "openvino": ["model.xml", "model.bin"]}.get(format)
-        if names is None or not all((d / n).is_file() for n in names):
+        names = {"zip": None, "onnx": ["model.onnx"],
+                 "openvino": ["model.xml", "model.bin"]}.get(format, [])
+        if names is not None and (not names or not all(project.run_file(run, n)
+                                                       for n in names)):
             raise HeadstartError(f"format: export {format!r} first")
-        if len(names) == 1:
-            return FileResponse(d / names[0], filename=f"{run}-{names[0]}",
-                                media_type="application/octet-stream")
-        z = await asyncio.to_thread(zip_run, d, names)  # an IR is two files
-        return FileResponse(z, filename=f"{run}-openvino.zip", media_type="application/zip")
+        if names is not None and len(names) == 1:
+            data = await asyncio.to_thread(read_regular, project.run_file(run, names[0]))
+            name, kind = f"{d.name}-{names[0]}", "application/octet-stream"
+        else:  # the whole model directory, or an IR's two files
+            data = await asyncio.to_thread(zip_run, d, names)
+            name, kind = f"{d.name}{'' if names is None else '-' + format}.zip", \
+                "application/zip"
+        return Response(data, media_type=kind, headers={
+            "content-disposition": f'attachment; filename="{name}"'})
 
     return app
 
 
 def create_studio_app(project: str | os.PathLike, token: str, host: str = "127.0.0.1",
-                      port: int = defaults.STUDIO_PORT) -> Any:
+                      port: int = defaults.STUDIO_PORT, allow_hosts: tuple[str, ...] = (),
+                      body_timeout: float = defaults.BODY_TIMEOUT_S) -> Any:
     """The FastAPI application of the studio over ``project`` (see the module docstring).
-    ``host``/``port``: where it is served, the only ``Origin`` allowed to change data."""
-    return _routes(Project(project), token, host, port)
+    ``host``/``port``: where it is served; ``allow_hosts``: more ``Host`` names to answer
+    (a LAN address or name); ``body_timeout``: see :class:`headstart.serve.LimitBody`."""
+    return _routes(Project(project), token, host, port, tuple(allow_hosts), body_timeout)
 
 
 def studio(project: str | os.PathLike, host: str = "127.0.0.1",
            port: int = defaults.STUDIO_PORT, on_ready: Any = None,
-           import_from: str | os.PathLike | None = None) -> None:
+           import_from: str | os.PathLike | None = None, allow_hosts: tuple[str, ...] = (),
+           body_timeout: float = defaults.BODY_TIMEOUT_S) -> None:
     """Serve the studio until interrupted; ``on_ready(url)`` gets the address with the
     token, just before the server starts listening. ``import_from``: a folder of class
-    folders copied into the project's ``data`` first.
+    folders copied into the project's ``data`` first; ``allow_hosts``, ``body_timeout``:
+    see :func:`create_studio_app`.
 
     Raises:
         HeadstartError: the port is out of range or busy.
@@ -295,7 +342,8 @@ def studio(project: str | os.PathLike, host: str = "127.0.0.1",
     if import_from is not None:
         Project(project).import_classes(import_from)
     token = secrets.token_urlsafe(24)
-    app = create_studio_app(project, token, host, port)
+    app = create_studio_app(project, token, host, port, allow_hosts, body_timeout)
     if on_ready is not None:
-        on_ready(f"http://{host}:{port}/?token={token}")
+        shown = "127.0.0.1" if host_name(host) in WILDCARDS else host
+        on_ready(f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/?token={token}")
     uvicorn.run(app, host=host, port=port, log_level="warning")
