@@ -65,6 +65,23 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     return clf, out
 
 
+def tree(root: Path) -> dict[str, str]:
+    """Every file, folder and link under ``root``: files with the hash of their bytes, links
+    with their target (not followed), so any move, change or loss shows."""
+    import hashlib
+
+    out = {}
+    for p in sorted(root.rglob("*")):
+        key = str(p.relative_to(root))
+        if p.is_symlink():
+            out[key] = "link -> " + os.readlink(p)
+        elif p.is_file():
+            out[key] = hashlib.sha256(p.read_bytes()).hexdigest()
+        else:
+            out[key] = "dir" if p.is_dir() else "other"
+    return out
+
+
 def shared(*parts: str) -> Path:
     """A path under ../shared/datasets, failing clearly when the datasets are not there."""
     path = SHARED.joinpath(*parts)
@@ -221,6 +238,39 @@ def bounded(fn: Callable[..., Any], *args: Any, seconds: float = 60, **kw: Any) 
     if "error" in result:
         raise result["error"]
     return result.get("value")
+
+
+def trickle(port: int, request: bytes, drip: bytes = b"", every: float = 1.0,
+         seconds: float = 30) -> tuple[int, float, bool]:
+    """Send ``request``, then ``drip`` one byte every ``every`` s until answered:
+    ``(status, seconds to the answer, connection closed after it)``."""
+    import socket
+    import time
+
+    t0 = time.time()
+    with socket.create_connection(("127.0.0.1", port), timeout=seconds) as c:
+        c.sendall(request)
+        c.settimeout(every)
+        data = b""
+        for byte in drip:
+            try:
+                data += c.recv(65536)
+                break
+            except socket.timeout:
+                c.sendall(bytes([byte]))
+            assert time.time() - t0 < seconds, "no answer: the connection is held open"
+        c.settimeout(seconds)
+        while b"\r\n\r\n" not in data:
+            data += c.recv(65536)
+        took = time.time() - t0
+        c.settimeout(5)
+        try:
+            while c.recv(65536):
+                pass
+            closed = True
+        except (socket.timeout, ConnectionResetError):
+            closed = False
+    return int(data.split()[1]), took, closed
 
 
 def strange_files(folder: Path) -> dict[str, str]:

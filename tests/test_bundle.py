@@ -141,6 +141,8 @@ def _tamper(meta: dict, how: str) -> object:
         meta["temperature"] = "hot"
     elif how == "zero":
         meta["temperature"] = 0
+    elif how == "tiny":  # accepted once: every probability 0 or 1
+        meta["temperature"] = 1e-300
     elif how == "nan threshold":
         meta["ood"] = {**meta["ood"], "threshold": "NaN"}
     elif how == "bad size":
@@ -163,7 +165,8 @@ def _tamper(meta: dict, how: str) -> object:
 
 TAMPERED = {"list": "is not a headstart model", "one class": "classes",
             "three classes": "coef must have shape (3, 1280)", "no backbone": "backbone",
-            "hot": "temperature", "zero": "temperature", "nan threshold": "ood.threshold",
+            "hot": "temperature", "zero": "temperature",
+            "tiny": "temperature must be a number from 0.01 to 1000, got 1e-300", "nan threshold": "ood.threshold",
             "bad size": "backbone.preprocess.size",
             "missing block": "backbone.taps must be blocks of tf_efficientnet_lite0",
             "swapped widths": "backbone.taps must be blocks of tf_efficientnet_lite0",
@@ -203,6 +206,29 @@ def test_serve_refuses_to_start_on_an_invalid_model(model, tmp_path):
     (m / "headstart.json").write_text(json.dumps({**meta, "temperature": 0}))
     r = run_cli("serve", m, "--port", "0", timeout=120)
     assert_user_error(r, "temperature")
+
+
+def test_a_deeply_nested_or_huge_headstart_json_is_one_error_line(model, tmp_path):
+    m = copy_model(model, tmp_path / "nested")
+    nested = '{"format": "headstart-model", "format_version": 1, "x": ' + "[" * 200_000 \
+        + "]" * 200_000 + "}"  # 400 KB, under the size limit; once a RecursionError
+    (m / "headstart.json").write_text(nested)
+    for args in (("predict", m, IMAGE), ("evaluate", m, EXAMPLES / "test"),
+                 ("serve", m, "--port", "0")):
+        assert_user_error(run_cli(*args, timeout=120), "nested more than 32 levels")
+    big = copy_model(model, tmp_path / "big")
+    meta = json.loads((big / "headstart.json").read_text())
+    meta["summary"]["padding"] = "x" * (30 << 20)
+    (big / "headstart.json").write_text(json.dumps(meta))
+    assert_user_error(run_cli("predict", big, IMAGE, timeout=120),
+                      "file too large (30.0 MiB > 16.0 MiB)")
+
+
+def test_a_model_without_digests_says_so_in_one_warning_line():
+    r = run_cli("predict", FIXTURE, IMAGE, timeout=120)
+    assert r.returncode == 0, r.stderr
+    warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("WARNING")]
+    assert len(warnings) == 1 and "unverified" in warnings[0], r.stderr
 
 
 def test_interrupted_swap_is_undone_on_the_next_run(model, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from headstart.data import find_images, load_dataset, load_labelled, stratified_split
 from headstart.errors import DataError
 
-from .conftest import bounded, copy_images, strange_files
+from .conftest import bounded, copy_images, run_cli, strange_files
 
 
 def test_class_folder_layout(small_data):
@@ -144,3 +144,20 @@ def test_csv_with_a_header_only_is_an_error(tmp_path):
     (tmp_path / "labels.csv").write_text("path,label\n")
     with pytest.raises(DataError, match="header but no rows"):
         load_dataset(tmp_path / "labels.csv")
+
+
+def test_a_nul_byte_in_a_csv_path_is_reported_and_skipped(small_data, tmp_path, trained):
+    _, model = trained
+    rows = ["path,label"] + [f"{p},{p.parent.name}" for p in sorted(small_data.rglob("*.jpg"))]
+    rows.append("giraffe/x\0y.jpg,giraffe")  # once: ValueError: embedded null byte
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    reasons = {s.path: s.reason for s in load_dataset(tmp_path / "labels.csv").skipped}
+    assert reasons[str(tmp_path / "giraffe" / "x\0y.jpg")] == \
+        "invalid path: it contains a NUL byte"
+    labels = tmp_path / "labels.csv"
+    for args, code in ((("check", labels, "--no-near"), 3),
+                       (("train", labels, "--out", tmp_path / "m"), 0),
+                       (("evaluate", model, labels), 0)):
+        r = run_cli(*args, timeout=120)
+        assert r.returncode == code and "Traceback" not in r.stderr, r.stderr
+        assert "NUL byte" in r.stdout + r.stderr, (args, r.stdout, r.stderr)

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import random
@@ -14,13 +13,7 @@ from headstart.data import load_dataset
 from headstart.errors import DataError
 from headstart.review import apply, review, undo, write_suggestions
 
-from .conftest import EXAMPLES, assert_user_error, launch_chromium, run_cli, shared
-
-
-def tree(root: Path) -> dict[str, str]:
-    """Every file and folder under ``root``, files with the hash of their bytes."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            if p.is_file() else "dir" for p in sorted(root.rglob("*"))}
+from .conftest import EXAMPLES, assert_user_error, launch_chromium, run_cli, shared, tree
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +184,89 @@ def test_evaluate_reviews_the_test_labels(trained, tmp_path):
     text = page.read_text()
     label = text[text.index('id="label"'):text.index('id="duplicate"')]
     assert giraffe.name in label  # suggested for giraffe, from the model's own predictions
+
+
+@pytest.fixture()
+def attacked(tmp_path) -> tuple[Path, Path]:
+    """``tmp/data`` (safari class folders, plus ``zebra``: a class folder that is a link to
+    ``tmp/outside``) and ``tmp/outside`` (a decoy with a photo of its own)."""
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    shutil.copytree(EXAMPLES / "train", data)
+    outside.mkdir()
+    shutil.copy(sorted((EXAMPLES / "test" / "giraffe").iterdir())[0], outside / "o.jpg")
+    os.symlink(outside, data / "zebra")
+    return data, outside
+
+
+def test_apply_never_moves_a_file_out_of_data(attacked, tmp_path):
+    data, outside = attacked
+    ele = sorted((data / "elephant").iterdir())
+    bad = [("move", ele[0], "../outside"),          # 2: a class above DATA
+           ("move", ele[1], str(outside)),          # 3: an absolute path
+           ("move", ele[2], "zebra"),               # 4: a class folder linked elsewhere
+           ("set_aside", outside / "o.jpg", ""),    # 5: an image outside DATA
+           ("move", data / "giraffe", "elephant"),  # 6: a class folder, not an image
+           ("move", ele[3], "."),                   # 7: DATA's own folder
+           ("move", ele[4], "_set_aside")]          # 8: not a class
+    rows = [{"action": a, "path": str(p), "label": "elephant", "suggested": s}
+            for a, p, s in bad]
+    sheet = _write(tmp_path / "s.csv", rows)
+    before = tree(tmp_path)
+    r = run_cli("review", data, "--apply", sheet, timeout=120)
+    assert_user_error(r, "nothing was moved: 7 row(s)")
+    for n, needle in [(2, "'../outside'"), (3, repr(str(outside))), (4, "zebra"),
+                      (5, "is not inside"), (6, "is a folder"), (7, "'.'"),
+                      (8, "'_set_aside'")]:
+        line = r.stderr[r.stderr.index(f"line {n}:"):].split("; line ")[0]
+        assert needle in line, (n, line)
+    assert tree(tmp_path) == before  # byte for byte, inside and out
+
+
+def _log_after_apply(data: Path, tmp_path: Path) -> Path:
+    ele = sorted((data / "elephant").iterdir())
+    rows = [{"action": "move", "path": str(ele[0]), "suggested": "giraffe"},
+            {"action": "set_aside", "path": str(ele[1]), "suggested": ""}]
+    r = run_cli("review", data, "--apply", _write(tmp_path / "s.csv", rows), "--json")
+    assert r.returncode == 0, r.stderr
+    return Path(json.loads(r.stdout)["log"])
+
+
+def test_undo_checks_the_whole_log_against_data_before_moving_anything(attacked, tmp_path):
+    data, outside = attacked
+    log = _log_after_apply(data, tmp_path)
+    record = json.loads(log.read_text())
+    giraffe = record["moves"][0]["to"]
+    tampered = {
+        "another folder": ({**record, "data": str(outside)}, "was written for"),
+        "from above": ({**record, "moves": [{"from": "../outside/back.jpg", "to": giraffe}]},
+                       "is not inside"),
+        "absolute to": ({**record, "moves": [{"from": "elephant/new.jpg",
+                                              "to": str(outside / "o.jpg")}]},
+                        "absolute paths"),
+        "moves not a list": ({**record, "moves": "abc"}, "not a headstart review log"),
+        "entry without from": ({**record, "moves": [{"to": giraffe}]},
+                               "not a headstart review log"),
+        "created above": ({**record, "moves": [], "created": ["../outside"]}, None),
+    }
+    def snapshot() -> tuple[dict[str, str], dict[str, str]]:
+        return tree(data), tree(outside)
+    before = snapshot()
+    for name, (content, needle) in tampered.items():
+        bad = tmp_path / f"{name}.json"
+        bad.write_text(json.dumps(content))
+        r = run_cli("review", data, "--undo", bad, timeout=120)
+        if needle is None:  # nothing to move; the folder above is never removed
+            assert r.returncode == 0, r.stderr
+            assert outside.is_dir() and not bad.exists()
+            continue
+        assert_user_error(r, needle)
+        assert snapshot() == before, name  # byte for byte, inside and out
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    assert_user_error(run_cli("review", data, "--undo", deep), "nested more than")
+    # the real log, with the DATA of another folder: refused; with its own: undone
+    assert_user_error(run_cli("review", outside, "--undo", log), "was written for")
+    r = run_cli("review", data, "--undo", log, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == {"restored": 2}, r.stderr
+    assert not log.exists()
+    assert (data / "elephant").is_dir() and len(list((data / "elephant").iterdir())) == 10

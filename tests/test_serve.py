@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import EXAMPLES, _png_header_only, launch_chromium, make_bad_corpus
+from .conftest import EXAMPLES, _png_header_only, launch_chromium, make_bad_corpus, trickle
 
 TEST_IMAGES = sorted((EXAMPLES / "test" / "giraffe").iterdir())[:4] + \
     sorted((EXAMPLES / "test" / "elephant").iterdir())[:4]
@@ -85,7 +85,8 @@ def server(trained):
     port = _free_port()
     log = open(Path(model_dir).parent / "serve.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "headstart", "serve", str(model_dir),
-                             "--port", str(port), "--max-upload-mb", "2"],
+                             "--port", str(port), "--max-upload-mb", "2",
+                             "--body-timeout", "3"],
                             stdout=log, stderr=subprocess.STDOUT)
     client = Client(port)
     deadline = time.time() + 180
@@ -173,6 +174,18 @@ def test_bad_input_gets_4xx_with_reason_never_500(server, tmp_path):
     assert client.request("GET", "/predict")[0] == 405
     assert client.predict([(f"{i}.jpg", good) for i in range(65)])[0] == 413
     assert client.request("GET", "/health")[0] == 200
+
+
+def test_a_trickling_body_is_refused_in_time_and_any_host_is_answered(server):
+    client, _ = server
+    status, health = client.request("GET", "/health", headers={"Host": "evil.example"})
+    assert status == 200 and health["status"] == "ok"  # changes nothing: open to any Host
+    head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{client.port}\r\nContent-Type: "
+            "multipart/form-data; boundary=b\r\nContent-Length: 5000\r\n\r\n--b\r\n"
+            'Content-Disposition: form-data; name="files"; filename="a.jpg"\r\n\r\n').encode()
+    status, took, closed = trickle(client.port, head, b"x" * 60, every=0.5, seconds=30)
+    assert status == 408 and took < 10 and closed, (status, took, closed)
+    assert client.request("GET", "/health")[0] == 200  # and the server goes on
 
 
 def test_load_200_requests_8_concurrent(server):

@@ -52,9 +52,19 @@ def test_stream_writes_one_row_per_readable_image_and_lists_the_rest(trained, tm
     shutil.copy(sorted((EXAMPLES / "test" / "elephant").iterdir())[0], photo)  # new bytes
     changed = predict_stream(clf, [folder], out, resume=True, chunk=7)
     assert changed.written == 1 and changed.resumed == 29
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 30 and len({x["path"] for x in rows}) == 30  # replaced, not added
+    assert [x["content_hash"] for x in rows if x["path"] == str(photo)] == \
+        [changed_hash(photo)]
     with pytest.raises(DataError, match="cannot resume"):
         (tmp_path / "other.csv").write_text("a,b\n1,2\n")
         predict_stream(clf, [folder], tmp_path / "other.csv", resume=True)
+
+
+def changed_hash(path) -> str:
+    from headstart._fs import digest_bytes
+
+    return digest_bytes(path.read_bytes())
 
 
 def test_kill_9_then_resume_gives_the_uninterrupted_file(trained, tmp_path):
@@ -205,3 +215,65 @@ def test_train_on_a_ray_cluster_computes_the_features_there(tmp_path):
     assert a.predict(files) == b.predict(files)
     assert a.predict_images(files).proba == pytest.approx(b.predict_images(files).proba,
                                                          abs=1e-5)
+
+
+def test_resume_refuses_another_models_output_and_leaves_it_untouched(trained, tmp_path):
+    _, model = trained
+    images = EXAMPLES / "test" / "giraffe"
+    mine = tmp_path / "mine.csv"
+    assert run_cli("predict", model, images, "--csv", mine).returncode == 0
+    other = tmp_path / "other.csv"  # the same rows, as a model of other classes writes them
+    other.write_bytes(mine.read_bytes().replace(b"p_giraffe", b"p_zebra", 1))
+    jsonl = tmp_path / "other.jsonl"
+    assert run_cli("predict", model, images, "--jsonl", jsonl).returncode == 0
+    jsonl.write_bytes(jsonl.read_bytes().replace(b'"giraffe":', b'"zebra":'))
+    short = tmp_path / "short.csv"  # a row with a column missing
+    short.write_bytes(mine.read_bytes().replace(b",0,", b",", 1))
+    for path, needle in [(other, "columns"), (jsonl, "classes"), (short, "columns")]:
+        before = path.read_bytes() + b"cut"  # a last line a kill cut: kept, too
+        path.write_bytes(before)
+        flag = "--jsonl" if path.suffix == ".jsonl" else "--csv"
+        assert_user_error(run_cli("predict", model, images, flag, path, "--resume",
+                                  timeout=120), str(path), needle, "untouched")
+        assert path.read_bytes() == before
+
+
+def test_one_writer_per_output_file(trained, tmp_path):
+    import fcntl
+
+    _, model = trained
+    images = shared("hymenoptera", "val")
+    out = tmp_path / "p.csv"
+    out.write_text("")
+    with open(out, "a") as held:  # another writer holds the file
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        for resume in ((), ("--resume",)):
+            assert_user_error(run_cli("predict", model, images, "--csv", out, *resume,
+                                      timeout=120), str(out), "another headstart process")
+    assert out.read_text() == ""
+    cmd = [sys.executable, "-m", "headstart", "predict", str(model), str(images), "--csv",
+           str(out), "--resume", "--chunk", "16"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]  # two at once, for real
+    codes = [p.wait(timeout=300) for p in procs]
+    assert sorted(codes) in ([0, 0], [0, 2]), [p.stderr.read() for p in procs]
+    rows = list(csv.reader(out.open(newline="")))
+    assert rows[0][0] == "path" and sum(r[0] == "path" for r in rows) == 1  # one header
+    assert len(rows) == 1 + 153 and len({r[0] for r in rows[1:]}) == 153  # none twice
+
+
+@pytest.mark.parametrize("flag", ["--csv", "--jsonl"])
+@pytest.mark.parametrize("resume", [(), ("--resume",)])
+def test_an_output_that_is_a_fifo_or_refuses_writes_is_one_error_line(trained, tmp_path,
+                                                                       flag, resume):
+    _, model = trained
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    r = run_cli("predict", model, EXAMPLES / "test" / "giraffe", flag, fifo, *resume,
+                timeout=60)  # a hang fails here
+    assert_user_error(r, str(fifo), "named pipe")
+    if flag == "--csv" and not resume:
+        assert_user_error(run_cli("predict", model, EXAMPLES / "test" / "giraffe", flag,
+                                  "/proc/version", timeout=60), "/proc/version")
+        assert_user_error(run_cli("predict", model, EXAMPLES / "test" / "giraffe", flag,
+                                  tmp_path, timeout=60), str(tmp_path), "folder")

@@ -10,10 +10,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import quote
 
 import pytest
 
-from .conftest import EXAMPLES, REPO, launch_chromium
+from .conftest import EXAMPLES, REPO, launch_chromium, trickle, tree
 
 
 def _free_port() -> int:
@@ -25,9 +26,13 @@ def _free_port() -> int:
 @pytest.fixture()
 def studio(tmp_path):
     """A real ``headstart studio`` process on 127.0.0.1: (base URL, token, project)."""
+    yield from _studio(tmp_path)
+
+
+def _studio(tmp_path, *options: str):
     port, project = _free_port(), tmp_path / "project"
     proc = subprocess.Popen([sys.executable, "-m", "headstart", "studio", str(project),
-                             "--port", str(port)], stdout=subprocess.PIPE,
+                             "--port", str(port), *options], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     line = proc.stdout.readline()
@@ -230,3 +235,112 @@ def test_a_folder_of_class_folders_is_imported_by_copy_never_taken_over(tmp_path
     assert project.import_classes(photos) == ["elephant", "giraffe"]
     assert [c["images"] for c in project.classes()] == [10, 10]
     assert sorted(p.relative_to(photos) for p in photos.rglob("*")) == before  # copied
+
+
+def test_studio_answers_only_its_own_host_and_origin_and_reads_bodies_in_time(tmp_path):
+    gen = _studio(tmp_path, "--body-timeout", "2", "--allow-host", "studio.lan")
+    base, token, project = next(gen)
+    try:
+        port = int(base.rsplit(":", 1)[1])
+        ok = {"X-Headstart-Token": token}
+        for host, want in (("evil.example", 403), (f"evil.example:{port}", 403),
+                           (f"localhost:{port}", 200), (f"studio.lan:{port}", 200),
+                           (f"127.0.0.1.evil.example:{port}", 403), ("", 403)):
+            status, body = _call(f"{base}/api/project", headers={**ok, "Host": host})
+            assert status == want, (host, body)  # the token alone no longer opens it
+            if want == 403:
+                assert "host" in body["detail"]
+        status, body = _call(f"{base}/api/project", headers={
+            **ok, "Origin": "http://evil.example"})  # a cross-origin read, too
+        assert status == 403 and "origin" in body["detail"]
+        head = (f"POST /api/classes HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                f"X-Headstart-Token: {token}\r\nContent-Type: application/json\r\n"
+                "Content-Length: 400\r\n\r\n{").encode()
+        status, took, closed = trickle(port, head, b" " * 60, every=0.5, seconds=20)
+        assert status == 408 and took < 8 and closed, (status, took, closed)
+        assert not any((project / "data").iterdir())
+    finally:
+        gen.close()
+
+
+def test_studio_never_moves_reads_or_serves_outside_the_project(studio, tmp_path):
+    base, token, project = studio
+    ok = {"X-Headstart-Token": token}
+    data, outside = project / "data", tmp_path / "outside"
+    shutil.copytree(EXAMPLES / "train" / "elephant", data / "elephant")
+    shutil.copytree(EXAMPLES / "train" / "giraffe", data / "giraffe")
+    outside.mkdir()
+    shutil.copy(sorted((EXAMPLES / "test" / "giraffe").iterdir())[0], outside / "secret.jpg")
+    (outside / "secret.html").write_text("<p>not the studio's</p>")
+    (outside / "headstart.json").write_text("{}")
+    os.symlink(outside, data / "zebra")                    # a class folder linked out
+    os.symlink(outside / "secret.jpg", data / "elephant" / "link.jpg")
+    run = project / "models" / "run1"
+    run.mkdir()
+    (run / "headstart.json").write_text("{}")
+    os.symlink(outside / "secret.html", run / "report.html")
+    os.symlink(outside / "secret.jpg", run / "model.onnx")
+    os.symlink(outside, project / "models" / "run2")      # a run linked out
+    x = sorted((data / "elephant").iterdir())[0].name
+    before = tree(project), tree(outside)
+    attacks = [
+        ("POST", "/api/review/apply", {"path": f"elephant/{x}", "suggested": "../models"}),
+        ("POST", "/api/review/apply", {"path": f"elephant/{x}", "suggested": str(outside)}),
+        ("POST", "/api/review/apply", {"path": f"elephant/{x}", "suggested": "zebra"}),
+        ("POST", "/api/review/apply", {"path": "../../outside/secret.jpg",
+                                       "action": "set_aside"}),
+        ("POST", "/api/images/move", {"path": "elephant", "to": "giraffe"}),
+        ("POST", "/api/images/move", {"path": "elephant/link.jpg", "to": "giraffe"}),
+        ("POST", "/api/images/move", {"path": f"elephant/{x}", "to": "zebra"}),
+        ("POST", "/api/images/delete", {"path": "giraffe"}),
+        ("POST", "/api/images/delete", {"path": "zebra/secret.jpg"}),
+        ("POST", "/api/classes/zebra/rename", {"to": "giraffe"}),
+        ("DELETE", "/api/classes/zebra", None),
+        ("GET", "/api/classes/zebra/images", None),
+        ("GET", f"/api/thumb?path=elephant/{x}%00.png", None),
+        ("GET", "/api/thumb?path=elephant/link.jpg", None),
+        ("GET", "/api/thumb?path=../../outside/secret.jpg", None),
+        ("GET", "/api/thumb?path=zebra/secret.jpg", None),
+        ("GET", "/api/runs/run1/report", None),
+        ("GET", "/api/runs/run1/download?format=onnx", None),
+        ("GET", "/api/runs/run2/report", None),
+        ("POST", "/api/runs/run2/current", None),
+    ]
+    for method, path, body in attacks:
+        status, answer = _call(f"{base}{path}", method, body, ok)
+        assert 400 <= status < 500, (path, body, status, answer)
+        assert (tree(project), tree(outside)) == before, (path, body)
+    status, zipped = _get(f"{base}/api/runs/run1/download?format=zip", ok)
+    import io
+    import zipfile
+
+    names = zipfile.ZipFile(io.BytesIO(zipped)).namelist()
+    assert status == 200 and names == ["run1/headstart.json"]  # the links stay out
+    assert (tree(project), tree(outside)) == before  # byte for byte, inside and out
+
+
+def test_names_are_limited_by_bytes_not_characters(studio):
+    base, token, project = studio
+    ok = {"X-Headstart-Token": token}
+    long = "漢" * 120  # 120 characters, 360 bytes: once a 500 (File name too long)
+    status, body = _call(f"{base}/api/classes", "POST", {"name": long}, ok)
+    assert status == 200 and len(body["name"].encode()) <= 200
+    status, renamed = _call(f"{base}/api/classes/{quote(body['name'])}/rename", "POST",
+                            {"to": "字" * 120}, ok)
+    assert status == 200 and len(renamed["name"].encode()) <= 200
+    photo = sorted((EXAMPLES / "train" / "giraffe").iterdir())[0].read_bytes()
+    r = _upload(f"{base}/api/classes/{quote(renamed['name'])}/images", token,
+                [(long + ".jpg", photo)])
+    saved = r["results"][0]["saved"].split("/")[1]
+    assert saved.endswith(".jpg") and len(saved.encode()) <= 200
+    assert (project / "data" / renamed["name"] / saved).read_bytes() == photo
+    assert _call(f"{base}/api/classes/{quote(renamed['name'])}", "DELETE", None, ok)[0] == 200
+
+
+def _get(url: str, headers: dict) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()

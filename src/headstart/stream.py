@@ -263,15 +263,19 @@ def open_output(out: str | os.PathLike, fmt: str, classes: list[str], resume: bo
     fd = _locked(out)
     try:
         done: dict[str, str] = {}
-        if resume:
-            data = _read_all(fd)
-            done, end = _complete(data, fmt, classes, out)
-            if end < len(data):
-                os.ftruncate(fd, end)
-        else:
-            os.ftruncate(fd, 0)
-        with open(fd, "a", newline="", encoding="utf-8", errors="surrogateescape",
-                  closefd=False) as fh:
+        try:
+            if resume:
+                data = _read_all(fd)
+                done, end = _complete(data, fmt, classes, out)
+                if end < len(data):
+                    os.ftruncate(fd, end)
+            else:
+                os.ftruncate(fd, 0)
+            fh = open(fd, "a", newline="", encoding="utf-8", errors="surrogateescape",
+                      closefd=False)
+        except OSError as e:  # a file that refuses reads or writes, such as /proc/version
+            raise PathError(f"output: {out}: {e.strerror or e}") from None
+        with fh:
             output = Output(out, fd, fmt, Writer(fh, fmt, classes, os.fstat(fd).st_size == 0,
                                                  str(out)), done)
             yield output
