@@ -120,6 +120,10 @@ def test_health_info_and_local_docs(server):
     assert status == 200 and "/static/swagger/swagger-ui-bundle.js" in docs
     assert "cdn" not in docs.lower()
     assert client.request("GET", "/static/swagger/swagger-ui-bundle.js")[0] == 200
+    for escape in ("/static/swagger/..%2f..%2fheadstart.json", "/static/swagger/%2e%2e/serve.py",
+                   "/static/swagger/..%5c..%5cdefaults.py", "/static/swagger/%00.js"):
+        status, body = client.request("GET", escape)
+        assert status == 404 and "headstart" not in str(body)[:2000], (escape, status)
     status, spec = client.request("GET", "/openapi.json")
     assert "/predict" in spec["paths"]
 
