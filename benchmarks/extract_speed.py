@@ -60,7 +60,7 @@ def baseline(files: list[Path], workers: int) -> float:
     import timm
     from PIL import Image
 
-    from headstart.backbones import load_backbone
+    from headstart.backbone.build import load_backbone
 
     model = load_backbone().model
     cfg = timm.data.resolve_data_config({}, model=model)
@@ -101,7 +101,7 @@ def main() -> None:
     files = sorted(p for p in a.data.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[:400]
     n = len(files)
     peak, peak_note = cpu_peak_gflops()
-    from headstart.backbones import load_backbone
+    from headstart.backbone.build import load_backbone
 
     bb = load_backbone()
     gf = gflops_per_image(bb.model, bb.preprocess.size)

@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200)
     args = ap.parse_args()
     from headstart import Classifier
-    from headstart.features import prepare_image
+    from headstart.backbone.features import prepare_image
 
     work = Path(tempfile.mkdtemp(prefix="hs-serve-"))
     clf = Classifier(head="linear").fit(REPO / "examples" / "safari" / "train")

@@ -35,7 +35,7 @@ def feature_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def backbone():
-    from headstart.backbones import load_backbone
+    from headstart.backbone.build import load_backbone
 
     return load_backbone()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from headstart import Classifier
-from headstart.finetune import FinetuneConfig, is_rank_zero
+from headstart.fit.finetune import FinetuneConfig, is_rank_zero
 
 data, out = sys.argv[1], Path(sys.argv[2])
 cfg = FinetuneConfig(max_epochs=1, accelerator="cpu", devices=2, strategy="ddp",

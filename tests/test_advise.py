@@ -7,9 +7,9 @@ import sys
 import numpy as np
 from PIL import Image
 
-from headstart.advise import MARGIN, advise, recommend
-from headstart.domain import SIMILARITY_FAR, SIMILARITY_NEAR, domain_gap
-from headstart.features import extract_features
+from headstart.insight.advise import MARGIN, advise, recommend
+from headstart.fit.domain import SIMILARITY_FAR, SIMILARITY_NEAR, domain_gap
+from headstart.backbone.features import extract_features
 
 from .conftest import EXAMPLES, copy_digits, shared
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from headstart.backbones import (Preprocess, backbone_from_file, list_backbones,
+from headstart.backbone.build import (Preprocess, backbone_from_file, list_backbones,
                                  load_backbone)
 from headstart.errors import BackboneError
-from headstart.features import preprocess_image
+from headstart.backbone.features import preprocess_image
 
 CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967
@@ -45,7 +45,7 @@ def test_default_backbone_config_drives_preprocessing(backbone):
 def test_catalog_preprocessing_is_timms_and_the_model_loads_on_first_use(name):
     import timm
 
-    from headstart.backbones import _PACKAGED, _packaged_weights_file
+    from headstart.backbone.build import _PACKAGED, _packaged_weights_file
 
     entry = _PACKAGED[name]
     model = timm.create_model(entry.timm_name, pretrained=False)
@@ -71,7 +71,7 @@ def test_loading_the_default_backbone_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from headstart.backbones import load_backbone; b = load_backbone(); "
+    code = ("import sys; from headstart.backbone.build import load_backbone; b = load_backbone(); "
             "b.identity(); print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -19,8 +19,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from headstart import Classifier, ModelError
-from headstart._fs import atomic_folder, recover_folder
-from headstart.bundle import check_destination, is_model_dir, read_meta
+from headstart.io.files import atomic_folder, recover_folder
+from headstart.io.bundle import check_destination, is_model_dir, read_meta
 
 from .conftest import EXAMPLES, assert_user_error, copy_images, run_cli
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from headstart import Classifier
-from headstart.calibration import (OutOfDistribution, expected_calibration_error,
+from headstart.fit.calibration import (OutOfDistribution, expected_calibration_error,
                                    fit_temperature, robust_quantile, softmax)
 
 from .conftest import EXAMPLES, shared

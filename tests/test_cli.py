@@ -178,7 +178,7 @@ def test_file_name_that_is_not_utf8_goes_through_predict_and_csv(model_dir, tmp_
 
 
 def test_library_parameter_names_become_options():
-    from headstart.cli import as_options
+    from headstart.cli.main import as_options
 
     assert as_options("head: expected one of auto, linear, mlp, got 'svm'") == \
         "--head: expected one of auto, linear, mlp, got 'svm'"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headstart.data import find_images, load_dataset, load_labelled, stratified_split
+from headstart.io.dataset import find_images, load_dataset, load_labelled, stratified_split
 from headstart.errors import DataError
 
 from .conftest import bounded, copy_images, run_cli, strange_files

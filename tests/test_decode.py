@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from headstart._fs import _os_reason
-from headstart.decode import UnreadableImage, read_image
+from headstart.io.files import _os_reason
+from headstart.io.decode import UnreadableImage, read_image
 
 from .conftest import EXAMPLES, bounded, strange_files
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from headstart.errors import DataError
-from headstart.evaluate import classification_metrics, evaluate, scored_metrics, wilson_ci
+from headstart.insight.evaluate import classification_metrics, evaluate, scored_metrics, wilson_ci
 
 from .conftest import EXAMPLES
 

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from headstart.export import ExportError, export, read_metadata
-from headstart.features import preprocess_image
+from headstart.deploy.export import ExportError, export, read_metadata
+from headstart.backbone.features import preprocess_image
 
 from .conftest import EXAMPLES
 

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from headstart.features import FeatureCache, extract_features, preprocess_image, \
+from headstart.backbone.features import FeatureCache, extract_features, preprocess_image, \
     resolve_cache_dir
 
 from .conftest import EXAMPLES

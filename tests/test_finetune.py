@@ -13,10 +13,10 @@ from PIL import Image
 
 from headstart import Classifier
 from headstart.errors import HeadstartError
-from headstart.evaluate import evaluate
-from headstart.finetune import (AUTO_MIN_PER_CLASS, FinetuneConfig, _stages,
+from headstart.insight.evaluate import evaluate
+from headstart.fit.finetune import (AUTO_MIN_PER_CLASS, FinetuneConfig, _stages,
                                 choose_image_size, parse_mode, skip_reason)
-from headstart.stages import Callbacks
+from headstart.fit.stages import Callbacks
 
 from .conftest import EXAMPLES
 

@@ -1,5 +1,5 @@
 """The one check of paths that come from a request, a CSV, a log or a model file
-(:func:`headstart._fs.inside`), its twin for outputs, bounded JSON and names in bytes."""
+(:func:`headstart.io.files.inside`), its twin for outputs, bounded JSON and names in bytes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from headstart._fs import (MAX_NAME_BYTES, check_output, clip_name, file_problem, human_bytes,
+from headstart.io.files import (MAX_NAME_BYTES, check_output, clip_name, file_problem, human_bytes,
                            inside, load_json, move_new, name_bytes, read_regular, FileProblem)
 from headstart.errors import PathError
 

@@ -5,7 +5,7 @@ import pytest
 from sklearn.base import clone
 
 from headstart.errors import HeadstartError
-from headstart.heads import (MLP_MIN_PER_CLASS, AutoHead, LinearHead, MLPHead, head_from_state,
+from headstart.heads.linear import (MLP_MIN_PER_CLASS, AutoHead, LinearHead, MLPHead, head_from_state,
                              make_head)
 
 
@@ -106,7 +106,7 @@ def test_tiny_classes_without_cv_still_fit():
 
 
 def _hymenoptera(backbone, split: str, per_class: int | None = None):
-    from headstart.features import extract_features
+    from headstart.backbone.features import extract_features
 
     from .conftest import shared
 
@@ -151,7 +151,7 @@ def test_tapped_blocks_are_weighed_by_cv_and_survive_every_round_trip():
     import torch
 
     from headstart.errors import ModelError
-    from headstart.summary import TrainingSummary
+    from headstart.fit.summary import TrainingSummary
 
     rng = np.random.default_rng(0)
     signal, y = blobs((12, 12, 12), d=24, sep=1.5)
@@ -191,7 +191,7 @@ def test_fold_coordinates_match_each_folds_own_projection():
     """The folds' row-space coordinates from one shared Gram matrix are those of projecting
     each fold on its own (wide rows), and plain rows where there are more rows than
     features; the logits of a solve in them agree."""
-    from headstart._logistic import fit_logistic, fold_coordinates, project
+    from headstart.heads.solvers import fit_logistic, fold_coordinates, project
 
     rng = np.random.default_rng(3)
     X, y = rng.normal(size=(30, 200)), np.arange(30) % 3

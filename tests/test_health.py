@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageOps
 
-from headstart.health import check
+from headstart.fit.health import check
 
 from .conftest import EXAMPLES, copy_digits, copy_images, make_bad_corpus, shared
 
@@ -159,7 +159,7 @@ def test_folder_problems(tmp_path):
 
 def test_evaluate_flags_test_images_the_model_was_trained_on(trained, tmp_path):
     from headstart import Classifier
-    from headstart.evaluate import evaluate
+    from headstart.insight.evaluate import evaluate
 
     _, model_dir = trained
     clf = Classifier.load(model_dir)
@@ -182,7 +182,7 @@ def test_evaluate_finds_leakage_with_a_tapped_backbone_too(tmp_path):
     (a lossless re-save) are found near, a copy exact, and no other test image is flagged
     (JPEG-like edits of these noisy surfaces already fall under the threshold)."""
     from headstart import Classifier
-    from headstart.evaluate import evaluate
+    from headstart.insight.evaluate import evaluate
 
     from .conftest import shared
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headstart.evaluate import bootstrap_ci
+from headstart.insight.evaluate import bootstrap_ci
 
 from .conftest import EXAMPLES, launch_chromium
 

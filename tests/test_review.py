@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from headstart.data import load_dataset
+from headstart.io.dataset import load_dataset
 from headstart.errors import DataError
-from headstart.review import apply, review, undo, write_suggestions
+from headstart.insight.review import apply, review, undo, write_suggestions
 
 from .conftest import EXAMPLES, assert_user_error, launch_chromium, run_cli, shared, tree
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from headstart.errors import HeadstartError
-from headstart.features import extract_features, prepare_image
-from headstart.runtime import PARITY_MIN_COSINE, cosine_parity, make_engine
+from headstart.backbone.features import extract_features, prepare_image
+from headstart.backbone.runtime import PARITY_MIN_COSINE, cosine_parity, make_engine
 
 from .conftest import EXAMPLES
 

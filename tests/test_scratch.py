@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from headstart import Classifier
-from headstart.evaluate import evaluate
-from headstart.finetune import FinetuneConfig
-from headstart.scratch import scratch_image_size
+from headstart.insight.evaluate import evaluate
+from headstart.fit.finetune import FinetuneConfig
+from headstart.fit.scratch import scratch_image_size
 
 from .conftest import copy_digits
 
@@ -59,7 +59,7 @@ def test_scratch_model_predicts_and_evaluates_like_any_model(scratch_model):
 
 
 def test_from_scratch_model_exports_with_parity(scratch_model, tmp_path):
-    from headstart.export import export
+    from headstart.deploy.export import export
 
     data, _, out = scratch_model
     r = export(out, "onnx", tmp_path / "scratch.onnx", samples=[data / "val"])

@@ -14,9 +14,9 @@ import time
 import pytest
 
 from headstart import Classifier
-from headstart.cluster import predict_ray
+from headstart.deploy.cluster import predict_ray
 from headstart.errors import DataError, HeadstartError
-from headstart.stream import predict_stream
+from headstart.deploy.stream import predict_stream
 
 from .conftest import EXAMPLES, assert_user_error, run_cli, shared
 
@@ -62,7 +62,7 @@ def test_stream_writes_one_row_per_readable_image_and_lists_the_rest(trained, tm
 
 
 def changed_hash(path) -> str:
-    from headstart._fs import digest_bytes
+    from headstart.io.files import digest_bytes
 
     return digest_bytes(path.read_bytes())
 
@@ -188,7 +188,7 @@ def test_resume_merges_the_shards_a_killed_ray_run_left(trained, tmp_path):
 def test_without_ray_the_cluster_option_says_what_to_install(trained, tmp_path):
     _, model = trained
     code = ("import sys; sys.modules['ray'] = None; sys.argv = ['headstart'] + sys.argv[1:];"
-            " from headstart.cli import main; main()")
+            " from headstart.cli.main import main; main()")
     r = subprocess.run([sys.executable, "-c", code, "predict", str(model),
                         str(EXAMPLES / "test"), "--csv", str(tmp_path / "p.csv"), "--cluster",
                         "local"], capture_output=True, text=True, timeout=300)

@@ -223,7 +223,7 @@ def test_classes_rename_merge_delete_to_trash_and_cancel_leaves_no_model(studio)
 
 
 def test_a_folder_of_class_folders_is_imported_by_copy_never_taken_over(tmp_path):
-    from headstart._project import Project
+    from headstart.studio.project import Project
     from headstart.errors import DataError
 
     photos = tmp_path / "photos"

@@ -10,21 +10,21 @@ A folder of a few labelled images becomes a trained classifier in seconds::
 __version__ = "0.1.0"
 
 # Public names and the module defining each. They are imported on first use (PEP 562), so
-# that ``import headstart.health`` or the CLI does not pay for scikit-learn or PyTorch.
+# that ``import headstart.fit.health`` or the CLI does not pay for scikit-learn or PyTorch.
 _ORIGIN = {
-    "DEFAULT_BACKBONE": "backbones", "Backbone": "backbones", "list_backbones": "backbones",
-    "load_backbone": "backbones",
-    "Dataset": "data", "ImageSet": "data", "Skipped": "data", "load_dataset": "data",
-    "read_image": "decode",
+    "DEFAULT_BACKBONE": "backbone.build", "Backbone": "backbone.build", "list_backbones": "backbone.build",
+    "load_backbone": "backbone.build",
+    "Dataset": "io.dataset", "ImageSet": "io.dataset", "Skipped": "io.dataset", "load_dataset": "io.dataset",
+    "read_image": "io.decode",
     "BackboneError": "errors", "DataError": "errors", "HeadstartError": "errors",
     "ModelError": "errors", "PathError": "errors",
-    "evaluate": "evaluate", "export": "export",
-    "FeatureCache": "features", "extract_features": "features",
-    "Health": "health", "check": "health",
+    "evaluate": "insight.evaluate", "export": "deploy.export",
+    "FeatureCache": "backbone.features", "extract_features": "backbone.features",
+    "Health": "fit.health", "check": "fit.health",
     "AutoHead": "heads", "LinearHead": "heads", "MLPHead": "heads",
-    "Classifier": "model", "Predictions": "model",
-    "Callbacks": "stages", "FinetuneConfig": "finetune", "TrainingSummary": "summary",
-    "domain_gap": "domain", "Review": "review", "Suggestion": "review",
+    "Classifier": "fit.classifier", "Predictions": "fit.classifier",
+    "Callbacks": "fit.stages", "FinetuneConfig": "fit.finetune", "TrainingSummary": "fit.summary",
+    "domain_gap": "fit.domain", "Review": "insight.review", "Suggestion": "insight.review",
 }
 
 

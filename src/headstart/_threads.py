@@ -5,7 +5,7 @@ containers and ``taskset`` set), or to ``HEADSTART_THREADS`` / ``headstart --thr
 the decode threads, OpenVINO's inference threads and PyTorch's intra-op threads (one
 inter-op thread). OpenMP threads wait passively instead of spinning, so that on a machine
 where other work runs they give their core back instead of burning it; small head fits run
-on one thread (see :mod:`headstart._head`).
+on one thread (see :mod:`headstart.heads.base`).
 """
 
 from __future__ import annotations

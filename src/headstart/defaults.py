@@ -1,8 +1,8 @@
 """Default settings, in one place.
 
-The library's typed configs (:class:`headstart.finetune.FinetuneConfig`,
-:class:`headstart.serve.Limits`, the parameters of :class:`headstart.Classifier`,
-:func:`headstart.advise.advise`, :func:`headstart.health.check`) take their defaults from
+The library's typed configs (:class:`headstart.fit.finetune.FinetuneConfig`,
+:class:`headstart.deploy.serve.Limits`, the parameters of :class:`headstart.Classifier`,
+:func:`headstart.insight.advise.advise`, :func:`headstart.fit.health.check`) take their defaults from
 here, and so does the CLI; this module imports nothing, so ``headstart --help`` stays fast.
 """
 

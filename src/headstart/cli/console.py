@@ -1,0 +1,382 @@
+"""How the CLI talks: Rich output on stdout, progress and warnings on stderr, JSON for
+machines. Only the CLI imports this module; the library logs and never prints."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
+    TimeElapsedColumn, TimeRemainingColumn
+
+from ..fit.domain import explain
+from ..errors import HeadstartError
+from ..fit.summary import DomainGap
+
+__all__ = ["emit_json", "err", "error_line", "health_line", "out", "print_advice",
+           "print_evaluation", "print_export", "print_health", "print_predictions",
+           "print_skipped", "print_training", "progress_bar"]
+
+class _Console(Console):
+    """Rich's console, but a reader that goes away (``headstart predict ... | head -1``) ends
+    the command quietly with status 0, as for any Unix filter, instead of status 1."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, (sys.stderr if self.stderr else sys.stdout).fileno())
+        os.close(devnull)
+        raise SystemExit(0)
+
+
+# markup off: file and class names such as "set[/b].jpg" or "[bold]giraffe" are printed as
+# they are, never read as Rich markup; colour comes from style= and Text.assemble only
+out = _Console(soft_wrap=True, markup=False, highlight=False)
+err = _Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
+
+
+@contextmanager
+def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+        yield update
+
+
+@contextmanager
+def rate_bar(label: str) -> Iterator[Callable[[int, float], None]]:
+    """Progress of a stream of unknown length: images done and images per second."""
+    with Progress(TextColumn(label), TextColumn("{task.completed} images"),
+                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err,
+                  transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task(label, total=None, rate="")
+
+        def update(done: int, rate: float) -> None:
+            bar.update(task, completed=done, rate=f"{rate:.0f} images/s")
+        yield update
+
+
+def print_skipped(skipped: list[Any]) -> None:
+    if skipped:
+        err.print(f"skipped {len(skipped)} file(s):", style="yellow")
+        for s in skipped[:20]:
+            err.print(f"  {s.path}: {s.reason}")
+        if len(skipped) > 20:
+            err.print(f"  ... and {len(skipped) - 20} more")
+
+
+def _listing(items: list[str], limit: int = 20) -> None:
+    for line in items[:limit]:
+        out.print(f"  {line}")
+    if len(items) > limit:
+        out.print(f"  ... and {len(items) - limit} more (--json lists all)")
+
+
+def _section(label: str, style: str, head: str, items: list[str]) -> None:
+    """One finding: a labelled headline (label padded to 11 columns), then its items."""
+    out.print(Text.assemble((label, style), " " * max(1, 12 - len(label)), head))
+    _listing(items)
+
+
+def _group_line(g: dict[str, Any]) -> str:
+    how = "exact copies" if g["kind"] == "exact" else f"near duplicates ({g['similarity']:.2f})"
+    names = "  =  ".join(f"{m['path']} [{m['split']}/{m['label']}]" if m["label"]
+                         else m["path"] for m in g["members"])
+    return f"{how}: {names}"
+
+
+def print_health(h: dict[str, Any]) -> None:
+    """The findings of ``check``, most serious first."""
+    counts = " | ".join(f"{split}: " + ", ".join(f"{c} {n}" for c, n in cl.items())
+                        for split, cl in h["counts"].items())
+    out.print(f"data        {h['data']} ({h['layout']}): {counts}")
+    if h["leakage"]:
+        _section("LEAKAGE", "bold red", f"{h['leaked_images']} held-out image(s) "
+                 "are copies of images in another split: their accuracy is inflated; "
+                 "remove them from one side", [_group_line(g) for g in h["leakage"]])
+    if h["conflicts"]:
+        _section("conflicts", "red", f"{len(h['conflicts'])} image(s) filed under two "
+                 "classes (conflicting labels)", [_group_line(g) for g in h["conflicts"]])
+    if h["unusable"]:
+        _section("unusable", "red", f"{len(h['unusable'])} file(s), left out:",
+                 [f"{u['path']}: {u['reason']}" for u in h["unusable"]])
+    if h["duplicates"]:
+        _section("duplicates", "yellow", f"{len(h['duplicates'])} group(s) within a "
+                 "class (they weigh double in training)",
+                 [_group_line(g) for g in h["duplicates"]])
+    if h["folders"]:
+        _section("folders", "yellow", f"{len(h['folders'])} problem(s):",
+                 [f"{f['path']}: {f['problem']}" for f in h["folders"]])
+    b = h["balance"]
+    if b.get("imbalance_ratio") is not None:
+        line = f"balance     imbalance ratio {b['imbalance_ratio']:.2f}x"
+        if b["small_classes"]:
+            line += "; fewer than 5 images: " + ", ".join(
+                f"{c['class']} ({c['images']})" for c in b["small_classes"])
+        for split, missing in b.get("missing_from_split", {}).items():
+            line += f"; {split} lacks {missing}"
+        for split, extra in b.get("not_in_train", {}).items():
+            line += f"; {split} has classes not in train: {extra}"
+        out.print(line)
+    if h["notes"]:
+        out.print(f"notes       {len(h['notes'])} (not problems):")
+        _listing([f"{n['path']}: {n['note']}" for n in h["notes"]], 10)
+    nd = h["near_duplicates"]
+    if nd.get("searched"):
+        out.print(f"near dups   searched: cosine >= {nd['threshold']:.2f} (median nearest "
+                  f"neighbour {nd['median_nearest_similarity']:.2f}) and same thumbnail",
+                  highlight=False)
+    else:
+        out.print(f"near dups   not searched: {nd.get('reason')}")
+    out.print(f"result      {h['summary']}" + (f" (exit {h['exit_code']})"
+                                               if h["exit_code"] else ""))
+
+
+def health_line(h: dict[str, Any] | None, data: Path) -> None:
+    """One stderr line about the data's health; loud when held-out images leak."""
+    if not h or not h["problems"]:
+        return
+    color = "bold red" if h["leakage"] else "yellow"
+    err.print(Text.assemble((f"data health: {h['summary']}", color),
+                            f" (details: 'headstart check {data}' and the report)"))
+
+
+def print_predictions(rows: list[dict[str, Any]]) -> None:
+    """One line per image: path, label, probability, in aligned columns (plain text: a
+    table of thousands of rows costs nothing to print)."""
+    width = max([len("path")] + [len(str(r["path"])) for r in rows])
+    label = max([len("label")] + [len(r["label"]) for r in rows])
+    lines = [f"{'path':<{width}}  {'label':<{label}}  probability"]
+    lines += [f"{str(r['path']):<{width}}  {r['label']:<{label}}  {r['probability']:.3f}"
+              for r in rows]
+    out.file.write("\n".join(lines) + "\n")
+    out.file.flush()
+
+
+def print_training(s: Any, data: Path, saved: Path) -> None:
+    """What ``train`` did, one line per stage (``s``: the :class:`TrainingSummary`)."""
+    counts = ", ".join(f"{c} {n}" for c, n in s.train_counts.items())
+    out.print(f"data        {data} ({s.layout}): {counts}")
+    if s.from_scratch:
+        f = s.from_scratch
+        out.print(f"scratch     {f.arch} from random weights at {f.image_size} px, "
+                  f"{f.epochs} epochs (best {f.best_epoch})")
+    else:
+        out.print(f"backbone    {s.backbone}: {s.features_computed} images computed "
+                  f"({s.runtime}), {s.features_cached} from cache")
+    if s.domain_gap is not None and s.domain_gap.level in ("moderate", "far"):
+        out.print(f"domain      {explain(s.domain_gap)}")
+    cv = ", ".join(f"{k} {v:.3f}" for k, v in s.head_cv_accuracy.items())
+    chose = s.head_choice()
+    how = f", {chose}" if chose else ""
+    out.print(f"head        {s.head}" + (f" (CV accuracy: {cv}{how})" if cv else ""))
+    if s.val_images:
+        out.print(f"validation  accuracy {s.val_accuracy:.4f} on {s.val_images} images "
+                  f"({s.val_source})")
+    else:
+        out.print(f"validation  {s.val_source}")
+    if s.finetune:
+        f = s.finetune
+        if f.ran:
+            out.print(f"finetune    {f.mode} at {f.image_size} px, {f.epochs} epochs: "
+                      f"val accuracy {f.val_accuracy_finetuned:.4f} vs head only "
+                      f"{f.val_accuracy_head_only:.4f}; kept {f.kept}")
+        else:
+            out.print(f"finetune    skipped: {f.reason}")
+    if s.int8:
+        out.print(f"int8        validation accuracy {s.int8.val_accuracy_int8:.4f} "
+                  f"(FP32: {s.int8.val_accuracy_fp32:.4f})")
+    c = s.calibration
+    if c.fitted_on.startswith("not calibrated"):
+        out.print(f"calibration temperature 1 ({c.fitted_on})")
+    elif c.ece_before is not None:
+        out.print(f"calibration temperature {c.temperature:.2f} (ECE {c.ece_before:.3f} "
+                  f"-> {c.ece_after:.3f} on {c.images} {c.fitted_on})")
+    report = saved / "report.html"
+    out.print(f"saved       {saved} in {s.seconds:.1f} s" +
+              (f" (report: {report})" if report.is_file() else " (no report: nothing held out)"))
+
+
+def print_evaluation(m: dict[str, Any]) -> None:
+    """Accuracy, unknown and calibration lines, the per-class table and the confusion
+    matrix of :func:`headstart.insight.evaluate.evaluate`."""
+    lo, hi = m["accuracy_ci95"]
+    out.print(f"accuracy {m['accuracy']:.4f} on {m['n_images']} images "
+              f"(95% CI {lo:.4f}-{hi:.4f}, macro F1 {m['macro_f1']:.4f})")
+    u, c = m["unknown"], m["calibration"]
+    out.print(f"unknown  {u['rejected']} image(s) rejected ({u['rejected_fraction']:.1%}); "
+              f"calibration ECE {c['ece_before']:.3f} raw, {c['ece_after']:.3f} with "
+              f"temperature {c['temperature']:.2f}")
+    a = c["above_90"]
+    if a["images"]:
+        out.print(f"         above 90% confident: {a['images']} image(s), {a['wrong']} wrong "
+                  f"(the probabilities expected {a['expected_wrong']:.1f})")
+    table = Table("class", "precision", "recall", "f1", "support", box=None)
+    for name, r in m["per_class"].items():
+        table.add_row(name, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
+                      str(r["support"]))
+    out.print(table)
+    cm = Table("true \\ predicted", *m["classes"], box=None)
+    for name, row in zip(m["classes"], m["confusion_matrix"]):
+        cm.add_row(name, *map(str, row))
+    out.print(cm)
+
+
+def print_advice(r: dict[str, Any]) -> None:
+    """The measurements and the recommendation of :func:`headstart.insight.advise.advise`."""
+
+    d, g, a = r["data_size"], r["domain_gap"], r["accuracy"]
+    out.print(f"data          {d['train_images']} training images "
+              f"({', '.join(f'{c} {n}' for c, n in d['train_counts'].items())}), "
+              f"imbalance {d['imbalance_ratio']:.1f}x; {d['val_images']} validation images")
+    if g["level"]:
+        out.print(f"domain gap    {explain(DomainGap(**g))}")
+    curve = ", ".join(f"{c['images']}: {c['accuracy']:.3f}" for c in r["learning_curve"])
+    out.print(f"learning curve {curve}"
+              + (" (still rising)" if r["learning_curve_still_rising"] else ""))
+
+    def fmt(v: float | None) -> str:
+        return f"{v:.4f}" if v is not None else "not run (budget)"
+    out.print(f"accuracy      head only {fmt(a['head_only'])}, fine-tuned "
+              f"{fmt(a['finetuned'])}, from scratch {fmt(a['from_scratch'])}")
+    out.print(f"recommend     {r['recommendation']} (expected accuracy "
+              f"{r['predicted_accuracy']:.4f})")
+    for reason in r["reasons"]:
+        out.print(f"  because {reason}")
+
+
+def print_export(r: dict[str, Any]) -> None:
+    """Where :func:`headstart.deploy.export.export` wrote what, and its parity check."""
+    m, p = r["metadata"], r["parity"]
+    pre = m["preprocess"]
+    out.print(f"exported    {r['path']} ({r['format']}, {r['bytes'] / 1e6:.1f} MB)")
+    out.print(f"input       images (N, 3, {pre['size']}, {pre['size']}) float32: RGB, shorter "
+              f"side to {pre['size'] / pre['crop_pct']:.0f} px ({pre['interpolation']}), "
+              f"centre crop {pre['size']}, x/255, (x - {pre['mean']}) / {pre['std']}")
+    out.print(f"outputs     probabilities (N, {len(m['classes'])}) for {m['classes']}, "
+              f"unknown_score (N,), unknown (N,) = score > {m['unknown_threshold']:.4f}")
+    out.print(f"parity      {p['images']} {p['source']}: max probability difference vs "
+              f"PyTorch {p['max_abs_diff']:.1e} (< 1e-4), labels identical: "
+              f"{p['labels_identical']}")
+
+
+def error_line(message: str) -> None:
+    """The one ``error: ...`` line of a failed command, on stderr."""
+    err.print(Text.assemble(("error:", "red"), f" {message}"))
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+def print_review(r: Any, page: Path | None, csv_file: Path | None, limit: int = 30) -> None:
+    """The suggestions of :func:`headstart.insight.review.review`, strongest first (at most
+    ``limit`` lines), and where the page and the CSV went."""
+    out.print(f"{r.images} images, {len(r.classes)} classes; out-of-fold accuracy "
+              f"{r.oof_accuracy:.4f}; {len(r.suggestions)} suggestion(s)")
+    if r.suggestions:
+        table = Table("kind", "image", "filed under", "suggested", box=None)
+        table.columns[1].overflow = "fold"
+        for s in r.suggestions[:limit]:
+            sug = f"{s.suggested} ({s.probability:.0%})" if s.suggested and \
+                s.probability is not None else "-"
+            table.add_row(s.kind, Text(s.path), Text(s.label), Text(sug))
+        out.print(table)
+        if len(r.suggestions) > limit:
+            out.print(f"... and {len(r.suggestions) - limit} more (--csv or --out)")
+    if page is not None:
+        out.print(f"page     {page}")
+    if csv_file is not None:
+        out.print(f"csv      {csv_file} (edit the action column, then: headstart review "
+                  f"DATA --apply {csv_file})")
+
+
+def print_moves(data: Path, n: int, log: Path | None, as_json: bool) -> None:
+    """What ``review --apply`` (``log``: its log) or ``review --undo`` (``log`` None) did."""
+    if as_json:
+        emit_json({"moved": n, "log": str(log) if n else None} if log is not None
+                  else {"restored": n})
+    elif log is None:
+        out.print(f"moved {n} file(s) back; {data} is as before")
+    else:
+        out.print(f"moved {n} file(s)" + (f"; undo: headstart review {data} --undo {log}"
+                                         if n else ""))
+
+
+def print_stream(r: Any, target: Path, as_json: bool) -> None:
+    """What a streaming ``predict`` wrote (``r``: :class:`headstart.deploy.stream.StreamResult`)."""
+    if as_json:
+        emit_json({"out": str(target), "written": r.written, "resumed": r.resumed,
+                   "counts": r.counts, "seconds": r.seconds,
+                   "skipped": [{"path": s.path, "reason": s.reason} for s in r.skipped]})
+        return
+    out.print(f"wrote       {r.written} row(s) to {target} in {r.seconds:.1f} s"
+              + (f" ({r.resumed} already there)" if r.resumed else ""))
+    out.print("counts      " + ", ".join(f"{c} {n}" for c, n in r.counts.items()
+                                         if n or c != "unknown"))
+
+
+# library parameter -> the option that sets it, where the names differ
+_OPTION_OF = {"max_epochs": "epochs", "path": "out", "fmt": "format",
+              "body_timeout_s": "body_timeout"}
+_OPTIONS = ("head", "backbone", "weights", "runtime", "finetune", "augment", "image_size",
+            "max_epochs", "lr", "backbone_lr_factor", "patience", "max_minutes", "resume",
+            "int8", "val", "path", "budget", "near_threshold", "fmt", "samples", "port",
+            "host", "max_upload_mb", "max_pixels", "max_batch", "batch_wait_ms",
+            "body_timeout_s")
+_PARAM = re.compile(r"(?<![\w/.-])(" + "|".join(_OPTIONS) + r")(=True\b|=|:)")
+
+
+def as_options(message: str) -> str:
+    """A library message with its parameter names (``head=``, ``weights=FILE``,
+    ``int8=True``, ``budget:``) written as the CLI options that set them."""
+    def option(m: re.Match) -> str:
+        flag = "--" + _OPTION_OF.get(m[1], m[1]).replace("_", "-")
+        return flag + {"=True": "", "=": " ", ":": ":"}[m[2]]
+    return _PARAM.sub(option, message)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn :class:`HeadstartError`, and an ``OSError`` of the machine (full disk, no
+    permission), into a one-line message and exit status 2; a closed stdout (``| head``)
+    ends the command quietly with status 0."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except HeadstartError as e:
+            error_line(as_options(str(e)))
+            raise typer.Exit(2) from None
+        except BrokenPipeError:
+            quiet_stdout()
+            raise typer.Exit(0) from None
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            error_line(f"{where}{e.strerror or e}")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+    return wrapper
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

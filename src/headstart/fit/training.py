@@ -1,0 +1,173 @@
+"""Lightning internals of fine-tuning (private): the dataset, the transforms, the
+LightningModule (backbone + linear head, discriminative learning rates, warmup + cosine,
+frozen BatchNorm in frozen stages), the per-epoch history callback and the epoch-time
+estimate used to fit a schedule into a time limit. The rules live in
+:mod:`headstart.fit.finetune`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..backbone.build import Preprocess
+from ..io.decode import read_image
+
+class Images:
+    """A torch Dataset of (image tensor, label) from files, with a transform."""
+
+    def __init__(self, paths: Sequence[Any], labels: Sequence[int], transform: Callable) -> None:
+        self.paths, self.labels, self.transform = list(paths), list(labels), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        return self.transform(self.paths[i]), int(self.labels[i])
+
+
+def transforms(pre: Preprocess, augment: str) -> tuple[Callable, Callable]:
+    import timm.data
+    import torch
+
+    from ..backbone.features import preprocess_image
+
+    def evaluate(path: Any) -> Any:  # exactly the decoding and resizing of inference
+        return torch.from_numpy(preprocess_image(path, pre))
+
+    if augment == "none":
+        return evaluate, evaluate
+    strong = augment == "strong"
+    augmented = timm.data.create_transform(
+        input_size=(3, pre.size, pre.size), is_training=True,
+        scale=(0.25, 1.0) if strong else (0.6, 1.0), hflip=0.5,
+        color_jitter=0.4 if strong else 0.0,
+        auto_augment="rand-m9-mstd0.5" if strong else None, re_prob=0.25 if strong else 0.0,
+        interpolation=pre.interpolation, mean=pre.mean, std=pre.std)
+
+    def train(path: Any) -> Any:
+        return augmented(read_image(path))
+    return train, evaluate
+
+
+def module_class() -> Any:
+    import lightning as L
+    import torch
+    from torch import nn
+
+    class FinetuneModule(L.LightningModule):
+        """Backbone + linear head, with discriminative learning rates."""
+
+        def __init__(self, backbone: nn.Module, weight: np.ndarray, bias: np.ndarray,
+                     trainable: set[str], cfg: Any, class_weight: np.ndarray,
+                     steps_per_epoch: int) -> None:
+            super().__init__()
+            self.backbone = backbone
+            self.head = nn.Linear(weight.shape[1], weight.shape[0])
+            with torch.no_grad():
+                self.head.weight.copy_(torch.from_numpy(weight))
+                self.head.bias.copy_(torch.from_numpy(bias))
+            for name, p in self.backbone.named_parameters():
+                p.requires_grad_(name in trainable)
+            self.frozen_bn = [m for m in self.backbone.modules()
+                              if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                              and not any(p.requires_grad for p in m.parameters())]
+            self.cfg = cfg
+            self.steps_per_epoch = steps_per_epoch
+            self.loss = nn.CrossEntropyLoss(weight=torch.as_tensor(class_weight,
+                                                                   dtype=torch.float32),
+                                            label_smoothing=cfg.label_smoothing)
+            self._val: list[tuple[float, float, int]] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.backbone(x))
+
+        def train(self, mode: bool = True) -> "FinetuneModule":
+            super().train(mode)
+            for m in self.frozen_bn:  # frozen stages keep their ImageNet statistics
+                m.eval()
+            return self
+
+        def training_step(self, batch: Any, _: int) -> torch.Tensor:
+            x, y = batch
+            loss = self.loss(self(x), y)
+            self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True,
+                     batch_size=len(y))
+            return loss
+
+        def validation_step(self, batch: Any, _: int) -> None:
+            x, y = batch
+            logits = self(x)
+            self.log("val_loss", nn.functional.cross_entropy(logits, y), sync_dist=True,
+                     batch_size=len(y))
+            self.log("val_accuracy", (logits.argmax(1) == y).float().mean(), sync_dist=True,
+                     batch_size=len(y))
+
+        def configure_optimizers(self) -> Any:
+            groups = [{"params": list(self.head.parameters()), "lr": self.cfg.lr}]
+            backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+            if backbone:
+                groups.append({"params": backbone,
+                               "lr": self.cfg.lr * self.cfg.backbone_lr_factor})
+            opt = torch.optim.AdamW(groups, weight_decay=self.cfg.weight_decay)
+            warm = max(1, int(self.cfg.warmup_epochs * self.steps_per_epoch))
+            total = max(warm + 1, self.cfg.max_epochs * self.steps_per_epoch)
+
+            def factor(step: int) -> float:
+                if step < warm:
+                    return (step + 1) / warm
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / (total - warm))))
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    return FinetuneModule
+
+
+def history_callback(history: list[dict[str, float]],
+                      on_epoch: Callable[[dict[str, float]], None] | None) -> Any:
+    import lightning as L
+
+    class History(L.Callback):
+        t0 = 0.0
+
+        def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+            m = trainer.callback_metrics  # validation of this epoch has run already
+            row = {"epoch": trainer.current_epoch + 1,
+                   "train_loss": float(m.get("train_loss", float("nan"))),
+                   "val_loss": float(m.get("val_loss", float("nan"))),
+                   "val_accuracy": float(m.get("val_accuracy", float("nan"))),
+                   "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
+                   "seconds": round(time.perf_counter() - self.t0, 2)}
+            history.append(row)
+            if on_epoch is not None and trainer.is_global_zero:
+                on_epoch(row)
+
+    return History()
+
+
+def epoch_seconds(module: Any, loader: Any, n_val: int, steps: int = 3) -> float:
+    """Estimated seconds of one epoch (training steps + validation), timed on a copy."""
+    import copy
+
+    import torch
+
+    probe = copy.deepcopy(module)
+    probe.train()
+    opt = torch.optim.AdamW([p for p in probe.parameters() if p.requires_grad], lr=0.0)
+    batches = iter(loader)
+    times = []
+    for _ in range(min(steps + 1, len(loader))):
+        x, y = next(batches)
+        t = time.perf_counter()
+        opt.zero_grad()
+        probe.loss(probe(x), y).backward()
+        opt.step()
+        times.append((time.perf_counter() - t) / len(y))
+    per_image = float(np.median(times[1:] if len(times) > 1 else times))
+    return per_image * len(loader.dataset) + per_image / 3 * n_val

@@ -1,0 +1,349 @@
+"""The studio: the whole loop (collect, label, check, train, review, try, export) in a
+local web app over the same library.
+
+A project is a plain folder the CLI understands too: ``PROJECT/data/<class>/<images>``,
+``PROJECT/models/<run>/`` (model directories), ``PROJECT/studio.json`` (the current run)
+and ``PROJECT/_trash/`` (deleted classes and images: never removed
+from disk). :func:`create_studio_app` serves it; :func:`studio` runs it on uvicorn.
+
+Security: a request whose ``Host`` is not a name the studio serves on (``127.0.0.1``,
+``localhost``, ``::1``, the ``host`` it listens on, and the names given in
+``allow_hosts`` for a LAN set-up) is refused (403), so a web page that rebinds its own
+name to 127.0.0.1 reaches nothing; so is one with a foreign ``Origin``. Then every
+request needs the per-launch token (``?token=`` on the first page load, which sets a
+same-site cookie, or the ``X-Headstart-Token`` header). Uploads have the size, pixel and
+body-time limits of ``serve``; file and class names from the browser are reduced to safe
+names of at most 200 bytes, never used as paths; every path the browser sends goes through
+:func:`headstart.io.files.inside` (resolved, inside the project's ``data``, no symbolic link
+out, an image and not a class folder), and so does every file of a run that is served or
+zipped (inside its run's folder).
+
+Training runs in a separate process (:mod:`headstart.studio.worker`): the server stays
+responsive, one run at a time, cancel kills it (the model directory is written atomically,
+so no half model is left), and its progress reaches the page as server-sent events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import json
+import logging
+import os
+import secrets
+from typing import Any
+
+from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+
+from .. import defaults
+from ..io.files import read_regular
+from ..studio.project import COOKIE, PAGE, TOKEN_HEADER, Project, Trainer, zip_run
+from ..io.decode import UnreadableImage, check_upload, thumbnail_jpeg
+from ..errors import HeadstartError
+from ..deploy.serve import LimitBody
+
+__all__ = ["create_studio_app", "studio"]
+
+logger = logging.getLogger(__name__)
+
+
+
+@functools.lru_cache(maxsize=1)
+def _red_square() -> bytes:
+    """The thumbnail of a file that cannot be read: a small red square."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+WILDCARDS = ("", "0.0.0.0", "::")
+
+
+def host_name(header: str) -> str:
+    """The name of a ``Host`` header, lower case, without its port or IPv6 brackets."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def allowed_hosts(host: str, allow: tuple[str, ...] = ()) -> set[str]:
+    """The ``Host`` names the studio answers: loopback, the address it listens on (not a
+    wildcard such as ``0.0.0.0``) and ``allow``."""
+    names = set(LOOPBACK) | {host_name(h) for h in allow}
+    if host_name(host) not in WILDCARDS:
+        names.add(host_name(host))
+    return names
+
+
+def _refusal(request: Request, token: str, hosts: set[str], port: int) -> str | None:
+    """Why ``request`` is refused (403), or None: a foreign Host, a foreign Origin, or a
+    missing or wrong token, checked in that order."""
+    name = host_name(request.headers.get("host", ""))
+    if name not in hosts:
+        return (f"host {name or '(none)'!r} is not this studio's: open it at 127.0.0.1 "
+                "or localhost, or start it with --allow-host NAME")
+    origin = request.headers.get("origin")
+    if origin is not None and origin not in {f"http://{h}:{port}" if ":" not in h else
+                                             f"http://[{h}]:{port}" for h in hosts}:
+        return f"foreign origin {origin}"
+    given = (request.query_params.get("token") or request.headers.get(TOKEN_HEADER)
+             or request.cookies.get(COOKIE))
+    if given is None or not secrets.compare_digest(given, token):
+        return "missing or wrong token: open the address 'headstart studio' printed"
+    return None
+
+
+def _routes(project: Project, token: str, host: str, port: int,
+            allow_hosts: tuple[str, ...], body_timeout: float) -> Any:
+    app = FastAPI(title="headstart studio", docs_url=None, redoc_url=None, openapi_url=None)
+    trainer = Trainer(project)
+    models: dict[str, Any] = {}
+    hosts = allowed_hosts(host, allow_hosts)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Any:
+        refusal = _refusal(request, token, hosts, port)
+        if refusal is not None:
+            return JSONResponse({"detail": refusal}, status_code=403)
+        response = await call_next(request)
+        if request.query_params.get("token") == token:
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    # serve's limit on bodies, declared or not (inside the token check: added after it)
+    app.add_middleware(LimitBody, max_bytes=int(defaults.MAX_UPLOAD_MB * 2 ** 20), hint="",
+                       body_timeout=body_timeout)
+
+    @app.exception_handler(HeadstartError)
+    async def user_error(request: Request, exc: HeadstartError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> str:
+        return PAGE.read_text()
+
+    @app.get("/api/project")
+    async def info() -> dict[str, Any]:
+        runs = project.runs()  # each run's headstart.json read once per call
+        current = project.current(runs)
+        return {"root": str(project.root), "classes": project.classes(), "runs": runs,
+                "current": current,
+                "training": {"state": trainer.state, "run": trainer.run},
+                "serve": f"headstart serve {project.models / current}" if current else None}
+
+    @app.post("/api/classes")
+    async def add_class(body: dict[str, str]) -> dict[str, str]:
+        return {"name": project.add_class(body.get("name", ""))}
+
+    @app.post("/api/classes/{name}/rename")
+    async def rename(name: str, body: dict[str, str]) -> dict[str, str]:
+        return {"name": project.rename_class(name, body.get("to", ""))}
+
+    @app.delete("/api/classes/{name}")
+    async def delete_class(name: str) -> dict[str, bool]:
+        project.delete_class(name)
+        return {"deleted": True}
+
+    @app.get("/api/classes/{name}/images")
+    async def images(name: str) -> dict[str, list[str]]:
+        return {"images": project.images(name)}
+
+    @app.post("/api/classes/{name}/images")
+    async def upload(name: str, files: list[UploadFile] = File(...)) -> dict[str, Any]:
+        results = []
+        for f in files:
+            data = await f.read()
+            r = await asyncio.to_thread(project.add_image, name, f.filename or "", data)
+            results.append({"filename": f.filename, **r})
+        return {"results": results}
+
+    @app.post("/api/images/move")
+    async def move(body: dict[str, str]) -> dict[str, str]:
+        return {"path": project.move_image(body.get("path", ""), body.get("to", ""))}
+
+    @app.post("/api/images/delete")
+    async def delete_image(body: dict[str, str]) -> dict[str, bool]:
+        project.delete_image(body.get("path", ""))
+        return {"deleted": True}
+
+    @app.get("/api/thumb")
+    async def thumb(path: str) -> Response:
+        data = await asyncio.to_thread(thumbnail_jpeg, project.inside(path), 160)
+        return Response(data or _red_square(), media_type="image/jpeg")
+
+    @app.get("/api/health")
+    async def health() -> dict[str, Any]:
+        from ..fit.health import check
+
+        if len(project.classes()) < 1:
+            return {"summary": "no classes yet", "problems": 0}
+        try:
+            h = await asyncio.to_thread(check, project.data, near=False)
+        except HeadstartError as e:
+            return {"summary": str(e), "problems": 1}
+        return {**h.to_dict(limit=20), "summary": h.summary(), "problems": h.problems()}
+
+    @app.post("/api/train")
+    async def train(body: dict[str, Any]) -> dict[str, str]:
+        settings = {"head": str(body.get("head", defaults.HEAD)),
+                    "finetune": str(body.get("finetune", "off")),
+                    "int8": bool(body.get("int8", False))}
+        return {"run": trainer.start(settings)}
+
+    @app.post("/api/train/cancel")
+    async def cancel() -> dict[str, bool]:
+        return {"cancelled": trainer.cancel()}
+
+    @app.get("/api/train/events")
+    async def events(request: Request) -> StreamingResponse:
+        async def stream() -> Any:
+            sent = 0
+            while not await request.is_disconnected():
+                while sent < len(trainer.events):
+                    yield f"data: {json.dumps(trainer.events[sent], default=float)}\n\n"
+                    sent += 1
+                if trainer.state != "running" and sent >= len(trainer.events):
+                    yield f"event: end\ndata: {json.dumps({'state': trainer.state})}\n\n"
+                    return
+                await asyncio.sleep(0.2)
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    @app.post("/api/runs/{run}/current")
+    async def set_current(run: str) -> dict[str, str]:
+        project.run_dir(run)  # it exists
+        project.set_current(run)
+        return {"current": run}
+
+    @app.get("/api/runs/{run}/report")
+    async def report(run: str) -> Response:
+        path = project.run_file(run, "report.html")
+        if path is None:
+            return HTMLResponse("<p>No report: nothing was held out to measure on.</p>")
+        return HTMLResponse(read_regular(path, 256 << 20))
+
+    def _model(run: str) -> Any:
+        from ..fit.classifier import Classifier
+
+        if run not in models:
+            models[run] = Classifier.load(project.run_dir(run))
+        return models[run]
+
+    @app.post("/api/predict")
+    async def predict(files: list[UploadFile] = File(...)) -> dict[str, Any]:
+        from ..backbone.features import prepare_image
+
+        run = project.current()
+        if run is None:
+            raise HeadstartError("no model yet: train first")
+        clf = await asyncio.to_thread(_model, run)
+        out, arrays, names = [], [], []
+        for f in files:
+            data = await f.read()
+            try:  # the checks of serve's uploads
+                check_upload(data, defaults.MAX_PIXELS)
+                arrays.append(prepare_image(io.BytesIO(data), clf.backbone_.preprocess))
+                names.append(f.filename)
+            except UnreadableImage as e:
+                out.append({"filename": f.filename, "refused": str(e)})
+        if arrays:
+            import numpy as np
+
+            pred = await asyncio.to_thread(clf.predict_arrays, np.stack(arrays))
+            for i, name in enumerate(names):
+                out.append({"filename": name, "label": pred.labels[i],
+                            "unknown": bool(pred.rejected[i]),
+                            "probabilities": {c: float(v) for c, v in
+                                              zip(clf.classes_, pred.proba[i])}})
+        counts: dict[str, int] = {}
+        for r in out:
+            if "label" in r:
+                counts[r["label"]] = counts.get(r["label"], 0) + 1
+        return {"run": run, "predictions": out, "counts": counts}
+
+    @app.get("/api/review")
+    async def review() -> dict[str, Any]:
+        from ..insight.review import review as run_review
+
+        r = await asyncio.to_thread(run_review, project.data)
+        base = str(project.data) + "/"
+        return {"oof_accuracy": r.oof_accuracy, "images": r.images, "suggestions": [
+            {**s.__dict__, "path": s.path[len(base):] if s.path.startswith(base) else s.path}
+            for s in r.suggestions]}
+
+    @app.post("/api/review/apply")
+    async def relabel(body: dict[str, str]) -> dict[str, Any]:
+        from ..insight.review import apply_rows
+
+        src = project.inside(body.get("path", ""))
+        log, moved = apply_rows([{"action": body.get("action", "move"), "path": str(src),
+                                  "suggested": body.get("suggested", "")}], project.data)
+        return {"moved": moved, "log": log.name if moved else None}
+
+    @app.post("/api/runs/{run}/export")
+    async def export(run: str, body: dict[str, str]) -> dict[str, Any]:
+        from ..deploy.export import export as run_export
+
+        fmt = body.get("format", "onnx")
+        return await asyncio.to_thread(run_export, project.run_dir(run), fmt)
+
+    @app.get("/api/runs/{run}/download")
+    async def download(run: str, format: str = "onnx") -> Any:
+        d = project.run_dir(run)
+        names = {"zip": None, "onnx": ["model.onnx"],
+                 "openvino": ["model.xml", "model.bin"]}.get(format, [])
+        if names is not None and (not names or not all(project.run_file(run, n)
+                                                       for n in names)):
+            raise HeadstartError(f"format: export {format!r} first")
+        if names is not None and len(names) == 1:
+            data = await asyncio.to_thread(read_regular, project.run_file(run, names[0]))
+            name, kind = f"{d.name}-{names[0]}", "application/octet-stream"
+        else:  # the whole model directory, or an IR's two files
+            data = await asyncio.to_thread(zip_run, d, names)
+            name, kind = f"{d.name}{'' if names is None else '-' + format}.zip", \
+                "application/zip"
+        return Response(data, media_type=kind, headers={
+            "content-disposition": f'attachment; filename="{name}"'})
+
+    return app
+
+
+def create_studio_app(project: str | os.PathLike, token: str, host: str = "127.0.0.1",
+                      port: int = defaults.STUDIO_PORT, allow_hosts: tuple[str, ...] = (),
+                      body_timeout: float = defaults.BODY_TIMEOUT_S) -> Any:
+    """The FastAPI application of the studio over ``project`` (see the module docstring).
+    ``host``/``port``: where it is served; ``allow_hosts``: more ``Host`` names to answer
+    (a LAN address or name); ``body_timeout``: see :class:`headstart.deploy.serve.LimitBody`."""
+    return _routes(Project(project), token, host, port, tuple(allow_hosts), body_timeout)
+
+
+def studio(project: str | os.PathLike, host: str = "127.0.0.1",
+           port: int = defaults.STUDIO_PORT, on_ready: Any = None,
+           import_from: str | os.PathLike | None = None, allow_hosts: tuple[str, ...] = (),
+           body_timeout: float = defaults.BODY_TIMEOUT_S) -> None:
+    """Serve the studio until interrupted; ``on_ready(url)`` gets the address with the
+    token, just before the server starts listening. ``import_from``: a folder of class
+    folders copied into the project's ``data`` first; ``allow_hosts``, ``body_timeout``:
+    see :func:`create_studio_app`.
+
+    Raises:
+        HeadstartError: the port is out of range or busy.
+    """
+    import uvicorn
+
+    from ..deploy.serve import check_port
+
+    check_port(host, port)
+    if import_from is not None:
+        Project(project).import_classes(import_from)
+    token = secrets.token_urlsafe(24)
+    app = create_studio_app(project, token, host, port, allow_hosts, body_timeout)
+    if on_ready is not None:
+        shown = "127.0.0.1" if host_name(host) in WILDCARDS else host
+        on_ready(f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/?token={token}")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

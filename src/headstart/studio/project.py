@@ -1,0 +1,358 @@
+"""The studio's project folder and training runs (the web app is :mod:`headstart.studio.app`).
+
+A project is a plain folder the CLI understands too: ``PROJECT/data/<class>/<images>``,
+``PROJECT/models/<run>/`` (model directories), ``PROJECT/studio.json`` (the current run)
+and ``PROJECT/_trash/`` (deleted classes and images: never removed from disk). Names from
+the browser are reduced to safe names (:func:`safe_name`) and paths checked to lie inside
+``data`` (:meth:`Project.inside`). Training runs in a worker process
+(:mod:`headstart.studio.worker`), one at a time (:class:`Trainer`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import defaults
+from ..io.files import (FileProblem, clip_name, digest_bytes, inside, load_json, move_new, read_regular,
+                  write_text_atomic)
+from ..io.decode import UnreadableImage, check_upload
+from ..errors import DataError, PathError
+from ..io.walk import IMAGE_EXTENSIONS
+
+__all__ = ["COOKIE", "PAGE", "TOKEN_HEADER", "Project", "Trainer", "safe_name",
+           "zip_run"]
+
+logger = logging.getLogger(__name__)
+
+PAGE = Path(__file__).with_name("studio.html")
+COOKIE = "headstart_token"
+TOKEN_HEADER = "x-headstart-token"
+# a name from the browser, in encoded bytes: room left for "-12" and a trash time stamp
+MAX_NAME_BYTES = 200
+
+
+def safe_name(name: str, what: str = "name") -> str:
+    """A file or class name from the browser reduced to letters, digits, ``-_. `` (no
+    path separators, no leading dot or underscore: never hidden, never ``_trash``), at
+    most :data:`MAX_NAME_BYTES` encoded bytes (its suffix kept).
+
+    Raises:
+        DataError: nothing usable is left.
+    """
+    base = re.sub(r"[^\w\-. ]+", "_", name.replace("\\", "/").rsplit("/", 1)[-1]).strip()
+    base = base.lstrip("._ ")
+    if not base or base in (".", ".."):
+        raise DataError(f"{what}: {name!r} has no usable characters")
+    return clip_name(base, MAX_NAME_BYTES)
+
+
+class Project:
+    """A studio project folder (see the module docstring); created if missing."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).resolve()
+        if self.root.is_dir() and not (self.root / "data").is_dir() and any(
+                d.is_dir() and not d.name.startswith((".", "_")) and d.name != "models"
+                and any(f.suffix.lower() in IMAGE_EXTENSIONS for f in d.iterdir())
+                for d in self.root.iterdir()):
+            raise DataError(f"{root} holds class folders, not a studio project: open a new "
+                            f"project with them copied in: headstart studio PROJECT "
+                            f"--import {root}")
+        self.data, self.models, self.trash = (self.root / "data", self.root / "models",
+                                              self.root / "_trash")
+        for folder in (self.data, self.models):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.settings_file = self.root / "studio.json"
+        if not self.settings_file.exists():
+            self.save_settings({"current": None})
+        self.lock = threading.Lock()
+        self._digests: dict[str, str] | None = None
+
+    def import_classes(self, source: str | os.PathLike) -> list[str]:
+        """Copy the class folders of ``source`` (never moved) into ``data``; files whose
+        names are taken get a suffix. Returns the classes imported."""
+        src = Path(source)
+        if not src.is_dir():
+            raise DataError(f"import: {source} is not a folder")
+        names = []
+        for d in sorted(src.iterdir()):
+            if d.is_dir() and not d.name.startswith((".", "_")):
+                dest = self.data / self.add_class(d.name)
+                for f in sorted(d.iterdir()):
+                    if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                        shutil.copy2(f, self._free(dest, f.name))
+                names.append(dest.name)
+        self._digests = None
+        return names
+
+    # ------------------------------------------------------------ settings and runs
+    def settings(self) -> dict[str, Any]:
+        try:
+            s = load_json(read_regular(self.settings_file, 1 << 20))
+            return s if isinstance(s, dict) else {}
+        except (FileProblem, ValueError):
+            return {}
+
+    def save_settings(self, s: dict[str, Any]) -> None:
+        write_text_atomic(self.settings_file, json.dumps(s, indent=1) + "\n")
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Model directories under ``models/``, newest first, with their figures."""
+        out = []
+        for d in sorted(self.models.iterdir(), reverse=True):
+            try:
+                meta = load_json(read_regular(self._meta(d.name), 16 << 20))
+                s = meta.get("summary", {}) if isinstance(meta, dict) else {}
+                s = s if isinstance(s, dict) else {}
+            except (PathError, FileProblem, ValueError):
+                continue
+            out.append({"id": d.name, "val_accuracy": s.get("val_accuracy"),
+                        "val_images": s.get("val_images"), "head": s.get("head"),
+                        "trained_at": s.get("trained_at"), "finetune": bool(
+                            (s.get("finetune") or {}).get("ran"))})
+        return out
+
+    def current(self, runs: list[dict[str, Any]] | None = None) -> str | None:
+        """The current run: the one chosen, else the newest (``runs``: :meth:`runs`, if
+        already read)."""
+        ids = [r["id"] for r in (self.runs() if runs is None else runs)]
+        cur = self.settings().get("current")
+        return cur if cur in ids else (ids[0] if ids else None)
+
+    def set_current(self, run: str) -> None:
+        s = self.settings()
+        s["current"] = run
+        self.save_settings(s)
+
+    def _meta(self, run: str) -> Path:
+        """``models/<run>/headstart.json``, both checked to stay inside ``models``."""
+        d = inside(self.models, run, "run", "folder")
+        return inside(d, "headstart.json", "run", "file")
+
+    def run_dir(self, run: str) -> Path:
+        """The model directory of ``run`` (inside ``models``, no link out).
+
+        Raises:
+            DataError: no such run.
+        """
+        try:
+            return self._meta(safe_name(run, "run")).parent
+        except PathError:
+            raise DataError(f"run: no model {run!r} in this project") from None
+
+    def run_file(self, run: str, name: str) -> Path | None:
+        """The regular file ``name`` of ``run``, inside its folder (a link out is
+        refused), or None when it is not there.
+
+        Raises:
+            PathError: it is a link out of the run's folder, a folder or not a file.
+        """
+        d = self.run_dir(run)
+        if not os.path.lexists(d / name):
+            return None
+        return inside(d, name, "file", "file")
+
+    # ------------------------------------------------------------ classes and images
+    def inside(self, rel: str) -> Path:
+        """The image ``rel`` (``<class>/<file>``, relative to ``data``): a regular file in a
+        class folder, checked to stay inside ``data`` (see :func:`headstart.io.files.inside`).
+
+        Raises:
+            PathError: anything else (a class folder, a link out, a NUL byte...).
+        """
+        path = inside(self.data, rel, "image", "file")
+        if path.parent.parent != self.data or path.parent.name.startswith((".", "_")):
+            raise PathError(f"image: {rel!r} is not an image in a class folder")
+        return path
+
+    def class_dir(self, name: str) -> Path:
+        """The folder of class ``name`` (a safe name), inside ``data``.
+
+        Raises:
+            DataError: there is no such class (or it leads outside ``data``).
+        """
+        try:
+            return inside(self.data, safe_name(name, "class"), "class", "folder")
+        except PathError:
+            raise DataError(f"class: no class {name!r}") from None
+
+    def classes(self) -> list[dict[str, Any]]:
+        return [{"name": d.name, "images": sum(1 for f in d.iterdir() if f.is_file() and
+                                               f.suffix.lower() in IMAGE_EXTENSIONS)}
+                for d in sorted(self.data.iterdir()) if d.is_dir() and
+                not d.name.startswith((".", "_"))]
+
+    def images(self, cls: str) -> list[str]:
+        d = self.class_dir(cls)
+        return [f"{d.name}/{f.name}" for f in sorted(d.iterdir())
+                if f.is_file() and not f.name.startswith(".")]
+
+    def add_class(self, name: str) -> str:
+        name = safe_name(name, "class")
+        (self.data / name).mkdir(exist_ok=True)
+        return name
+
+    def rename_class(self, old: str, new: str) -> str:
+        """Rename ``old`` to ``new``; into an existing class, a merge (names that clash get
+        a suffix, nothing is overwritten)."""
+        src, new = self.class_dir(old), safe_name(new, "class")
+        if not os.path.lexists(self.data / new):
+            move_new(src, self.data / new)
+            return new
+        dest = self.class_dir(new)
+        if dest == src:
+            return new
+        for f in sorted(src.iterdir()):
+            move_new(f, self._free(dest, f.name))
+        src.rmdir()
+        return new
+
+    def delete_class(self, name: str) -> None:
+        src = self.class_dir(name)
+        self.trash.mkdir(exist_ok=True)
+        move_new(src, self._free(self.trash, f"{src.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
+
+    def delete_image(self, rel: str) -> None:
+        src = self.inside(rel)
+        folder = self.trash / src.parent.name
+        folder.mkdir(parents=True, exist_ok=True)
+        move_new(src, self._free(folder, src.name))
+
+    def move_image(self, rel: str, to: str) -> str:
+        src, dest = self.inside(rel), self.class_dir(to)
+        if dest == src.parent:
+            return f"{dest.name}/{src.name}"
+        target = self._free(dest, src.name)
+        move_new(src, target)
+        return f"{dest.name}/{target.name}"
+
+    @staticmethod
+    def _free(folder: Path, name: str) -> Path:
+        """``folder/name``, or ``name-1``, ``name-2``... when taken."""
+        stem, ext = os.path.splitext(name)
+        target, n = folder / name, 0
+        while os.path.lexists(target):
+            n += 1
+            target = folder / f"{stem}-{n}{ext}"
+        return target
+
+    def add_image(self, cls: str, filename: str, data: bytes,
+                  max_pixels: int = defaults.MAX_PIXELS) -> dict[str, Any]:
+        """Save an uploaded image into class ``cls`` under a safe, free name, if the
+        library can decode it: ``{"saved": rel, "duplicate_of": rel or None}``, or
+        ``{"refused": reason}``."""
+        folder = self.class_dir(cls)
+        name = safe_name(filename or "image.jpg", "filename")
+        stem, ext = os.path.splitext(name)
+        if ext.lower() not in IMAGE_EXTENSIONS:
+            name = f"{stem}.jpg"
+        try:
+            check_upload(data, max_pixels, decode=True)
+        except UnreadableImage as e:
+            return {"refused": str(e)}
+        digest = digest_bytes(data)
+        with self.lock:
+            known = self.digests()
+            target = self._free(folder, name)
+            target.write_bytes(data)
+            rel = f"{folder.name}/{target.name}"
+            duplicate = known.get(digest)
+            known.setdefault(digest, rel)
+        return {"saved": rel, "duplicate_of": duplicate}
+
+    def digests(self) -> dict[str, str]:
+        """Content hash -> first file with it (computed once, kept up to date by uploads)."""
+        if self._digests is None:
+            self._digests = {}
+            for d in self.data.iterdir():
+                if d.is_dir():
+                    for f in sorted(d.iterdir()):
+                        try:
+                            data = read_regular(f, 64 * 2 ** 20)
+                        except FileProblem:  # not a regular file, too large, unreadable
+                            continue
+                        self._digests.setdefault(digest_bytes(data), f"{d.name}/{f.name}")
+        return self._digests
+
+
+class Trainer:
+    """One training run at a time in a worker process; its progress as a list of events."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self.proc: subprocess.Popen | None = None
+        self.events: list[dict[str, Any]] = []
+        self.run: str | None = None
+        self.state = "idle"
+
+    def start(self, settings: dict[str, Any]) -> str:
+        if self.proc is not None and self.proc.poll() is None:
+            if self.state == "running":
+                raise DataError("a training run is already in progress (cancel it first)")
+            self.proc.kill()  # finished (its model is saved) but still tearing down
+            self.proc.wait()
+        run = time.strftime("%Y%m%d-%H%M%S")
+        while (self.project.models / run).exists():
+            run += "x"
+        self.run, self.events, self.state = run, [{"stage": "start", "run": run}], "running"
+        cmd = [sys.executable, "-m", "headstart.studio.worker", str(self.project.root), run,
+               json.dumps(settings)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True)
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        return run
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("stage") == "done" and self.run:  # current before anyone hears
+                self.project.set_current(self.run)
+            self.events.append(event)
+            if event.get("stage") in ("done", "error"):
+                self.state = event["stage"]
+        code = proc.wait()
+        if self.state == "running":
+            self.state = "cancelled" if code < 0 else "error"
+            self.events.append({"stage": self.state, "message": f"worker exited ({code})"})
+
+    def cancel(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            return False
+        self.state = "cancelled"
+        self.proc.kill()
+        self.proc.wait()
+        return True
+
+
+def zip_run(run_dir: Path, names: list[str] | None = None) -> bytes:
+    """The model directory (or only its files ``names``) as the bytes of a zip; a file
+    that is a link out of the folder, or not a regular file, is left out."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(run_dir.iterdir()):
+            if names is not None and f.name not in names:
+                continue
+            try:
+                data = read_regular(inside(run_dir, f.name, "file", "file"))
+            except (PathError, FileProblem) as e:
+                logger.warning("not zipped: %s (%s)", f, e)
+                continue
+            z.writestr(f"{run_dir.name}/{f.name}", data)
+    return buf.getvalue()
