@@ -46,7 +46,7 @@ def capture() -> dict[str, np.ndarray]:
         clf = headstart.Classifier(cache=False).fit(str(DATA / "hymenoptera" / "train"))
         out["hymenoptera"] = clf.predict_proba([str(p) for p in _files(DATA / "hymenoptera" / "val")])
         clf.save(Path(tmp) / "hym")
-        report = headstart.deploy.export(Path(tmp) / "hym", "onnx")
+        report = headstart.export(Path(tmp) / "hym", "onnx")
         out["onnx_parity"] = np.array([report["parity"]["max_abs_diff"]])
         for name, k in (("safari", 10), ("textures", 5)):
             train, labels, test = _shots(name, k)

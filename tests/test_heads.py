@@ -5,7 +5,7 @@ import pytest
 from sklearn.base import clone
 
 from headstart.errors import HeadstartError
-from headstart.heads.linear import (MLP_MIN_PER_CLASS, AutoHead, LinearHead, MLPHead, head_from_state,
+from headstart.heads import (MLP_MIN_PER_CLASS, AutoHead, LinearHead, MLPHead, head_from_state,
                              make_head)
 
 

@@ -23,7 +23,7 @@ _ORIGIN = {
     "Health": "fit.health", "check": "fit.health",
     "AutoHead": "heads", "LinearHead": "heads", "MLPHead": "heads",
     "Classifier": "fit.classifier", "Predictions": "fit.classifier",
-    "Callbacks": "fit.stages", "FinetuneConfig": "fit.finetune", "TrainingSummary": "fit.summary",
+    "Callbacks": "fit.callbacks", "FinetuneConfig": "fit.finetune", "TrainingSummary": "fit.summary",
     "domain_gap": "fit.domain", "Review": "insight.review", "Suggestion": "insight.review",
 }
 

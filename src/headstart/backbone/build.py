@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import defaults
-from ..io.files import resolve_cache_dir
-from ..backbone.hub import hub_cached_file, hub_id, hub_weights_file
-from ..backbone.taps import TAP_GRID, TAPS, tap_widths, tapped_model
 from .._threads import before_torch
-from ..backbone.weights import load_into, read_state_dict
-from ..errors import BackboneError
+from ..errors import BackboneError, ModelError
+from ..io.files import resolve_cache_dir
+from .hub import hub_cached_file, hub_id, hub_weights_file
+from .taps import family_of, tap_widths, tapped_model
+from .weights import load_into, read_state_dict
 
 __all__ = [
     "DEFAULT_BACKBONE",
@@ -156,14 +156,15 @@ class Backbone:
         self._imagenet_head = imagenet_head
         self.taps, self.tap_widths, self.tap_grid = tuple(taps), tuple(tap_widths), tap_grid
         self.ir: Path | None = None  # a parity-checked OpenVINO graph of exactly these weights
+        self._untapped: Backbone | None = None  # see with_taps
 
     @property
     def model(self) -> Any:
         if self._model is None:
             assert self._loader is not None
             built = self._loader.build()
-            self._model = tapped_model(built, self.taps, self.tap_widths, self.tap_grid) \
-                if self.taps else built
+            self._model = tapped_model(built, self.taps, self.tap_widths, self.tap_grid,
+                                       self.timm_name) if self.taps else built
         return self._model
 
     @property
@@ -191,19 +192,35 @@ class Backbone:
                         tap_widths=self.tap_widths, tap_grid=self.tap_grid)
 
     def with_taps(self) -> "Backbone | None":
-        """The same weights with the outputs of blocks :data:`TAPS`, pooled onto
-        :data:`TAP_GRID` cells a side, after the final features: rows of ``num_features +
-        sum(tap_widths)`` (see :mod:`headstart.backbone.taps`); None for an architecture that
-        cannot be tapped, or one tapped already."""
-        widths = tap_widths(self.timm_name, TAPS, TAP_GRID)
+        """The same weights with the outputs of its family's default blocks, pooled onto
+        the family's grid, after the final features: rows of ``num_features +
+        sum(tap_widths)`` (see :mod:`headstart.backbone.taps`); None for an architecture no
+        registered family covers, or one tapped already."""
+        family = family_of(self.timm_name)
+        widths = tap_widths(self.timm_name) if family is not None else ()
         if not widths or self.taps:
             return None
-        model = tapped_model(self._model, TAPS, widths, TAP_GRID) \
+        assert family is not None
+        model = tapped_model(self._model, family.taps, widths, family.grid, self.timm_name) \
             if self._model is not None else None
-        return Backbone(self.name, self.timm_name, self.preprocess, self.weights_id,
-                        self.num_features + sum(widths), model=model, loader=self._loader,
-                        imagenet_head=self._imagenet_head, taps=TAPS, tap_widths=widths,
-                        tap_grid=TAP_GRID)
+        tapped = Backbone(self.name, self.timm_name, self.preprocess, self.weights_id,
+                          self.num_features + sum(widths), model=model, loader=self._loader,
+                          imagenet_head=self._imagenet_head, taps=family.taps,
+                          tap_widths=widths, tap_grid=family.grid)
+        tapped._untapped = self
+        return tapped
+
+    def without_taps(self) -> "Backbone":
+        """The backbone :meth:`with_taps` was made from (itself when it is not tapped).
+
+        Raises:
+            ValueError: a tapped backbone that was not made by :meth:`with_taps`.
+        """
+        if not self.taps:
+            return self
+        if self._untapped is None:
+            raise ValueError(f"{self!r} was loaded tapped; its plain form is not known")
+        return self._untapped
 
     def final(self, X: Any) -> Any:
         """The final pooled features of rows ``X`` ``(N, num_features)``: without the
@@ -468,6 +485,7 @@ def backbone_from_file(spec: dict[str, Any], path: str | os.PathLike, digest: st
             raise BackboneError(f"saved backbone {spec['timm_name']!r} cannot be read from "
                                 f"{path}: {e}") from None
 
+    _check_taps(spec)
     weights_id = spec["weights_id"] if verified else f"{spec['weights_id']}#sha256:{digest[:16]}"
     loader = _Loader(spec["name"], spec["timm_name"], str(path), read=read, classifier=False,
                      saved_file=Path(path))
@@ -475,3 +493,19 @@ def backbone_from_file(spec: dict[str, Any], path: str | os.PathLike, digest: st
                     weights_id, int(spec["num_features"]), loader=loader,
                     taps=tuple(spec.get("taps", ())), tap_widths=tuple(spec.get("tap_widths", ())),
                     tap_grid=int(spec.get("tap_grid", 1)))
+
+
+def _check_taps(spec: dict[str, Any]) -> None:
+    """Saved taps must be blocks of the saved architecture, with their widths.
+
+    Raises:
+        ModelError: they are not (or no installed family covers the architecture).
+    """
+    import json
+
+    taps, widths = tuple(spec.get("taps", ())), tuple(spec.get("tap_widths", ()))
+    grid = spec.get("tap_grid", 1)
+    if taps and tap_widths(spec["timm_name"], taps, grid) != widths:
+        shown = json.dumps({"taps": list(taps), "tap_widths": list(widths), "tap_grid": grid})
+        raise ModelError(f"headstart.json: backbone.taps must be blocks of "
+                         f"{spec['timm_name']} with their widths, got {shown[:60]}")

@@ -110,7 +110,7 @@ def train(
     from ..io.bundle import check_destination
     from ..fit.finetune import FinetuneConfig, is_rank_zero
     from ..fit.classifier import Classifier
-    from ..fit.stages import Callbacks
+    from ..fit.callbacks import Callbacks
 
     check_destination(out_dir)  # before any work: never train for nothing, never lose files
     config = FinetuneConfig(
@@ -127,11 +127,11 @@ def train(
     if cluster is not None:
         from ..deploy.cluster import features_ray
         from ..io.dataset import load_dataset
-        from ..fit.stages import reads_taps
+        from ..fit.stages import use_taps
 
         paths, y, is_train = load_dataset(data, val).rows()
         features_ray(backbone, paths, cache_dir, cluster, workers,
-                     taps=reads_taps(y[is_train], head))
+                     taps=use_taps(head, y[is_train]))
     with progress_bar("features") as progress:
         clf.fit(data, val=val, callbacks=Callbacks(progress, _print_epoch))
     if not is_rank_zero():
@@ -284,7 +284,7 @@ def advise(
 ) -> None:
     """Measure whether transfer learning suits the data, and recommend what to do."""
     from ..insight.advise import advise as run_advise
-    from ..fit.stages import Callbacks
+    from ..fit.callbacks import Callbacks
 
     with progress_bar("features") as progress:
         r = run_advise(data, budget=budget, backbone=backbone, seed=seed,

@@ -145,7 +145,7 @@ def features_ray(backbone: str, paths: list[Any], cache_dir: str | os.PathLike |
     """Compute on Ray the features ``train`` needs and put them in the feature cache, so
     that fitting finds every one of them there (heads are fitted locally, as always);
     returns how many were computed (images already cached are not sent). ``taps``: those
-    of the tapped backbone (as :func:`headstart.fit.stages.reads_taps` decides for ``fit``).
+    of the tapped backbone (as :func:`headstart.fit.stages.use_taps` decides for ``fit``).
 
     Raises:
         HeadstartError: Ray missing or unreachable.

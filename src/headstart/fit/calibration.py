@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..io.bundle import TEMPERATURE_RANGE
-from ..heads.linear import make_head, softmax, stratified_folds
+from ..heads import make_head, softmax, stratified_folds
 from ..fit.summary import Calibration
 
 __all__ = ["Honesty", "OutOfDistribution", "expected_calibration_error", "fit_honesty",

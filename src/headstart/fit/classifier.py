@@ -17,74 +17,34 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
-from .. import __version__
 from .. import defaults
-from ..backbone.build import DEFAULT_BACKBONE, Backbone, load_backbone
-from ..fit.calibration import OutOfDistribution
-from ..io.dataset import Skipped
-from ..fit.domain import domain_gap, explain
-from ..errors import DataError, HeadstartError, ModelError
-from ..backbone.features import FeatureCache, Features, FileFacts, ProgressFn, extract_features, \
-    resolve_cache_dir
-from ..fit.finetune import FinetuneConfig, finetune_stage, is_rank_zero, parse_mode, skip_reason
-from ..fit.health import Health
-from ..heads.linear import HEADS, softmax
-from ..fit.persist import Fitted, fp32_ir, read_model, write_model
+from ..backbone.build import DEFAULT_BACKBONE, load_backbone
+from ..backbone.features import ProgressFn
 from ..backbone.runtime import RUNTIMES, Engine, make_engine
-from ..fit.scratch import scratch_stage
-from ..fit.stages import (Callbacks, FittedHead, HeldOut, Stopwatch, Usable, calibrate, fit_head,
-                     holdout_accuracy, quantize, read_data)
-from ..fit.summary import TrainingSummary
+from ..errors import DataError, HeadstartError, ModelError
+from ..heads import HEAD_KINDS
+from ..io.files import resolve_cache_dir
+from .calibration import OutOfDistribution
+from .callbacks import Callback, CallbackList, Callbacks, Stopwatch
+from .finetune import FinetuneConfig, is_rank_zero, parse_mode
+from .health import Health
+from .persist import Fitted, fp32_ir, read_model, write_model
+from .pipeline import Trained, scratch, transfer
+from .predictions import Predictions, answer
+from .settings import FitSettings
+from .stages import HeldOut
+from .summary import TrainingSummary
 
 __all__ = ["Classifier", "Predictions"]
 
 logger = logging.getLogger(__name__)
-
-UNKNOWN = "unknown"
-
-
-@dataclass
-class Predictions:
-    """Predictions for the usable images among the inputs.
-
-    Attributes:
-        sources: the M usable inputs, in input order (paths as strings).
-        proba: ``(M, K)`` class probabilities.
-        labels: the M predicted class names.
-        classes: the K class names (column order of ``proba``).
-        skipped: inputs that could not be decoded, with reasons.
-        logits: ``(M, K)`` head outputs before calibration (``proba`` is
-            ``softmax(logits / temperature)``).
-        features: ``(M, D)`` backbone features.
-        ood_score: ``(M,)`` unlikeness to the training images; ``rejected``: ``(M,)``
-            whether it is above the model's threshold (the label is then ``unknown``).
-        facts: ``(N,)`` what the pass over each input file learned (hash, header,
-            thumbnail), for every input in input order.
-    """
-
-    sources: list[str]
-    proba: np.ndarray
-    labels: list[str]
-    classes: list[str]
-    skipped: list[Skipped] = field(default_factory=list)
-    logits: np.ndarray | None = None
-    ood_score: np.ndarray | None = None
-    rejected: np.ndarray | None = None
-    features: np.ndarray | None = None
-    facts: list[FileFacts] = field(default_factory=list)
-
-    def counts(self) -> dict[str, int]:
-        """How many images were predicted as each class (and as ``unknown``)."""
-        names = self.classes + ([UNKNOWN] if UNKNOWN in self.labels else [])
-        return {c: self.labels.count(c) for c in names}
 
 
 class Classifier:
@@ -147,169 +107,72 @@ class Classifier:
 
     def _check_params(self) -> None:
         """Raise :class:`HeadstartError` naming the first parameter out of range."""
-        if self.head not in HEADS:
-            raise HeadstartError(f"head: expected one of {', '.join(HEADS)}, got {self.head!r}")
+        HEAD_KINDS.get(self.head, param="head")
         if self.runtime not in RUNTIMES:
-            raise HeadstartError(f"runtime: expected one of {', '.join(RUNTIMES)}, "
-                                 f"got {self.runtime!r}")
+            raise HeadstartError(param="runtime", expected=f"one of {', '.join(RUNTIMES)}",
+                                 got=self.runtime)
         if not isinstance(self.val_fraction, (int, float)) or not 0 < self.val_fraction < 1:
-            raise DataError(f"val_fraction: expected a number in (0, 1), "
-                            f"got {self.val_fraction!r}")
+            raise DataError(param="val_fraction", expected="a number in (0, 1)",
+                            got=self.val_fraction)
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise HeadstartError(f"batch_size: expected an integer >= 1, "
-                                 f"got {self.batch_size!r}")
+            raise HeadstartError(param="batch_size", expected="an integer >= 1",
+                                 got=self.batch_size)
         parse_mode(self.finetune)
 
     # ----------------------------------------------------------------- training
     def fit(self, data: str | os.PathLike | Sequence[Any], labels: Sequence[str] | None = None,
             *, val: str | os.PathLike | None = None,
-            callbacks: Callbacks | None = None) -> "Classifier":
+            callbacks: Callback | Sequence[Callback] | None = None) -> "Classifier":
         """Train the head on frozen features (or a network from scratch).
 
         Args:
-            data: a dataset folder or CSV (see :func:`headstart.io.dataset.load_dataset`), or a
-                sequence of image paths / PIL images when ``labels`` is given.
+            data: a dataset folder or CSV (see :func:`headstart.io.dataset.load_dataset`),
+                or a sequence of image paths / PIL images when ``labels`` is given.
             labels: class name of each image in ``data``.
             val: validation folder; without one (and without a split in ``data``) a
                 stratified ``val_fraction`` is held out to measure accuracy, then the head
                 is refitted on all images.
-            callbacks: progress of feature extraction and fine-tuning epochs.
+            callbacks: a :class:`~headstart.fit.callbacks.Callback` or a list of them
+                (stages, feature-extraction progress, epochs; see
+                :mod:`headstart.fit.callbacks`).
         """
-        t0, clock = time.perf_counter(), Stopwatch()
         self._check_params()
-        cb = callbacks or Callbacks()
+        settings = self._settings(callbacks)
         if self.from_scratch:
-            return self._fit_scratch(data, labels, val, cb, t0)
-        plain = load_backbone(self.backbone, self.weights, cache_dir=self.cache_dir)
-        usable = read_data(data, labels, val, plain, self._cache(), self.batch_size,
-                           self.runtime, cb, head=self.head)
-        assert usable.X is not None and usable.backbone is not None
-        clock.lap("read_data")
-        backbone = usable.backbone
-        gap = domain_gap(backbone, usable.X[usable.is_train])
-        if gap.level == "near" and backbone.taps:  # intermediate blocks pay far from ImageNet
-            usable = replace(usable, X=backbone.final(usable.X), backbone=plain, engine=None)
-            backbone = plain
-        clock.lap("domain_gap")
-        if gap.level == "far":
-            logger.warning("these images look far from the backbone's pretraining photos "
-                           "(%s): transfer learning may not be the right tool; run "
-                           "'headstart advise %s'", explain(gap),
-                           usable.data_path or "DATA")
-        # ImageNet's classes are features worth trying only for ImageNet-like images
-        imagenet = backbone.imagenet_head if gap.level == "near" else None
-        fitted = fit_head(usable.X, usable.y, usable.is_train, self.head, self.seed,
-                          self.val_fraction, imagenet, backbone.tap_widths)
-        clock.lap("fit_head")
-        X, engine, history = usable.X, usable.engine, []
-        tuned = ft = None
-        if self.finetune != "off":
-            cfg = replace(self.finetune_config or FinetuneConfig(), mode=self.finetune)
-            head_only = fitted.val_accuracy
-            far = gap.level == "far"
-            if skip_reason(cfg, usable.y, usable.is_train, far) is None:  # on its rows
-                head_only, _ = holdout_accuracy(fitted.head, usable.X, usable.y,
-                                                usable.is_train, self.seed, self.val_fraction)
-            ft = finetune_stage(plain, usable.paths, usable.y, usable.is_train,
-                                head_only, cfg, resolve_cache_dir(self.cache_dir),
-                                self._features_under, self.seed, self.val_fraction, cb.epoch,
-                                far)
-            history = ft.history
-            if ft.backbone is not None:
-                backbone, tuned = ft.backbone, ft
-                where = ("validation split" if (~usable.is_train).any() else
-                         f"held-out {self.val_fraction:.0%} of each class, not trained on")
-                fitted = FittedHead(ft.head, {}, ft.val_accuracy, ft.val_images,
-                                    where + ", fine-tuned")
-                feats = self._extract(backbone, usable.paths, None, None)
-                X, engine = feats.X, feats.engine
-            clock.lap("finetune")
-        int8 = None
-        if self.int8:
-            q = quantize(backbone, usable, fitted, self.head, self._cache(),
-                         resolve_cache_dir(self.cache_dir), self.batch_size, self.runtime,
-                         self.seed, self.val_fraction, cb.progress, imagenet)
-            X, engine, fitted, int8 = q.X, q.engine, q.fitted, q.summary
-            clock.lap("quantize")
-        calibrated = calibrate(fitted.head, X, usable, tuned is not None and not self.int8,
-                               self.seed, self.val_fraction)
-        clock.lap("calibrate")
-        summary = self._summary(usable, fitted, backbone.name, t0,
-                                runtime=engine.name if engine else "cache",
-                                int8=int8, finetune=ft.summary if ft else None,
-                                domain_gap=gap, calibration=calibrated.calibration,
-                                timings=clock.laps)
-        self._set_fitted(usable, backbone, fitted, engine, calibrated, summary, history)
-        logger.info("trained %s head: val accuracy %.4f", fitted.head.kind,
-                    fitted.val_accuracy)
+            trained = scratch(data, labels, val, self.finetune_config, settings)
+        else:
+            plain = load_backbone(self.backbone, self.weights, cache_dir=self.cache_dir)
+            cfg = replace(self.finetune_config or FinetuneConfig(), mode=self.finetune) \
+                if self.finetune != "off" else None
+            trained = transfer(data, labels, val, plain, settings, cfg, self.int8)
+        self._set_fitted(trained)
+        logger.info("trained %s head: val accuracy %.4f", trained.fitted.head.kind,
+                    trained.fitted.val_accuracy)
         return self
 
-    def _fit_scratch(self, data: Any, labels: Sequence[str] | None, val: Any, cb: Callbacks,
-                     t0: float) -> "Classifier":
-        usable = read_data(data, labels, val, None, None, callbacks=cb)
-        cfg = self.finetune_config or FinetuneConfig(lr=defaults.SCRATCH_LR, augment="none")
-        stage = scratch_stage(usable.paths, usable.y, usable.is_train, len(usable.classes),
-                              cfg, resolve_cache_dir(self.cache_dir), self._features_under,
-                              self.seed, self.val_fraction, on_epoch=cb.epoch)
-        source = ("validation split" if (~usable.is_train).any() else
-                  f"held-out {self.val_fraction:.0%} of each class")
-        fitted = FittedHead(stage.head, {}, stage.val_accuracy, stage.val_images, source)
-        feats = self._extract(stage.backbone, usable.paths, None, None)
-        calibrated = calibrate(stage.head, feats.X, usable, True, self.seed, self.val_fraction)
-        summary = self._summary(usable, fitted, stage.backbone.name, t0, runtime="torch",
-                                from_scratch=stage.summary,
-                                calibration=calibrated.calibration)
-        self._set_fitted(usable, stage.backbone, fitted, feats.engine, calibrated, summary,
-                         stage.history)
-        return self
+    def _settings(self, callbacks: Callback | Sequence[Callback] | None = None
+                  ) -> FitSettings:
+        """The settings the stages share, from the parameters (and a stopwatch)."""
+        listed = [] if callbacks is None else \
+            [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
+        return FitSettings(self.head, self.seed, self.val_fraction, self.batch_size,
+                           self.runtime, self.cache, self.cache_dir,
+                           CallbackList([*listed, Stopwatch()]))
 
-    def _summary(self, usable: Usable, fitted: FittedHead, backbone_name: str, t0: float,
-                 **stages: Any) -> TrainingSummary:
-        """The training record: common facts, then ``stages`` (absent ones stay None)."""
-        counts = np.bincount(usable.train_labels, minlength=len(usable.classes))
-        return TrainingSummary(
-            headstart_version=__version__, trained_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            data=usable.source, data_path=usable.data_path, layout=usable.layout,
-            backbone=backbone_name,
-            head=fitted.head.kind, head_cv_accuracy=fitted.cv_scores,
-            head_settings=fitted.head.chosen(),
-            train_counts={c: int(n) for c, n in zip(usable.classes, counts)},
-            skipped=len(usable.skipped),
-            features_computed=usable.computed if not self.from_scratch else 0,
-            features_cached=usable.cached if not self.from_scratch else 0,
-            health=usable.health, val_images=fitted.val_images,
-            val_accuracy=fitted.val_accuracy if fitted.val_images else None,
-            val_source=fitted.val_source, **stages,
-            seconds=round(time.perf_counter() - t0, 2))
-
-    def _set_fitted(self, usable: Usable, backbone: Backbone, fitted: FittedHead,
-                    engine: Engine | None, calibrated: Any, summary: TrainingSummary,
-                    history: list[dict[str, float]]) -> None:
+    def _set_fitted(self, t: Trained) -> None:
         """Every fitted attribute, in one place (see the class docstring)."""
-        self.classes_ = list(usable.classes)
-        self.backbone_ = backbone
-        self.head_ = fitted.head
-        self.engine_ = engine
-        self.temperature_ = calibrated.temperature
-        self.ood_: OutOfDistribution | None = calibrated.ood
-        self.summary_ = summary
-        self.health_ = usable.health
-        self.skipped_ = usable.skipped
-        self.train_digests_ = usable.train_digests
-        self.history_ = history
-        self.held_out_: HeldOut | None = calibrated.held_out
-
-    def _cache(self) -> FeatureCache | None:
-        return FeatureCache(self.cache_dir) if self.cache else None
-
-    def _extract(self, backbone: Backbone, images: list[Any], progress: ProgressFn | None,
-                 engine: Engine | None, thumbs: bool = False) -> Features:
-        return extract_features(backbone, images, self._cache(), self.batch_size, progress,
-                                runtime=self.runtime, engine=engine, thumbs=thumbs)
-
-    def _features_under(self, backbone: Backbone, images: list[Any]) -> np.ndarray:
-        """``(N, D)`` features of ``images`` under another backbone (fine-tuning stages)."""
-        return self._extract(backbone, images, None, None).X
+        self.classes_ = list(t.usable.classes)
+        self.backbone_ = t.backbone
+        self.head_ = t.fitted.head
+        self.engine_ = t.engine
+        self.temperature_ = t.calibrated.temperature
+        self.ood_: OutOfDistribution | None = t.calibrated.ood
+        self.summary_: TrainingSummary = t.summary
+        self.health_ = t.usable.health
+        self.skipped_ = t.usable.skipped
+        self.train_digests_ = t.usable.train_digests
+        self.history_ = t.history
+        self.held_out_: HeldOut | None = t.calibrated.held_out
 
     # --------------------------------------------------------------- prediction
     def _check_fitted(self) -> None:
@@ -323,11 +186,13 @@ class Classifier:
         ``thumbs``: also keep each file's thumbnail in ``Predictions.facts`` (near-duplicate
         checks of :func:`headstart.insight.evaluate.evaluate`)."""
         self._check_fitted()
-        feats = self._extract(self.backbone_, list(images), progress, self.engine_, thumbs)
+        settings = self._settings([Callbacks(progress)] if progress else None)
+        feats = settings.extract(self.backbone_, images, self.engine_, thumbs, progress=True)
         self.engine_ = feats.engine or self.engine_
         sources = [images[i] if isinstance(images[i], Image.Image) else str(images[i])
                    for i in feats.index]
-        pred = self._answers(feats.X, sources, feats.skipped)
+        pred = answer(self.head_, self.temperature_, self.ood_, self.classes_, self.unknown,
+                      feats.X, sources, feats.skipped)
         pred.facts = feats.facts
         return pred
 
@@ -340,24 +205,8 @@ class Classifier:
             self.engine_ = make_engine(self.backbone_, resolve_cache_dir(self.cache_dir),
                                        self.runtime, sample=batch[:8])
         X = self.engine_(np.ascontiguousarray(batch, dtype=np.uint8))
-        return self._answers(X, list(sources) if sources is not None else [""] * len(X), [])
-
-    def _answers(self, X: np.ndarray, sources: list[Any], skipped: list[Skipped]
-                 ) -> Predictions:
-        """Calibrated probabilities, unknown scores and labels from ``(M, D)`` features."""
-        logits = self.head_.decision_function(X) if len(X) else \
-            np.zeros((0, len(self.classes_)), np.float32)
-        proba = softmax(logits, self.temperature_)
-        if self.ood_ is None:  # a model saved without an unknown detector
-            score, rejected = np.zeros(len(proba), np.float32), np.zeros(len(proba), bool)
-        else:
-            score = self.ood_.score(X)
-            rejected = score > self.ood_.threshold_ if self.unknown else \
-                np.zeros(len(proba), bool)
-        labels = [UNKNOWN if r else self.classes_[int(i)]
-                  for i, r in zip(np.argmax(proba, axis=1), rejected)]
-        return Predictions(sources, proba, labels, list(self.classes_), skipped, logits, score,
-                           rejected, X)
+        return answer(self.head_, self.temperature_, self.ood_, self.classes_, self.unknown, X,
+                      list(sources) if sources is not None else [""] * len(X), [])
 
     def _all_readable(self, images: Sequence[Any]) -> Predictions:
         pred = self.predict_images(images)

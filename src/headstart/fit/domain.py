@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..backbone.build import Backbone, is_packaged
-from ..heads.linear import softmax
+from ..heads import softmax
 from ..fit.summary import DomainGap
 
 __all__ = ["SIMILARITY_FAR", "SIMILARITY_NEAR", "domain_gap", "explain"]

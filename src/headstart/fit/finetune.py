@@ -182,45 +182,21 @@ def finetune(model: Any, pre: Preprocess, train: tuple[Sequence[Any], Sequence[i
         on_epoch: called with each epoch's metrics row (on rank 0).
     """
     before_torch()
-    import lightning as L
-    import torch
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint  # imports lightning, torch
 
     size_torch()
 
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    mode = parse_mode(cfg.mode)
-    stages = _stages(model)
-    if mode == "all":
-        chosen = stages
-    else:
-        chosen = stages[-int(mode if isinstance(mode, int) else 3):]
+    chosen = _chosen_stages(model, cfg.mode)
     trainable = {n for _, names in chosen for n in names}
-    train_tf, eval_tf = transforms(pre, cfg.augment)
-    workers = cfg.num_workers if cfg.num_workers is not None else \
-        (0 if worker_count() <= 2 else min(4, worker_count() // 2))
-    loader = torch.utils.data.DataLoader
-    g = torch.Generator().manual_seed(0)
-    train_dl = loader(Images(*train, train_tf), batch_size=cfg.batch_size, shuffle=True,
-                      num_workers=workers, drop_last=len(train[0]) > cfg.batch_size,
-                      generator=g, persistent_workers=workers > 0)
-    val_dl = loader(Images(*val, eval_tf), batch_size=cfg.batch_size * 2,
-                    num_workers=workers, persistent_workers=workers > 0)
-    k = head[0].shape[0]
-    counts = np.bincount(np.asarray(train[1]), minlength=k).astype(np.float32)
-    class_weight = len(train[1]) / (k * np.maximum(counts, 1))
+    train_dl, val_dl = _loaders(pre, train, val, cfg)
+    class_weight = _class_weight(train[1], head[0].shape[0])
 
     def make(c: FinetuneConfig) -> Any:
         return module_class()(model, head[0].astype(np.float32), head[1].astype(np.float32),
                                trainable, c, class_weight, max(1, len(train_dl)))
-    if cfg.max_minutes and not cfg.resume:
-        # fit the schedule to the time limit, so that the cosine decay ends within it
-        per_epoch = epoch_seconds(make(cfg), train_dl, len(val[0]))
-        fit = max(1, int(0.85 * cfg.max_minutes * 60 / per_epoch))
-        if fit < cfg.max_epochs:
-            logger.info("time limit: %d epochs of about %.0f s", fit, per_epoch)
-            cfg = replace(cfg, max_epochs=fit)
+    cfg = _fit_to_time_limit(cfg, make, train_dl, len(val[0]))
     module = make(cfg)
     workdir.mkdir(parents=True, exist_ok=True)
     best = ModelCheckpoint(dirpath=workdir, filename="best", monitor="val_accuracy",
@@ -234,7 +210,65 @@ def finetune(model: Any, pre: Preprocess, train: tuple[Sequence[Any], Sequence[i
                           + history, log)
         if on_epoch is not None:
             on_epoch(row)
-    trainer = L.Trainer(
+    trainer = _trainer(cfg, workdir, best, history, record)
+    _fit(trainer, module, train_dl, val_dl, cfg, workdir)
+    return _result(trainer, module, best, history, earlier, chosen)
+
+
+def _chosen_stages(model: Any, mode: str) -> list[tuple[str, list[str]]]:
+    """The ``(stage, parameter names)`` that ``mode`` unfreezes (``last-3`` unless N or all)."""
+    parsed = parse_mode(mode)
+    stages = _stages(model)
+    if parsed == "all":
+        return stages
+    return stages[-int(parsed if isinstance(parsed, int) else 3):]
+
+
+def _loaders(pre: Preprocess, train: tuple[Sequence[Any], Sequence[int]],
+             val: tuple[Sequence[Any], Sequence[int]], cfg: FinetuneConfig) -> tuple[Any, Any]:
+    """``(train, val)`` DataLoaders: shuffled (seed 0), augmented training batches; plain val."""
+    import torch
+
+    train_tf, eval_tf = transforms(pre, cfg.augment)
+    workers = cfg.num_workers if cfg.num_workers is not None else \
+        (0 if worker_count() <= 2 else min(4, worker_count() // 2))
+    loader = torch.utils.data.DataLoader
+    g = torch.Generator().manual_seed(0)
+    train_dl = loader(Images(*train, train_tf), batch_size=cfg.batch_size, shuffle=True,
+                      num_workers=workers, drop_last=len(train[0]) > cfg.batch_size,
+                      generator=g, persistent_workers=workers > 0)
+    val_dl = loader(Images(*val, eval_tf), batch_size=cfg.batch_size * 2,
+                    num_workers=workers, persistent_workers=workers > 0)
+    return train_dl, val_dl
+
+
+def _class_weight(labels: Sequence[int], k: int) -> np.ndarray:
+    """``(K,)`` class-balanced loss weights ``N / (K * n_k)`` (empty classes count as 1)."""
+    counts = np.bincount(np.asarray(labels), minlength=k).astype(np.float32)
+    return len(labels) / (k * np.maximum(counts, 1))
+
+
+def _fit_to_time_limit(cfg: FinetuneConfig, make: Callable[[FinetuneConfig], Any],
+                       train_dl: Any, n_val: int) -> FinetuneConfig:
+    """``cfg`` with fewer ``max_epochs`` when the epochs would not fit in ``max_minutes``."""
+    if cfg.max_minutes and not cfg.resume:
+        # fit the schedule to the time limit, so that the cosine decay ends within it
+        per_epoch = epoch_seconds(make(cfg), train_dl, n_val)
+        fit = max(1, int(0.85 * cfg.max_minutes * 60 / per_epoch))
+        if fit < cfg.max_epochs:
+            logger.info("time limit: %d epochs of about %.0f s", fit, per_epoch)
+            cfg = replace(cfg, max_epochs=fit)
+    return cfg
+
+
+def _trainer(cfg: FinetuneConfig, workdir: Path, best: Any, history: list[dict[str, float]],
+             record: Callable[[dict[str, float]], None]) -> Any:
+    """The Lightning ``Trainer``: ``cfg``'s flags, best checkpoint, early stop, history."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    return L.Trainer(
         max_epochs=cfg.max_epochs, accelerator=cfg.accelerator, devices=cfg.devices,
         strategy=cfg.strategy, num_nodes=cfg.num_nodes,
         precision=cfg.precision or ("16-mixed" if torch.cuda.is_available() else "32-true"),
@@ -243,6 +277,11 @@ def finetune(model: Any, pre: Preprocess, train: tuple[Sequence[Any], Sequence[i
                    history_callback(history, record)],
         logger=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, deterministic=False, default_root_dir=str(workdir))
+
+
+def _fit(trainer: Any, module: Any, train_dl: Any, val_dl: Any, cfg: FinetuneConfig,
+         workdir: Path) -> None:
+    """Train; from ``last.ckpt`` with ``resume``, else after rank 0 deletes old checkpoints."""
     ckpt = workdir / "last.ckpt"
     if cfg.resume and not ckpt.is_file():
         logger.warning("resume: no checkpoint in %s; starting from the beginning", workdir)
@@ -256,6 +295,14 @@ def finetune(model: Any, pre: Preprocess, train: tuple[Sequence[Any], Sequence[i
         warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
         trainer.fit(module, train_dl, val_dl,
                     ckpt_path=str(ckpt) if cfg.resume and ckpt.is_file() else None)
+
+
+def _result(trainer: Any, module: Any, best: Any, history: list[dict[str, float]],
+            earlier: list[dict[str, float]], chosen: list[tuple[str, list[str]]]
+            ) -> FinetuneResult:
+    """The best epoch's frozen CPU backbone, head ``(K, D)``, ``(K,)``, and all epochs' rows."""
+    import torch
+
     if best.best_model_path:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
         module.load_state_dict(state["state_dict"])

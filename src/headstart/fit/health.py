@@ -258,23 +258,40 @@ def assess(entries: Sequence[Entry], facts: Sequence[FileFacts], skipped: Sequen
     """
     bad = {s.path for s in skipped if s.kind == "file"}
     usable = [i for i, e in enumerate(entries) if e.path not in bad]
-    counts: dict[str, dict[str, int]] = {}
-    for i in usable:
-        split = counts.setdefault(entries[i].split, {})
-        split[entries[i].label] = split.get(entries[i].label, 0) + 1
-    h = Health(data=data, layout=layout, counts={k: dict(sorted(v.items()))
-                                                 for k, v in counts.items()})
+    h = Health(data=data, layout=layout, counts=_counts(entries, usable))
     h.unusable = sorted(({"path": s.path, "reason": s.reason} for s in skipped
                          if s.kind == "file"), key=lambda u: u["path"])
     h.folders = [{"path": s.path, "problem": s.reason} for s in skipped if s.kind == "folder"]
     h.folders += list(folders)
     h.notes = [{"path": s.path, "note": s.reason} for s in skipped if s.kind == "ignored"]
-    tiny = []
+    h.notes += _image_notes(entries, facts, usable, data)
+    _duplicates(h, entries, facts, usable, X, index, near_threshold)
+    if trained_on is not None:
+        _model_leakage(h, entries, facts, usable, trained_on, X, index)
+    h.balance = _balance(h.counts)
+    h.leakage.sort(key=lambda g: g["members"][0]["path"])
+    return h
+
+
+def _counts(entries: Sequence[Entry], usable: list[int]) -> dict[str, dict[str, int]]:
+    """Usable images per split and class (classes sorted by name)."""
+    counts: dict[str, dict[str, int]] = {}
+    for i in usable:
+        split = counts.setdefault(entries[i].split, {})
+        split[entries[i].label] = split.get(entries[i].label, 0) + 1
+    return {k: dict(sorted(v.items())) for k, v in counts.items()}
+
+
+def _image_notes(entries: Sequence[Entry], facts: Sequence[FileFacts], usable: list[int],
+                 data: str) -> list[dict[str, str]]:
+    """Notes on multi-frame images, then on tiny ones (one note for more than 20)."""
+    notes: list[dict[str, str]] = []
+    tiny: list[dict[str, str]] = []
     for i in usable:
         f = facts[i]
         if f.frames > 1:
-            h.notes.append({"path": entries[i].path,
-                            "note": f"{f.frames} frames ({f.format}): the first is used"})
+            notes.append({"path": entries[i].path,
+                          "note": f"{f.frames} frames ({f.format}): the first is used"})
         if f.width and min(f.width, f.height) < TINY:
             tiny.append({"path": entries[i].path, "note": f"tiny image ({f.width}x"
                          f"{f.height}, < {TINY} px on a side): upscaled, detail is lost"})
@@ -283,7 +300,13 @@ def assess(entries: Sequence[Entry], facts: Sequence[FileFacts], skipped: Sequen
         tiny = [{"path": data, "note": f"{len(tiny)} tiny images (< {TINY} px on a side, "
                  f"e.g. {', '.join(sizes[:3])}): upscaled for the backbone, detail is lost; "
                  "compare with training from scratch ('headstart advise')"}]
-    h.notes += tiny
+    return notes + tiny
+
+
+def _duplicates(h: Health, entries: Sequence[Entry], facts: Sequence[FileFacts],
+                usable: list[int], X: np.ndarray | None, index: np.ndarray | None,
+                near_threshold: float | None) -> None:
+    """Group exact (same digest) and near duplicates into ``h``; set ``h.near``."""
     groups = _Groups(len(entries))
     kinds: dict[tuple[int, int], float] = {}
     by_digest: dict[str, list[int]] = defaultdict(list)
@@ -310,11 +333,6 @@ def assess(entries: Sequence[Entry], facts: Sequence[FileFacts], skipped: Sequen
                         exact=len({facts[i].digest for i in members}) == 1,
                         similarity=min((c for (a, b), c in kinds.items()
                                         if a in members), default=1.0))
-    if trained_on is not None:
-        _model_leakage(h, entries, facts, usable, trained_on, X, index)
-    h.balance = _balance(h.counts)
-    h.leakage.sort(key=lambda g: g["members"][0]["path"])
-    return h
 
 
 @dataclass

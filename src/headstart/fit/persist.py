@@ -26,7 +26,7 @@ from ..io.bundle import expect_shapes, read_arrays, read_meta, verified_digest, 
 from ..fit.calibration import OutOfDistribution
 from ..errors import ModelError
 from ..fit.finetune import write_metrics_csv
-from ..heads.linear import head_from_state
+from ..heads import head_from_state
 from ..backbone.runtime import Engine, checked_ir, openvino_ir_engine
 from ..fit.summary import TrainingSummary
 

@@ -3,7 +3,7 @@
 Transfer learning::
 
     read_data      dataset + one pass over the files (features, hashes, headers,
-                   thumbnails) + data health              -> Usable
+                   thumbnails) + data health + domain gap -> Usable
     fit_head       the new head on frozen features, measured on held-out images
                                                           -> FittedHead
     (finetune_stage, :mod:`headstart.fit.finetune`)           -> a tuned backbone and head
@@ -20,54 +20,29 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..backbone.build import Backbone
-from ..fit.calibration import Honesty, fit_honesty
-from ..io.dataset import (Dataset, ImageSet, Skipped, check_classes, drop_unreadable_classes,
-                   load_dataset, split_rows, stratified_split)
-from ..errors import DataError
-from ..backbone.features import FeatureCache, Features, ProgressFn, extract_features, prepare_image, \
-    scan_images
-from ..fit.health import Health, dataset_health
-from ..heads.linear import FEW_SHOT_MAX_PER_CLASS, AutoHead, LinearHead, make_head
+from ..backbone.features import Features, prepare_image, scan_images
 from ..backbone.runtime import Engine, int8_engine
-from ..fit.summary import Calibration, Int8Summary
+from ..errors import DataError
+from ..heads import FEW_SHOT_MAX_PER_CLASS, HEAD_KINDS, make_head
+from ..io.dataset import (Dataset, ImageSet, Skipped, check_classes, drop_unreadable_classes,
+                          load_dataset, split_rows, stratified_split)
+from .calibration import Honesty, fit_honesty
+from .domain import domain_gap, explain
+from .health import Health, dataset_health
+from .settings import FitSettings
+from .summary import Calibration, DomainGap, Int8Summary
 
-__all__ = ["Callbacks", "Calibrated", "Stopwatch", "FittedHead", "HeldOut", "Quantized", "Usable",
-           "calibrate", "fit_head", "holdout_accuracy", "quantize", "read_data", "reads_taps"]
+__all__ = ["Calibrated", "FittedHead", "HeldOut", "Quantized", "Usable", "calibrate",
+           "fit_head", "holdout_accuracy", "quantize", "read_data", "use_taps"]
 
 logger = logging.getLogger(__name__)
-
-EpochFn = Callable[[dict[str, float]], None]
-
-
-@dataclass
-class Callbacks:
-    """What ``fit`` reports while it runs: ``progress(done, total)`` during feature
-    extraction, ``epoch(row)`` after each fine-tuning or from-scratch epoch (``row``:
-    ``epoch``, ``train_loss``, ``val_loss``, ``val_accuracy``, ``lr``, ``seconds``)."""
-
-    progress: ProgressFn | None = None
-    epoch: EpochFn | None = None
-
-
-class Stopwatch:
-    """Seconds per stage: ``lap(name)`` records the time since the previous lap."""
-
-    def __init__(self) -> None:
-        self.laps: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.laps[name] = round(self.laps.get(name, 0.0) + now - self._last, 3)
-        self._last = now
 
 
 @dataclass
@@ -76,9 +51,10 @@ class Usable:
 
     ``paths``, ``y``, ``is_train``: ``(M,)`` usable images (training rows first), labels
     into ``classes`` and training flags; ``X``: their ``(M, D)`` frozen features under
-    ``backbone`` (None from scratch). ``computed`` / ``cached``: features computed in this
-    pass / read from the cache; ``engine``: the engine the pass used (None if none was
-    needed).
+    ``backbone`` (None from scratch; tapped where :func:`use_taps`). ``computed`` /
+    ``cached``: features computed in this pass / read from the cache; ``engine``: the
+    engine the pass used (None if none was needed); ``gap``: how far the training images
+    sit from the backbone's pretraining photos (None from scratch).
     """
 
     source: str
@@ -96,6 +72,7 @@ class Usable:
     cached: int = 0
     engine: Engine | None = None
     backbone: Backbone | None = None
+    gap: DomainGap | None = None
 
     @property
     def train_labels(self) -> np.ndarray:
@@ -114,55 +91,51 @@ def _dataset(data: Any, labels: Sequence[str] | None, val: Any) -> Dataset:
     return Dataset(train=train, val=val_set, layout="in memory")
 
 
-def reads_taps(train_labels: np.ndarray, head: str | None) -> bool:
-    """Whether ``fit`` reads the features of a tapped backbone
-    (:meth:`~headstart.backbone.build.Backbone.with_taps`): for a linear or ``auto`` head, with
-    at most :data:`~headstart.heads.linear.FEW_SHOT_MAX_PER_CLASS` training images in a class
-    (where the intermediate blocks can pay; the head weighs them by cross-validation)."""
+def use_taps(head: str | None, train_labels: np.ndarray, gap: str | None = None) -> bool:
+    """Whether ``fit`` uses the features of a tapped backbone
+    (:meth:`~headstart.backbone.build.Backbone.with_taps`), the one place this is decided:
+    for a head kind that ``uses_blocks``, with at most
+    :data:`~headstart.heads.FEW_SHOT_MAX_PER_CLASS` training images in a class, on images
+    not ``near`` ImageNet (``gap``: the domain gap's level; None before it is known, when
+    the tapped features are read in the same pass, and dropped once it says ``near``)."""
     counts = np.bincount(np.asarray(train_labels, int))
-    return head in ("auto", "linear") and len(counts) > 0 and \
-        int(counts[counts > 0].min()) <= FEW_SHOT_MAX_PER_CLASS
+    return head in HEAD_KINDS and HEAD_KINDS.get(head).uses_blocks and len(counts) > 0 \
+        and int(counts[counts > 0].min()) <= FEW_SHOT_MAX_PER_CLASS and gap != "near"
 
 
-def read_data(data: Any, labels: Sequence[str] | None, val: Any,
-              backbone: Backbone | None, cache: FeatureCache | None, batch_size: int = 32,
-              runtime: str = "auto", callbacks: Callbacks | None = None,
-              head: str | None = None) -> Usable:
-    """Find the images (see :func:`headstart.io.dataset.load_dataset`; ``labels``: names of the
-    images in ``data``, a sequence of paths or PIL images), read each file once (features
-    under ``backbone``, or a decode check without one), judge the data's health, and leave
-    out unreadable files and classes none of whose images can be read.
-
-    ``head``: the kind of head to be fitted; where :func:`reads_taps`, the features read are
-    those of the backbone tapped at intermediate blocks (where it can be), in the same pass.
+def read_data(data: Any, labels: Sequence[str] | None, val: Any, backbone: Backbone | None,
+              settings: FitSettings) -> Usable:
+    """Find the images (see :func:`headstart.io.dataset.load_dataset`; ``labels``: names of
+    the images in ``data``, a sequence of paths or PIL images), read each file once
+    (features under ``backbone``, or a decode check without one), judge the data's health
+    and its distance from the backbone's pretraining photos, and leave out unreadable
+    files and classes none of whose images can be read. Where :func:`use_taps`, the
+    features are those of the backbone tapped at intermediate blocks (same pass).
 
     Raises:
         DataError: fewer than 2 classes with usable training images, or bad paths.
     """
     dataset = _dataset(data, labels, val)
     paths, y_all, train_all = dataset.rows()
-    source = None if labels is not None else data
-    X: np.ndarray | None = None
     feats: Features | None = None
-    if backbone is not None and reads_taps(y_all[train_all], head):
+    if backbone is not None and use_taps(settings.head, y_all[train_all]):
         backbone = backbone.with_taps() or backbone
     if backbone is not None:
-        feats = extract_features(backbone, paths, cache, batch_size,
-                                 callbacks.progress if callbacks else None, runtime=runtime,
-                                 thumbs=True)
+        feats = settings.extract(backbone, paths, thumbs=True, progress=True)
         ok, bad, facts, X = feats.index, feats.skipped, feats.facts, feats.X
     else:
-        ok, bad, facts = scan_images(paths)
+        ok, bad, facts, X = *scan_images(paths), None
     skipped = dataset.skipped + bad
     final = backbone.final(X) if X is not None and backbone is not None else None
-    health, digests = dataset_health(dataset, source, facts, skipped, final, ok)
+    health, digests = dataset_health(dataset, None if labels is not None else data, facts,
+                                     skipped, final, ok)
     classes, y, keep, dropped = drop_unreadable_classes(dataset.train, y_all[ok],
                                                         train_all[ok])
     ok, y = ok[keep], y[keep]
     is_train = train_all[ok]
     check_classes(y[is_train], classes, f"{data} (after skipping unreadable files)")
     computed = feats.computed if feats is not None else 0
-    return Usable(
+    usable = Usable(
         source=str(data) if labels is None else f"{len(data)} images",
         data_path=os.path.abspath(data) if labels is None and os.path.exists(data) else None,
         layout=dataset.layout, classes=classes, paths=[paths[i] for i in ok], y=y,
@@ -170,6 +143,25 @@ def read_data(data: Any, labels: Sequence[str] | None, val: Any,
         skipped=skipped + dropped, health=health, train_digests=digests, computed=computed,
         cached=len(feats.index) - computed if feats is not None else 0,
         engine=feats.engine if feats is not None else None, backbone=backbone)
+    if backbone is None or settings.head is None:
+        return usable
+    return _judge_domain(usable, settings.head)
+
+
+def _judge_domain(usable: Usable, head: str) -> Usable:
+    """``usable`` with its domain gap; its tapped blocks dropped where :func:`use_taps`
+    says no once the gap is known (they pay far from ImageNet, not near it)."""
+    backbone, X = usable.backbone, usable.X
+    assert backbone is not None and X is not None
+    gap = domain_gap(backbone, X[usable.is_train])
+    if backbone.taps and not use_taps(head, usable.train_labels, gap.level):
+        usable = replace(usable, X=backbone.final(X), backbone=backbone.without_taps(),
+                         engine=None)
+    if gap.level == "far":
+        logger.warning("these images look far from the backbone's pretraining photos "
+                       "(%s): transfer learning may not be the right tool; run "
+                       "'headstart advise %s'", explain(gap), usable.data_path or "DATA")
+    return replace(usable, gap=gap)
 
 
 @dataclass
@@ -185,19 +177,16 @@ class FittedHead:
 
 
 def _fit_one(kind: str, X: np.ndarray, y: np.ndarray, seed: int, imagenet: Any = None,
-             blocks: tuple[int, ...] = ()
-             ) -> tuple[Any, dict[str, float]]:
+             blocks: tuple[int, ...] = ()) -> tuple[Any, dict[str, float]]:
+    """A ``kind`` head fitted on ``X`` ``(N, D)``: the head it keeps and its CV scores."""
     head = make_head(kind, seed, imagenet, blocks).fit(X, y)
-    if isinstance(head, AutoHead):
-        return head.best_, head.cv_scores_
-    score = head.cv_score_ if isinstance(head, LinearHead) else float("nan")
-    return head, ({kind: score} if score == score else {})
+    return head.result(), head.cv_scores()
 
 
-def fit_head(X: np.ndarray, y: np.ndarray, is_train: np.ndarray, kind: str, seed: int,
-             val_fraction: float, imagenet: tuple[np.ndarray, np.ndarray] | None = None,
+def fit_head(X: np.ndarray, y: np.ndarray, is_train: np.ndarray, settings: FitSettings,
+             imagenet: tuple[np.ndarray, np.ndarray] | None = None,
              blocks: tuple[int, ...] = ()) -> FittedHead:
-    """Fit a ``kind`` head (``auto``, ``linear``, ``mlp``) on the training rows of ``X``
+    """Fit a ``settings.head`` head (a registered kind) on the training rows of ``X``
     ``(N, D)`` and measure it on the validation rows. ``imagenet``: the backbone's ImageNet
     classifier, for the linear head to try as extra features (see
     :class:`headstart.heads.linear.LinearHead`; given for images near ImageNet); ``blocks``: the
@@ -212,6 +201,7 @@ def fit_head(X: np.ndarray, y: np.ndarray, is_train: np.ndarray, kind: str, seed
     With one image per class nothing can be held out: ``val_accuracy`` is NaN and
     ``val_images`` 0.
     """
+    kind, seed, val_fraction = settings.head, settings.seed, settings.val_fraction
     Xtr, ytr, Xva, yva = X[is_train], y[is_train], X[~is_train], y[~is_train]
     if len(yva):
         head, scores = _fit_one(kind, Xtr, ytr, seed, imagenet, blocks)
@@ -243,10 +233,7 @@ def holdout_accuracy(head: Any, X: np.ndarray, y: np.ndarray, is_train: np.ndarr
     the others: ``(accuracy, images)``."""
     train_rows, val_rows = split_rows(y, is_train, val_fraction, seed)
     if not (~is_train).any():
-        params = head.get_params()
-        if isinstance(head, LinearHead):
-            params["Cs"], params["block_weights"] = (head.C_,), (head.block_weight_,)
-        head = type(head)(**params).fit(X[train_rows], y[train_rows])
+        head = type(head)(**head.refit_params()).fit(X[train_rows], y[train_rows])
     return float(np.mean(head.predict(X[val_rows]) == y[val_rows])), int(len(val_rows))
 
 
@@ -261,9 +248,7 @@ class Quantized:
     summary: Int8Summary
 
 
-def quantize(backbone: Backbone, usable: Usable, fp32: FittedHead, kind: str,
-             cache: FeatureCache | None, cache_root: Path, batch_size: int, runtime: str,
-             seed: int, val_fraction: float, progress: ProgressFn | None = None,
+def quantize(backbone: Backbone, usable: Usable, fp32: FittedHead, settings: FitSettings,
              imagenet: tuple[np.ndarray, np.ndarray] | None = None) -> Quantized:
     """Quantise ``backbone`` to INT8 (calibrated on up to 300 training images), refit the
     head on its features and compare the validation accuracy with ``fp32``'s.
@@ -273,12 +258,10 @@ def quantize(backbone: Backbone, usable: Usable, fp32: FittedHead, kind: str,
     """
     calibration = [p for p, t in zip(usable.paths, usable.is_train) if t]
     step = max(1, len(calibration) // 300)
-    engine = int8_engine(backbone, cache_root, np.stack(
+    engine = int8_engine(backbone, settings.cache_root, np.stack(
         [prepare_image(p, backbone.preprocess) for p in calibration[::step][:300]]))
-    X8 = extract_features(backbone, usable.paths, cache, batch_size, progress,
-                          runtime=runtime, engine=engine).X
-    fitted = fit_head(X8, usable.y, usable.is_train, kind, seed, val_fraction, imagenet,
-                      backbone.tap_widths)
+    X8 = settings.extract(backbone, usable.paths, engine=engine, progress=True).X
+    fitted = fit_head(X8, usable.y, usable.is_train, settings, imagenet, backbone.tap_widths)
     drop = fp32.val_accuracy - fitted.val_accuracy
     if drop > 0.005:
         logger.warning("INT8 lowers validation accuracy by %.1f points (%.4f -> %.4f); "
@@ -312,8 +295,8 @@ class Calibrated:
     held_out: HeldOut = field(repr=False)
 
 
-def calibrate(head: Any, X: np.ndarray, usable: Usable, held_out_fold: bool, seed: int,
-              val_fraction: float) -> Calibrated:
+def calibrate(head: Any, X: np.ndarray, usable: Usable, held_out_fold: bool,
+              settings: FitSettings) -> Calibrated:
     """Fit the temperature and the unknown detector on the final features ``X`` ``(M, D)``
     of ``usable``'s rows.
 
@@ -321,10 +304,10 @@ def calibrate(head: Any, X: np.ndarray, usable: Usable, held_out_fold: bool, see
     (fine-tuned and from-scratch models), so that fold serves as validation when there is
     no validation split.
     """
-    y, is_train = usable.y, usable.is_train
+    y, is_train, seed = usable.y, usable.is_train, settings.seed
     train_rows, val_rows = np.flatnonzero(is_train), np.flatnonzero(~is_train)
     if held_out_fold and not len(val_rows):
-        train_rows, val_rows = split_rows(y, is_train, val_fraction, seed)
+        train_rows, val_rows = split_rows(y, is_train, settings.val_fraction, seed)
     h: Honesty = fit_honesty(head, X, y, train_rows, val_rows, seed)
     rows = h.rows
     held = HeldOut([usable.paths[i] for i in rows], y[rows], h.logits,

@@ -65,22 +65,8 @@ def module_class() -> Any:
                      trainable: set[str], cfg: Any, class_weight: np.ndarray,
                      steps_per_epoch: int) -> None:
             super().__init__()
-            self.backbone = backbone
-            self.head = nn.Linear(weight.shape[1], weight.shape[0])
-            with torch.no_grad():
-                self.head.weight.copy_(torch.from_numpy(weight))
-                self.head.bias.copy_(torch.from_numpy(bias))
-            for name, p in self.backbone.named_parameters():
-                p.requires_grad_(name in trainable)
-            self.frozen_bn = [m for m in self.backbone.modules()
-                              if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                              and not any(p.requires_grad for p in m.parameters())]
-            self.cfg = cfg
-            self.steps_per_epoch = steps_per_epoch
-            self.loss = nn.CrossEntropyLoss(weight=torch.as_tensor(class_weight,
-                                                                   dtype=torch.float32),
-                                            label_smoothing=cfg.label_smoothing)
-            self._val: list[tuple[float, float, int]] = []
+            _set_up(self, backbone, weight, bias, trainable, cfg, class_weight,
+                    steps_per_epoch)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.head(self.backbone(x))
@@ -107,23 +93,54 @@ def module_class() -> Any:
                      batch_size=len(y))
 
         def configure_optimizers(self) -> Any:
-            groups = [{"params": list(self.head.parameters()), "lr": self.cfg.lr}]
-            backbone = [p for p in self.backbone.parameters() if p.requires_grad]
-            if backbone:
-                groups.append({"params": backbone,
-                               "lr": self.cfg.lr * self.cfg.backbone_lr_factor})
-            opt = torch.optim.AdamW(groups, weight_decay=self.cfg.weight_decay)
-            warm = max(1, int(self.cfg.warmup_epochs * self.steps_per_epoch))
-            total = max(warm + 1, self.cfg.max_epochs * self.steps_per_epoch)
-
-            def factor(step: int) -> float:
-                if step < warm:
-                    return (step + 1) / warm
-                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / (total - warm))))
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+            return _optimizers(self)
 
     return FinetuneModule
+
+
+def _set_up(module: Any, backbone: Any, weight: np.ndarray, bias: np.ndarray,
+            trainable: set[str], cfg: Any, class_weight: np.ndarray,
+            steps_per_epoch: int) -> None:
+    """Attach backbone, head (``weight`` ``(K, D)``, ``bias`` ``(K,)``), frozen BNs, loss."""
+    import torch
+    from torch import nn
+
+    module.backbone = backbone
+    module.head = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        module.head.weight.copy_(torch.from_numpy(weight))
+        module.head.bias.copy_(torch.from_numpy(bias))
+    for name, p in module.backbone.named_parameters():
+        p.requires_grad_(name in trainable)
+    module.frozen_bn = [m for m in module.backbone.modules()
+                        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                        and not any(p.requires_grad for p in m.parameters())]
+    module.cfg = cfg
+    module.steps_per_epoch = steps_per_epoch
+    module.loss = nn.CrossEntropyLoss(weight=torch.as_tensor(class_weight, dtype=torch.float32),
+                                      label_smoothing=cfg.label_smoothing)
+    module._val: list[tuple[float, float, int]] = []
+
+
+def _optimizers(module: Any) -> dict[str, Any]:
+    """AdamW over head and trainable backbone groups, stepped by warmup then cosine."""
+    import torch
+
+    cfg = module.cfg
+    groups = [{"params": list(module.head.parameters()), "lr": cfg.lr}]
+    backbone = [p for p in module.backbone.parameters() if p.requires_grad]
+    if backbone:
+        groups.append({"params": backbone, "lr": cfg.lr * cfg.backbone_lr_factor})
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    warm = max(1, int(cfg.warmup_epochs * module.steps_per_epoch))
+    total = max(warm + 1, cfg.max_epochs * module.steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / (total - warm))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 def history_callback(history: list[dict[str, float]],

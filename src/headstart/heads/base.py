@@ -1,6 +1,6 @@
-"""The base of every head (private): the parameter protocol, prediction, scoring, and the
-helpers heads share (input checks, standardisation, folds, one thread). See
-:mod:`headstart.heads.linear`."""
+"""The base of every head: the head protocol (what a kind declares, how it is made,
+fitted, measured, refitted, saved and exported), prediction, scoring, and the helpers heads
+share (input checks, standardisation, folds, one thread). See :mod:`headstart.heads`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import HeadstartError, ModelError
 
-__all__ = ["CV_MAX_IMAGES", "FILE", "Folds", "Head", "buffers", "check_xy", "cv_subset",
+__all__ = ["CV_MAX_IMAGES", "FEW_SHOT_MAX_PER_CLASS", "FILE", "Folds", "Head", "buffers", "check_xy", "cv_subset",
            "log_loss", "logits2", "one_thread", "softmax", "standardiser", "stratified_folds"]
 
 
@@ -97,16 +97,57 @@ def standardiser(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), scale.astype(np.float32)
 
 
+# Extra features (the tapped blocks, the ImageNet block) are read and tried up to this many
+# images in the smallest class: they pay at 1-20 (few-shot); beyond, they only cost time.
+FEW_SHOT_MAX_PER_CLASS = 40
+
+
 class Head:
-    """Shared code: the scikit-learn parameter protocol (``get_params`` / ``set_params``,
-    so ``sklearn.base.clone`` works, without importing scikit-learn to predict), prediction
-    and scoring. Subclasses set ``kind`` and implement ``fit``, ``decision_function``,
-    ``state``, ``from_state`` and ``to_torch``."""
+    """The head protocol and shared code: the scikit-learn parameter protocol
+    (``get_params`` / ``set_params``, so ``sklearn.base.clone`` works, without importing
+    scikit-learn to predict), prediction and scoring.
+
+    A kind declares ``kind`` (its registered name), ``help`` (one line for the CLI and the
+    studio) and ``uses_blocks`` (whether it wants the outputs of tapped intermediate blocks
+    after the final features, and the ImageNet block, see :meth:`create`); ``saved`` is
+    False for a kind that chooses among others (``auto``: what it keeps is saved).
+    It implements ``fit(X, y)``, ``decision_function``, ``state``, ``from_state`` and
+    ``to_torch``; :meth:`result`, :meth:`cv_scores` and :meth:`refit_params` have defaults.
+    """
 
     kind: ClassVar[str] = ""
+    help: ClassVar[str] = ""
+    uses_blocks: ClassVar[bool] = False
+    saved: ClassVar[bool] = True
     oof_logits_: np.ndarray | None = None
     oof_rows_: np.ndarray | None = None
     oof_scale_: float = 1.0  # final head's logit scale over the fold heads' (see LinearHead)
+
+    @classmethod
+    def create(cls, random_state: int = 0,
+               imagenet: tuple[np.ndarray, np.ndarray] | None = None,
+               blocks: tuple[int, ...] = ()) -> "Head":
+        """A new head for ``fit``: ``imagenet`` (the backbone's ImageNet classifier) and
+        ``blocks`` (the widths of tapped blocks at the end of each row) are offered to kinds
+        that ``uses_blocks``; others ignore ``imagenet`` and refuse ``blocks``."""
+        if blocks:
+            raise HeadstartError(f"the {cls.kind} head takes the final features only",
+                                 param="blocks")
+        return cls(random_state=random_state)  # type: ignore[call-arg]
+
+    def result(self) -> "Head":
+        """The fitted head to keep and save (a kind that chooses returns its choice)."""
+        return self
+
+    def cv_scores(self) -> dict[str, float]:
+        """Mean cross-validated accuracy of each candidate tried (empty when none was)."""
+        score = getattr(self, "cv_score_", float("nan"))
+        return {self.kind: float(score)} if score == score else {}
+
+    def refit_params(self) -> dict[str, Any]:
+        """Parameters for a head of this kind that fits again with the settings this one
+        chose (no new cross-validation): e.g. to measure it on other rows."""
+        return self.get_params()
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor parameters and their values."""

@@ -1,26 +1,12 @@
-"""New classification heads trained on frozen features (the scikit-learn estimator API).
+"""The linear head: multinomial logistic regression on frozen features (see
+:class:`LinearHead`), the default kind and the one few-shot data needs.
 
-All heads take features ``X`` of shape ``(N, D)`` and integer labels ``y`` of shape ``(N,)``
-with values in ``0..K-1``; ``predict_proba`` returns ``(N, K)``. A head owns its inference:
-its ``kind`` names it, fitted heads predict with NumPy alone, export their parameters as a
-flat dict of arrays (:meth:`state`, saved with safetensors, rebuilt with
-:func:`head_from_state`) and build the same maths as a ``torch.nn.Module``
-(:meth:`to_torch`, for export). A new kind of head touches this module only.
-
-* :class:`LinearHead`: multinomial logistic regression on power-L2 (or standardised)
-  features, optionally with the backbone's ImageNet class probabilities appended (images
-  near ImageNet) or with the grid-pooled outputs of tapped intermediate blocks weighed in
-  (images far from it); its L2 strength is chosen by out-of-fold log-loss along one
-  warm-started path of ``C`` values per fold.
-* :class:`MLPHead`: the article's new head, ``Linear(D, hidden) -> ReLU -> Dropout ->
-  Linear(hidden, K)``, trained with AdamW and early stopping on a held-out fold.
-* :class:`AutoHead`: both on the same folds, keeping the better; the MLP is tried only from
-  :data:`MLP_MIN_PER_CLASS` images per class, below which it has not been seen to win.
-
-Cross-validated heads keep their out-of-fold logits (``oof_logits_`` for the rows
-``oof_rows_``): the validation estimate and the temperature come from them, so no head is
-ever cross-validated inside another cross-validation. Fits are cheap by design: the
-heads run single-threaded (thread pools only cost time on problems this small).
+Features ``X`` are ``(N, D)``, labels ``y`` ``(N,)`` with values in ``0..K-1``;
+``predict_proba`` returns ``(N, K)``. Power-L2 (or standardised) features, optionally with
+the backbone's ImageNet class probabilities appended (images near ImageNet) or with the
+grid-pooled outputs of tapped intermediate blocks weighed in (images far from it); the L2
+strength is chosen by out-of-fold log-loss along one warm-started path of ``C`` values per
+fold. See :mod:`headstart.heads` for the head protocol and the registry of kinds.
 """
 
 from __future__ import annotations
@@ -32,30 +18,20 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..heads.base import (FILE, Folds, Head, buffers, check_xy, cv_subset, log_loss, logits2,
-                    one_thread, softmax, standardiser, stratified_folds)
-from ..heads.solvers import Logistic, balanced_weights, fit_logistic, fold_coordinates, project
-from ..heads.mlp import MLPHead
 from .._threads import cores
-from ..heads.normalise import (NORM_SCALE, imagenet_block, power_l2, tapped_blocks,
-                         torch_imagenet_block, torch_power_l2, torch_tapped_blocks)
-from ..io.bundle import expect_shapes
 from ..errors import HeadstartError, ModelError
+from ..io.bundle import expect_shapes
+from .base import (FEW_SHOT_MAX_PER_CLASS, FILE, Folds, Head, buffers, check_xy, cv_subset,
+                   log_loss, logits2, one_thread, standardiser, stratified_folds)
+from .normalise import (NORM_SCALE, imagenet_block, power_l2, tapped_blocks,
+                        torch_imagenet_block, torch_power_l2, torch_tapped_blocks)
+from .solvers import Logistic, balanced_weights, fit_logistic, fold_coordinates, project
 
-__all__ = ["AutoHead", "BLOCK_WEIGHTS", "FEW_SHOT_MAX_PER_CLASS", "LinearHead", "MLPHead",
-           "MLP_MIN_PER_CLASS", "WIDE_CS", "make_head", "head_from_state", "HEADS",
-           "imagenet_block", "power_l2", "softmax", "stratified_folds", "tapped_blocks"]
+__all__ = ["BLOCK_WEIGHTS", "LinearHead", "WIDE_CS"]
 
 logger = logging.getLogger(__name__)
 
-# Below this many images in its smallest class the MLP is not tried: on all seven shared
-# datasets (120 to 1,200 images per class) it never beat the linear head in CV.
-MLP_MIN_PER_CLASS = 150
 NORMALIZE = ("power-l2", "standard")
-# The ImageNet block (see imagenet_block) and the tapped blocks (tapped_blocks) are tried up
-# to this many images in the smallest class: they pay at 1-20 (few-shot), and beyond, more
-# C paths only cost time.
-FEW_SHOT_MAX_PER_CLASS = 40
 # The weights tried for the tapped blocks (0: the final features alone). With the 3 x 3
 # grids of blocks 4-6 (see headstart.backbone.taps), on the far shared sets at 5 / 20 shots: 1
 # gave +4.4 / +3.0 points over the final features alone, 0.7 +4.3 / +3.0, 1.4 +4.4 / +2.8;
@@ -107,6 +83,8 @@ class LinearHead(Head):
     """
 
     kind = "linear"
+    help = "logistic regression, its strength chosen by cross-validation (few images)"
+    uses_blocks = True
     imagenet_block_: tuple[np.ndarray, np.ndarray] | None = None
     block_weight_: float = 0.0
 
@@ -125,6 +103,16 @@ class LinearHead(Head):
         self.imagenet = imagenet
         self.blocks = blocks
         self.block_weights = block_weights
+
+    @classmethod
+    def create(cls, random_state: int = 0,
+               imagenet: tuple[np.ndarray, np.ndarray] | None = None,
+               blocks: tuple[int, ...] = ()) -> "LinearHead":
+        return cls(random_state=random_state, imagenet=imagenet, blocks=blocks)
+
+    def refit_params(self) -> dict[str, Any]:
+        """The parameters with the fitted choices fixed: ``C`` and the blocks' weight."""
+        return {**self.get_params(), "Cs": (self.C_,), "block_weights": (self.block_weight_,)}
 
     def _final(self, X: np.ndarray) -> np.ndarray:
         """The final features of rows ``X`` (without the tapped blocks)."""
@@ -382,97 +370,6 @@ class LinearHead(Head):
         return Linear(self).eval()
 
 
-class AutoHead(Head):
-    """Cross-validates :class:`LinearHead` and, from :data:`MLP_MIN_PER_CLASS` images per
-    class on, :class:`MLPHead` on the same stratified folds (of at most ``CV_MAX_IMAGES``
-    rows), and keeps the better (the linear one on ties).
-
-    Fitted attributes: ``best_`` (the chosen, refitted head, with its out-of-fold logits),
-    ``kind_`` (its ``kind``, ``"linear"`` or ``"mlp"``), ``cv_scores_`` (mean CV accuracy
-    of each candidate that was tried).
-    """
-
-    kind = "auto"
-
-    def __init__(self, cv: int = 5, class_weight: str | None = "balanced",
-                 random_state: int = 0,
-                 imagenet: tuple[np.ndarray, np.ndarray] | None = None,
-                 blocks: tuple[int, ...] = ()) -> None:
-        self.cv = cv
-        self.class_weight = class_weight
-        self.random_state = random_state
-        self.imagenet = imagenet
-        self.blocks = blocks
-
-    def fit(self, X: Any, y: Any) -> "AutoHead":
-        X, y = check_xy(X, y)
-        self.classes_ = np.unique(y)
-        sub = cv_subset(y, self.random_state)  # the rows cross-validated on
-        folds = stratified_folds(y[sub], self.cv, self.random_state)
-        linear = LinearHead(cv=self.cv, class_weight=self.class_weight,
-                            random_state=self.random_state,
-                            imagenet=self.imagenet, blocks=self.blocks).fit(X, y, folds)
-        self.best_, self.kind_ = linear, "linear"
-        self.cv_scores_ = {"linear": linear.cv_score_} if folds is not None else {}
-        if folds is None or np.bincount(y).min() < MLP_MIN_PER_CLASS:
-            return self
-        params = dict(class_weight=self.class_weight, random_state=self.random_state)
-        Xc, yc = X[sub], y[sub]
-        oof = np.zeros((len(yc), len(self.classes_)), np.float32)
-        scores = []
-        for tr, te in folds:
-            m = MLPHead(**params).fit(Xc[tr], yc[tr])
-            oof[te] = m.decision_function(Xc[te])
-            scores.append(float(np.mean(m.predict(Xc[te]) == yc[te])))
-        self.cv_scores_["mlp"] = float(np.mean(scores))
-        if self.cv_scores_["mlp"] > linear.cv_score_:
-            self.best_, self.kind_ = MLPHead(**params).fit(X, y), "mlp"
-            self.best_.oof_logits_, self.best_.oof_rows_ = oof, sub
-        logger.info("auto head: CV accuracy %s -> %s", self.cv_scores_, self.kind_)
-        return self
-
-    def decision_function(self, X: Any) -> np.ndarray:
-        return self.best_.decision_function(X)
-
-
 def _logits(model: Logistic, Z: np.ndarray) -> np.ndarray:
     z = Z @ model.W.T + model.b
     return z[:, 0] if z.shape[1] == 1 else z
-
-
-_KINDS: dict[str, type[Head]] = {"linear": LinearHead, "mlp": MLPHead}
-HEADS = ("auto",) + tuple(_KINDS)
-
-
-def make_head(kind: str = "auto", random_state: int = 0,
-              imagenet: tuple[np.ndarray, np.ndarray] | None = None,
-              blocks: tuple[int, ...] = ()) -> Head:
-    """A new, unfitted head by name: ``auto``, ``linear`` or ``mlp`` (``imagenet``: the
-    backbone's ImageNet classifier, ``blocks``: the widths of tapped blocks, for the linear
-    head to try, see :class:`LinearHead`).
-
-    Raises:
-        HeadstartError: an unknown name, or ``blocks`` for a head that cannot use them.
-    """
-    if kind == "auto":
-        return AutoHead(random_state=random_state, imagenet=imagenet, blocks=blocks)
-    if kind == "linear":
-        return LinearHead(random_state=random_state, imagenet=imagenet, blocks=blocks)
-    if kind not in _KINDS:
-        raise HeadstartError(f"head: expected one of {', '.join(HEADS)}, got {kind!r}")
-    if blocks:
-        raise HeadstartError(f"blocks: the {kind} head takes the final features only")
-    return _KINDS[kind](random_state=random_state)
-
-
-def head_from_state(kind: str, state: dict[str, np.ndarray], n_classes: int,
-                    n_features: int) -> Head:
-    """Rebuild a fitted head of ``kind`` from its :meth:`state` arrays, checked to map
-    ``n_features`` features to ``n_classes`` logits.
-
-    Raises:
-        ModelError: an unknown kind, or arrays with other keys or shapes.
-    """
-    if kind not in _KINDS:
-        raise ModelError(f"unknown saved head kind {kind!r}")
-    return _KINDS[kind].from_state(state, n_classes, n_features)

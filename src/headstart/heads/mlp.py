@@ -1,5 +1,5 @@
-"""The MLP head (private; public as :class:`headstart.heads.linear.MLPHead`): the article's new
-head, ``Linear(D, hidden) -> ReLU -> Dropout -> Linear(hidden, K)``."""
+"""The MLP head: the article's new head, ``Linear(D, hidden) -> ReLU -> Dropout ->
+Linear(hidden, K)`` (see :class:`MLPHead`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..heads.base import FILE, Head, buffers, check_xy, one_thread, standardiser
+from .base import FILE, Head, buffers, check_xy, one_thread, standardiser
 from ..io.bundle import expect_shapes
 
 __all__ = ["MLPHead"]
@@ -23,6 +23,7 @@ class MLPHead(Head):
     """
 
     kind = "mlp"
+    help = "a small neural network on the features (many images per class)"
 
     def __init__(self, hidden: int = 256, dropout: float = 0.5, lr: float = 1e-3,
                  weight_decay: float = 1e-2, max_epochs: int = 300, patience: int = 30,

@@ -15,6 +15,8 @@ one. No scikit-learn or SciPy import: a whole ``headstart train`` stays short.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import numpy as np
 
@@ -113,6 +115,17 @@ def fit_logistic(Z: np.ndarray, y: np.ndarray, n_classes: int, C: float,
     total = w.sum()
     w = w / total
     lam = 1.0 / (C * total)
+    Z, col, pen, bscale = _conditioned(Z, w, lam, k, n_classes)
+    theta = (np.concatenate([(init.W / col).ravel(), init.b / bscale]) if init is not None
+             and init.W.shape == (k, r) else np.zeros(k * r + k))
+    objective = partial(_loss_grad, Z=Z, Y=Y, w=w, k=k, lam=pen, bscale=bscale)
+    theta, it = _lbfgs(objective, theta, max_iter, tol, memory)
+    return Logistic(theta[: k * r].reshape(k, r) * col, theta[k * r:] * bscale, it)
+
+
+def _conditioned(Z: np.ndarray, w: np.ndarray, lam: float, k: int, n_classes: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """``(Z * col, col (r,), penalty (r,), bscale)``: the problem rescaled for L-BFGS."""
     # Exact reparametrisations that make the problem well conditioned for L-BFGS: each
     # column scaled so that its curvature (penalty + roughly the data's) is about 1, and
     # the unpenalised intercept scaled to the penalty's curvature.
@@ -121,42 +134,29 @@ def fit_logistic(Z: np.ndarray, y: np.ndarray, n_classes: int, C: float,
     Z = Z * col
     pen = lam * col * col
     bscale = max(1.0, float(np.sqrt(lam / h)))
-    theta = (np.concatenate([(init.W / col).ravel(), init.b / bscale]) if init is not None
-             and init.W.shape == (k, r) else np.zeros(k * r + k))
-    f, g = _loss_grad(theta, Z, Y, w, k, pen, bscale)
+    return Z, col, pen, bscale
+
+
+def _lbfgs(objective: Callable[[np.ndarray], tuple[float, np.ndarray]], theta: np.ndarray,
+           max_iter: int, tol: float, memory: int) -> tuple[np.ndarray, int]:
+    """``(theta, iterations)``: L-BFGS from ``theta`` ``(P,)`` on ``objective`` (f, grad)."""
+    f, g = objective(theta)
     s_hist: list[np.ndarray] = []
     y_hist: list[np.ndarray] = []
     it = 0
     for it in range(1, max_iter + 1):
         if np.abs(g).max() < tol:
             break
-        q = g.copy()  # two-loop recursion: d = -H g
-        alphas = []
-        for s_i, y_i in zip(reversed(s_hist), reversed(y_hist)):
-            a = (s_i @ q) / (y_i @ s_i)
-            alphas.append(a)
-            q -= a * y_i
-        if s_hist:
-            q *= (s_hist[-1] @ y_hist[-1]) / (y_hist[-1] @ y_hist[-1])
-        else:
-            q /= max(1.0, np.linalg.norm(g))
-        for (s_i, y_i), a in zip(zip(s_hist, y_hist), reversed(alphas)):
-            q += (a - (y_i @ q) / (y_i @ s_i)) * s_i
-        d = -q
+        d = _direction(g, s_hist, y_hist)
         slope = g @ d
         if slope >= 0:  # not a descent direction: restart from the gradient
             s_hist.clear()
             y_hist.clear()
             d, slope = -g / max(1.0, np.linalg.norm(g)), -(g @ g) / max(1.0, np.linalg.norm(g))
-        step = 1.0
-        for _ in range(40):  # backtracking (Armijo)
-            new = theta + step * d
-            f_new, g_new = _loss_grad(new, Z, Y, w, k, pen, bscale)
-            if f_new <= f + 1e-4 * step * slope:
-                break
-            step *= 0.5
-        else:
+        found = _backtrack(objective, theta, d, f, slope)
+        if found is None:
             break  # no progress possible at this precision
+        new, f_new, g_new = found
         s_vec, y_vec = new - theta, g_new - g
         if s_vec @ y_vec > 1e-12:
             s_hist.append(s_vec)
@@ -168,7 +168,39 @@ def fit_logistic(Z: np.ndarray, y: np.ndarray, n_classes: int, C: float,
         theta, f, g = new, f_new, g_new
         if converged:
             break
-    return Logistic(theta[: k * r].reshape(k, r) * col, theta[k * r:] * bscale, it)
+    return theta, it
+
+
+def _direction(g: np.ndarray, s_hist: list[np.ndarray], y_hist: list[np.ndarray]
+               ) -> np.ndarray:
+    """The search direction ``d = -H g`` ``(P,)`` by the L-BFGS two-loop recursion."""
+    q = g.copy()
+    alphas = []
+    for s_i, y_i in zip(reversed(s_hist), reversed(y_hist)):
+        a = (s_i @ q) / (y_i @ s_i)
+        alphas.append(a)
+        q -= a * y_i
+    if s_hist:
+        q *= (s_hist[-1] @ y_hist[-1]) / (y_hist[-1] @ y_hist[-1])
+    else:
+        q /= max(1.0, np.linalg.norm(g))
+    for (s_i, y_i), a in zip(zip(s_hist, y_hist), reversed(alphas)):
+        q += (a - (y_i @ q) / (y_i @ s_i)) * s_i
+    return -q
+
+
+def _backtrack(objective: Callable[[np.ndarray], tuple[float, np.ndarray]],
+               theta: np.ndarray, d: np.ndarray, f: float, slope: float
+               ) -> tuple[np.ndarray, float, np.ndarray] | None:
+    """``(theta', f', grad')`` of the first Armijo step along ``d``, None within 40 halvings."""
+    step = 1.0
+    for _ in range(40):
+        new = theta + step * d
+        f_new, g_new = objective(new)
+        if f_new <= f + 1e-4 * step * slope:
+            return new, f_new, g_new
+        step *= 0.5
+    return None
 
 
 def balanced_weights(y: np.ndarray, n_classes: int) -> np.ndarray:

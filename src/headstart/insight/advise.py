@@ -38,7 +38,8 @@ from ..backbone.features import FeatureCache, extract_features
 from ..fit.finetune import FinetuneConfig
 from ..heads.linear import LinearHead
 from ..fit.classifier import Classifier
-from ..fit.stages import Callbacks, holdout_accuracy
+from ..fit.callbacks import Callbacks
+from ..fit.stages import holdout_accuracy
 
 __all__ = ["DEFAULT_BUDGET", "MARGIN", "advise", "recommend"]
 

@@ -133,68 +133,20 @@ def write_report(out: str | os.PathLike, classes: list[str], sources: Sequence[A
     y_true = np.asarray(y_true, dtype=int)
     m = scored_metrics(y_true, logits, temperature, classes, rejected)
     proba = softmax(logits, temperature)
-    pred, conf = proba.argmax(axis=1), proba.max(axis=1)
-    lo, hi = m["accuracy_ci95"]
-    e = html.escape
-    parts = [f"<h1>{e(title)}</h1>",
-             '<section id="summary"><h2>Accuracy</h2>'
-             f'<p class="big">{m["accuracy"]:.1%} <span>95% CI {lo:.1%} to {hi:.1%} '
-             f'(Wilson score interval, {m["n_images"]} images)</span></p>'
-             f'<p>macro F1 {m["macro_f1"]:.3f}</p></section>']
+    parts = [f"<h1>{html.escape(title)}</h1>", _accuracy_section(m)]
     if health:
         parts.insert(1, _health_section(health))
-    rows = "".join(f"<tr><td>{e(c)}</td><td>{r['precision']:.3f}</td><td>{r['recall']:.3f}"
-                   f"</td><td>{r['f1']:.3f}</td><td>{r['support']}</td></tr>"
-                   for c, r in m["per_class"].items())
-    parts.append('<section id="per-class"><h2>Per class</h2><table><tr><th>class</th>'
-                 '<th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>'
-                 f"{rows}</table></section>")
-    cm = np.asarray(m["confusion_matrix"])
-    parts.append('<section id="confusion"><h2>Confusion matrix</h2>'
-                 f'<img alt="confusion matrix" src="data:image/svg+xml;base64,'
-                 f'{_confusion(cm, classes)}"></section>')
-    c = m["calibration"]
-    parts.append('<section id="calibration"><h2>Calibration</h2>'
-                 f'<p>Expected calibration error {c["ece_before"]:.3f} before, '
-                 f'{c["ece_after"]:.3f} after temperature scaling (T = '
-                 f'{c["temperature"]:.2f}, fitted on validation data at training time).</p>'
-                 '<img alt="reliability diagram" src="data:image/svg+xml;base64,'
-                 f'{_reliability(y_true, logits, temperature)}">{_bins(proba, y_true)}'
-                 '</section>')
+    parts += [_per_class_section(m), _confusion_section(m, classes),
+              _calibration_section(m, y_true, logits, temperature, proba)]
     if "unknown" in m:
-        u = m["unknown"]
-        acc = f"{u['accuracy_accepted']:.1%}" if u["accuracy_accepted"] is not None else "n/a"
-        parts.append('<section id="unknown"><h2>Unknown rejection</h2>'
-                     f'<p>{u["rejected"]} of {m["n_images"]} images '
-                     f'({u["rejected_fraction"]:.1%}) were labelled <b>unknown</b> (unlike '
-                     f'every training image); accuracy on the others {acc}.</p></section>')
-    own = proba[np.arange(len(y_true)), y_true]
-    wrong = [i for i in np.argsort(own, kind="stable") if pred[i] != y_true[i]][:24]
-    unsure = [i for i in np.argsort(conf) if i not in set(wrong)][:12]
-    cards = []
-    for kind, idx in (("misclassified", wrong), ("least confident", unsure)):
-        for i in idx:
-            src = sources[i]
-            name = e(Path(str(src)).name) if not hasattr(src, "size") else "image"
-            cards.append(f'<figure class="{kind.split()[0]}"><img alt="{name}" '
-                         f'src="data:image/jpeg;base64,{_thumb(src)}"><figcaption>{kind}: '
-                         f'{name}<br>true {e(classes[y_true[i]])}, predicted '
-                         f'{e(classes[pred[i]])} ({conf[i]:.0%})</figcaption></figure>')
-    parts.append('<section id="gallery"><h2>Mistakes and least confident images</h2>'
-                 '<p>Mistakes first, most likely mislabelled first (the least probability '
-                 'for the class they are filed under); then the least confident.</p>'
-                 f'<div class="grid">{"".join(cards) or "<p>No mistakes.</p>"}</div></section>')
+        parts.append(_unknown_section(m))
+    parts.append(_gallery_section(sources, classes, y_true, proba))
     history = read_metrics_csv(Path(model_dir) / "metrics.csv") if model_dir else []
     if history:
         parts.append('<section id="curves"><h2>Training curves</h2>'
                      f'<img alt="training curves" src="data:image/svg+xml;base64,'
                      f'{_curves(history)}"></section>')
-    facts = {"images evaluated": m["n_images"], "classes": len(classes),
-             **{f"support of {k}": v["support"] for k, v in m["per_class"].items()},
-             **(dataset or {})}
-    items = "".join(f"<tr><td>{e(str(k))}</td><td>{e(str(v))}</td></tr>"
-                    for k, v in facts.items())
-    parts.append(f'<section id="dataset"><h2>Dataset</h2><table>{items}</table></section>')
+    parts.append(_dataset_section(m, classes, dataset))
     _page(out, title, parts)
     (out.parent / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
     return m

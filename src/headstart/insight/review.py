@@ -35,15 +35,17 @@ from typing import Any
 import numpy as np
 
 from ..io.files import (FileProblem, check_output, inside, load_json, move_new, name_problem,
-                  read_regular, resolve_cache_dir, write_text_atomic)
+                  read_regular, write_text_atomic)
 from ..backbone.build import load_backbone
 from ..fit.calibration import fit_temperature, leave_one_out_scores, robust_quantile
 from ..io.dataset import layout
 from ..defaults import BACKBONE as DEFAULT_BACKBONE
 from ..errors import DataError, PathError
-from ..backbone.features import FeatureCache, ProgressFn
-from ..heads.linear import LinearHead, softmax, stratified_folds
-from ..fit.stages import Callbacks, read_data
+from ..backbone.features import ProgressFn
+from ..heads import LinearHead, softmax, stratified_folds
+from ..fit.callbacks import CallbackList, Callbacks
+from ..fit.settings import FitSettings
+from ..fit.stages import read_data
 from ..io.walk import SET_ASIDE, Skipped, is_hidden
 
 __all__ = ["ACTIONS", "Ranked", "Review", "Suggestion", "apply", "apply_rows", "findings",
@@ -187,8 +189,9 @@ def review(data: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
         DataError: not a dataset, or too few images to cross-validate.
     """
     bb = load_backbone(backbone, cache_dir=cache_dir)
-    usable = read_data(data, None, None, bb, FeatureCache(resolve_cache_dir(cache_dir)),
-                       callbacks=Callbacks(progress))
+    usable = read_data(data, None, None, bb,
+                       FitSettings(head=None, cache_dir=cache_dir,
+                                   callbacks=CallbackList(Callbacks(progress))))
     X, y = usable.X, usable.y
     assert X is not None
     if np.bincount(y, minlength=len(usable.classes)).min() < 2:

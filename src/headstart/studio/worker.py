@@ -23,7 +23,7 @@ def _say(**event: Any) -> None:
 def main(project: str, run: str, settings: dict[str, Any]) -> int:
     from ..fit.classifier import Classifier
     from ..insight.report import write_model_report
-    from ..fit.stages import Callbacks
+    from ..fit.callbacks import Callbacks
 
     root = Path(project)
     try:
