@@ -178,16 +178,31 @@ def test_file_name_that_is_not_utf8_goes_through_predict_and_csv(model_dir, tmp_
 
 
 def test_library_parameter_names_become_options():
-    from headstart.cli.main import as_options
+    """Errors carry the parameter as a field; the CLI spells it as the option that sets it,
+    read from the command's own declarations (no text is parsed)."""
+    from headstart.cli.console import spelling
+    from headstart.cli.main import export, serve, train
+    from headstart.errors import BackboneError, HeadstartError
 
-    assert as_options("head: expected one of auto, linear, mlp, got 'svm'") == \
-        "--head: expected one of auto, linear, mlp, got 'svm'"
-    assert as_options("pass a local file with weights=FILE") == \
-        "pass a local file with --weights FILE"
-    assert as_options("int8=True needs nncf") == "--int8 needs nncf"
-    assert as_options("max_epochs: expected > 0") == "--epochs: expected > 0"
-    assert as_options("data/head=3/x.jpg: file not found") == \
-        "data/head=3/x.jpg: file not found"  # a path is left alone
+    spell = spelling(train)
+    e = HeadstartError(param="head", expected="one of auto, linear, mlp", got="svm")
+    assert str(e) == "head: expected one of auto, linear, mlp, got 'svm'"
+    assert e.describe(spell) == "--head: expected one of auto, linear, mlp, got 'svm'"
+    e = BackboneError("pass a local file with {weights} FILE", param="backbone",
+                      mentions=("weights",))
+    assert e.describe(spell) == "--backbone: pass a local file with --weights FILE"
+    assert str(e) == "backbone: pass a local file with weights FILE"
+    assert HeadstartError("needs nncf", param="int8").describe(spell) == "--int8: needs nncf"
+    assert HeadstartError(param="max_epochs", expected="> 0", got=0).describe(spell) == \
+        "--epochs: expected > 0, got 0"
+    assert HeadstartError(param="fmt", expected="x").describe(spelling(export)) == \
+        "--format: expected x"
+    assert HeadstartError(param="body_timeout_s", expected="> 0", got=-1).describe(
+        spelling(serve)) == "--body-timeout: expected > 0, got -1"
+    # a parameter the command has no option for keeps the library's name; a path in a
+    # message is never touched
+    assert HeadstartError("data/head=3/x.jpg: file not found", param="val_fraction"
+                          ).describe(spell) == "val_fraction: data/head=3/x.jpg: file not found"
 
 
 def test_python_errors_name_parameters_not_options():

@@ -16,7 +16,7 @@ from headstart.errors import HeadstartError
 from headstart.insight.evaluate import evaluate
 from headstart.fit.finetune import (AUTO_MIN_PER_CLASS, FinetuneConfig, _stages,
                                 choose_image_size, parse_mode, skip_reason)
-from headstart.fit.stages import Callbacks
+from headstart.fit.callbacks import Callbacks
 
 from .conftest import EXAMPLES
 

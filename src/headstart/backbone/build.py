@@ -372,7 +372,7 @@ def list_backbones() -> list[dict[str, str]]:
         cached = repo is not None and hub_cached_file(repo) is not None
         rows.append({"name": name, "timm_name": name,
                      "status": "cached" if cached else "download",
-                     "how": "" if cached else "internet once, or weights=FILE"})
+                     "how": "" if cached else "internet once, or a local weights file"})
     return rows
 
 
@@ -408,8 +408,8 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike | Non
     if not timm.is_model(timm_name):
         close = difflib.get_close_matches(name, list(_PACKAGED) + timm.list_models(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise BackboneError(f"backbone: unknown backbone '{name}'.{hint} "
-                            "Run 'headstart backbones' to list them.")
+        raise BackboneError(f"unknown backbone '{name}'.{hint} Run 'headstart backbones' "
+                            "to list them.", param="backbone")
     if weights is not None:
         file = Path(weights)
         sd = read_state_dict(file)

@@ -248,72 +248,103 @@ def extract_features(backbone: Backbone, images: Sequence["str | os.PathLike | I
     ``workers`` or ``batch_size``. PIL images are never cached (they have no file to hash).
     """
     n = len(images)
-    key = backbone.identity() + (f"-{engine.variant}" if engine and engine.variant else "")
-    dim, pre = backbone.num_features, backbone.preprocess
-    out: dict[int, np.ndarray] = {}
-    facts: list[FileFacts] = [FileFacts(None)] * n
-    skipped: list[Skipped] = []
-    pending: list[tuple[int, np.ndarray, str | None]] = []
-    computed = 0
-    starting: Future[Engine] | None = None  # the engine, built while files are read
-
-    def run(batch: list[tuple[int, np.ndarray, str | None]]) -> None:
-        nonlocal computed
-        assert engine is not None
-        for (i, _, digest), f in zip(batch, engine(np.stack([a for _, a, _ in batch]))):
-            out[i] = f
-            if cache is not None and digest is not None:
-                cache.put(key, digest, f)
-        computed += len(batch)
-
-    def read(i: int) -> _Read:
-        return _read_one(images[i], pre, cache, key, dim, thumbs)
-
+    p = _Pass(backbone, images, cache, batch_size, runtime, engine, thumbs)
     chunks = [range(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
     done = 0
     if progress:
         progress(0, n)
     with ThreadPoolExecutor(workers or worker_count()) as pool, \
             ThreadPoolExecutor(1, thread_name_prefix="headstart-engine") as side:
-        ahead = [pool.map(read, c) for c in chunks[:2]]
+        ahead = [pool.map(p.read, c) for c in chunks[:2]]
         for ci, chunk in enumerate(chunks):
             results = list(ahead[ci])
             if ci + 2 < len(chunks):
-                ahead.append(pool.map(read, chunks[ci + 2]))
-            for i, r in zip(chunk, results):
-                facts[i] = r.facts
-                if r.reason is not None:
-                    skipped.append(Skipped(str(images[i]), r.reason))
-                elif r.cached is not None:
-                    out[i] = r.cached
-                else:
-                    pending.append((i, r.array, r.facts.digest))  # type: ignore[arg-type]
+                ahead.append(pool.map(p.read, chunks[ci + 2]))
+            p.take(chunk, results)
             ahead[ci] = None  # type: ignore[call-overload]
-            if engine is None and pending and starting is None:
-                # exporting or compiling takes seconds: meanwhile the threads read on
-                root = cache.root if cache is not None else resolve_cache_dir()
-                starting = side.submit(make_engine, backbone, root, runtime,
-                                       np.stack([a for _, a, _ in pending[:8]]))
-            if starting is not None and (starting.done() or len(pending) >= MAX_AHEAD):
-                engine, starting = starting.result(), None
-            while engine is not None and len(pending) >= batch_size:
-                run(pending[:batch_size])
-                pending = pending[batch_size:]
+            p.advance(side)
             done += len(chunk)
             if progress:
                 progress(done, n)
-        if starting is not None:
-            engine = starting.result()
-        for s in range(0, len(pending), batch_size):
-            run(pending[s:s + batch_size])
-    index = np.asarray(sorted(out), dtype=int)
-    X = (np.stack([out[i] for i in index]).astype(np.float32) if len(index)
-         else np.zeros((0, dim), np.float32))
-    skipped.sort(key=lambda s: s.path)
-    if skipped:
-        logger.info("%d image(s) skipped", len(skipped))
-    return Features(X=X, index=index, skipped=skipped, computed=computed, engine=engine,
-                    facts=facts)
+        p.finish()
+    return p.result()
+
+
+class _Pass:
+    """One :func:`extract_features` pass: what was read, what waits for the engine (built
+    while the files are read), the features so far."""
+
+    def __init__(self, backbone: Backbone, images: Sequence["str | os.PathLike | Image.Image"],
+                 cache: FeatureCache | None, batch_size: int, runtime: str,
+                 engine: Engine | None, thumbs: bool) -> None:
+        self.backbone, self.images, self.cache = backbone, images, cache
+        self.batch_size, self.runtime, self.thumbs = batch_size, runtime, thumbs
+        self.engine = engine
+        self.key = backbone.identity() + (
+            f"-{engine.variant}" if engine and engine.variant else "")
+        self.dim, self.pre = backbone.num_features, backbone.preprocess
+        self.out: dict[int, np.ndarray] = {}
+        self.facts: list[FileFacts] = [FileFacts(None)] * len(images)
+        self.skipped: list[Skipped] = []
+        self.pending: list[tuple[int, np.ndarray, str | None]] = []
+        self.computed = 0
+        self.starting: Future[Engine] | None = None  # the engine, built while files are read
+
+    def read(self, i: int) -> _Read:
+        """Input ``i`` read once (on a reader thread)."""
+        return _read_one(self.images[i], self.pre, self.cache, self.key, self.dim, self.thumbs)
+
+    def take(self, chunk: range, results: list[_Read]) -> None:
+        """File a chunk's reads: facts, skipped, cached ``(D,)`` features, pending inputs."""
+        for i, r in zip(chunk, results):
+            self.facts[i] = r.facts
+            if r.reason is not None:
+                self.skipped.append(Skipped(str(self.images[i]), r.reason))
+            elif r.cached is not None:
+                self.out[i] = r.cached
+            else:
+                self.pending.append((i, r.array, r.facts.digest))  # type: ignore[arg-type]
+
+    def advance(self, side: ThreadPoolExecutor) -> None:
+        """Start the engine in ``side`` once inputs wait, take it when built, run full batches."""
+        if self.engine is None and self.pending and self.starting is None:
+            # exporting or compiling takes seconds: meanwhile the threads read on
+            root = self.cache.root if self.cache is not None else resolve_cache_dir()
+            self.starting = side.submit(make_engine, self.backbone, root, self.runtime,
+                                        np.stack([a for _, a, _ in self.pending[:8]]))
+        if self.starting is not None and (self.starting.done()
+                                          or len(self.pending) >= MAX_AHEAD):
+            self.engine, self.starting = self.starting.result(), None
+        while self.engine is not None and len(self.pending) >= self.batch_size:
+            self.run(self.pending[:self.batch_size])
+            self.pending = self.pending[self.batch_size:]
+
+    def finish(self) -> None:
+        """Wait for the engine if it is still being built, then run the remaining inputs."""
+        if self.starting is not None:
+            self.engine = self.starting.result()
+        for s in range(0, len(self.pending), self.batch_size):
+            self.run(self.pending[s:s + self.batch_size])
+
+    def run(self, batch: list[tuple[int, np.ndarray, str | None]]) -> None:
+        """Features ``(D,)`` of a batch of pending inputs, kept and written to the cache."""
+        assert self.engine is not None
+        for (i, _, digest), f in zip(batch, self.engine(np.stack([a for _, a, _ in batch]))):
+            self.out[i] = f
+            if self.cache is not None and digest is not None:
+                self.cache.put(self.key, digest, f)
+        self.computed += len(batch)
+
+    def result(self) -> Features:
+        """The :class:`Features`: ``X`` ``(M, D)`` float32 in input order, skipped by path."""
+        index = np.asarray(sorted(self.out), dtype=int)
+        X = (np.stack([self.out[i] for i in index]).astype(np.float32) if len(index)
+             else np.zeros((0, self.dim), np.float32))
+        self.skipped.sort(key=lambda s: s.path)
+        if self.skipped:
+            logger.info("%d image(s) skipped", len(self.skipped))
+        return Features(X=X, index=index, skipped=self.skipped, computed=self.computed,
+                        engine=self.engine, facts=self.facts)
 
 
 def scan_images(images: Sequence["str | os.PathLike"], workers: int | None = None

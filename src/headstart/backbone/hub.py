@@ -50,16 +50,17 @@ def hub_weights_file(name: str) -> tuple[str, str]:
     """Path of the timm pretrained weights for ``name`` (cache, else download) and its id."""
     repo = hub_id(name)
     if repo is None:
-        raise BackboneError(f"backbone: timm has no downloadable weights for {name!r}; "
-                            "pass a local file with weights=FILE")
+        raise BackboneError(f"timm has no downloadable weights for {name!r}; pass a local "
+                            "file with {weights} FILE", param="backbone", mentions=("weights",))
     path = hub_cached_file(repo)
     if path is None:
         if not hub_reachable():
             raise BackboneError(
-                f"backbone: the pretrained weights of {name!r} must be downloaded once from the "
+                f"the pretrained weights of {name!r} must be downloaded once from the "
                 f"Hugging Face Hub ({repo}), which cannot be reached. Connect to the "
-                "internet, or pass a local file with weights=FILE, or use an offline "
-                "backbone such as efficientnet_lite0 (see 'headstart backbones').")
+                "internet, or pass a local file with {weights} FILE, or use an offline "
+                "backbone such as efficientnet_lite0 (see 'headstart backbones').",
+                param="backbone", mentions=("weights",))
         from huggingface_hub import hf_hub_download
 
         try:

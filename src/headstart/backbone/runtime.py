@@ -231,14 +231,15 @@ def make_engine(backbone: Backbone, cache_root: Path, runtime: str = "auto",
         HeadstartError: an unknown runtime, or a named one that is not installed.
     """
     if runtime not in RUNTIMES:
-        raise HeadstartError(f"runtime: expected one of {', '.join(RUNTIMES)}, "
-                             f"got {runtime!r}")
+        raise HeadstartError(param="runtime", expected=f"one of {', '.join(RUNTIMES)}",
+                             got=runtime)
     if runtime == "torch" or (runtime == "auto" and _cuda_available()):
         return _torch_engine(backbone)
     names = [runtime] if runtime != "auto" else [n for n in _BACKENDS if _installed(n)]
     for name in names:
         if not _installed(_BACKENDS[name][0]):
-            raise HeadstartError(f"runtime: {name} is not installed (pip install {name})")
+            raise HeadstartError(f"{name} is not installed (pip install {name})",
+                                 param="runtime")
     if backbone.ir is not None and "openvino" in names:  # the graph a model carries
         try:
             return openvino_ir_engine(backbone.ir, "", cache_root)
@@ -269,7 +270,8 @@ def int8_engine(backbone: Backbone, cache_root: Path, calibration: np.ndarray) -
 
     for module, pip_name in (("openvino", "openvino"), ("nncf", "nncf")):
         if not _installed(module):
-            raise HeadstartError(f"int8=True needs {pip_name}: pip install 'headstart[int8]'")
+            raise HeadstartError(f"needs {pip_name}: pip install 'headstart[int8]'",
+                                 param="int8")
     calibration = calibration[:300]
     digest = hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest()[:12]
     variant = f"int8-{digest}"
@@ -277,8 +279,8 @@ def int8_engine(backbone: Backbone, cache_root: Path, calibration: np.ndarray) -
     if not (folder / "model.xml").is_file():
         fp32 = make_engine(backbone, cache_root, "openvino", sample=calibration[:8])
         if fp32.ir is None:
-            raise HeadstartError("int8=True: the OpenVINO FP32 graph failed its check; "
-                                 "cannot quantise (see the warning above)")
+            raise HeadstartError("the OpenVINO FP32 graph failed its check; cannot quantise "
+                                 "(see the warning above)", param="int8")
         import nncf
         import openvino as ov
 

@@ -16,7 +16,7 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     import torch
 
     if not path.is_file():
-        raise BackboneError(f"weights: file not found: {path}")
+        raise BackboneError(f"file not found: {path}", param="weights")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -25,12 +25,12 @@ def read_state_dict(path: Path) -> dict[str, Any]:
         else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt files raise many types
-        raise BackboneError(f"weights: cannot read {path}: {e}") from None
+        raise BackboneError(f"cannot read {path}: {e}", param="weights") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
     if not isinstance(sd, dict) or not sd:
-        raise BackboneError(f"weights: {path} holds no state dict of tensors")
+        raise BackboneError(f"{path} holds no state dict of tensors", param="weights")
     return sd
 
 

@@ -4,9 +4,9 @@ machines. Only the CLI imports this module; the library logs and never prints.""
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
-import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -330,24 +330,22 @@ def print_stream(r: Any, target: Path, as_json: bool) -> None:
                                          if n or c != "unknown"))
 
 
-# library parameter -> the option that sets it, where the names differ
-_OPTION_OF = {"max_epochs": "epochs", "path": "out", "fmt": "format",
-              "body_timeout_s": "body_timeout"}
-_OPTIONS = ("head", "backbone", "weights", "runtime", "finetune", "augment", "image_size",
-            "max_epochs", "lr", "backbone_lr_factor", "patience", "max_minutes", "resume",
-            "int8", "val", "path", "budget", "near_threshold", "fmt", "samples", "port",
-            "host", "max_upload_mb", "max_pixels", "max_batch", "batch_wait_ms",
-            "body_timeout_s")
-_PARAM = re.compile(r"(?<![\w/.-])(" + "|".join(_OPTIONS) + r")(=True\b|=|:)")
+def option_names(fn: Callable[..., Any]) -> dict[str, str]:
+    """The options of a Typer command, by the name of the parameter each sets (the names
+    of the library's parameters): ``{"fmt": "--format", "max_epochs": "--epochs", ...}``,
+    read from the command's declarations."""
+    names = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        decls = [d for d in getattr(p.default, "param_decls", None) or () if d.startswith("--")]
+        names[name] = decls[0] if decls else "--" + name.replace("_", "-")
+    return names
 
 
-def as_options(message: str) -> str:
-    """A library message with its parameter names (``head=``, ``weights=FILE``,
-    ``int8=True``, ``budget:``) written as the CLI options that set them."""
-    def option(m: re.Match) -> str:
-        flag = "--" + _OPTION_OF.get(m[1], m[1]).replace("_", "-")
-        return flag + {"=True": "", "=": " ", ":": ":"}[m[2]]
-    return _PARAM.sub(option, message)
+def spelling(fn: Callable[..., Any]) -> Callable[[str], str]:
+    """How an error names a library parameter on this command: its option where it has
+    one (``head`` -> ``--head``), else as the library does."""
+    names = option_names(fn)
+    return lambda param: names.get(param, param)
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -360,7 +358,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except HeadstartError as e:
-            error_line(as_options(str(e)))
+            error_line(e.describe(spelling(fn)))
             raise typer.Exit(2) from None
         except BrokenPipeError:
             quiet_stdout()

@@ -2,8 +2,10 @@
 
 Results go to stdout (``--json`` for machines), progress and logs to stderr. Exit status:
 0 success, 2 bad input or a machine problem (one line ``error: ...`` on stderr, no
-traceback), 3 ``check`` found problems, 1 a bug. The library names its parameters in
-errors (``head='svm': ...``); this layer says the option instead (``--head 'svm': ...``).
+traceback), 3 ``check`` found problems, 1 a bug. A library error names the parameter at
+fault as a field (:class:`headstart.errors.HeadstartError`); this layer writes the option
+that sets it instead (``--head: expected one of ..., got 'svm'``), read from the
+command's own declarations.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, List, Optional
 
 import typer
 from rich.table import Table
 
 from .. import defaults
-from ..cli.console import (as_options, emit_json, err, health_line, out, print_advice,
+from ..cli.console import (emit_json, err, health_line, out, print_advice,
                        print_evaluation, print_export, print_health, print_moves,
                        print_predictions, print_review, print_skipped, print_stream,
                        print_training, progress_bar, rate_bar, user_errors)
@@ -26,6 +29,8 @@ from ..errors import HeadstartError
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Transfer learning for image classification, on a CPU, in seconds.")
 RUNTIME_HELP = "Inference engine: auto | openvino | onnxruntime | torch."
+HEAD_HELP = "Head kind (see 'headstart heads'; default auto)."
+FORMAT_HELP = "Export format (see 'headstart formats'; default onnx)."
 FINETUNE, DISTRIBUTED = "Fine-tuning and training from scratch", "Distributed (Lightning)"
 
 @app.callback()
@@ -57,7 +62,7 @@ def train(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
     backbone: str = typer.Option(defaults.BACKBONE, help="Backbone name."),
     weights: Optional[Path] = typer.Option(None, help="Local weights file for the backbone."),
-    head: str = typer.Option(defaults.HEAD, help="auto | linear | mlp"),
+    head: str = typer.Option(defaults.HEAD, help=HEAD_HELP),
     val: Optional[Path] = typer.Option(None, help="Validation folder of class folders."),
     seed: int = typer.Option(0, help="Random seed."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
@@ -74,8 +79,8 @@ def train(
                                           rich_help_panel=FINETUNE),
     image_size: Optional[int] = typer.Option(None, help="Fine-tuning input size in pixels.",
                                              rich_help_panel=FINETUNE),
-    epochs: int = typer.Option(defaults.EPOCHS, help="Maximum fine-tuning epochs.",
-                               rich_help_panel=FINETUNE),
+    max_epochs: int = typer.Option(defaults.EPOCHS, "--epochs",
+                                   help="Maximum fine-tuning epochs.", rich_help_panel=FINETUNE),
     lr: Optional[float] = typer.Option(None, help=f"Learning rate of the head (default "
                                        f"{defaults.LR:g}; {defaults.SCRATCH_LR:g} with "
                                        "--from-scratch).", rich_help_panel=FINETUNE),
@@ -107,47 +112,65 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Train a classifier on a folder of labelled images."""
-    from ..io.bundle import check_destination
-    from ..fit.finetune import FinetuneConfig, is_rank_zero
-    from ..fit.classifier import Classifier
+    _train(SimpleNamespace(**locals()))
+
+
+def _train(o: SimpleNamespace) -> None:
+    """``train`` with its options ``o``: checks, the classifier, the Ray pre-warm, the
+    fit, then the model and its report."""
     from ..fit.callbacks import Callbacks
+    from ..fit.classifier import Classifier
+    from ..fit.finetune import is_rank_zero
+    from ..io.bundle import check_destination
 
-    check_destination(out_dir)  # before any work: never train for nothing, never lose files
-    config = FinetuneConfig(
-        mode=finetune, augment=augment or ("none" if from_scratch else "light"),
-        image_size=image_size, max_epochs=epochs,
-        lr=lr if lr is not None else (defaults.SCRATCH_LR if from_scratch else defaults.LR),
-        backbone_lr_factor=backbone_lr_factor, patience=patience, max_minutes=max_minutes,
-        resume=resume, accelerator=accelerator,
-        devices=int(devices) if devices.isdigit() else devices, strategy=strategy,
-        num_nodes=num_nodes, precision=precision)
-    clf = Classifier(backbone=backbone, head=head, weights=weights, seed=seed,
-                     cache_dir=cache_dir, runtime=runtime, int8=int8, finetune=finetune,
-                     finetune_config=config, from_scratch=from_scratch)
-    if cluster is not None:
+    check_destination(o.out_dir)  # before any work: never train for nothing, never lose files
+    clf = Classifier(backbone=o.backbone, head=o.head, weights=o.weights, seed=o.seed,
+                     cache_dir=o.cache_dir, runtime=o.runtime, int8=o.int8,
+                     finetune=o.finetune, finetune_config=_finetune_config(o),
+                     from_scratch=o.from_scratch)
+    if o.cluster is not None:
         from ..deploy.cluster import features_ray
-        from ..io.dataset import load_dataset
         from ..fit.stages import use_taps
+        from ..io.dataset import load_dataset
 
-        paths, y, is_train = load_dataset(data, val).rows()
-        features_ray(backbone, paths, cache_dir, cluster, workers,
-                     taps=use_taps(head, y[is_train]))
+        paths, y, is_train = load_dataset(o.data, o.val).rows()
+        features_ray(o.backbone, paths, o.cache_dir, o.cluster, o.workers,
+                     taps=use_taps(o.head, y[is_train]))
     with progress_bar("features") as progress:
-        clf.fit(data, val=val, callbacks=Callbacks(progress, _print_epoch))
-    if not is_rank_zero():
-        return  # other DDP ranks: rank 0 writes the model and the report
+        clf.fit(o.data, val=o.val, callbacks=Callbacks(progress, _print_epoch))
+    if is_rank_zero():  # other DDP ranks: rank 0 writes the model and the report
+        _save_trained(o, clf)
+
+
+def _finetune_config(o: SimpleNamespace) -> Any:
+    """The fine-tuning (and from-scratch) settings of ``train``'s options."""
+    from ..fit.finetune import FinetuneConfig
+
+    return FinetuneConfig(
+        mode=o.finetune, augment=o.augment or ("none" if o.from_scratch else "light"),
+        image_size=o.image_size, max_epochs=o.max_epochs,
+        lr=o.lr if o.lr is not None else (defaults.SCRATCH_LR if o.from_scratch
+                                          else defaults.LR),
+        backbone_lr_factor=o.backbone_lr_factor, patience=o.patience,
+        max_minutes=o.max_minutes, resume=o.resume, accelerator=o.accelerator,
+        devices=int(o.devices) if o.devices.isdigit() else o.devices, strategy=o.strategy,
+        num_nodes=o.num_nodes, precision=o.precision)
+
+
+def _save_trained(o: SimpleNamespace, clf: Any) -> None:
+    """Write the model with its report, then say what was trained."""
     from ..insight.report import write_model_report
 
-    saved = clf.save(out_dir, extra=lambda folder: write_model_report(clf, folder,
-                                                                      out_dir.name))
+    saved = clf.save(o.out_dir, extra=lambda folder: write_model_report(clf, folder,
+                                                                        o.out_dir.name))
     s = clf.summary_
     print_skipped(clf.skipped_)
-    health_line(s.health.to_dict() if s.health else None, data)
-    if as_json:
+    health_line(s.health.to_dict() if s.health else None, o.data)
+    if o.as_json:
         emit_json({**s.to_dict(), "out": str(saved), "classes": clf.classes_,
                    "skipped": [{"path": k.path, "reason": k.reason} for k in clf.skipped_]})
         return
-    print_training(s, data, saved)
+    print_training(s, o.data, saved)
 
 
 @app.command()
@@ -373,20 +396,19 @@ def review(
 @user_errors
 def export(
     model: Path = typer.Argument(..., help="Model directory from 'headstart train'."),
-    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx | openvino"),
-    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write "
-                                            "(default MODEL/model.onnx or MODEL/model.xml)."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help=FORMAT_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write "
+                                       "(default MODEL/model.<suffix of the format>)."),
     samples: Optional[List[Path]] = typer.Option(None, "--samples", help="Images or folders "
                                                  "for the parity check (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Export to ONNX or OpenVINO, checked against PyTorch (nothing written if it fails).
-
-    One graph: normalised images -> calibrated probabilities, unknown score, unknown flag.
+    """Export the model (ONNX, OpenVINO, or a plugin's format), checked against PyTorch on
+    sample images (nothing written if it fails).
     """
     from ..deploy.export import export as run_export
 
-    r = run_export(model, fmt, out_path, samples)
+    r = run_export(model, fmt, out, samples)
     if as_json:
         emit_json(r)
         return
@@ -408,8 +430,9 @@ def serve(
                                   "backbone at once."),
     batch_wait_ms: float = typer.Option(defaults.BATCH_WAIT_MS, help="How long an image "
                                         "waits for others to batch with."),
-    body_timeout: float = typer.Option(defaults.BODY_TIMEOUT_S, help="Seconds a request "
-                                       "body may take, plus 1 s per KiB (408 after)."),
+    body_timeout_s: float = typer.Option(defaults.BODY_TIMEOUT_S, "--body-timeout",
+                                         help="Seconds a request body may take, plus 1 s "
+                                         "per KiB (408 after)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature/engine cache directory."),
     runtime: str = typer.Option(defaults.RUNTIME, help=RUNTIME_HELP),
 ) -> None:
@@ -418,7 +441,7 @@ def serve(
     from ..deploy.serve import serve as run_server
 
     limits = Limits(max_upload_mb, max_pixels, defaults.MAX_FILES, max_batch, batch_wait_ms,
-                    body_timeout)
+                    body_timeout_s)
     run_server(model, host, port, limits, cache_dir, runtime,
                on_ready=lambda: err.print(f"serving {model} on http://{host}:{port}/ "
                                           "(API docs: /docs; Ctrl+C stops)"))
@@ -444,7 +467,7 @@ def studio(
     from ..studio.app import studio as run_studio
 
     if body_timeout <= 0:
-        raise HeadstartError(f"--body-timeout: expected a number > 0, got {body_timeout}")
+        raise HeadstartError(param="body_timeout", expected="a number > 0", got=body_timeout)
     run_studio(project, host, port, on_ready=lambda url: out.print(f"studio      {url}"),
                import_from=import_from, allow_hosts=tuple(allow_host or ()),
                body_timeout=body_timeout)
@@ -462,9 +485,37 @@ def backbones(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
         return
     table = Table("name", "timm model", "status", "how", box=None)
     for r in rows:
-        table.add_row(r["name"], r["timm_name"], r["status"], as_options(r["how"]))
+        table.add_row(r["name"], r["timm_name"], r["status"], r["how"])
     out.print(table)
     out.print("Any other timm model name works too, with internet once or --weights FILE.")
+
+
+@app.command()
+@user_errors
+def heads(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the head kinds 'train --head' takes (plugins add more)."""
+    from ..heads import HEAD_KINDS
+
+    _choices([(h.kind, h.help) for h in HEAD_KINDS], as_json)
+
+
+@app.command()
+@user_errors
+def formats(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the formats 'export --format' writes (plugins add more)."""
+    from ..deploy.export import EXPORT_FORMATS
+
+    _choices([(f.name, f.help) for f in EXPORT_FORMATS], as_json)
+
+
+def _choices(rows: list[tuple[str, str]], as_json: bool) -> None:
+    if as_json:
+        emit_json([{"name": n, "help": h} for n, h in rows])
+        return
+    table = Table("name", "what", box=None)
+    for name, text in rows:
+        table.add_row(name, text)
+    out.print(table)
 
 
 def main() -> None:

@@ -212,7 +212,7 @@ def _init(address: str, workers: int) -> Any:
     try:
         import ray
     except ImportError:
-        raise HeadstartError(f"cluster: Ray is not installed; {RAY_HINT}") from None
+        raise HeadstartError(f"Ray is not installed; {RAY_HINT}", param="cluster") from None
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
     try:
         if address == "local":
@@ -221,9 +221,9 @@ def _init(address: str, workers: int) -> Any:
         else:
             ray.init(address=address, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise HeadstartError(f"cluster: cannot start or reach Ray at {address!r}: "
-                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
-                             ) from None
+        raise HeadstartError(f"cannot start or reach Ray at {address!r}: "
+                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                             param="cluster") from None
     _quiet_ray()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -245,9 +245,9 @@ def predict_ray(model_dir: str | os.PathLike, paths: Iterable[str | os.PathLike]
 
     t0 = time.perf_counter()
     if workers < 1:
-        raise HeadstartError(f"workers: expected >= 1, got {workers}")
+        raise HeadstartError(param="workers", expected=">= 1", got=workers)
     if chunk < 1:
-        raise HeadstartError(f"chunk: expected >= 1, got {chunk}")
+        raise HeadstartError(param="chunk", expected=">= 1", got=chunk)
     model_dir, out = Path(model_dir), Path(out)
     fmt, paths = output_format(out, fmt), existing(paths)
     classes = list(Classifier.load(model_dir, cache=False).classes_)  # checks the model here
@@ -295,8 +295,8 @@ def _clear(parts: Path) -> None:
     try:
         parts.rmdir()
     except OSError:
-        raise HeadstartError(f"cluster: {parts} holds files headstart did not write; move "
-                             f"them and run again") from None
+        raise HeadstartError(f"{parts} holds files headstart did not write; move them and "
+                             "run again", param="cluster") from None
 
 
 def _run(todo: list[str], files: dict[str, bytes], parts: Path, fmt: str, writer: Writer,

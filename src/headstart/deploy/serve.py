@@ -52,7 +52,7 @@ from ..errors import HeadstartError
 from ..backbone.features import prepare_image
 from ..fit.classifier import Classifier
 
-__all__ = ["LimitBody", "Limits", "check_port", "create_app", "serve"]
+__all__ = ["LimitBody", "Limits", "Predictor", "check_port", "create_app", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +80,10 @@ class Limits:
                      "body_timeout_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value <= 0:
-                raise HeadstartError(f"{name}={value!r}: expected a number > 0")
+                raise HeadstartError(param=name, expected="a number > 0", got=value)
         if self.batch_wait_ms < 0:
-            raise HeadstartError(f"batch_wait_ms: expected >= 0, got {self.batch_wait_ms!r}")
+            raise HeadstartError(param="batch_wait_ms", expected=">= 0",
+                                 got=self.batch_wait_ms)
 
 
 class _BadImage(Exception):
@@ -137,8 +138,59 @@ class _Batcher:
             self.images += len(items)
             for i, (_, fut) in enumerate(items):
                 if not fut.done():
-                    fut.set_result((pred.labels[i], pred.proba[i], bool(pred.rejected[i]),
-                                    float(pred.ood_score[i])))
+                    fut.set_result((pred, i))
+
+
+class Predictor:
+    """The answers to uploaded images, for ``serve`` and the studio alike: uploads decoded
+    in a thread pool with the upload checks, images of concurrent requests run as one
+    batch, each answer the prediction record (see
+    :meth:`headstart.fit.predictions.Predictions.record`) keyed by ``filename``."""
+
+    def __init__(self, clf: Classifier, limits: Limits | None = None) -> None:
+        self.clf, self.limits = clf, limits or Limits()
+        self.batcher = _Batcher(clf, self.limits)
+        self.decoders = ThreadPoolExecutor(worker_count(), thread_name_prefix="headstart-decode")
+        self._task: asyncio.Task | None = None
+
+    def warm(self) -> None:
+        """Compile the engine now, so that the first request is not the slow one; on a
+        first run the engine's check against PyTorch sees varied images, not a blank one."""
+        size = self.clf.backbone_.preprocess.size
+        coarse = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), np.uint8)
+        self.clf.predict_arrays(np.repeat(np.repeat(coarse, -(-size // 8), 1),
+                                          -(-size // 8), 2)[:, :size, :size])
+
+    async def answer(self, payloads: list[tuple[str, bytes]], partial: bool = True
+                     ) -> tuple[list[dict[str, Any]], list[_BadImage]]:
+        """``(filename, bytes)`` uploads -> the records of those that decode, in upload
+        order, and the refusals (status, filename, reason) of those that do not
+        (``partial`` off: no records at all when one is refused)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self.batcher.run())
+        loop = asyncio.get_running_loop()
+        jobs = [loop.run_in_executor(self.decoders, _decode, data, fname, self.clf,
+                                     self.limits.max_pixels) for fname, data in payloads]
+        self.batcher.decoding += len(jobs)
+        try:
+            decoded = await asyncio.gather(*jobs, return_exceptions=True)
+        finally:
+            self.batcher.decoding -= len(jobs)
+        for d in decoded:
+            if isinstance(d, BaseException) and not isinstance(d, _BadImage):
+                raise d
+        bad = [d for d in decoded if isinstance(d, _BadImage)]
+        if bad and not partial:
+            return [], bad
+        good = [(fname, x) for (fname, _), x in zip(payloads, decoded)
+                if not isinstance(x, BaseException)]
+        answers = await asyncio.gather(*(self.batcher.predict(x) for _, x in good))
+        return [pred.record(i, "filename", fname)
+                for (fname, _), (pred, i) in zip(good, answers)], bad
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
 
 
 def _decode(data: bytes, filename: str, clf: Classifier, max_pixels: int) -> np.ndarray:
@@ -254,27 +306,28 @@ def create_app(model: str | os.PathLike | Classifier, limits: Limits | None = No
     clf = model if isinstance(model, Classifier) else Classifier.load(
         model, cache_dir=cache_dir, runtime=runtime)
     name = Path(str(model)).name if not isinstance(model, Classifier) else "model"
-    batcher = _Batcher(clf, limits)
-    decoders = ThreadPoolExecutor(worker_count(),
-                                  thread_name_prefix="headstart-decode")
-    started = time.time()
-    # compile the engine now, so the first request is not the slow one; on a first run the
-    # engine's check against PyTorch sees varied images, not a blank one
-    size = clf.backbone_.preprocess.size
-    coarse = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), np.uint8)
-    clf.predict_arrays(np.repeat(np.repeat(coarse, -(-size // 8), 1), -(-size // 8), 2)
-                       [:, :size, :size])
+    predictor = Predictor(clf, limits)
+    predictor.warm()
 
     @asynccontextmanager
     async def lifespan(app: Any) -> Any:
-        task = asyncio.create_task(batcher.run())
         yield
-        task.cancel()
+        predictor.close()
 
     app = FastAPI(title=f"headstart: {name}", version=__version__, docs_url=None,
                   redoc_url=None, lifespan=lifespan,
                   description=f"Image classifier ({', '.join(clf.classes_)}) trained with "
                               "headstart.")
+    _add_docs(app)
+    _add_error_handlers(app)
+    _add_routes(app, predictor, name)
+    app.add_middleware(LimitBody, max_bytes=int(limits.max_upload_mb * 1024 * 1024),
+                       body_timeout=limits.body_timeout_s)
+    return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    """``/docs``: the OpenAPI UI from the packaged swagger assets (no CDN when installed)."""
     swagger = _swagger_assets()
     if swagger is not None:
         from fastapi.staticfiles import StaticFiles
@@ -292,6 +345,10 @@ def create_app(model: str | os.PathLike | Classifier, limits: Limits | None = No
             "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css",
             swagger_favicon_url="/static/swagger/favicon-32x32.png" if local else
             "https://fastapi.tiangolo.com/img/favicon.png")
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """A broken multipart body gets 400, other invalid requests 422, a bug 500 (logged)."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -311,6 +368,12 @@ def create_app(model: str | os.PathLike | Classifier, limits: Limits | None = No
     async def crashed(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("internal error on %s", request.url.path)
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, 500)
+
+
+def _add_routes(app: FastAPI, predictor: Predictor, name: str) -> None:
+    """``/health``, ``/info``, ``/predict`` and the page ``/``."""
+    clf, limits, batcher, started = predictor.clf, predictor.limits, predictor.batcher, \
+        time.time()
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -338,37 +401,17 @@ def create_app(model: str | os.PathLike | Classifier, limits: Limits | None = No
         if len(files) > limits.max_files:
             return JSONResponse({"detail": f"{len(files)} files; at most {limits.max_files} "
                                  "per request"}, status_code=413)
-        loop = asyncio.get_running_loop()
         payloads = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
-        jobs = [loop.run_in_executor(decoders, _decode, data, fname, clf, limits.max_pixels)
-                for fname, data in payloads]
-        batcher.decoding += len(jobs)
-        try:
-            decoded = await asyncio.gather(*jobs, return_exceptions=True)
-        finally:
-            batcher.decoding -= len(jobs)
-        bad = [d for d in decoded if isinstance(d, _BadImage)]
+        records, bad = await predictor.answer(payloads, partial=False)
         if bad:
             return JSONResponse({"detail": [{"filename": b.filename, "reason": b.reason}
                                             for b in bad]},
                                 status_code=max(b.status for b in bad))
-        for d in decoded:
-            if isinstance(d, BaseException):
-                raise d
-        answers = await asyncio.gather(*(batcher.predict(x) for x in decoded))
-        return {"predictions": [
-            {"filename": fname, "label": label, "probability": float(p.max()),
-             "probabilities": {c: float(v) for c, v in zip(clf.classes_, p)},
-             "unknown": rejected, "unknown_score": score}
-            for (fname, _), (label, p, rejected, score) in zip(payloads, answers)]}
+        return {"predictions": records}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
         return PAGE.read_text()
-
-    app.add_middleware(LimitBody, max_bytes=int(limits.max_upload_mb * 1024 * 1024),
-                       body_timeout=limits.body_timeout_s)
-    return app
 
 
 def _swagger_assets() -> str | None:
@@ -385,13 +428,13 @@ def check_port(host: str, port: int) -> None:
     import socket
 
     if not isinstance(port, int) or not 0 <= port <= 65535:
-        raise HeadstartError(f"port: expected 0-65535, got {port!r}")
+        raise HeadstartError(param="port", expected="0-65535", got=port)
     try:
         with socket.create_server((host, port)):
             pass
     except OSError as e:
-        raise HeadstartError(f"port: cannot listen on {host}:{port} "
-                             f"({e.strerror}); choose another port") from None
+        raise HeadstartError(f"cannot listen on {host}:{port} ({e.strerror}); choose another "
+                             "port", param="port") from None
 
 
 def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = defaults.PORT,

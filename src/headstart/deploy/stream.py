@@ -61,7 +61,7 @@ def output_format(path: Path, fmt: str | None) -> str:
     """``csv`` or ``jsonl``: ``fmt``, else from the suffix of ``path``."""
     fmt = fmt or ("jsonl" if path.suffix.lower() in (".jsonl", ".ndjson") else "csv")
     if fmt not in ("csv", "jsonl"):
-        raise DataError(f"fmt: expected csv or jsonl, got {fmt!r}")
+        raise DataError(param="fmt", expected="csv or jsonl", got=fmt)
     return fmt
 
 
@@ -347,7 +347,7 @@ def predict_stream(clf: Classifier, paths: Iterable[str | os.PathLike], out: str
     t0 = time.perf_counter()
     out, fmt = Path(out), output_format(Path(out), fmt)
     if chunk < 1:
-        raise DataError(f"chunk: expected >= 1, got {chunk}")
+        raise DataError(param="chunk", expected=">= 1", got=chunk)
     paths = existing(paths)
     result = StreamResult()
     counts = dict.fromkeys(clf.classes_, 0)

@@ -76,8 +76,8 @@ def parse_mode(mode: str) -> str | int:
         return mode
     if mode.startswith("last-") and mode[5:].isdigit() and int(mode[5:]) >= 1:
         return int(mode[5:])
-    raise HeadstartError(f"finetune: expected off, auto, all or last-N (N >= 1), "
-                         f"got {mode!r}")
+    raise HeadstartError(param="finetune", expected="off, auto, all or last-N (N >= 1)",
+                         got=mode)
 
 
 @dataclass
@@ -115,13 +115,13 @@ class FinetuneConfig:
         if self.keep not in ("better", "finetuned"):
             raise HeadstartError(f"keep: expected 'better' or 'finetuned', got {self.keep!r}")
         if self.augment not in AUGMENTS:
-            raise HeadstartError(f"augment: expected one of {', '.join(AUGMENTS)}, "
-                                 f"got {self.augment!r}")
+            raise HeadstartError(param="augment", expected=f"one of {', '.join(AUGMENTS)}",
+                                 got=self.augment)
         if self.image_size is not None and not 16 <= self.image_size <= 1024:
-            raise HeadstartError(f"image_size: expected 16..1024 pixels, "
-                                 f"got {self.image_size!r}")
+            raise HeadstartError(param="image_size", expected="16..1024 pixels",
+                                 got=self.image_size)
         if self.max_minutes is not None and self.max_minutes <= 0:
-            raise HeadstartError(f"max_minutes: expected > 0, got {self.max_minutes!r}")
+            raise HeadstartError(param="max_minutes", expected="> 0", got=self.max_minutes)
 
 
 @dataclass

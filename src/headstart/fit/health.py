@@ -448,8 +448,8 @@ def check(source: str | os.PathLike, *, backbone: str | None = None,
     from ..backbone.build import DEFAULT_BACKBONE, load_backbone
 
     if near_threshold is not None and not 0 < near_threshold <= 1:
-        raise HeadstartError(f"near_threshold: expected a cosine in (0, 1], "
-                             f"got {near_threshold!r}")
+        raise HeadstartError(param="near_threshold", expected="a cosine in (0, 1]",
+                             got=near_threshold)
     from ..backbone.features import FeatureCache, extract_features, scan_images
 
     splits, skipped, kind = load_splits(source)

@@ -83,7 +83,8 @@ def _dataset(data: Any, labels: Sequence[str] | None, val: Any) -> Dataset:
     if labels is None:
         return load_dataset(data, val)
     if len(labels) != len(data):
-        raise DataError(f"labels: expected one per image ({len(data)}), got {len(labels)}")
+        raise DataError(param="labels", expected=f"one per image ({len(data)})",
+                        got=len(labels))
     classes = sorted(set(map(str, labels)))
     train = ImageSet(list(data), [classes.index(str(lab)) for lab in labels], classes)
     check_classes(train.labels, train.classes, "labels")

@@ -38,7 +38,7 @@ def check_xy(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
     if X.ndim != 2 or y.ndim != 1 or len(X) != len(y):
         raise HeadstartError(f"X={X.shape}, y={y.shape}: expected X (N, D) and y (N,)")
     if len(np.unique(y)) < 2:
-        raise HeadstartError(f"y: expected at least 2 classes, got {np.unique(y).tolist()}")
+        raise HeadstartError(param="y", expected="at least 2 classes", got=np.unique(y).tolist())
     return X, y
 
 
@@ -157,7 +157,7 @@ class Head:
     def set_params(self, **params: Any) -> "Head":
         for name, value in params.items():
             if name not in self.get_params():
-                raise HeadstartError(f"{name}: not a parameter of {type(self).__name__}")
+                raise HeadstartError(f"not a parameter of {type(self).__name__}", param=name)
             setattr(self, name, value)
         return self
 

@@ -151,17 +151,7 @@ class LinearHead(Head):
         appended, or None, and ``block_weight_``.
         """
         X, y = check_xy(X, y)
-        if self.normalize not in NORMALIZE:
-            raise HeadstartError(f"normalize: expected one of {', '.join(NORMALIZE)}, "
-                                 f"got {self.normalize!r}")
-        d = X.shape[1] - sum(self.blocks)
-        if any(int(b) < 1 for b in self.blocks) or d < 1:
-            raise HeadstartError(f"blocks: expected widths >= 1 summing to less than the "
-                                 f"{X.shape[1]} features, got {self.blocks!r}")
-        if self.imagenet is not None and (len(self.imagenet) != 2 or
-                                          np.shape(self.imagenet[0])[1:] != (d,)):
-            raise HeadstartError(f"imagenet: expected (weight (M, {d}), bias (M,)), "
-                                 f"got shapes {[np.shape(a) for a in self.imagenet]}")
+        d = self._check(X)
         self.classes_ = np.unique(y)
         yi = np.searchsorted(self.classes_, y)
         self.mean_, self.scale_ = standardiser(X[:, :d]) if self.normalize == "standard" \
@@ -169,29 +159,8 @@ class LinearHead(Head):
         sub = cv_subset(yi, self.random_state)
         folds = folds if folds is not None else stratified_folds(yi[sub], self.cv,
                                                                   self.random_state)
-        few = folds is not None and np.bincount(yi).min() <= FEW_SHOT_MAX_PER_CLASS
-        blocks: list[tuple[np.ndarray, np.ndarray] | None] = [None]
-        if self.imagenet is not None and few:
-            blocks.append((np.asarray(self.imagenet[0], np.float32),
-                           np.asarray(self.imagenet[1], np.float32)))
-        weights = tuple(self.block_weights) if self.blocks and few else (0.0,)
-        self.cv_features_: dict[str, tuple[float, float]] = {}
         with one_thread():
-            best = None
-            for block in blocks:
-                for w in weights:
-                    Xs = self._normalised(X, block, w).astype(np.float64)
-                    path = self._path(Xs[sub], yi[sub], folds)
-                    name = "final" + (" + ImageNet classes" if block is not None else "") + \
-                        (f" + blocks at {w:g}" if w else "")
-                    self.cv_features_[name] = (path.accuracy, path.loss)
-                    if best is None or path.loss < best[2].loss:
-                        best = (block, w, path, Xs)
-            assert best is not None
-            self.imagenet_block_, self.block_weight_, path, Xs = best
-            if len(self.cv_features_) > 1:
-                logger.info("linear head: (accuracy, log-loss) out of fold %s",
-                            self.cv_features_)
+            path, Xs = self._choose_features(X, yi, sub, folds)
             self.C_, self.cv_score_, self.cv_path_ = path.C, path.accuracy, path.by_C
             self.oof_logits_, self.oof_rows_ = path.oof, (sub if path.oof is not None else None)
             Z, V = project(Xs)
@@ -207,6 +176,53 @@ class LinearHead(Head):
             intercept = np.concatenate([np.zeros(1, np.float32), intercept])
         self.coef_, self.intercept_ = coef, intercept
         return self
+
+    def _check(self, X: np.ndarray) -> int:
+        """The parameters against rows ``X`` ``(N, D)``; returns the final features' width.
+
+        Raises:
+            HeadstartError: naming the parameter that does not fit.
+        """
+        if self.normalize not in NORMALIZE:
+            raise HeadstartError(param="normalize", expected=f"one of {', '.join(NORMALIZE)}",
+                                 got=self.normalize)
+        d = X.shape[1] - sum(self.blocks)
+        if any(int(b) < 1 for b in self.blocks) or d < 1:
+            raise HeadstartError(param="blocks", expected=f"widths >= 1 summing to less than "
+                                 f"the {X.shape[1]} features", got=self.blocks)
+        if self.imagenet is not None and (len(self.imagenet) != 2 or
+                                          np.shape(self.imagenet[0])[1:] != (d,)):
+            raise HeadstartError(param="imagenet", expected=f"(weight (M, {d}), bias (M,))",
+                                 got=[np.shape(a) for a in self.imagenet])
+        return d
+
+    def _choose_features(self, X: np.ndarray, yi: np.ndarray, sub: np.ndarray,
+                         folds: Folds | None) -> tuple["_Path", np.ndarray]:
+        """The C path of each candidate feature set (final features; with the ImageNet
+        block; with the tapped blocks at each weight), the one with the lowest out-of-fold
+        log-loss kept (the first, simpler, on ties): its path and its rows ``(N, D')``."""
+        few = folds is not None and np.bincount(yi).min() <= FEW_SHOT_MAX_PER_CLASS
+        blocks: list[tuple[np.ndarray, np.ndarray] | None] = [None]
+        if self.imagenet is not None and few:
+            blocks.append((np.asarray(self.imagenet[0], np.float32),
+                           np.asarray(self.imagenet[1], np.float32)))
+        weights = tuple(self.block_weights) if self.blocks and few else (0.0,)
+        self.cv_features_: dict[str, tuple[float, float]] = {}
+        best = None
+        for block in blocks:
+            for w in weights:
+                Xs = self._normalised(X, block, w).astype(np.float64)
+                path = self._path(Xs[sub], yi[sub], folds)
+                name = "final" + (" + ImageNet classes" if block is not None else "") + \
+                    (f" + blocks at {w:g}" if w else "")
+                self.cv_features_[name] = (path.accuracy, path.loss)
+                if best is None or path.loss < best[2].loss:
+                    best = (block, w, path, Xs)
+        assert best is not None
+        self.imagenet_block_, self.block_weight_, path, Xs = best
+        if len(self.cv_features_) > 1:
+            logger.info("linear head: (accuracy, log-loss) out of fold %s", self.cv_features_)
+        return path, Xs
 
     def _path(self, Xc: np.ndarray, yc: np.ndarray, folds: Folds | None) -> "_Path":
         """One warm-started path along ``Cs`` per fold on normalised rows ``Xc``, then the

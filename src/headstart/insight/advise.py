@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import defaults
 from ..backbone.build import DEFAULT_BACKBONE
-from ..io.dataset import load_dataset, split_rows, stratified_split
+from ..io.dataset import Dataset, load_dataset, split_rows, stratified_split
 from ..fit.domain import domain_gap, explain
 from ..errors import HeadstartError
 from ..backbone.features import FeatureCache, extract_features
@@ -40,6 +40,7 @@ from ..heads.linear import LinearHead
 from ..fit.classifier import Classifier
 from ..fit.callbacks import Callbacks
 from ..fit.stages import holdout_accuracy
+from ..fit.summary import DomainGap
 
 __all__ = ["DEFAULT_BUDGET", "MARGIN", "advise", "recommend"]
 
@@ -112,7 +113,7 @@ def advise(data: str | os.PathLike, budget: float = DEFAULT_BUDGET,
         HeadstartError: ``budget`` is not a positive number of seconds.
     """
     if not isinstance(budget, (int, float)) or budget <= 0:
-        raise HeadstartError(f"budget: expected seconds > 0, got {budget!r}")
+        raise HeadstartError(param="budget", expected="seconds > 0", got=budget)
     t0 = time.perf_counter()
     cb = callbacks or Callbacks()
     ds = load_dataset(data)
@@ -123,12 +124,48 @@ def advise(data: str | os.PathLike, budget: float = DEFAULT_BUDGET,
     feats = extract_features(bb, items, FeatureCache(cache_dir))
     X, y = feats.X, y_all[feats.index]
     tr, va = split_rows(y, is_train[feats.index], val_fraction, seed)
-    counts = np.bincount(y[tr], minlength=len(ds.train.classes))
     curve = _learning_curve(X, y, tr, va, seed)
     h, _ = holdout_accuracy(head_only.head_, X, y, is_train[feats.index], seed,
                             val_fraction)  # on the rows the other runs are measured on
     gap = domain_gap(bb, X[tr])
-    epochs = Callbacks(epoch=cb.epoch)
+    runs = _budget_runs(data, budget, backbone, seed, val_fraction, cache_dir,
+                        gap.level == "far", Callbacks(epoch=cb.epoch))
+    return {
+        "data": str(data),
+        "classes": list(ds.train.classes),
+        "data_size": _data_size(ds, y[tr], len(va), len(feats.skipped)),
+        "domain_gap": gap.to_dict(),
+        **_advice(h, runs, curve, len(va), gap),
+        "budget_seconds": budget,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def _advice(h: float, runs: dict[str, Any], curve: list[dict[str, float]], n_val: int,
+            gap: DomainGap) -> dict[str, Any]:
+    """The learning curve, accuracies, runs, recommendation and reasons (result keys)."""
+    s, f = runs.get("from_scratch"), runs.get("finetune")
+    scratch = float(s.val_accuracy) if s else None
+    finetuned = float(f.val_accuracy_finetuned) if f and f.ran else None
+    gain = (curve[-1]["accuracy"] - curve[-2]["accuracy"]) if len(curve) >= 2 else None
+    choice, predicted, reasons = recommend(h, finetuned, scratch, gain, n_val)
+    if gap.level == "far":
+        reasons.append(f"the images are far from the pretraining photos ({explain(gap)})")
+    return {
+        "learning_curve": curve,
+        "learning_curve_still_rising": bool(gain is not None and gain >= 0.02),
+        "accuracy": {"head_only": h, "finetuned": finetuned, "from_scratch": scratch},
+        "runs": {k: v.to_dict() for k, v in runs.items()},
+        "recommendation": choice,
+        "predicted_accuracy": predicted,
+        "reasons": reasons,
+    }
+
+
+def _budget_runs(data: str | os.PathLike, budget: float, backbone: str, seed: int,
+                 val_fraction: float, cache_dir: str | os.PathLike | None, far: bool,
+                 epochs: Callbacks) -> dict[str, Any]:
+    """Summaries of the from-scratch run and the short fine-tune that fit in ``budget``."""
     t_runs = time.perf_counter()
     runs: dict[str, Any] = {}
     share = budget / 2
@@ -140,35 +177,21 @@ def advise(data: str | os.PathLike, budget: float = DEFAULT_BUDGET,
         runs["from_scratch"] = clf.summary_.from_scratch
     left = budget - (time.perf_counter() - t_runs)
     if left >= 10:
-        mode = "all" if gap.level == "far" else "last-3"
+        mode = "all" if far else "last-3"
         cfg = FinetuneConfig(max_minutes=left / 60, augment="none", patience=3,
                              backbone_lr_factor=0.5 if mode == "all" else 0.1)
         clf = Classifier(backbone=backbone, head="linear", finetune=mode, seed=seed,
                          cache_dir=cache_dir, val_fraction=val_fraction,
                          finetune_config=cfg).fit(data, callbacks=epochs)
         runs["finetune"] = clf.summary_.finetune
-    s, f = runs.get("from_scratch"), runs.get("finetune")
-    scratch = float(s.val_accuracy) if s else None
-    finetuned = float(f.val_accuracy_finetuned) if f and f.ran else None
-    gain = (curve[-1]["accuracy"] - curve[-2]["accuracy"]) if len(curve) >= 2 else None
-    choice, predicted, reasons = recommend(h, finetuned, scratch, gain, len(va))
-    if gap.level == "far":
-        reasons.append(f"the images are far from the pretraining photos ({explain(gap)})")
-    return {
-        "data": str(data),
-        "classes": list(ds.train.classes),
-        "data_size": {"train_counts": {c: int(n) for c, n in zip(ds.train.classes, counts)},
-                      "train_images": int(len(tr)), "val_images": int(len(va)),
-                      "imbalance_ratio": float(counts.max() / max(counts.min(), 1)),
-                      "skipped": len(ds.skipped) + len(feats.skipped)},
-        "domain_gap": gap.to_dict(),
-        "learning_curve": curve,
-        "learning_curve_still_rising": bool(gain is not None and gain >= 0.02),
-        "accuracy": {"head_only": h, "finetuned": finetuned, "from_scratch": scratch},
-        "runs": {k: v.to_dict() for k, v in runs.items()},
-        "recommendation": choice,
-        "predicted_accuracy": predicted,
-        "reasons": reasons,
-        "budget_seconds": budget,
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
+    return runs
+
+
+def _data_size(ds: Dataset, y_train: np.ndarray, n_val: int, unreadable: int
+               ) -> dict[str, Any]:
+    """Training images per class, train and validation sizes, imbalance, skipped files."""
+    counts = np.bincount(y_train, minlength=len(ds.train.classes))
+    return {"train_counts": {c: int(n) for c, n in zip(ds.train.classes, counts)},
+            "train_images": int(len(y_train)), "val_images": int(n_val),
+            "imbalance_ratio": float(counts.max() / max(counts.min(), 1)),
+            "skipped": len(ds.skipped) + unreadable}

@@ -152,6 +152,92 @@ def write_report(out: str | os.PathLike, classes: list[str], sources: Sequence[A
     return m
 
 
+def _accuracy_section(m: dict[str, Any]) -> str:
+    """HTML of the accuracy, its 95% Wilson interval and the macro F1 of metrics ``m``."""
+    lo, hi = m["accuracy_ci95"]
+    return ('<section id="summary"><h2>Accuracy</h2>'
+            f'<p class="big">{m["accuracy"]:.1%} <span>95% CI {lo:.1%} to {hi:.1%} '
+            f'(Wilson score interval, {m["n_images"]} images)</span></p>'
+            f'<p>macro F1 {m["macro_f1"]:.3f}</p></section>')
+
+
+def _per_class_section(m: dict[str, Any]) -> str:
+    """HTML table of each class's precision, recall, F1 and support."""
+    e = html.escape
+    rows = "".join(f"<tr><td>{e(c)}</td><td>{r['precision']:.3f}</td><td>{r['recall']:.3f}"
+                   f"</td><td>{r['f1']:.3f}</td><td>{r['support']}</td></tr>"
+                   for c, r in m["per_class"].items())
+    return ('<section id="per-class"><h2>Per class</h2><table><tr><th>class</th>'
+            '<th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>'
+            f"{rows}</table></section>")
+
+
+def _confusion_section(m: dict[str, Any], classes: list[str]) -> str:
+    """HTML of the ``(K, K)`` confusion matrix as an embedded SVG."""
+    cm = np.asarray(m["confusion_matrix"])
+    return ('<section id="confusion"><h2>Confusion matrix</h2>'
+            f'<img alt="confusion matrix" src="data:image/svg+xml;base64,'
+            f'{_confusion(cm, classes)}"></section>')
+
+
+def _calibration_section(m: dict[str, Any], y_true: np.ndarray, logits: np.ndarray,
+                         temperature: float, proba: np.ndarray) -> str:
+    """HTML of the ECE before and after scaling, the reliability diagram and its bins."""
+    c = m["calibration"]
+    return ('<section id="calibration"><h2>Calibration</h2>'
+            f'<p>Expected calibration error {c["ece_before"]:.3f} before, '
+            f'{c["ece_after"]:.3f} after temperature scaling (T = '
+            f'{c["temperature"]:.2f}, fitted on validation data at training time).</p>'
+            '<img alt="reliability diagram" src="data:image/svg+xml;base64,'
+            f'{_reliability(y_true, logits, temperature)}">{_bins(proba, y_true)}'
+            '</section>')
+
+
+def _unknown_section(m: dict[str, Any]) -> str:
+    """HTML of how many images were labelled unknown, and the accuracy on the others."""
+    u = m["unknown"]
+    acc = f"{u['accuracy_accepted']:.1%}" if u["accuracy_accepted"] is not None else "n/a"
+    return ('<section id="unknown"><h2>Unknown rejection</h2>'
+            f'<p>{u["rejected"]} of {m["n_images"]} images '
+            f'({u["rejected_fraction"]:.1%}) were labelled <b>unknown</b> (unlike '
+            f'every training image); accuracy on the others {acc}.</p></section>')
+
+
+def _gallery_section(sources: Sequence[Any], classes: list[str], y_true: np.ndarray,
+                     proba: np.ndarray) -> str:
+    """HTML thumbnails: up to 24 mistakes (likeliest mislabelled first), 12 least confident."""
+    e = html.escape
+    pred, conf = proba.argmax(axis=1), proba.max(axis=1)
+    own = proba[np.arange(len(y_true)), y_true]
+    wrong = [i for i in np.argsort(own, kind="stable") if pred[i] != y_true[i]][:24]
+    unsure = [i for i in np.argsort(conf) if i not in set(wrong)][:12]
+    cards = []
+    for kind, idx in (("misclassified", wrong), ("least confident", unsure)):
+        for i in idx:
+            src = sources[i]
+            name = e(Path(str(src)).name) if not hasattr(src, "size") else "image"
+            cards.append(f'<figure class="{kind.split()[0]}"><img alt="{name}" '
+                         f'src="data:image/jpeg;base64,{_thumb(src)}"><figcaption>{kind}: '
+                         f'{name}<br>true {e(classes[y_true[i]])}, predicted '
+                         f'{e(classes[pred[i]])} ({conf[i]:.0%})</figcaption></figure>')
+    return ('<section id="gallery"><h2>Mistakes and least confident images</h2>'
+            '<p>Mistakes first, most likely mislabelled first (the least probability '
+            'for the class they are filed under); then the least confident.</p>'
+            f'<div class="grid">{"".join(cards) or "<p>No mistakes.</p>"}</div></section>')
+
+
+def _dataset_section(m: dict[str, Any], classes: list[str],
+                     dataset: dict[str, Any] | None) -> str:
+    """HTML table of the dataset facts: images, classes, supports, then ``dataset``'s."""
+    e = html.escape
+    facts = {"images evaluated": m["n_images"], "classes": len(classes),
+             **{f"support of {k}": v["support"] for k, v in m["per_class"].items()},
+             **(dataset or {})}
+    items = "".join(f"<tr><td>{e(str(k))}</td><td>{e(str(v))}</td></tr>"
+                    for k, v in facts.items())
+    return f'<section id="dataset"><h2>Dataset</h2><table>{items}</table></section>'
+
+
 def write_model_report(clf: Any, model_dir: str | os.PathLike, name: str | None = None
                        ) -> dict[str, Any] | None:
     """``report.html`` + ``metrics.json`` in ``model_dir`` from the validation predictions

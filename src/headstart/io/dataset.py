@@ -280,7 +280,7 @@ def load_dataset(source: str | os.PathLike, val: str | os.PathLike | None = None
         train, skipped = _scan_class_folders(lay.root)
     if val is not None:
         if not Path(val).is_dir():
-            raise DataError(f"val: folder not found: {val}")
+            raise DataError(f"folder not found: {val}", param="val")
         val_set, more = _scan_class_folders(Path(val), train.classes)
         skipped += more
     check_classes(train.labels, train.classes, str(lay.root))

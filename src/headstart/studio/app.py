@@ -32,22 +32,22 @@ import json
 import logging
 import os
 import secrets
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from .. import defaults
-from ..io.files import read_regular
-from ..studio.project import COOKIE, PAGE, TOKEN_HEADER, Project, Trainer, zip_run
-from ..io.decode import UnreadableImage, check_upload, thumbnail_jpeg
-from ..errors import HeadstartError
 from ..deploy.serve import LimitBody
+from ..errors import HeadstartError
+from ..io.decode import thumbnail_jpeg
+from ..io.files import read_regular
+from .project import COOKIE, PAGE, TOKEN_HEADER, Project, Trainer, zip_run
 
 __all__ = ["create_studio_app", "studio"]
 
 logger = logging.getLogger(__name__)
-
 
 
 @functools.lru_cache(maxsize=1)
@@ -103,7 +103,6 @@ def _routes(project: Project, token: str, host: str, port: int,
             allow_hosts: tuple[str, ...], body_timeout: float) -> Any:
     app = FastAPI(title="headstart studio", docs_url=None, redoc_url=None, openapi_url=None)
     trainer = Trainer(project)
-    models: dict[str, Any] = {}
     hosts = allowed_hosts(host, allow_hosts)
 
     @app.middleware("http")
@@ -122,18 +121,47 @@ def _routes(project: Project, token: str, host: str, port: int,
 
     @app.exception_handler(HeadstartError)
     async def user_error(request: Request, exc: HeadstartError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+        return JSONResponse({"detail": exc.describe(_spelled)}, status_code=400)
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
         return PAGE.read_text()
+
+    _project_routes(app, project, trainer)
+    _image_routes(app, project)
+    _train_routes(app, trainer)
+    _run_routes(app, project)
+    _review_routes(app, project)
+    return app
+
+
+def _spelled(param: str) -> str:
+    """A library parameter as the page names it."""
+    return {"head": "Head", "finetune": "Fine-tune", "int8": "INT8", "fmt": "format"}.get(
+        param, param)
+
+
+def _options() -> dict[str, Any]:
+    """The choices the page offers, from the registries: head kinds and export formats
+    (each with its help line), and whether INT8 can run here."""
+    from ..deploy.export import EXPORT_FORMATS
+    from ..heads import HEAD_KINDS
+
+    return {"heads": [{"name": h.kind, "help": h.help} for h in HEAD_KINDS],
+            "exports": [{"name": f.name, "help": f.help,
+                         "files": [p.name for p in f.files(Path(f.default_name()))]}
+                        for f in EXPORT_FORMATS]}
+
+
+def _project_routes(app: FastAPI, project: Project, trainer: Trainer) -> None:
+    """The project's state and classes."""
 
     @app.get("/api/project")
     async def info() -> dict[str, Any]:
         runs = project.runs()  # each run's headstart.json read once per call
         current = project.current(runs)
         return {"root": str(project.root), "classes": project.classes(), "runs": runs,
-                "current": current,
+                "current": current, "options": _options(),
                 "training": {"state": trainer.state, "run": trainer.run},
                 "serve": f"headstart serve {project.models / current}" if current else None}
 
@@ -149,6 +177,22 @@ def _routes(project: Project, token: str, host: str, port: int,
     async def delete_class(name: str) -> dict[str, bool]:
         project.delete_class(name)
         return {"deleted": True}
+
+    @app.get("/api/health")
+    async def health() -> dict[str, Any]:
+        from ..fit.health import check
+
+        if len(project.classes()) < 1:
+            return {"summary": "no classes yet", "problems": 0}
+        try:
+            h = await asyncio.to_thread(check, project.data, near=False)
+        except HeadstartError as e:
+            return {"summary": e.describe(_spelled), "problems": 1}
+        return {**h.to_dict(limit=20), "summary": h.summary(), "problems": h.problems()}
+
+
+def _image_routes(app: FastAPI, project: Project) -> None:
+    """Images of a class: list, upload, move, delete (to the trash), thumbnails."""
 
     @app.get("/api/classes/{name}/images")
     async def images(name: str) -> dict[str, list[str]]:
@@ -177,23 +221,18 @@ def _routes(project: Project, token: str, host: str, port: int,
         data = await asyncio.to_thread(thumbnail_jpeg, project.inside(path), 160)
         return Response(data or _red_square(), media_type="image/jpeg")
 
-    @app.get("/api/health")
-    async def health() -> dict[str, Any]:
-        from ..fit.health import check
 
-        if len(project.classes()) < 1:
-            return {"summary": "no classes yet", "problems": 0}
-        try:
-            h = await asyncio.to_thread(check, project.data, near=False)
-        except HeadstartError as e:
-            return {"summary": str(e), "problems": 1}
-        return {**h.to_dict(limit=20), "summary": h.summary(), "problems": h.problems()}
+def _train_routes(app: FastAPI, trainer: Trainer) -> None:
+    """Start and cancel a training run; its progress as server-sent events."""
 
     @app.post("/api/train")
     async def train(body: dict[str, Any]) -> dict[str, str]:
+        from ..heads import HEAD_KINDS
+
         settings = {"head": str(body.get("head", defaults.HEAD)),
                     "finetune": str(body.get("finetune", "off")),
                     "int8": bool(body.get("int8", False))}
+        HEAD_KINDS.get(settings["head"], param="head")  # refused before any work
         return {"run": trainer.start(settings)}
 
     @app.post("/api/train/cancel")
@@ -214,6 +253,20 @@ def _routes(project: Project, token: str, host: str, port: int,
                 await asyncio.sleep(0.2)
         return StreamingResponse(stream(), media_type="text/event-stream")
 
+
+def _run_routes(app: FastAPI, project: Project) -> None:
+    """A run's report, predictions with the current run (serve's code), export and
+    downloads."""
+    predictors: dict[str, Any] = {}
+
+    def _predictor(run: str) -> Any:
+        from ..deploy.serve import Predictor
+        from ..fit.classifier import Classifier
+
+        if run not in predictors:
+            predictors[run] = Predictor(Classifier.load(project.run_dir(run)))
+        return predictors[run]
+
     @app.post("/api/runs/{run}/current")
     async def set_current(run: str) -> dict[str, str]:
         project.run_dir(run)  # it exists
@@ -227,44 +280,58 @@ def _routes(project: Project, token: str, host: str, port: int,
             return HTMLResponse("<p>No report: nothing was held out to measure on.</p>")
         return HTMLResponse(read_regular(path, 256 << 20))
 
-    def _model(run: str) -> Any:
-        from ..fit.classifier import Classifier
-
-        if run not in models:
-            models[run] = Classifier.load(project.run_dir(run))
-        return models[run]
-
     @app.post("/api/predict")
     async def predict(files: list[UploadFile] = File(...)) -> dict[str, Any]:
-        from ..backbone.features import prepare_image
-
         run = project.current()
         if run is None:
             raise HeadstartError("no model yet: train first")
-        clf = await asyncio.to_thread(_model, run)
-        out, arrays, names = [], [], []
-        for f in files:
-            data = await f.read()
-            try:  # the checks of serve's uploads
-                check_upload(data, defaults.MAX_PIXELS)
-                arrays.append(prepare_image(io.BytesIO(data), clf.backbone_.preprocess))
-                names.append(f.filename)
-            except UnreadableImage as e:
-                out.append({"filename": f.filename, "refused": str(e)})
-        if arrays:
-            import numpy as np
-
-            pred = await asyncio.to_thread(clf.predict_arrays, np.stack(arrays))
-            for i, name in enumerate(names):
-                out.append({"filename": name, "label": pred.labels[i],
-                            "unknown": bool(pred.rejected[i]),
-                            "probabilities": {c: float(v) for c, v in
-                                              zip(clf.classes_, pred.proba[i])}})
+        predictor = await asyncio.to_thread(_predictor, run)
+        records, bad = await predictor.answer([(f.filename or f"file{i}", await f.read())
+                                               for i, f in enumerate(files)])
         counts: dict[str, int] = {}
-        for r in out:
-            if "label" in r:
-                counts[r["label"]] = counts.get(r["label"], 0) + 1
-        return {"run": run, "predictions": out, "counts": counts}
+        for r in records:
+            counts[r["label"]] = counts.get(r["label"], 0) + 1
+        return {"run": run, "counts": counts, "predictions": records + [
+            {"filename": b.filename, "refused": b.reason} for b in bad]}
+
+    @app.post("/api/runs/{run}/export")
+    async def export(run: str, body: dict[str, str]) -> dict[str, Any]:
+        from ..deploy.export import export as run_export
+
+        fmt = body.get("format", "onnx")
+        return await asyncio.to_thread(run_export, project.run_dir(run), fmt)
+
+    @app.get("/api/runs/{run}/download")
+    async def download(run: str, format: str = "onnx") -> Any:
+        return await asyncio.to_thread(_download, project, run, format)
+
+
+def _download(project: Project, run: str, format: str) -> Response:
+    """A run's export (its file, or its files zipped) or the whole run folder (``zip``).
+
+    Raises:
+        HeadstartError: an unknown format, or one not exported yet.
+    """
+    from ..deploy.export import EXPORT_FORMATS
+
+    d = project.run_dir(run)
+    names = None if format == "zip" else [
+        p.name for p in EXPORT_FORMATS.get(format, param="format").files(
+            Path(EXPORT_FORMATS.get(format).default_name()))]
+    if names is not None and not all(project.run_file(run, n) for n in names):
+        raise HeadstartError(f"export {format!r} first", param="format")
+    if names is not None and len(names) == 1:
+        data = read_regular(project.run_file(run, names[0]))
+        name, kind = f"{d.name}-{names[0]}", "application/octet-stream"
+    else:  # the whole model directory, or an export's files
+        data = zip_run(d, names)
+        name, kind = f"{d.name}{'' if names is None else '-' + format}.zip", "application/zip"
+    return Response(data, media_type=kind, headers={
+        "content-disposition": f'attachment; filename="{name}"'})
+
+
+def _review_routes(app: FastAPI, project: Project) -> None:
+    """The label review of the project's data, and one suggestion applied."""
 
     @app.get("/api/review")
     async def review() -> dict[str, Any]:
@@ -284,33 +351,6 @@ def _routes(project: Project, token: str, host: str, port: int,
         log, moved = apply_rows([{"action": body.get("action", "move"), "path": str(src),
                                   "suggested": body.get("suggested", "")}], project.data)
         return {"moved": moved, "log": log.name if moved else None}
-
-    @app.post("/api/runs/{run}/export")
-    async def export(run: str, body: dict[str, str]) -> dict[str, Any]:
-        from ..deploy.export import export as run_export
-
-        fmt = body.get("format", "onnx")
-        return await asyncio.to_thread(run_export, project.run_dir(run), fmt)
-
-    @app.get("/api/runs/{run}/download")
-    async def download(run: str, format: str = "onnx") -> Any:
-        d = project.run_dir(run)
-        names = {"zip": None, "onnx": ["model.onnx"],
-                 "openvino": ["model.xml", "model.bin"]}.get(format, [])
-        if names is not None and (not names or not all(project.run_file(run, n)
-                                                       for n in names)):
-            raise HeadstartError(f"format: export {format!r} first")
-        if names is not None and len(names) == 1:
-            data = await asyncio.to_thread(read_regular, project.run_file(run, names[0]))
-            name, kind = f"{d.name}-{names[0]}", "application/octet-stream"
-        else:  # the whole model directory, or an IR's two files
-            data = await asyncio.to_thread(zip_run, d, names)
-            name, kind = f"{d.name}{'' if names is None else '-' + format}.zip", \
-                "application/zip"
-        return Response(data, media_type=kind, headers={
-            "content-disposition": f'attachment; filename="{name}"'})
-
-    return app
 
 
 def create_studio_app(project: str | os.PathLike, token: str, host: str = "127.0.0.1",
