@@ -210,6 +210,24 @@ def run_cli(*args: Any, timeout: float = 300, **kw: Any) -> subprocess.Completed
         pytest.fail(f"headstart {' '.join(map(str, args))} hung (> {timeout} s)")
 
 
+def invoke_cli(*args: Any) -> subprocess.CompletedProcess:
+    """``headstart ARGS`` in this process, through Typer's ``CliRunner``: for checks of
+    arguments and messages only (no training, no server). Reads like :func:`run_cli`'s
+    result; an uncaught exception shows as its traceback on stderr, as in a subprocess."""
+    import traceback
+
+    from typer.testing import CliRunner
+
+    from headstart.cli.main import app
+
+    argv = [str(a) for a in args]
+    r = CliRunner().invoke(app, argv)
+    stderr = r.stderr
+    if r.exc_info is not None and not isinstance(r.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(*r.exc_info))
+    return subprocess.CompletedProcess(["headstart", *argv], r.exit_code, r.stdout, stderr)
+
+
 def assert_user_error(r: subprocess.CompletedProcess, *needles: str) -> None:
     """Exit status 2, one ``error:`` line on stderr containing each needle, no traceback."""
     assert r.returncode == 2, r.stderr

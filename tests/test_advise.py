@@ -5,13 +5,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from headstart.insight.advise import MARGIN, advise, recommend
 from headstart.fit.domain import SIMILARITY_FAR, SIMILARITY_NEAR, domain_gap
 from headstart.backbone.features import extract_features
 
-from .conftest import EXAMPLES, copy_digits, shared
+from .conftest import EXAMPLES, copy_digits, invoke_cli, shared
 
 TRANSFER = {"head only", "head + fine-tune"}
 
@@ -38,6 +39,7 @@ def test_recommend_rules():
     assert choice == "head + fine-tune" and predicted == 0.9 + MARGIN and reasons
 
 
+@pytest.mark.slow
 def test_domain_gap_near_for_photos_far_for_digits(backbone, tmp_path):
     photos = sorted((EXAMPLES / "test").rglob("*.jpg"))
     digits = sorted((copy_digits(tmp_path, train=10, val=0) / "train").rglob("*.png"))
@@ -51,6 +53,7 @@ def test_domain_gap_near_for_photos_far_for_digits(backbone, tmp_path):
     assert 0 < near.imagenet_entropy < far.imagenet_entropy < 1
 
 
+@pytest.mark.slow
 def test_domain_gap_scale_on_every_shared_dataset_and_synthetic_extremes(backbone,
                                                                         tmp_path):
     rng = np.random.default_rng(0)
@@ -74,6 +77,7 @@ def test_domain_gap_scale_on_every_shared_dataset_and_synthetic_extremes(backbon
     assert set(levels.values()) <= {"moderate", "far"}, levels
 
 
+@pytest.mark.slow
 def test_advise_on_few_photos_recommends_transfer_learning():
     r = advise(EXAMPLES / "train", budget=20)
     assert r["domain_gap"]["level"] == "near"
@@ -84,6 +88,7 @@ def test_advise_on_few_photos_recommends_transfer_learning():
     json.dumps(r)  # serialisable as documented
 
 
+@pytest.mark.slow
 def test_advise_cli_on_digits_is_far_and_consistent(tmp_path):
     data = copy_digits(tmp_path / "d", train=30, val=10)
     r = subprocess.run([sys.executable, "-m", "headstart", "advise", str(data), "--budget",
@@ -96,6 +101,7 @@ def test_advise_cli_on_digits_is_far_and_consistent(tmp_path):
     assert consistent(out)
 
 
+@pytest.mark.slow
 def test_train_warns_when_images_are_far_from_imagenet(tmp_path):
     data = copy_digits(tmp_path / "d", train=10, val=5)
     r = subprocess.run([sys.executable, "-m", "headstart", "train", str(data), "--out",
@@ -108,12 +114,12 @@ def test_train_warns_when_images_are_far_from_imagenet(tmp_path):
                       )["summary"]["domain_gap"]["level"] == "far"
 
 
+@pytest.mark.slow
 def test_train_does_not_warn_on_photos(trained):
     clf, _ = trained
     assert clf.summary_.domain_gap.level == "near"
 
 
 def test_budget_must_be_positive():
-    r = subprocess.run([sys.executable, "-m", "headstart", "advise", str(EXAMPLES / "train"),
-                        "--budget", "0"], capture_output=True, text=True, timeout=300)
+    r = invoke_cli("advise", EXAMPLES / "train", "--budget", "0")
     assert r.returncode == 2 and "--budget" in r.stderr

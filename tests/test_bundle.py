@@ -22,7 +22,7 @@ from headstart import Classifier, ModelError
 from headstart.io.files import atomic_folder, recover_folder
 from headstart.io.bundle import check_destination, is_model_dir, read_meta
 
-from .conftest import EXAMPLES, assert_user_error, copy_images, run_cli
+from .conftest import EXAMPLES, assert_user_error, copy_images, invoke_cli, run_cli
 
 FIXTURE = Path(__file__).with_name("fixtures") / "model-v0.1.0"
 REPO = Path(__file__).resolve().parents[1]
@@ -66,6 +66,7 @@ def test_old_model_with_a_replaced_backbone_never_reuses_its_engine(tmp_path):
     assert Classifier.load(m).backbone_.identity() != before
 
 
+@pytest.mark.slow
 def test_signature_not_a_file_name(model, tmp_path):
     assert is_model_dir(model)
     other = tmp_path / "other"
@@ -79,6 +80,7 @@ def test_signature_not_a_file_name(model, tmp_path):
     assert (other / "important.txt").read_text() == "the user's"
 
 
+@pytest.mark.slow
 def test_retraining_never_deletes_files_the_user_added(model, tmp_path):
     m = copy_model(model, tmp_path / "m")
     (m / "notes.txt").write_text("mine")
@@ -89,8 +91,8 @@ def test_retraining_never_deletes_files_the_user_added(model, tmp_path):
 
 def test_out_under_a_file_is_one_error_line(tmp_path):
     (tmp_path / "afile").write_text("x")
-    assert_user_error(run_cli("train", EXAMPLES / "train", "--out", tmp_path / "afile" / "m",
-                              timeout=120), "is a file")
+    assert_user_error(invoke_cli("train", EXAMPLES / "train", "--out",
+                                 tmp_path / "afile" / "m"), "is a file")
     with pytest.raises(ModelError, match="not a folder"):
         check_destination(tmp_path / "afile")
 
@@ -99,6 +101,7 @@ def _limit_file_size() -> None:  # runs in the child: writes past 2 MB fail with
     resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20))
 
 
+@pytest.mark.slow
 def test_failed_save_is_one_error_line_and_keeps_the_previous_model(model, tmp_path):
     """A save that cannot be written (here: a file-size limit, as a full disk does) leaves
     the previous model whole and no temporary folder behind."""
@@ -113,6 +116,7 @@ def test_failed_save_is_one_error_line_and_keeps_the_previous_model(model, tmp_p
 
 
 @pytest.mark.parametrize("how", ["truncated", "swapped", "pickled"])
+@pytest.mark.slow
 def test_changed_backbone_file_is_refused_even_with_a_cached_engine(model, tmp_path, how):
     m = copy_model(model, tmp_path / "m")
     f = m / "backbone.safetensors"
@@ -175,6 +179,7 @@ TAMPERED = {"list": "is not a headstart model", "one class": "classes",
             "widths of another grid": "backbone.taps must be blocks of tf_efficientnet_lite0"}
 
 
+@pytest.mark.slow
 def test_tampered_metadata_is_one_error_line_naming_the_field(model, tmp_path):
     meta = json.loads((model / "headstart.json").read_text())
     for how, needle in TAMPERED.items():
@@ -184,6 +189,7 @@ def test_tampered_metadata_is_one_error_line_naming_the_field(model, tmp_path):
 
 
 @pytest.mark.parametrize("how", ["keys", "shape"])
+@pytest.mark.slow
 def test_head_file_with_wrong_keys_or_shapes_is_refused(model, tmp_path, how):
     m = copy_model(model, tmp_path / "m")
     head = load_file(str(m / "head.safetensors"))
@@ -201,6 +207,7 @@ def test_head_file_with_wrong_keys_or_shapes_is_refused(model, tmp_path, how):
     assert_user_error(run_cli("predict", m, IMAGE, timeout=120), "head.safetensors")
 
 
+@pytest.mark.slow
 def test_serve_refuses_to_start_on_an_invalid_model(model, tmp_path):
     m = copy_model(model, tmp_path / "m")
     meta = json.loads((m / "headstart.json").read_text())
@@ -209,6 +216,7 @@ def test_serve_refuses_to_start_on_an_invalid_model(model, tmp_path):
     assert_user_error(r, "temperature")
 
 
+@pytest.mark.slow
 def test_a_deeply_nested_or_huge_headstart_json_is_one_error_line(model, tmp_path):
     m = copy_model(model, tmp_path / "nested")
     nested = '{"format": "headstart-model", "format_version": 1, "x": ' + "[" * 200_000 \
@@ -225,6 +233,7 @@ def test_a_deeply_nested_or_huge_headstart_json_is_one_error_line(model, tmp_pat
                       "file too large (30.0 MiB > 16.0 MiB)")
 
 
+@pytest.mark.slow
 def test_a_model_without_digests_says_so_in_one_warning_line():
     r = run_cli("predict", FIXTURE, IMAGE, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -232,6 +241,7 @@ def test_a_model_without_digests_says_so_in_one_warning_line():
     assert len(warnings) == 1 and "unverified" in warnings[0], r.stderr
 
 
+@pytest.mark.slow
 def test_interrupted_swap_is_undone_on_the_next_run(model, tmp_path):
     """A crash between moving the old model aside and moving the new one in (the fallback
     where renameat2 is unavailable) leaves only the hidden copy; the next run puts it back.
@@ -265,12 +275,14 @@ def test_atomic_folder_replaces_without_a_gap_and_fails_cleanly(tmp_path):
     assert not recover_folder(target, lambda p: True)
 
 
+@pytest.mark.slow
 def test_digests_are_recorded_and_checked(model):
     meta = read_meta(model)
     assert {"backbone.safetensors", "head.safetensors", "ood.safetensors"} <= set(meta["files"])
     assert all(len(d) == 64 for d in meta["files"].values())
 
 
+@pytest.mark.slow
 def test_unrecorded_file_is_refused(model, tmp_path):
     m = copy_model(model, tmp_path / "m")
     shutil.copy(m / "hashes.safetensors", m / "ood.safetensors.bak")
@@ -281,11 +293,13 @@ def test_unrecorded_file_is_refused(model, tmp_path):
         Classifier.load(m)
 
 
+@pytest.mark.slow
 def test_model_files_are_never_pickle(model):
     for f in model.iterdir():
         assert not f.read_bytes().startswith(b"\x80")
 
 
+@pytest.mark.slow
 def test_train_with_a_class_of_only_unreadable_files_ignores_it(tmp_path):
     data = copy_images(tmp_path / "d", 5)
     (data / "zebra").mkdir()
@@ -310,6 +324,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_kill_9_during_saves_never_breaks_the_model(tmp_path):
     """A process saving a model over and over is killed at random moments: the folder is
     always a complete model whose every digest matches, and the next save cleans up."""

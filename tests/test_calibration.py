@@ -52,6 +52,7 @@ def model():
     return Classifier(head="linear").fit(EXAMPLES / "train")
 
 
+@pytest.mark.slow
 def test_unfamiliar_images_come_out_unknown(model):
     safari = sorted((EXAMPLES / "test").rglob("*.jpg"))
     insects = sorted(shared("hymenoptera", "val").rglob("*.jpg"))[::4]
@@ -65,6 +66,7 @@ def test_unfamiliar_images_come_out_unknown(model):
     assert odd.counts()["unknown"] == len(insects)
 
 
+@pytest.mark.slow
 def test_probabilities_are_temperature_scaled_and_unknown_can_be_off(model, tmp_path):
     files = sorted(shared("hymenoptera", "val", "ants").iterdir())[:3]
     pred = model.predict_images(files)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import EXAMPLES, assert_user_error, copy_images, run_cli, strange_files
+from .conftest import (EXAMPLES, assert_user_error, copy_images, invoke_cli, run_cli,
+                       strange_files)
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -30,6 +31,7 @@ def model_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_train_human_output_and_corrupt_file_skipped(tmp_path):
     data = copy_images(tmp_path / "d", 5)
     (data / "giraffe" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
@@ -40,6 +42,7 @@ def test_train_human_output_and_corrupt_file_skipped(tmp_path):
     assert (tmp_path / "m" / "headstart.json").is_file()
 
 
+@pytest.mark.slow
 def test_predict_json_csv_and_counts(model_dir, tmp_path):
     folder = EXAMPLES / "test"
     r = run("predict", model_dir, folder, "--json")
@@ -62,6 +65,7 @@ def test_predict_json_csv_and_counts(model_dir, tmp_path):
     assert human.returncode == 0 and "counts" in human.stdout
 
 
+@pytest.mark.slow
 def test_evaluate_json_has_accuracy(model_dir):
     r = run("evaluate", model_dir, EXAMPLES / "test", "--json")
     assert r.returncode == 0, r.stderr
@@ -71,37 +75,42 @@ def test_evaluate_json_has_accuracy(model_dir):
     assert human.stdout.startswith("accuracy") and "precision" in human.stdout
 
 
+@pytest.mark.slow
 def test_bad_paths_are_one_line_errors(model_dir, tmp_path):
-    assert_user_error(run("train", tmp_path / "nowhere", "--out", tmp_path / "m"),
+    assert_user_error(invoke_cli("train", tmp_path / "nowhere", "--out", tmp_path / "m"),
                       "not found")
-    assert_user_error(run("predict", tmp_path / "no-model", EXAMPLES), "model directory")
-    assert_user_error(run("predict", model_dir, tmp_path / "none.jpg"), "not found")
-    assert_user_error(run("evaluate", model_dir, tmp_path / "none"), "not found")
+    assert_user_error(invoke_cli("predict", tmp_path / "no-model", EXAMPLES),
+                      "model directory")
+    assert_user_error(invoke_cli("predict", model_dir, tmp_path / "none.jpg"), "not found")
+    assert_user_error(invoke_cli("evaluate", model_dir, tmp_path / "none"), "not found")
 
 
 def test_one_class_data_is_a_user_error(tmp_path):
     data = copy_images(tmp_path / "d", 3)
     shutil.rmtree(data / "elephant")
-    assert_user_error(run("train", data, "--out", tmp_path / "m"), "at least 2 classes")
+    assert_user_error(invoke_cli("train", data, "--out", tmp_path / "m"),
+                      "at least 2 classes")
 
 
 def test_unknown_backbone_and_head_are_user_errors(tmp_path):
     data = copy_images(tmp_path / "d", 2)
-    assert_user_error(run("train", data, "--out", tmp_path / "m", "--backbone", "resnet5000"),
-                      "unknown backbone")
-    assert_user_error(run("train", data, "--out", tmp_path / "m", "--backbone", "resnet18"),
-                      "--weights FILE")
-    assert_user_error(run("train", data, "--out", tmp_path / "m", "--head", "svm"), "--head")
+    assert_user_error(invoke_cli("train", data, "--out", tmp_path / "m", "--backbone",
+                                 "resnet5000"), "unknown backbone")
+    assert_user_error(invoke_cli("train", data, "--out", tmp_path / "m", "--backbone",
+                                 "resnet18"), "--weights FILE")
+    assert_user_error(invoke_cli("train", data, "--out", tmp_path / "m", "--head", "svm"),
+                      "--head")
 
 
 def test_backbones_lists_offline_default():
-    r = run("backbones", "--json")
+    r = invoke_cli("backbones", "--json")
     assert r.returncode == 0
     rows = {x["name"]: x["status"] for x in json.loads(r.stdout)}
     assert rows["efficientnet_lite0"] == "offline"
-    assert "efficientnet_lite0" in run("backbones").stdout
+    assert "efficientnet_lite0" in invoke_cli("backbones").stdout
 
 
+@pytest.mark.slow
 def test_fifo_and_device_links_never_block_any_command(model_dir, tmp_path):
     """A FIFO named x.jpg and a link to /dev/zero named .jpg, in a class folder, through
     check, train, predict and evaluate: each is skipped with its reason, nothing hangs."""
@@ -118,6 +127,7 @@ def test_fifo_and_device_links_never_block_any_command(model_dir, tmp_path):
             assert name in said and fragment in said, (args, said)
 
 
+@pytest.mark.slow
 def test_file_and_class_names_are_never_rich_markup(model_dir, tmp_path):
     data = copy_images(tmp_path / "d", 4)
     (data / "giraffe").rename(data / "[bold]giraffe")
@@ -141,6 +151,7 @@ def test_file_and_class_names_are_never_rich_markup(model_dir, tmp_path):
     assert "[lite1]" in row or "offline" in row  # not installed: the extra to install
 
 
+@pytest.mark.slow
 def test_a_closed_pipe_ends_predict_quietly(model_dir):
     p = subprocess.Popen([sys.executable, "-m", "headstart", "predict", model_dir,
                           EXAMPLES / "test"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -165,6 +176,7 @@ def test_check_exit_codes_for_csvs_without_two_classes(small_data, tmp_path):
     assert_user_error(run("check", tmp_path / "empty", "--no-near"), "no images found")
 
 
+@pytest.mark.slow
 def test_file_name_that_is_not_utf8_goes_through_predict_and_csv(model_dir, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()

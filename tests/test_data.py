@@ -146,6 +146,7 @@ def test_csv_with_a_header_only_is_an_error(tmp_path):
         load_dataset(tmp_path / "labels.csv")
 
 
+@pytest.mark.slow
 def test_a_nul_byte_in_a_csv_path_is_reported_and_skipped(small_data, tmp_path, trained):
     _, model = trained
     rows = ["path,label"] + [f"{p},{p.parent.name}" for p in sorted(small_data.rglob("*.jpg"))]

@@ -23,6 +23,7 @@ def test_metrics_on_known_predictions():
     assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8 + 0.0) / 3)
 
 
+@pytest.mark.slow
 def test_evaluate_uses_the_held_out_split(trained, tmp_path):
     clf, _ = trained
     shutil.copytree(EXAMPLES / "train", tmp_path / "d" / "train")
@@ -35,6 +36,7 @@ def test_evaluate_uses_the_held_out_split(trained, tmp_path):
     assert sum(map(sum, m["confusion_matrix"])) == 30
 
 
+@pytest.mark.slow
 def test_evaluate_rejects_unknown_classes(trained, tmp_path):
     clf, _ = trained
     shutil.copytree(EXAMPLES / "test" / "giraffe", tmp_path / "d" / "zebra")

@@ -14,8 +14,9 @@ import pytest
 from headstart.deploy.export import ExportError, export, read_metadata
 from headstart.backbone.features import preprocess_image
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, invoke_cli
 
+pytestmark = pytest.mark.slow  # every test exports a trained model
 SAMPLES = [EXAMPLES / "test"]
 
 
@@ -71,8 +72,7 @@ def test_failed_parity_fails_loudly_and_writes_nothing(trained, tmp_path):
 
 def test_bad_format_is_a_clear_error(trained, tmp_path):
     _, model_dir = trained
-    r = subprocess.run([sys.executable, "-m", "headstart", "export", str(model_dir),
-                        "--format", "tflite"], capture_output=True, text=True)
+    r = invoke_cli("export", model_dir, "--format", "tflite")
     assert r.returncode == 2
     assert r.stderr.startswith("error: --format: expected one of onnx, openvino")
 

@@ -57,6 +57,7 @@ def test_stages_split_the_backbone_bottom_to_top(backbone):
     assert any(n.startswith("conv_head") for n in stages[-1][1])
 
 
+@pytest.mark.slow
 def test_auto_skips_small_data_with_reason():
     clf = Classifier(head="linear", finetune="auto").fit(EXAMPLES / "train")
     f = clf.summary_.finetune
@@ -75,6 +76,7 @@ def test_auto_fine_tunes_far_data_from_fewer_images():
                        np.ones(4, bool)) is None  # only auto decides
 
 
+@pytest.mark.slow
 def test_finetune_keeps_the_better_model_and_reports_both(tmp_path):
     epochs = []
     clf = Classifier(head="linear", finetune="last-2",
@@ -93,6 +95,7 @@ def test_finetune_keeps_the_better_model_and_reports_both(tmp_path):
     assert rows[0].startswith("epoch,train_loss") and len(rows) == 3
 
 
+@pytest.mark.slow
 def test_finetuned_model_reloads_and_evaluate_reproduces_val_accuracy(tmp_path):
     cfg = FinetuneConfig(**{**QUICK, "keep": "finetuned"})
     clf = Classifier(head="linear", finetune="all", finetune_config=cfg).fit(
@@ -111,6 +114,7 @@ def test_finetuned_model_reloads_and_evaluate_reproduces_val_accuracy(tmp_path):
     assert m["accuracy"] == pytest.approx(clf.summary_.val_accuracy, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_last_checkpoint(tmp_path):
     cache = tmp_path / "cache"
     cfg = FinetuneConfig(**{**QUICK, "max_epochs": 1})
@@ -133,6 +137,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
+@pytest.mark.ddp
 def test_two_process_ddp_on_cpu_gives_identical_weights_and_one_writer(tmp_path):
     data = EXAMPLES / "train"
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
@@ -151,6 +157,7 @@ def test_two_process_ddp_on_cpu_gives_identical_weights_and_one_writer(tmp_path)
     assert not (tmp_path / "model-rank1").exists()
 
 
+@pytest.mark.slow
 def test_max_minutes_bounds_training():
     cfg = FinetuneConfig(**{**QUICK, "max_epochs": 50, "patience": 50, "max_minutes": 0.002})
     clf = Classifier(head="linear", finetune="last-1", finetune_config=cfg).fit(
@@ -158,6 +165,7 @@ def test_max_minutes_bounds_training():
     assert clf.summary_.finetune.epochs <= 2
 
 
+@pytest.mark.slow
 def test_cli_finetune_prints_epochs_and_writes_metrics(tmp_path):
     r = subprocess.run([sys.executable, "-m", "headstart", "train", str(EXAMPLES / "train"),
                         "--out", str(tmp_path / "m"), "--head", "linear", "--finetune",

@@ -117,6 +117,7 @@ def _hymenoptera(backbone, split: str, per_class: int | None = None):
     return extract_features(backbone, files, None).X, np.array(y)
 
 
+@pytest.mark.slow
 def test_imagenet_classes_are_kept_where_they_help_and_survive_every_round_trip(backbone):
     import torch
 

@@ -26,6 +26,7 @@ def _rel(path: str, root: Path) -> str:
     return Path(path).relative_to(root).as_posix()
 
 
+@pytest.mark.slow
 def test_bad_corpus_every_file_named_good_ones_used(tmp_path):
     unusable, good = make_bad_corpus(tmp_path / "d")
     r = _cli("check", tmp_path / "d", "--json")
@@ -63,6 +64,7 @@ def test_exit_codes_are_as_documented(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_hymenoptera_acceptance(tmp_path):
     """5 training images copied into val, 2 truncated JPEGs, 1 text file named .jpg and an
     empty class folder: exactly those are reported; train succeeds and warns of leakage."""
@@ -157,6 +159,7 @@ def test_folder_problems(tmp_path):
     assert h.counts["train"]["elephant"] == 6
 
 
+@pytest.mark.slow
 def test_evaluate_flags_test_images_the_model_was_trained_on(trained, tmp_path):
     from headstart import Classifier
     from headstart.insight.evaluate import evaluate
@@ -176,6 +179,7 @@ def test_evaluate_flags_test_images_the_model_was_trained_on(trained, tmp_path):
     assert h["summary"].startswith("LEAKAGE: 2 held-out image(s)")
 
 
+@pytest.mark.slow
 def test_evaluate_finds_leakage_with_a_tapped_backbone_too(tmp_path):
     """A few-shot steel model reads tapped features (far from ImageNet); its leakage
     check still compares unit rows of final features, so the same pixels in other bytes

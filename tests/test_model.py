@@ -20,6 +20,7 @@ def _test_images():
     return sorted((EXAMPLES / "test").rglob("*.jpg"))
 
 
+@pytest.mark.slow
 def test_fit_summary_and_accuracy(trained):
     clf, _ = trained
     s = clf.summary_
@@ -34,6 +35,7 @@ def test_fit_summary_and_accuracy(trained):
     assert acc >= 0.9
 
 
+@pytest.mark.slow
 def test_loaded_model_predicts_exactly_like_the_fitted_one(trained, tmp_path):
     clf, out = trained
     loaded = Classifier.load(out, cache=False)  # recompute features with the saved backbone
@@ -42,6 +44,7 @@ def test_loaded_model_predicts_exactly_like_the_fitted_one(trained, tmp_path):
     assert loaded.classes_ == clf.classes_ and loaded.summary_ == clf.summary_
 
 
+@pytest.mark.slow
 def test_model_directory_is_safetensors_and_json(trained):
     _, out = trained
     assert sorted(p.name for p in out.iterdir()) == [
@@ -55,6 +58,7 @@ def test_model_directory_is_safetensors_and_json(trained):
         assert not f.read_bytes().startswith(b"\x80")  # no pickle
 
 
+@pytest.mark.slow
 def test_save_replaces_a_model_atomically_and_refuses_other_folders(trained, tmp_path):
     clf, _ = trained
     target = tmp_path / "m"
@@ -89,6 +93,7 @@ def test_load_errors_are_clear(tmp_path):
         Classifier().predict([])
 
 
+@pytest.mark.slow
 def test_fit_from_paths_and_labels_and_pil_prediction(tmp_path):
     files = sorted((EXAMPLES / "train").rglob("*.jpg"))
     labels = [f.parent.name for f in files]
@@ -98,6 +103,7 @@ def test_fit_from_paths_and_labels_and_pil_prediction(tmp_path):
     assert clf.predict([img]) == ["giraffe"]
 
 
+@pytest.mark.slow
 def test_unreadable_image_in_predict(trained, tmp_path):
     clf, _ = trained
     bad = tmp_path / "bad.png"
@@ -114,6 +120,7 @@ def test_validation_fraction_is_checked(small_data):
         Classifier(val_fraction=1.5).fit(small_data)
 
 
+@pytest.mark.slow
 def test_a_loaded_model_predicts_with_its_own_engine_and_without_pytorch(trained, tmp_path):
     """With a fresh cache (a new machine), predict neither re-exports nor imports torch."""
     _, out = trained

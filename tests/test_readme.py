@@ -7,6 +7,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import REPO
 
 
@@ -21,6 +23,7 @@ def test_readme_starts_with_demo_and_test_commands():
     assert tests in (REPO / ".ci" / "run").read_text()
 
 
+@pytest.mark.slow
 def test_readme_demo_runs_and_is_accurate(tmp_path):
     demo = _bash_blocks()[0]
     shutil.copytree(REPO / "examples", tmp_path / "examples")

@@ -48,6 +48,7 @@ def reports(tmp_path_factory) -> tuple[Path, Path]:
     return model, report
 
 
+@pytest.mark.slow
 def test_evaluate_report_is_self_contained_with_metrics_json(reports):
     _, report = reports
     text = report.read_text()
@@ -66,6 +67,7 @@ def test_evaluate_report_is_self_contained_with_metrics_json(reports):
     assert 0 <= m["unknown"]["rejected"] <= 30
 
 
+@pytest.mark.slow
 def test_train_writes_a_report_into_the_model_directory(reports):
     model, _ = reports
     assert (model / "report.html").is_file() and (model / "metrics.json").is_file()
@@ -77,6 +79,8 @@ def test_train_writes_a_report_into_the_model_directory(reports):
     assert re.search(r"images against ImageNet</td><td>near \(similarity 0\.\d+\)", text)
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_report_renders_in_headless_chromium(reports, tmp_path):
     from playwright.sync_api import sync_playwright
 

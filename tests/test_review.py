@@ -33,6 +33,7 @@ def hymenoptera_copies(tmp_path_factory) -> tuple[Path, Path, set[str]]:
     return clean, flipped, moved
 
 
+@pytest.mark.slow
 def test_review_finds_flipped_labels_and_little_on_clean_data(hymenoptera_copies):
     clean, flipped, moved = hymenoptera_copies
     r = review(clean)
@@ -114,6 +115,8 @@ def test_apply_checks_every_row_first_and_moves_nothing_on_a_bad_one(tmp_path):
     assert tree(data) == before
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_review_cli_writes_page_csv_and_json(tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -153,6 +156,7 @@ def test_review_cli_writes_page_csv_and_json(tmp_path):
     assert r.returncode == 0 and "suggestion(s)" in r.stdout
 
 
+@pytest.mark.slow
 def test_write_suggestions_round_trips_through_apply(tmp_path, hymenoptera_copies):
     _, flipped, moved = hymenoptera_copies
     data = tmp_path / "flipped"
@@ -170,6 +174,7 @@ def test_write_suggestions_round_trips_through_apply(tmp_path, hymenoptera_copie
     assert undo(log, data) == n and tree(data) == before
 
 
+@pytest.mark.slow
 def test_evaluate_reviews_the_test_labels(trained, tmp_path):
     _, model = trained
     data = tmp_path / "test"
@@ -231,6 +236,7 @@ def _log_after_apply(data: Path, tmp_path: Path) -> Path:
     return Path(json.loads(r.stdout)["log"])
 
 
+@pytest.mark.slow
 def test_undo_checks_the_whole_log_against_data_before_moving_anything(attacked, tmp_path):
     data, outside = attacked
     log = _log_after_apply(data, tmp_path)

@@ -21,6 +21,7 @@ def batch(backbone):
 
 
 @pytest.mark.parametrize("name", ["openvino", "onnxruntime"])
+@pytest.mark.slow
 def test_engines_match_pytorch_on_real_images(name, backbone, batch, tmp_path):
     reference = make_engine(backbone, tmp_path, "torch")(batch)
     engine = make_engine(backbone, tmp_path, name, sample=batch[:4])
@@ -34,10 +35,12 @@ def test_engines_match_pytorch_on_real_images(name, backbone, batch, tmp_path):
     np.testing.assert_allclose(again(batch[:2]), engine(batch[:2]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_auto_prefers_openvino_on_cpu(backbone, tmp_path, batch):
     assert make_engine(backbone, tmp_path, "auto", sample=batch[:2]).name == "openvino"
 
 
+@pytest.mark.slow
 def test_failed_parity_check_falls_back_to_pytorch(backbone, tmp_path, batch):
     make_engine(backbone, tmp_path, "openvino", sample=batch[:2])
     check = tmp_path / "runtimes" / backbone.identity() / "openvino" / "check.json"
@@ -52,6 +55,7 @@ def test_unknown_runtime_is_named(backbone, tmp_path):
         make_engine(backbone, tmp_path, "tensorrt")
 
 
+@pytest.mark.slow
 def test_features_agree_across_runtimes(backbone, tmp_path):
     files = sorted((EXAMPLES / "train" / "elephant").iterdir())[:4]
     feats = {rt: extract_features(backbone, files, None, runtime=rt).X
@@ -60,6 +64,7 @@ def test_features_agree_across_runtimes(backbone, tmp_path):
         assert cosine_parity(feats[rt], feats["torch"]) > PARITY_MIN_COSINE
 
 
+@pytest.mark.slow
 def test_prediction_with_cached_engine_does_not_import_torch(trained):
     clf, model_dir = trained
     files = [str(f) for f in sorted((EXAMPLES / "test" / "giraffe").iterdir())[:3]]
@@ -74,6 +79,7 @@ def test_prediction_with_cached_engine_does_not_import_torch(trained):
     assert "['giraffe', 'giraffe', 'giraffe'] openvino" in r.stdout
 
 
+@pytest.mark.slow
 def test_int8_model_is_checked_saved_and_reloaded(tmp_path):
     from headstart import Classifier
 

@@ -34,6 +34,7 @@ def scratch_model(tmp_path_factory):
     return data, clf, clf.save(tmp_path_factory.mktemp("m") / "scratch")
 
 
+@pytest.mark.slow
 def test_from_scratch_trains_a_random_init_cnn(scratch_model):
     data, clf, out = scratch_model
     s = clf.summary_.from_scratch
@@ -47,6 +48,7 @@ def test_from_scratch_trains_a_random_init_cnn(scratch_model):
     assert (out / "metrics.csv").is_file()
 
 
+@pytest.mark.slow
 def test_scratch_model_predicts_and_evaluates_like_any_model(scratch_model):
     data, clf, out = scratch_model
     loaded = Classifier.load(out, cache=False)
@@ -58,6 +60,7 @@ def test_scratch_model_predicts_and_evaluates_like_any_model(scratch_model):
     assert m["accuracy"] == pytest.approx(clf.summary_.val_accuracy, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_from_scratch_model_exports_with_parity(scratch_model, tmp_path):
     from headstart.deploy.export import export
 

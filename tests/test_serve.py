@@ -20,6 +20,7 @@ from PIL import Image
 
 from .conftest import EXAMPLES, _png_header_only, launch_chromium, make_bad_corpus, trickle
 
+pytestmark = pytest.mark.slow  # a module-scoped server, or a trained model, in every test
 TEST_IMAGES = sorted((EXAMPLES / "test" / "giraffe").iterdir())[:4] + \
     sorted((EXAMPLES / "test" / "elephant").iterdir())[:4]
 
@@ -216,6 +217,7 @@ def test_load_200_requests_8_concurrent(server):
     assert after["batches"] - before["batches"] < served  # concurrent requests were batched
 
 
+@pytest.mark.browser
 def test_page_in_headless_chromium(server, tmp_path):
     from playwright.sync_api import sync_playwright
 

@@ -18,8 +18,9 @@ from headstart.deploy.cluster import predict_ray
 from headstart.errors import DataError, HeadstartError
 from headstart.deploy.stream import predict_stream
 
-from .conftest import EXAMPLES, assert_user_error, run_cli, shared
+from .conftest import EXAMPLES, assert_user_error, invoke_cli, run_cli, shared
 
+pytestmark = pytest.mark.slow  # a trained model, or a Ray cluster, in every test
 
 RAY_NOISE = re.compile(r"logging\.cc|core_worker|Warning")  # Ray's own lines on stderr
 
@@ -100,14 +101,17 @@ def test_stream_options_are_checked(trained, tmp_path):
     _, model = trained
     old = tmp_path / "old.csv"
     old.write_text("the user's own file\n")
-    assert_user_error(run_cli("predict", model, tmp_path / "typo", "--csv", old),
+    assert_user_error(invoke_cli("predict", model, tmp_path / "typo", "--csv", old),
                       "path not found")
     assert old.read_text() == "the user's own file\n"  # untouched
-    assert_user_error(run_cli("predict", model, EXAMPLES / "test", "--resume"), "--resume")
-    assert_user_error(run_cli("predict", model, EXAMPLES / "test", "--csv", tmp_path / "a",
-                              "--jsonl", tmp_path / "b"), "--csv and --jsonl")
+    assert_user_error(invoke_cli("predict", model, EXAMPLES / "test", "--resume"),
+                      "--resume")
+    assert_user_error(invoke_cli("predict", model, EXAMPLES / "test", "--csv",
+                                 tmp_path / "a", "--jsonl", tmp_path / "b"),
+                      "--csv and --jsonl")
 
 
+@pytest.mark.ray
 def test_ray_cluster_gives_the_local_answers_after_a_kill_and_resume(trained, tmp_path):
     pytest.importorskip("ray", reason="the [ray] extra is not installed")
     _, model = trained
@@ -195,6 +199,7 @@ def test_without_ray_the_cluster_option_says_what_to_install(trained, tmp_path):
     assert_user_error(r, "pip install 'headstart[ray]'")
 
 
+@pytest.mark.ray
 def test_train_on_a_ray_cluster_computes_the_features_there(tmp_path):
     pytest.importorskip("ray", reason="the [ray] extra is not installed")
     cache = tmp_path / "cache"  # empty: every feature comes from the Ray workers

@@ -75,6 +75,7 @@ def _upload(url: str, token: str, files: list[tuple[str, bytes]]) -> dict:
         return json.loads(r.read())
 
 
+@pytest.mark.slow
 def test_token_origin_and_file_names_are_checked(studio):
     base, token, project = studio
     assert _call(f"{base}/api/project")[0] == 403  # no token
@@ -102,6 +103,8 @@ def test_token_origin_and_file_names_are_checked(studio):
     assert status == 400
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_the_whole_loop_in_headless_chromium(studio, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -192,6 +195,7 @@ def test_the_whole_loop_in_headless_chromium(studio, tmp_path):
         shutil.copy(tmp_path / "studio.png", docs / "studio.png")
 
 
+@pytest.mark.slow
 def test_classes_rename_merge_delete_to_trash_and_cancel_leaves_no_model(studio):
     base, token, project = studio
     ok = {"X-Headstart-Token": token}
@@ -237,6 +241,7 @@ def test_a_folder_of_class_folders_is_imported_by_copy_never_taken_over(tmp_path
     assert sorted(p.relative_to(photos) for p in photos.rglob("*")) == before  # copied
 
 
+@pytest.mark.slow
 def test_studio_answers_only_its_own_host_and_origin_and_reads_bodies_in_time(tmp_path):
     gen = _studio(tmp_path, "--body-timeout", "2", "--allow-host", "studio.lan")
     base, token, project = next(gen)
@@ -263,6 +268,7 @@ def test_studio_answers_only_its_own_host_and_origin_and_reads_bodies_in_time(tm
         gen.close()
 
 
+@pytest.mark.slow
 def test_studio_never_moves_reads_or_serves_outside_the_project(studio, tmp_path):
     base, token, project = studio
     ok = {"X-Headstart-Token": token}
@@ -319,6 +325,7 @@ def test_studio_never_moves_reads_or_serves_outside_the_project(studio, tmp_path
     assert (tree(project), tree(outside)) == before  # byte for byte, inside and out
 
 
+@pytest.mark.slow
 def test_names_are_limited_by_bytes_not_characters(studio):
     base, token, project = studio
     ok = {"X-Headstart-Token": token}

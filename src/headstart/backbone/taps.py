@@ -76,8 +76,8 @@ def _feature_channels(timm_name: str) -> tuple[int, ...]:
     import timm
 
     try:
-        return tuple(int(c) for c in timm.create_model(timm_name, pretrained=False)
-                     .feature_info.channels())
+        info = timm.create_model(timm_name, pretrained=False).feature_info
+        return tuple(int(i["num_chs"]) for i in info)
     except Exception:  # noqa: BLE001 - an architecture without feature_info: not tappable
         return ()
 
