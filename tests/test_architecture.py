@@ -127,3 +127,14 @@ def test_no_pickle_anywhere():
         names = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
                  for a in n.names}
         assert "pickle" not in names and "joblib" not in names, p.name
+
+
+def test_documented_import_paths_work():
+    import headstart
+    import headstart.review
+    import headstart.serve
+
+    assert callable(headstart.serve.create_app) and callable(headstart.review.review)
+    assert headstart.LinearHead.kind == "linear" and headstart.defaults.HEAD == "auto"
+    for name in headstart.__all__:
+        assert getattr(headstart, name) is not None, name

@@ -23,6 +23,7 @@ def _top1(bb, array: np.ndarray) -> int:
         return int(bb.model(x).argmax())
 
 
+@pytest.mark.slow
 def test_default_weights_are_real_imagenet_weights_offline():
     skimage_data = pytest.importorskip("skimage.data")
     bb = load_backbone(keep_classifier=True)

@@ -23,7 +23,7 @@ _ORIGIN = {
     "Health": "fit.health", "check": "fit.health",
     "AutoHead": "heads", "LinearHead": "heads", "MLPHead": "heads",
     "Classifier": "fit.classifier", "Predictions": "fit.classifier",
-    "Callbacks": "fit.callbacks", "FinetuneConfig": "fit.finetune", "TrainingSummary": "fit.summary",
+    "Callback": "fit.callbacks", "Callbacks": "fit.callbacks", "FinetuneConfig": "fit.finetune", "TrainingSummary": "fit.summary",
     "domain_gap": "fit.domain", "Review": "insight.review", "Suggestion": "insight.review",
 }
 
@@ -48,6 +48,7 @@ __all__ = [
     "AutoHead",
     "Backbone",
     "BackboneError",
+    "Callback",
     "Callbacks",
     "Classifier",
     "DataError",
