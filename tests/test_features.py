@@ -3,6 +3,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from headstart.backbone.features import FeatureCache, extract_features, preprocess_image, \
@@ -24,6 +25,7 @@ def test_preprocess_shape_and_normalisation(backbone):
     assert np.allclose(preprocess_image(tiny, backbone.preprocess), -1.0)
 
 
+@pytest.mark.slow
 def test_second_run_is_served_from_cache(tmp_path, backbone):
     cache = FeatureCache(tmp_path / "c")
     first = extract_features(backbone, _images(), cache)
@@ -34,6 +36,7 @@ def test_second_run_is_served_from_cache(tmp_path, backbone):
     assert len(list((tmp_path / "c" / "features").rglob("*.npy"))) == 6
 
 
+@pytest.mark.slow
 def test_cache_is_keyed_by_content_not_name(tmp_path, backbone):
     cache = FeatureCache(tmp_path / "c")
     src = _images(1)[0]
@@ -52,6 +55,7 @@ def test_results_do_not_depend_on_workers_or_batch(backbone):
     np.testing.assert_allclose(a.X, b.X, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_corrupt_file_is_skipped_and_the_rest_used(tmp_path, backbone):
     bad = tmp_path / "bad.jpg"
     bad.write_text("not a jpeg")

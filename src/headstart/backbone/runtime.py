@@ -117,9 +117,8 @@ def _example(backbone: Backbone, n: int = 2) -> Any:
 
 
 def _export_openvino(backbone: Backbone, folder: Path) -> None:
-    """Through ONNX: twice as fast as converting the PyTorch module directly (1.9 s vs
-    3.7 s for EfficientNet-Lite0), and the parity check below judges the result either
-    way."""
+    """Through ONNX: faster than converting the PyTorch module directly (see
+    benchmarks/README.md), and the parity check below judges the result either way."""
     import openvino as ov
 
     _export_onnx(backbone, folder)

@@ -32,10 +32,8 @@ __all__ = ["BLOCK_WEIGHTS", "LinearHead", "WIDE_CS"]
 logger = logging.getLogger(__name__)
 
 NORMALIZE = ("power-l2", "standard")
-# The weights tried for the tapped blocks (0: the final features alone). With the 3 x 3
-# grids of blocks 4-6 (see headstart.backbone.taps), on the far shared sets at 5 / 20 shots: 1
-# gave +4.4 / +3.0 points over the final features alone, 0.7 +4.3 / +3.0, 1.4 +4.4 / +2.8;
-# 0.5 as a third weight +0.5 / -0.0, for a third C path.
+# The weights tried for the tapped blocks (0: the final features alone); why these two:
+# benchmarks/README.md, "Figures behind choices in the code".
 BLOCK_WEIGHTS = (0.0, 1.0)
 
 # C grid of the linear head: decades from strong to weak regularisation (weak matters at
@@ -63,8 +61,7 @@ class LinearHead(Head):
     """Multinomial logistic regression; ``C`` (inverse L2 strength) chosen by CV: the C
     with the lowest out-of-fold log-loss (at 1-20 images per class many C values tie on
     accuracy; log-loss separates them, and the chosen head's probabilities come out nearly
-    calibrated: test ECE 0.059 at 5 and 0.036 at 20 shots over the shared datasets, against
-    0.40 and 0.15 for the smallest C among the most accurate, at equal accuracy).
+    calibrated: see benchmarks/README.md, "Figures behind choices in the code").
 
     ``kind``: ``"linear"``. ``normalize``: ``"power-l2"`` (signed square root, then unit
     rows, see :func:`power_l2`) or ``"standard"`` (zero mean, unit variance per feature).
