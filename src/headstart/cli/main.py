@@ -216,11 +216,7 @@ def predict(
         pred = clf.predict_images(files, progress)
     skipped = skipped + pred.skipped
     print_skipped(skipped)
-    rows = [{"path": p, "label": lab, "probability": float(pr.max()),
-             "probabilities": {c: float(v) for c, v in zip(pred.classes, pr)},
-             "unknown": bool(rej), "unknown_score": float(sc)}
-            for p, lab, pr, rej, sc in zip(pred.sources, pred.labels, pred.proba,
-                                           pred.rejected, pred.ood_score)]
+    rows = pred.records()
     if as_json:
         emit_json({"predictions": rows, "counts": pred.counts(),
                    "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]})

@@ -296,23 +296,20 @@ class Writer:
         if with_header and self.csv is not None:
             self.csv.writerow(header(classes))
 
-    def row(self, path: str, label: str, proba: Any, unknown: bool, unknown_score: float,
-            digest: str) -> None:
+    def row(self, record: dict[str, Any], digest: str) -> None:
+        """One prediction record (:meth:`Predictions.record`) and its image's content hash."""
         if self.csv is not None:
-            self.csv.writerow([path, label, f"{float(proba.max()):.6f}"] +
-                              [f"{float(v):.6f}" for v in proba] + [int(unknown), digest])
+            self.csv.writerow([record["path"], record["label"], f"{record['probability']:.6f}"]
+                              + [f"{record['probabilities'][c]:.6f}" for c in self.classes]
+                              + [int(record["unknown"]), digest])
         else:
-            self.fh.write(json.dumps({
-                "path": path, "label": label, "probability": float(proba.max()),
-                "probabilities": {c: float(v) for c, v in zip(self.classes, proba)},
-                "unknown": unknown, "unknown_score": float(unknown_score),
-                "content_hash": digest}, ensure_ascii=False) + "\n")
+            self.fh.write(json.dumps({**record, "content_hash": digest},
+                                     ensure_ascii=False) + "\n")
 
     def rows(self, pred: Predictions, digests: dict[str, str | None]) -> None:
         try:
             for i, src in enumerate(pred.sources):
-                self.row(src, pred.labels[i], pred.proba[i], bool(pred.rejected[i]),
-                         float(pred.ood_score[i]), digests.get(src) or "")
+                self.row(pred.record(i), digests.get(src) or "")
         except OSError as e:
             raise OSError(e.errno, f"cannot write: {e.strerror or e}", self.name) from None
         self.flush()
