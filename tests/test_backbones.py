@@ -86,9 +86,10 @@ def test_unknown_backbone_name_suggests_close_names():
 
 def test_download_backbone_offline_fails_fast_with_advice():
     t = time.perf_counter()
-    with pytest.raises(BackboneError, match="weights=FILE"):
+    with pytest.raises(BackboneError, match="a local file with weights FILE") as e:
         load_backbone("resnet18")
     assert time.perf_counter() - t < 15
+    assert e.value.param == "backbone" and e.value.mentions == ("weights",)
 
 
 def test_local_weights_file_gives_identical_features(tmp_path, backbone):

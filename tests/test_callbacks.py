@@ -21,6 +21,7 @@ class Recorder(Callback):
         self.events.append(("progress", done, total))
 
 
+@pytest.mark.slow
 def test_fit_sends_stage_and_progress_events_to_every_callback(small_data):
     first, seen = Recorder(), []
     clf = Classifier(head="linear").fit(small_data, callbacks=[
