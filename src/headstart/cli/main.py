@@ -393,18 +393,24 @@ def review(
 def export(
     model: Path = typer.Argument(..., help="Model directory from 'headstart train'."),
     fmt: str = typer.Option("onnx", "--format", "-f", help=FORMAT_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write "
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File (or folder) to write "
                                        "(default MODEL/model.<suffix of the format>)."),
     samples: Optional[List[Path]] = typer.Option(None, "--samples", help="Images or folders "
                                                  "for the parity check (repeatable)."),
+    int8: bool = typer.Option(False, "--int8", help="tflite: INT8 backbone, calibrated on the "
+                              "training images (about 3x smaller)."),
+    fp16: bool = typer.Option(False, "--fp16", help="web: float16 weights (half the "
+                              "download)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Export the model (ONNX, OpenVINO, or a plugin's format), checked against PyTorch on
-    sample images (nothing written if it fails).
+    """Export the model (ONNX, OpenVINO, TFLite, Core ML, an offline web page, or a plugin's
+    format), checked against PyTorch on sample images (nothing written if it fails).
     """
     from ..deploy.export import export as run_export
 
-    r = run_export(model, fmt, out, samples)
+    if int8 and fp16:
+        raise HeadstartError("choose one of --int8 and --fp16")
+    r = run_export(model, fmt, out, samples, quantize="int8" if int8 else "fp16" if fp16 else None)
     if as_json:
         emit_json(r)
         return
@@ -501,7 +507,8 @@ def formats(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
     """List the formats 'export --format' writes (plugins add more)."""
     from ..deploy.export import EXPORT_FORMATS
 
-    _choices([(f.name, f.help) for f in EXPORT_FORMATS], as_json)
+    _choices([(f.name, f.help + (f" (not here: {f.unavailable()})" if f.unavailable() else ""))
+              for f in EXPORT_FORMATS], as_json)
 
 
 def _choices(rows: list[tuple[str, str]], as_json: bool) -> None:

@@ -266,10 +266,11 @@ def _is_wanted(here: Path, path: str | os.PathLike, what: str, want: str) -> Non
         raise ValueError(f"want: expected file, folder or absent, got {want!r}")
 
 
-def check_output(path: str | os.PathLike, what: str = "output") -> Path:
+def check_output(path: str | os.PathLike, what: str = "output", folder: bool = False) -> Path:
     """``path`` checked as a file to write: no NUL byte, names of at most 255 bytes, an
     existing folder to hold it, and nothing there yet or a regular file (never a folder, a
     named pipe that would block the writer forever, a socket, a device, a broken link).
+    ``folder``: a folder to write instead, so nothing there yet or a folder.
 
     Raises:
         PathError: naming ``what`` and the path.
@@ -286,6 +287,10 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
         return p
     except OSError as e:
         raise PathError(f"{what}: {p}: {_os_reason(e, p)}") from None
+    if folder:
+        if not stat.S_ISDIR(st.st_mode) or os.path.islink(p):
+            raise PathError(f"{what}: {p} exists and is not a folder; give a folder to write")
+        return p
     problem = _kind(st.st_mode)
     if problem:
         raise PathError(f"{what}: {p}: {problem}; give a file to write")
