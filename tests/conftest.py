@@ -297,3 +297,46 @@ def strange_files(folder: Path) -> dict[str, str]:
     os.mkfifo(folder / "pipe.jpg")
     os.symlink("/dev/zero", folder / "zero.jpg")
     return {"pipe.jpg": "named pipe", "zero.jpg": "a device"}
+
+
+def _fit_saved(root: Path, name: str, data: Any, labels: list[str] | None = None):
+    from headstart import Classifier
+
+    clf = Classifier().fit(data, labels=labels)
+    return clf, clf.save(root / name)
+
+
+@pytest.fixture(scope="session")
+def deploy_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, Path, list[Path]]]:
+    """Two saved models and 50 images each that they did not train on, for the phone and
+    web exports: ``hymenoptera`` (near ImageNet: the last features) and ``steel`` (steel
+    defects, 10 per class: far from ImageNet, so the intermediate blocks are tapped)."""
+    root = tmp_path_factory.mktemp("deploy")
+    hym = _fit_saved(root, "hymenoptera", shared("hymenoptera", "train"))
+    val = sorted(p for p in shared("hymenoptera", "val").rglob("*.jpg"))
+    files, labels, held = [], [], []
+    for c in sorted(p for p in shared("steel_defects").iterdir() if p.is_dir()):
+        imgs = sorted(c.iterdir())
+        files += imgs[:10]
+        labels += [c.name] * 10
+        held += imgs[10:19]
+    steel = _fit_saved(root, "steel", [str(f) for f in files], labels)
+    return {"hymenoptera": (*hym, val[::3][:50]), "steel": (*steel, held[:50])}
+
+
+def write_y4m(image: Path, dest: Path, width: int = 640, height: int = 480,
+              frames: int = 10) -> Path:
+    """A Y4M video (4:2:0) of ``image`` centre-cropped to ``width x height``, for
+    Chromium's fake camera (``--use-file-for-fake-video-capture``)."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    im = ImageOps.fit(Image.open(image).convert("RGB"), (width, height))
+    y, cb, cr = (np.asarray(ch) for ch in im.convert("YCbCr").split())
+    half = (width // 2, height // 2)
+    cb = np.asarray(Image.fromarray(cb).resize(half, Image.BILINEAR))
+    cr = np.asarray(Image.fromarray(cr).resize(half, Image.BILINEAR))
+    frame = b"FRAME\n" + y.tobytes() + cb.tobytes() + cr.tobytes()
+    dest.write_bytes(f"YUV4MPEG2 W{width} H{height} F15:1 Ip A1:1 C420jpeg\n".encode()
+                     + frame * frames)
+    return dest

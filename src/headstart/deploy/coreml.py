@@ -24,7 +24,8 @@ from typing import Any
 
 from ..fit.classifier import Classifier
 from ..io.files import load_json
-from .graph import ExportError, ExportFormat, ExportJob, deploy_module, export_metadata, has_modules, quiet
+from .graph import (ExportError, ExportFormat, ExportJob, deploy_module, export_metadata,
+                    has_modules, quiet)
 
 __all__ = ["FORMAT", "NOT_CHECKED"]
 
@@ -89,7 +90,8 @@ def _write(clf: Classifier, path: Path, job: ExportJob) -> None:
                                spec.description.predictedProbabilitiesName)][0]
     ct.utils.rename_feature(spec, score, "unknown_score")
     model = ct.models.MLModel(spec, weights_dir=model.weights_dir)
-    meta = export_metadata(clf, reference_rows=None if job.reference is None else len(job.reference))
+    rows = None if job.reference is None else len(job.reference)
+    meta = export_metadata(clf, reference_rows=rows)
     meta["input"] = json.dumps("image: RGB S x S (scale 1/255 in the input; (x - mean) / std "
                                "inside)")
     for key, value in meta.items():

@@ -1,10 +1,13 @@
 """Exporting a trained model, checked against PyTorch before anything is written.
 
-The formats are one registry, :data:`EXPORT_FORMATS` (``onnx``, ``openvino``; plugins add
-more under the entry-point group ``headstart.exports``): an :class:`ExportFormat` names its
-files, writes them, runs them for the parity check and reads their metadata. The CLI's
+The formats are one registry, :data:`EXPORT_FORMATS` (``onnx``, ``openvino`` here;
+``tflite`` in :mod:`.tflite`, ``coreml`` in :mod:`.coreml`, ``web`` in :mod:`.web`; plugins
+add more under the entry-point group ``headstart.exports``): an :class:`ExportFormat` names
+its files, writes them, runs them for the parity check and reads their metadata. The CLI's
 ``--format``, the studio's export buttons and downloads and the model folder's list of
-files all read it.
+files all read it. Phone and web formats take their input as uint8 pixels and keep a
+compact unknown detector (:func:`~.graph.compact_reference`); the report says how its
+decisions compare with the full one's.
 
 The ONNX and OpenVINO graphs go from the *normalised* image tensor to the answers:
 
@@ -21,13 +24,13 @@ records ``classes``, ``preprocess`` (size, crop_pct, interpolation, mean, std),
 ``temperature``, ``unknown_threshold``, ``backbone`` and the headstart version, each as
 JSON. After exporting, the file is run on sample images and compared with the model in
 PyTorch; it is kept only if the largest probability difference is below 1e-4 and every
-label (class or unknown) is the same.
+label (class or unknown) is the same (a quantised export: if 90% of the labels agree; Core
+ML, which cannot run here: if its structure checks pass).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import shutil

@@ -239,4 +239,7 @@ def has_modules(*names: str) -> bool:
     """Whether every one of the modules ``names`` can be imported (without importing)."""
     import importlib.util
 
-    return all(importlib.util.find_spec(n) is not None for n in names)
+    try:
+        return all(importlib.util.find_spec(n) is not None for n in names)
+    except (ImportError, ValueError):  # a module set to None in sys.modules: blocked
+        return False

@@ -42,7 +42,7 @@ from .. import defaults
 from ..deploy.serve import LimitBody
 from ..errors import HeadstartError
 from ..io.decode import thumbnail_jpeg
-from ..io.files import read_regular
+from ..io.files import inside, read_regular
 from .project import COOKIE, PAGE, TOKEN_HEADER, Project, Trainer, zip_run
 
 __all__ = ["create_studio_app", "studio"]
@@ -148,7 +148,8 @@ def _options() -> dict[str, Any]:
     from ..heads import HEAD_KINDS
 
     return {"heads": [{"name": h.kind, "help": h.help} for h in HEAD_KINDS],
-            "exports": [{"name": f.name, "help": f.help,
+            "exports": [{"name": f.name, "help": f.help, "quantize": list(f.quantize),
+                         "unavailable": f.unavailable(), "folder": f.folder,
                          "files": [p.name for p in f.files(Path(f.default_name()))]}
                         for f in EXPORT_FORMATS]}
 
@@ -295,11 +296,17 @@ def _run_routes(app: FastAPI, project: Project) -> None:
             {"filename": b.filename, "refused": b.reason} for b in bad]}
 
     @app.post("/api/runs/{run}/export")
-    async def export(run: str, body: dict[str, str]) -> dict[str, Any]:
+    async def export(run: str, body: dict[str, Any]) -> dict[str, Any]:
         from ..deploy.export import export as run_export
 
-        fmt = body.get("format", "onnx")
-        return await asyncio.to_thread(run_export, project.run_dir(run), fmt)
+        fmt, quantize = str(body.get("format", "onnx")), body.get("quantize") or None
+        return await asyncio.to_thread(run_export, project.run_dir(run), fmt,
+                                       quantize=None if quantize is None else str(quantize))
+
+    @app.get("/api/runs/{run}/web/{name:path}")
+    async def web_page(run: str, name: str) -> Response:
+        """The run's web export (``model.web``), for live prediction in "Try"."""
+        return await asyncio.to_thread(_web_file, project, run, name)
 
     @app.get("/api/runs/{run}/download")
     async def download(run: str, format: str = "onnx") -> Any:
@@ -315,12 +322,11 @@ def _download(project: Project, run: str, format: str) -> Response:
     from ..deploy.export import EXPORT_FORMATS
 
     d = project.run_dir(run)
-    names = None if format == "zip" else [
-        p.name for p in EXPORT_FORMATS.get(format, param="format").files(
-            Path(EXPORT_FORMATS.get(format).default_name()))]
-    if names is not None and not all(project.run_file(run, n) for n in names):
+    form = None if format == "zip" else EXPORT_FORMATS.get(format, param="format")
+    names = None if form is None else [p.name for p in form.files(Path(form.default_name()))]
+    if names is not None and not all(project.run_entry(run, n) for n in names):
         raise HeadstartError(f"export {format!r} first", param="format")
-    if names is not None and len(names) == 1:
+    if names is not None and len(names) == 1 and form is not None and not form.folder:
         data = read_regular(project.run_file(run, names[0]))
         name, kind = f"{d.name}-{names[0]}", "application/octet-stream"
     else:  # the whole model directory, or an export's files
@@ -328,6 +334,26 @@ def _download(project: Project, run: str, format: str) -> Response:
         name, kind = f"{d.name}{'' if names is None else '-' + format}.zip", "application/zip"
     return Response(data, media_type=kind, headers={
         "content-disposition": f'attachment; filename="{name}"'})
+
+
+WEB_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+             ".json": "application/json", ".onnx": "application/octet-stream",
+             ".txt": "text/plain; charset=utf-8"}
+
+
+def _web_file(project: Project, run: str, name: str) -> Response:
+    """One file of the run's web export, checked to stay inside its folder."""
+    from ..deploy.web import FORMAT
+
+    folder = project.run_entry(run, FORMAT.default_name())
+    if folder is None:
+        raise HeadstartError("export web first", param="format")
+    path = inside(folder, name, "file", "file")
+    kind = WEB_TYPES.get(path.suffix)
+    if kind is None:
+        raise HeadstartError(f"{name}: not a file of the web export", param="name")
+    return Response(read_regular(path, 256 << 20), media_type=kind,
+                    headers={"cache-control": "no-store"})
 
 
 def _review_routes(app: FastAPI, project: Project) -> None:

@@ -162,6 +162,18 @@ class Project:
             return None
         return inside(d, name, "file", "file")
 
+    def run_entry(self, run: str, name: str) -> Path | None:
+        """The file or folder ``name`` of ``run`` (an export), inside its folder, or None
+        when it is not there.
+
+        Raises:
+            PathError: it is a link out of the run's folder, or neither a file nor a folder.
+        """
+        d = self.run_dir(run)
+        if not os.path.lexists(d / name):
+            return None
+        return inside(d, name, "file", "folder" if (d / name).is_dir() else "file")
+
     # ------------------------------------------------------------ classes and images
     def inside(self, rel: str) -> Path:
         """The image ``rel`` (``<class>/<file>``, relative to ``data``): a regular file in a
@@ -339,20 +351,22 @@ class Trainer:
 
 
 def zip_run(run_dir: Path, names: list[str] | None = None) -> bytes:
-    """The model directory (or only its files ``names``) as the bytes of a zip; a file
-    that is a link out of the folder, or not a regular file, is left out."""
+    """The model directory (or only its entries ``names``: files, or export folders with
+    everything in them) as the bytes of a zip; a file that is a link out of the folder, or
+    not a regular file, is left out, and links to folders are not followed."""
     import io
     import zipfile
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for f in sorted(run_dir.iterdir()):
-            if names is not None and f.name not in names:
+        for f in sorted(run_dir.rglob("*")):
+            rel = f.relative_to(run_dir)
+            if (names is not None and rel.parts[0] not in names) or (f.is_dir() and not f.is_symlink()):
                 continue
             try:
-                data = read_regular(inside(run_dir, f.name, "file", "file"))
+                data = read_regular(inside(run_dir, rel, "file", "file"))
             except (PathError, FileProblem) as e:
                 logger.warning("not zipped: %s (%s)", f, e)
                 continue
-            z.writestr(f"{run_dir.name}/{f.name}", data)
+            z.writestr(f"{run_dir.name}/{rel.as_posix()}", data)
     return buf.getvalue()
