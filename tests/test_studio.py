@@ -351,3 +351,62 @@ def _get(url: str, headers: dict) -> tuple[int, bytes]:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_phone_and_web_exports_and_live_camera_in_try(studio, tmp_path):
+    """The export panel offers every registered format (and its quantisations), each export
+    downloads (folders zipped), and "Try" runs the web export live on the camera."""
+    import zipfile
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from .conftest import copy_images, write_y4m
+
+    base, token, project = studio
+    copy_images(project / "data", per_class=8)
+    auth = {"X-Headstart-Token": token}
+    assert _call(f"{base}/api/train", "POST", {"head": "linear"}, auth)[0] == 200
+    deadline = time.time() + 300
+    while _call(f"{base}/api/project", headers=auth)[1]["training"]["state"] == "running":
+        assert time.time() < deadline
+        time.sleep(0.5)
+    assert _call(f"{base}/api/project", headers=auth)[1]["current"]
+    giraffe = sorted((EXAMPLES / "test" / "giraffe").iterdir())[0]
+    video = write_y4m(giraffe, tmp_path / "giraffe.y4m")
+    requests: list[str] = []
+    problems: list[str] = []
+    with sync_playwright() as p:
+        browser = launch_chromium(p, "--use-fake-device-for-media-stream",
+                                  "--use-fake-ui-for-media-stream",
+                                  f"--use-file-for-fake-video-capture={video}")
+        context = browser.new_context(permissions=["camera"], accept_downloads=True)
+        page = context.new_page()
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto(f"{base}/?token={token}")
+        for button in ("tflite", "tflite-int8", "coreml", "web", "web-fp16"):
+            expect(page.locator(f"#export-{button}")).to_be_enabled()
+        got = {}
+        for button, fmt in (("tflite", "tflite"), ("coreml", "coreml"), ("web-fp16", "web")):
+            page.click(f"#export-{button}")
+            expect(page.locator(f"#download-{fmt}")).to_be_visible(timeout=180_000)
+            with page.expect_download() as d:
+                page.click(f"#download-{fmt}")
+            got[fmt] = tmp_path / d.value.suggested_filename
+            d.value.save_as(got[fmt])
+        expect(page.locator("#export-status")).to_contain_text("fp16")
+        page.click("#live-button")
+        live = page.frame_locator("#live")
+        expect(live.locator("#live-label")).to_have_attribute("data-label", "giraffe",
+                                                              timeout=60_000)
+        page.locator("#try").screenshot(path=str(tmp_path / "try-live.png"))
+        browser.close()
+    for fmt, inner in (("tflite", "model.tflite"), ("tflite", "model.labels.txt"),
+                       ("coreml", "model.mlpackage/Manifest.json"),
+                       ("web", "model.web/index.html")):
+        names = zipfile.ZipFile(got[fmt]).namelist()
+        assert any(n.endswith(inner) for n in names), names
+    assert all(u.startswith(("http://127.0.0.1:", "blob:", "data:")) for u in requests)
+    assert not problems, problems
