@@ -102,7 +102,8 @@ def test_the_registries_list_the_plugins_choices():
     formats = json.loads(cli("formats", "--json").stdout)
     assert [h["name"] for h in heads] == ["auto", "linear", "mlp", "prototype"]
     assert "nearest class mean" in heads[-1]["help"]
-    assert [f["name"] for f in formats] == ["onnx", "openvino", "torchscript"]
+    assert [f["name"] for f in formats] == ["onnx", "openvino", "tflite", "coreml", "web",
+                                            "torchscript"]
     assert "svm" not in cli("train", "x", "--head", "svm", "--out", "y").stdout
     assert_user_error(cli("train", EXAMPLES / "train", "--head", "svm", "--out", "y"),
                       "--head: expected one of auto, linear, mlp, prototype, got 'svm'")
