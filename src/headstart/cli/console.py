@@ -281,10 +281,11 @@ def print_export(r: dict[str, Any]) -> None:
         out.print(f"checked     structure: {', '.join(k for k, v in p['structure'].items() if v)}")
         out.print(f"not checked {p['note']}")
     else:
-        limit = "< 1e-4" if not r.get("quantize") else f"{r['quantize']}"
+        limit = "limit 1e-4" if not r.get("quantize") else f"{r['quantize']}: 90% of labels"
+        same = round(p["label_agreement"] * p["images"])
+        labels = f"all {same}" if same == p["images"] else f"{same} of {p['images']}"
         out.print(f"parity      {p['images']} {p['source']}: max probability difference vs "
-                  f"PyTorch {p['max_abs_diff']:.1e} ({limit}), labels identical on "
-                  f"{p['label_agreement']:.0%}")
+                  f"PyTorch {p['max_abs_diff']:.1e} ({limit}), labels identical on {labels}")
     ref = r.get("unknown_reference")
     if ref:
         out.print(f"unknown     compact detector: {ref['rows']} of {ref['of']} reference rows; "

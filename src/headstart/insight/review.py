@@ -63,8 +63,9 @@ class Suggestion:
     """One image worth a look: filed under ``label``, ``kind`` of evidence (``label``,
     ``duplicate``, ``outlier``), the class the evidence points to (``suggested``, None when
     it points to none) with its out-of-fold ``probability``, the probability of its own
-    label, ``score`` (0-1, strength of the evidence, the order within a kind) and a one-line
-    ``reason``."""
+    label, ``score`` (0-1, strength of the evidence, the order within a kind), a one-line
+    ``reason`` and the ``action`` it proposes (``move`` to ``suggested``, ``set_aside``,
+    ``keep``)."""
 
     path: str
     label: str
@@ -74,6 +75,7 @@ class Suggestion:
     label_probability: float | None
     score: float
     reason: str
+    action: str = "keep"
 
 
 @dataclass
@@ -136,26 +138,42 @@ def _label_issues(P: np.ndarray, y: np.ndarray, paths: list[str], classes: list[
         out.append(Suggestion(
             paths[i], classes[y[i]], "label", classes[j], float(P[i, j]), own, 1.0 - own,
             f"looks like {classes[j]} ({P[i, j]:.0%}; images filed under {classes[j]} get "
-            f"{threshold[j]:.0%} on average), {classes[y[i]]} only {own:.0%}"))
+            f"{threshold[j]:.0%} on average), {classes[y[i]]} only {own:.0%}", "move"))
     return sorted(out, key=lambda s: -s.score)
 
 
 def _duplicates(groups: list[dict[str, Any]], where: dict[str, int], P: np.ndarray,
                 classes: list[str]) -> list[Suggestion]:
+    """One suggestion per copy filed under the wrong class of a group of copies filed under
+    different classes: the class the copies' mean probability points to keeps its copy; a
+    copy elsewhere is set aside when that class holds one already (moving it there would
+    only make a second copy), else the first one moves there."""
     out = []
     for g in groups:
         if not g.get("labels_differ"):
             continue
         members = [m for m in g["members"] if m["path"] in where]
-        labels = sorted({m["label"] for m in members})
+        if len({m["label"] for m in members}) < 2:
+            continue
+        rows = [where[m["path"]] for m in members]
+        j = int(P[rows].mean(axis=0).argmax())
+        kept = [m for m in members if m["label"] == classes[j]]
         for m in members:
+            if m["label"] == classes[j]:
+                continue
             i = where[m["path"]]
-            j = int(P[i].argmax())
+            move = not kept
+            kept = kept or [m]
+            other = next(o for o in members if o is not m)
+            what = (f"{g['kind']} copy (similarity {g['similarity']:.2f}) of "
+                    f"{Path(other['path']).parent.name}/{Path(other['path']).name}")
             out.append(Suggestion(
                 m["path"], m["label"], "duplicate", classes[j], float(P[i, j]),
                 float(P[i, classes.index(m["label"])]), float(g["similarity"]),
-                f"{g['kind']} copy (similarity {g['similarity']:.2f}) filed under "
-                f"{' and '.join(labels)}"))
+                f"{what}; the copies look like {classes[j]} ({P[rows, j].mean():.0%}): "
+                + (f"move it to {classes[j]}" if move else
+                   f"set it aside, the copy in {classes[j]} stays"),
+                "move" if move else "set_aside"))
     return out
 
 
@@ -210,8 +228,12 @@ def findings(data: str, paths: list[str], y: np.ndarray, P: np.ndarray, X: np.nd
     ``evaluate`` has for test images), their features ``X`` ``(N, D)`` and the duplicate
     ``groups`` of their data health."""
     where = {p: i for i, p in enumerate(paths)}
-    found = (_label_issues(P, y, paths, classes) + _duplicates(groups, where, P, classes))
-    seen = {s.path for s in found}
+    copies = _duplicates(groups, where, P, classes)
+    in_groups = {m["path"] for g in groups if g.get("labels_differ") for m in g["members"]}
+    # a copy filed under two classes is one suggestion for the pair, never also a label one
+    found = [s for s in _label_issues(P, y, paths, classes) if s.path not in in_groups]
+    found += copies
+    seen = {s.path for s in found} | in_groups
     found += [s for s in _outliers(X, y, paths, classes, P) if s.path not in seen]
     logger.info("review of %s: %d suggestion(s) for %d images", data, len(found), len(y))
     own = P[np.arange(len(y)), y]
@@ -223,14 +245,15 @@ def findings(data: str, paths: list[str], y: np.ndarray, P: np.ndarray, X: np.nd
 
 def write_suggestions(r: Review, path: str | os.PathLike) -> Path:
     """The suggestions as a CSV (``action,path,label,suggested,probability,kind,reason``):
-    ``action`` is ``move`` for probable label errors and ``keep`` for the rest; edit it,
-    then :func:`apply` the file."""
+    ``action`` is what each suggestion proposes (``move`` for probable label errors,
+    ``set_aside`` for a copy whose twin is in the right class, ``keep`` for outliers);
+    edit it, then :func:`apply` the file."""
     out = check_output(path, "csv")
     with out.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["action", "path", "label", "suggested", "probability", "kind", "reason"])
         for s in r.suggestions:
-            w.writerow(["move" if s.kind == "label" else "keep", s.path, s.label,
+            w.writerow([s.action, s.path, s.label,
                         s.suggested or "", "" if s.probability is None else
                         f"{s.probability:.4f}", s.kind, s.reason])
     return out
