@@ -32,7 +32,7 @@ from ..backbone.build import Backbone
 from ..errors import HeadstartError
 
 __all__ = ["RUNTIMES", "Engine", "checked_ir", "cosine_parity", "image_features_module",
-           "int8_engine", "make_engine", "openvino_ir_engine"]
+           "int8_engine", "int8_missing", "make_engine", "openvino_ir_engine"]
 
 logger = logging.getLogger(__name__)
 
@@ -267,10 +267,9 @@ def int8_engine(backbone: Backbone, cache_root: Path, calibration: np.ndarray) -
     """
     import hashlib
 
-    for module, pip_name in (("openvino", "openvino"), ("nncf", "nncf")):
-        if not _installed(module):
-            raise HeadstartError(f"needs {pip_name}: pip install 'headstart[int8]'",
-                                 param="int8")
+    why = int8_missing()
+    if why:
+        raise HeadstartError(why, param="int8")
     calibration = calibration[:300]
     digest = hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest()[:12]
     variant = f"int8-{digest}"
@@ -291,6 +290,14 @@ def int8_engine(backbone: Backbone, cache_root: Path, calibration: np.ndarray) -
                                           subset_size=len(calibration))
             ov.save_model(quantized, str(tmp / "model.xml"), compress_to_fp16=False)
     return openvino_ir_engine(folder / "model.xml", variant, cache_root)
+
+
+def int8_missing() -> str | None:
+    """Why INT8 cannot run here (OpenVINO or NNCF not installed), or None."""
+    for module in ("openvino", "nncf"):
+        if not _installed(module):
+            return f"needs {module}, which is not installed: pip install 'headstart[int8]'"
+    return None
 
 
 def openvino_ir_engine(xml: Path, variant: str, cache_root: Path) -> Engine:

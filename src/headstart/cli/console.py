@@ -20,6 +20,7 @@ from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
     TimeElapsedColumn, TimeRemainingColumn
 
+from .. import defaults
 from ..fit.domain import explain
 from ..errors import HeadstartError
 from ..fit.summary import DomainGap
@@ -155,14 +156,26 @@ def health_line(h: dict[str, Any] | None, data: Path) -> None:
                             f" (details: 'headstart check {data}' and the report)"))
 
 
-def print_predictions(rows: list[dict[str, Any]]) -> None:
-    """One line per image: path, label, probability, in aligned columns (plain text: a
-    table of thousands of rows costs nothing to print)."""
+def print_predictions(rows: list[dict[str, Any]], threshold: float | None = None) -> None:
+    """One line per image: path, label, the label's probability and, where it matters, a
+    note: "unknown" says why (its score against the model's ``threshold``) and which class
+    came closest; a top probability below 60% says "not sure". Plain aligned text: a table
+    of thousands of rows costs nothing to print."""
     width = max([len("path")] + [len(str(r["path"])) for r in rows])
     label = max([len("label")] + [len(r["label"]) for r in rows])
-    lines = [f"{'path':<{width}}  {'label':<{label}}  probability"]
-    lines += [f"{str(r['path']):<{width}}  {r['label']:<{label}}  {r['probability']:.3f}"
-              for r in rows]
+    lines = [f"{'path':<{width}}  {'label':<{label}}  probability  note"]
+    for r in rows:
+        top = max(r["probabilities"], key=r["probabilities"].get)
+        if r["unknown"]:
+            limit = f" > {threshold:.2f}" if threshold is not None else ""
+            prob = "-"
+            note = (f"unlike the training images (unknown score {r['unknown_score']:.2f}"
+                    f"{limit}); closest class {top} {r['probability']:.0%}")
+        else:
+            prob = f"{r['probability']:.1%}"
+            note = "not sure" if r["probability"] < defaults.NOT_SURE_BELOW else ""
+        lines.append(f"{str(r['path']):<{width}}  {r['label']:<{label}}  {prob:>11}  {note}"
+                     .rstrip())
     out.file.write("\n".join(lines) + "\n")
     out.file.flush()
 

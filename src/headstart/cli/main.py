@@ -221,7 +221,7 @@ def predict(
         emit_json({"predictions": rows, "counts": pred.counts(),
                    "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]})
         return
-    print_predictions(rows)
+    print_predictions(rows, clf.ood_.threshold_ if clf.ood_ is not None else None)
     out.print("counts      " + ", ".join(f"{c} {n}" for c, n in pred.counts().items()))
 
 

@@ -46,7 +46,8 @@ from .. import __version__
 from ..backbone.build import Preprocess
 from ..backbone.features import normalize, prepare_image
 from ..fit.classifier import Classifier
-from ..io.dataset import find_images
+from ..errors import HeadstartError
+from ..io.dataset import find_images, load_dataset
 from ..io.files import check_output, load_json
 from ..registry import Registry
 from . import coreml, tflite, web
@@ -168,9 +169,14 @@ for _module in (tflite, coreml, web):
 
 
 def _training_files(clf: Classifier) -> list[Path]:
-    """The model's training images, where their folder still exists."""
+    """The model's training images, where their folder (or CSV) still exists."""
     s = clf.summary_
     data = Path(str(s.data_path or s.data or ""))
+    if str(data) and data.is_file() and data.suffix.lower() == ".csv":
+        try:
+            return list(load_dataset(data).train.paths)
+        except HeadstartError:
+            return []
     if not str(data) or not data.is_dir():
         return []
     return find_images([data])[0]
@@ -199,7 +205,8 @@ def _samples(clf: Classifier, samples: Sequence[str | os.PathLike] | None
     else:
         found = _training_files(clf)
         files = found[::max(1, len(found) // SAMPLES)][:SAMPLES]
-        where = f"training images in {Path(found[0]).parent.parent}" if found else where
+        s = clf.summary_
+        where = f"training images in {s.data_path or s.data}" if found else where
     arrays = _prepared(files, pre)
     if not arrays:  # smooth random colour fields: not photos, but cover the input range
         rng = np.random.default_rng(0)

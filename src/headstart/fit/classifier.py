@@ -27,7 +27,7 @@ from PIL import Image
 from .. import defaults
 from ..backbone.build import DEFAULT_BACKBONE, load_backbone
 from ..backbone.features import ProgressFn
-from ..backbone.runtime import RUNTIMES, Engine, make_engine
+from ..backbone.runtime import RUNTIMES, Engine, int8_missing, make_engine
 from ..errors import DataError, HeadstartError, ModelError
 from ..heads import HEAD_KINDS
 from ..io.files import resolve_cache_dir
@@ -118,6 +118,8 @@ class Classifier:
             raise HeadstartError(param="batch_size", expected="an integer >= 1",
                                  got=self.batch_size)
         parse_mode(self.finetune)
+        if self.int8 and int8_missing():  # said before any work, not after the features
+            raise HeadstartError(int8_missing(), param="int8")
 
     # ----------------------------------------------------------------- training
     def fit(self, data: str | os.PathLike | Sequence[Any], labels: Sequence[str] | None = None,

@@ -43,7 +43,7 @@ from ..deploy.serve import LimitBody
 from ..errors import HeadstartError
 from ..io.decode import thumbnail_jpeg
 from ..io.files import inside, read_regular
-from .project import COOKIE, PAGE, TOKEN_HEADER, Project, Trainer, zip_run
+from .project import COOKIE, GOOD_PER_CLASS, PAGE, TOKEN_HEADER, Project, Trainer, zip_run
 
 __all__ = ["create_studio_app", "studio"]
 
@@ -144,10 +144,12 @@ def _spelled(param: str) -> str:
 def _options() -> dict[str, Any]:
     """The choices the page offers, from the registries: head kinds and export formats
     (each with its help line), and whether INT8 can run here."""
+    from ..backbone.runtime import int8_missing
     from ..deploy.export import EXPORT_FORMATS
     from ..heads import HEAD_KINDS
 
     return {"heads": [{"name": h.kind, "help": h.help} for h in HEAD_KINDS],
+            "int8": {"unavailable": int8_missing()},
             "exports": [{"name": f.name, "help": f.help, "quantize": list(f.quantize),
                          "unavailable": f.unavailable(), "folder": f.folder,
                          "files": [p.name for p in f.files(Path(f.default_name()))]}
@@ -161,9 +163,11 @@ def _project_routes(app: FastAPI, project: Project, trainer: Trainer) -> None:
     async def info() -> dict[str, Any]:
         runs = project.runs()  # each run's headstart.json read once per call
         current = project.current(runs)
-        return {"root": str(project.root), "classes": project.classes(), "runs": runs,
-                "current": current, "options": _options(),
-                "training": {"state": trainer.state, "run": trainer.run},
+        classes = [{**c, "needs_more": c["images"] < GOOD_PER_CLASS}
+                   for c in project.classes()]
+        return {"root": str(project.root), "classes": classes, "runs": runs,
+                "current": current, "options": _options(), "good_per_class": GOOD_PER_CLASS,
+                "training": trainer.progress(),
                 "serve": f"headstart serve {project.models / current}" if current else None}
 
     @app.post("/api/classes")
@@ -227,14 +231,21 @@ def _train_routes(app: FastAPI, trainer: Trainer) -> None:
     """Start and cancel a training run; its progress as server-sent events."""
 
     @app.post("/api/train")
-    async def train(body: dict[str, Any]) -> dict[str, str]:
+    async def train(body: dict[str, Any]) -> dict[str, Any]:
+        from ..backbone.runtime import int8_missing
         from ..heads import HEAD_KINDS
 
         settings = {"head": str(body.get("head", defaults.HEAD)),
                     "finetune": str(body.get("finetune", "off")),
                     "int8": bool(body.get("int8", False))}
         HEAD_KINDS.get(settings["head"], param="head")  # refused before any work
-        return {"run": trainer.start(settings)}
+        if settings["int8"] and int8_missing():
+            raise HeadstartError(int8_missing(), param="int8")
+        return trainer.start(settings)
+
+    @app.get("/api/train/progress")
+    async def progress() -> dict[str, Any]:
+        return trainer.progress()
 
     @app.post("/api/train/cancel")
     async def cancel() -> dict[str, bool]:
@@ -292,8 +303,11 @@ def _run_routes(app: FastAPI, project: Project) -> None:
         counts: dict[str, int] = {}
         for r in records:
             counts[r["label"]] = counts.get(r["label"], 0) + 1
-        return {"run": run, "counts": counts, "predictions": records + [
-            {"filename": b.filename, "refused": b.reason} for b in bad]}
+        ood = predictor.clf.ood_
+        return {"run": run, "counts": counts, "not_sure_below": defaults.NOT_SURE_BELOW,
+                "unknown_threshold": float(ood.threshold_) if ood is not None else None,
+                "predictions": records + [{"filename": b.filename, "refused": b.reason}
+                                          for b in bad]}
 
     @app.post("/api/runs/{run}/export")
     async def export(run: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,8 @@ the browser are reduced to safe names (:func:`safe_name`) and paths checked to l
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import os
@@ -54,6 +56,23 @@ def safe_name(name: str, what: str = "name") -> str:
     if not base or base in (".", ".."):
         raise DataError(f"{what}: {name!r} has no usable characters")
     return clip_name(base, MAX_NAME_BYTES)
+
+
+def _run_record(run: str, meta: Any, s: dict[str, Any]) -> dict[str, Any]:
+    """What the run table shows of one run: its accuracy with a 95% interval, its settings
+    and its images per class."""
+    from ..insight.evaluate import wilson_ci
+
+    acc, n = s.get("val_accuracy"), s.get("val_images")
+    ok = isinstance(acc, (int, float)) and isinstance(n, int) and n > 0
+    ft = s.get("finetune") if isinstance(s.get("finetune"), dict) else {}
+    return {"id": run, "val_accuracy": acc, "val_images": n,
+            "val_ci95": list(wilson_ci(round(acc * n), n)) if ok else None,
+            "head": s.get("head"), "trained_at": s.get("trained_at"),
+            "backbone": s.get("backbone"), "finetune": bool(ft.get("ran")),
+            "finetune_mode": ft.get("mode", "off"),
+            "int8": bool(meta.get("int8")) if isinstance(meta, dict) else False,
+            "counts": s.get("train_counts") if isinstance(s.get("train_counts"), dict) else {}}
 
 
 class Project:
@@ -116,10 +135,7 @@ class Project:
                 s = s if isinstance(s, dict) else {}
             except (PathError, FileProblem, ValueError):
                 continue
-            out.append({"id": d.name, "val_accuracy": s.get("val_accuracy"),
-                        "val_images": s.get("val_images"), "head": s.get("head"),
-                        "trained_at": s.get("trained_at"), "finetune": bool(
-                            (s.get("finetune") or {}).get("ran"))})
+            out.append(_run_record(d.name, meta, s))
         return out
 
     def current(self, runs: list[dict[str, Any]] | None = None) -> str | None:
@@ -203,6 +219,29 @@ class Project:
                                                f.suffix.lower() in IMAGE_EXTENSIONS)}
                 for d in sorted(self.data.iterdir()) if d.is_dir() and
                 not d.name.startswith((".", "_"))]
+
+    def snapshot(self, run: str) -> tuple[Path, dict[str, int]]:
+        """The images there now, as ``.snapshots/<run>.csv`` (``path,label``, paths
+        relative to it) and the count per class.
+
+        Raises:
+            DataError: fewer than 2 classes have images.
+        """
+        counts = {c["name"]: c["images"] for c in self.classes()}
+        with_images = [c for c, n in counts.items() if n]
+        if len(with_images) < 2:
+            have = ", ".join(f"{c} {n}" for c, n in counts.items()) or "no classes yet"
+            raise DataError(f"add images to at least 2 classes first (now: {have})")
+        folder = self.root / SNAPSHOTS
+        folder.mkdir(exist_ok=True)
+        text = io.StringIO()
+        w = csv.writer(text, lineterminator="\n")
+        w.writerow(["path", "label"])
+        w.writerows([f"../data/{rel}", c] for c in with_images for rel in self.images(c)
+                    if Path(rel).suffix.lower() in IMAGE_EXTENSIONS)
+        out = inside(folder, f"{safe_name(run, 'run')}.csv", "snapshot", "absent")
+        write_text_atomic(out, text.getvalue())
+        return out, {c: counts[c] for c in with_images}
 
     def images(self, cls: str) -> list[str]:
         d = self.class_dir(cls)
@@ -297,8 +336,14 @@ class Project:
         return self._digests
 
 
+MIN_PER_CLASS = 2   # images per class to hold some out and measure accuracy
+GOOD_PER_CLASS = 5  # fewer: the class "needs more"
+SNAPSHOTS = ".snapshots"
+
+
 class Trainer:
-    """One training run at a time in a worker process; its progress as a list of events."""
+    """One training run at a time in a worker process; its progress as a list of events and
+    as one :meth:`progress` record (stage, fraction, ETA) that a reloaded page reads."""
 
     def __init__(self, project: Project) -> None:
         self.project = project
@@ -306,8 +351,16 @@ class Trainer:
         self.events: list[dict[str, Any]] = []
         self.run: str | None = None
         self.state = "idle"
+        self.started = 0.0
+        self.images: dict[str, int] = {}
 
-    def start(self, settings: dict[str, Any]) -> str:
+    def start(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """Start a run on the images there now (a snapshot: images added during the run
+        go into the next one); ``{"run", "images" {class: n}, "advice"}``.
+
+        Raises:
+            DataError: a run is in progress, or the images cannot make a model.
+        """
         if self.proc is not None and self.proc.poll() is None:
             if self.state == "running":
                 raise DataError("a training run is already in progress (cancel it first)")
@@ -316,13 +369,44 @@ class Trainer:
         run = time.strftime("%Y%m%d-%H%M%S")
         while (self.project.models / run).exists():
             run += "x"
+        snapshot, counts = self.project.snapshot(run)
         self.run, self.events, self.state = run, [{"stage": "start", "run": run}], "running"
-        cmd = [sys.executable, "-m", "headstart.studio.worker", str(self.project.root), run,
-               json.dumps(settings)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True)
+        self.started, self.images = time.time(), counts
+        cmd = [sys.executable, "-m", "headstart.studio.worker", str(self.project.root), run]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({**settings, "snapshot": str(snapshot)}))
+        self.proc.stdin.close()
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
-        return run
+        return {"run": run, "images": counts, "advice": advice(counts)}
+
+    def progress(self) -> dict[str, Any]:
+        """What the run is doing: ``state``, ``run``, ``stage`` (words), ``fraction`` (0-1 or
+        None), ``eta_s`` (None when unknown), ``elapsed_s``, ``images`` and, when it ended
+        in an error, ``message``."""
+        elapsed = time.time() - self.started if self.started else 0.0
+        out: dict[str, Any] = {"state": self.state, "run": self.run, "stage": "",
+                               "fraction": None, "eta_s": None, "elapsed_s": elapsed,
+                               "images": self.images}
+        for e in reversed(self.events):
+            kind = e.get("stage")
+            if kind == "features" and e.get("total"):
+                frac = e["done"] / e["total"]
+                out.update(stage=f"reading images {e['done']} of {e['total']}", fraction=frac)
+                if 0 < frac < 1:
+                    out["eta_s"] = elapsed * (1 - frac) / frac
+            elif kind == "epoch":
+                out["stage"] = f"fine-tuning, epoch {e.get('epoch')}"
+            elif kind in ("begin", "end"):
+                out["stage"] = STAGE_WORDS.get(str(e.get("name")), str(e.get("name")))
+            elif kind in ("error", "cancelled", "done"):
+                out.update(stage=kind, fraction=1.0 if kind == "done" else None,
+                           message=e.get("message"))
+            else:
+                continue
+            break
+        return out
 
     def _read(self, proc: subprocess.Popen) -> None:
         assert proc.stdout is not None
@@ -348,6 +432,23 @@ class Trainer:
         self.proc.kill()
         self.proc.wait()
         return True
+
+
+STAGE_WORDS = {"read_data": "reading images", "fit_head": "fitting the classifier",
+               "calibrate": "calibrating the probabilities", "finetune": "fine-tuning",
+               "quantize": "quantising to INT8", "scratch": "training from scratch"}
+
+
+def advice(counts: dict[str, int]) -> str | None:
+    """What to add before accuracy can be measured well, or None."""
+    few = sorted(c for c, n in counts.items() if n < GOOD_PER_CLASS)
+    if not few:
+        return None
+    if any(counts[c] < MIN_PER_CLASS for c in few):
+        return (f"accuracy cannot be measured with fewer than {MIN_PER_CLASS} images in a "
+                f"class; add at least {GOOD_PER_CLASS} to {', '.join(few)}")
+    return f"add more images to {', '.join(few)} ({GOOD_PER_CLASS} or more each) for a " \
+           "steadier model and a measured accuracy you can trust"
 
 
 def zip_run(run_dir: Path, names: list[str] | None = None) -> bytes:

@@ -1,8 +1,9 @@
-"""The studio's training process: ``python -m headstart.studio.worker PROJECT RUN
-SETTINGS_JSON`` trains on ``PROJECT/data`` into ``PROJECT/models/RUN`` (atomically, with
-its report) and prints its progress as JSON lines on stdout (``stage``: ``features``
-with ``done``/``total``, ``epoch`` with the epoch's figures, then ``done`` with the
-validation accuracy, or ``error`` with a message)."""
+"""The studio's training process: ``python -m headstart.studio.worker PROJECT RUN`` reads
+its settings as JSON on stdin (``head``, ``finetune``, ``int8`` and ``snapshot``: the CSV of
+the images present when Train was clicked), trains into ``PROJECT/models/RUN`` (atomically,
+with its report) and prints its progress as JSON lines on stdout: ``stage`` ``begin`` /
+``end`` with the stage's ``name``, ``features`` with ``done``/``total``, ``epoch`` with the
+epoch's figures, then ``done`` with the validation accuracy, or ``error`` with a message."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HeadstartError
+from ..fit.callbacks import Callback
 
 
 def _say(**event: Any) -> None:
@@ -20,24 +22,37 @@ def _say(**event: Any) -> None:
     sys.stdout.flush()
 
 
+class Reporter(Callback):
+    """Every training event as one JSON line (feature progress at most every 8 images)."""
+
+    def __init__(self) -> None:
+        self.last = -1
+
+    def on_stage_begin(self, name: str, logs: dict[str, Any]) -> None:
+        _say(stage="begin", name=name)
+
+    def on_stage_end(self, name: str, logs: dict[str, Any]) -> None:
+        _say(stage="end", name=name)
+
+    def on_progress(self, done: int, total: int) -> None:
+        if done == total or done - self.last >= 8:
+            self.last = done
+            _say(stage="features", done=done, total=total)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        _say(stage="epoch", epoch=epoch, **logs)
+
+
 def main(project: str, run: str, settings: dict[str, Any]) -> int:
     from ..fit.classifier import Classifier
     from ..insight.report import write_model_report
-    from ..fit.callbacks import Callbacks
 
     root = Path(project)
     try:
         clf = Classifier(head=settings.get("head", "auto"),
                          finetune=settings.get("finetune", "off"),
                          int8=bool(settings.get("int8", False)))
-        last = [-1]
-
-        def progress(done: int, total: int) -> None:
-            if done == total or done - last[0] >= 8:
-                last[0] = done
-                _say(stage="features", done=done, total=total)
-        clf.fit(root / "data", callbacks=Callbacks(progress, lambda e: _say(stage="epoch",
-                                                                           **e)))
+        clf.fit(settings.get("snapshot") or root / "data", callbacks=Reporter())
         out = root / "models" / run
         clf.save(out, extra=lambda folder: write_model_report(clf, folder, run))
         s = clf.summary_
@@ -50,6 +65,6 @@ def main(project: str, run: str, settings: dict[str, Any]) -> int:
 
 
 if __name__ == "__main__":
-    code = main(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))
+    code = main(sys.argv[1], sys.argv[2], json.loads(sys.stdin.read() or "{}"))
     sys.stdout.flush()
     os._exit(code)  # everything is saved: skip the slow teardown of engine threads
