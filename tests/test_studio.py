@@ -410,3 +410,115 @@ def test_phone_and_web_exports_and_live_camera_in_try(studio, tmp_path):
         assert any(n.endswith(inner) for n in names), names
     assert all(u.startswith(("http://127.0.0.1:", "blob:", "data:")) for u in requests)
     assert not problems, problems
+
+
+_PAGE_PROBLEMS = """() => {
+  const wide = [...document.querySelectorAll('body *')].filter(e => {
+    const r = e.getBoundingClientRect();
+    return r.width > 0 && r.right > document.documentElement.clientWidth + 1;
+  }).map(e => e.id || e.tagName);
+  const words = (document.body.innerText.match(/\\b(null|undefined|NaN)\\b/g) || []);
+  return {wide, words};
+}"""
+
+
+def _check_screen(page, path) -> None:
+    """The page as a reviewer reads it: nothing wider than the window, no null / undefined
+    / NaN in its text; a screenshot for a person to look at."""
+    found = page.evaluate(_PAGE_PROBLEMS)
+    assert found == {"wide": [], "words": []}, found
+    page.screenshot(path=str(path), full_page=True)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_first_time_flow_is_guided(studio, tmp_path):
+    """A first-time user: the empty studio says what to do; Train says why it cannot run
+    yet; one image per class trains with advice; images added during a run wait for the
+    next one, and a reload mid-run shows the same progress; a photo filed under two classes
+    is one suggestion resolved in one click; Try shows the image and explains "unknown"."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from .conftest import shared
+
+    base, token, project = studio
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    # photos no other test reads, so that their features are computed here (a real run)
+    photos = {c: sorted(shared("safari", c).iterdir())[60:91] for c in ("elephant", "giraffe")}
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        problems: list[str] = []
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto(f"{base}/?token={token}")
+        expect(page.locator("#hint")).to_contain_text("Start here: add a class")
+        expect(page.locator("#train-button")).to_be_disabled()
+        expect(page.locator("#export-onnx")).to_be_disabled()
+        expect(page.locator("#zip")).to_have_attribute("aria-disabled", "true")
+        _check_screen(page, shots / "1-empty.png")
+        page.fill("#class-name", "elephant")
+        page.click("#add-class button")
+        page.set_input_files('.cls[data-class="elephant"] input[type=file]',
+                             [str(photos["elephant"][0])])
+        expect(page.locator("#train-why")).to_contain_text("at least 2 classes")
+        expect(page.locator('.cls[data-class="elephant"] h3')).to_contain_text("needs more")
+        _check_screen(page, shots / "2-one-class.png")
+        page.fill("#class-name", "giraffe")
+        page.click("#add-class button")
+        page.set_input_files('.cls[data-class="giraffe"] input[type=file]',
+                             [str(photos["giraffe"][0])])
+        expect(page.locator("#train-button")).to_be_enabled()
+        expect(page.locator("#train-why")).to_have_text("")  # the old reason is gone
+        page.click("#train-button")
+        expect(page.locator("#advice")).to_contain_text("add at least 5")
+        expect(page.locator("#train-status")).to_contain_text("done", timeout=120_000)
+        expect(page.locator("#accuracy")).to_contain_text("not measured")
+        expect(page.locator("#accuracy")).to_contain_text("Add at least 5 images")
+        _check_screen(page, shots / "3-one-image-per-class.png")
+        # a real run, then images added while it reads, and a reload mid-run
+        for c in ("elephant", "giraffe"):
+            page.set_input_files(f'.cls[data-class="{c}"] input[type=file]',
+                                 [str(f) for f in photos[c][1:30]])
+            expect(page.locator("#upload-status")).to_contain_text(f"29 image(s) added to {c}")
+        page.click("#train-button")
+        expect(page.locator("#progress")).to_be_visible()
+        page.fill("#class-name", "late")
+        page.click("#add-class button")
+        page.set_input_files('.cls[data-class="late"] input[type=file]',
+                             [str(f) for f in sorted(shared("textures", "bumpy").iterdir())[:6]])
+        expect(page.locator("#upload-status")).to_contain_text("go into the next run")
+        page.reload()
+        running = page.locator("#train-status")
+        expect(running).to_contain_text("training")
+        expect(page.locator("#progress")).to_be_visible()
+        _check_screen(page, shots / "4-reload-mid-run.png")
+        expect(running).to_contain_text("done", timeout=180_000)
+        expect(page.locator("#runs tr").nth(1)).not_to_contain_text("late")
+        run = page.locator("#runs tr", has_text="(current)").get_attribute("data-run")
+        snapshot = (project / ".snapshots" / f"{run}.csv").read_text().splitlines()
+        assert len(snapshot) == 1 + 60 and not any("late" in r for r in snapshot)
+        # the same photo under two classes: one suggestion, one click
+        twin = photos["giraffe"][5]
+        shutil.copy(twin, project / "data" / "elephant" / twin.name)
+        page.reload()
+        page.click("#review-button")
+        suggestion = page.locator(".suggestion", has_text=twin.name)
+        expect(suggestion).to_have_count(1, timeout=120_000)
+        _check_screen(page, shots / "5-review.png")
+        suggestion.get_by_role("button", name="Set aside this copy").click()
+        expect(suggestion).to_have_count(0)
+        assert (project / "data" / "giraffe" / twin.name).is_file()
+        assert not (project / "data" / "elephant" / twin.name).exists()
+        assert (project / "data" / "_set_aside" / "elephant" / twin.name).is_file()
+        # Try: the image itself, and "unknown" explained
+        far = sorted(shared("textures", "bumpy").iterdir())[10]  # nothing like a safari photo
+        page.set_input_files("#try-files", [str(far)])
+        answer = page.locator(".prediction").first
+        expect(answer.locator("img")).to_be_visible(timeout=60_000)
+        expect(answer.locator(".answer")).to_have_text("Unknown")
+        expect(answer.locator(".why")).to_contain_text("Unlike every training image")
+        _check_screen(page, shots / "6-try.png")
+        assert page.evaluate("document.querySelector('.prediction img').naturalWidth") > 0
+        browser.close()
+    assert not problems, problems

@@ -462,7 +462,9 @@ def zip_run(run_dir: Path, names: list[str] | None = None) -> bytes:
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for f in sorted(run_dir.rglob("*")):
             rel = f.relative_to(run_dir)
-            if (names is not None and rel.parts[0] not in names) or (f.is_dir() and not f.is_symlink()):
+            if names is not None and rel.parts[0] not in names:
+                continue
+            if f.is_dir() and not f.is_symlink():
                 continue
             try:
                 data = read_regular(inside(run_dir, rel, "file", "file"))
