@@ -224,3 +224,54 @@ def test_python_errors_name_parameters_not_options():
         Classifier(head="svm").fit(EXAMPLES / "train")
     with pytest.raises(HeadstartError, match="^batch_size: expected an integer >= 1"):
         Classifier(batch_size=0).fit(EXAMPLES / "train")
+
+
+@pytest.mark.slow
+def test_predict_and_train_say_what_the_numbers_mean(trained, tmp_path):
+    """"unknown" says why and which class came closest (not a class probability beside the
+    word unknown); train prints accuracy as a percentage with a word on it."""
+    from .conftest import shared
+
+    _, model_dir = trained
+    far = sorted(shared("textures", "bumpy").iterdir())[10]
+    giraffe = sorted((EXAMPLES / "test" / "giraffe").iterdir())[0]
+    r = run_cli("predict", model_dir, far, giraffe)
+    assert r.returncode == 0, r.stderr
+    lines = {ln.split()[0]: ln for ln in r.stdout.splitlines()[1:-1]}
+    unknown = lines[str(far)]
+    assert " unknown " in unknown and "unlike the training images" in unknown
+    assert "closest class" in unknown and " - " in unknown  # no probability for "unknown"
+    assert "%" in lines[str(giraffe)] and "giraffe" in lines[str(giraffe)]
+    r = run_cli("train", EXAMPLES / "train", "--out", tmp_path / "m", "--head", "linear")
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("validation"))
+    assert "%" in line and "held-out images" in line
+    assert any(w in line for w in ("very good", "good", "fair", "poor"))
+
+
+def test_help_shows_flags_without_a_type_and_whole_summaries():
+    r = invoke_cli("review", "--help")
+    assert "--report" in r.stdout
+    assert all("--help" in ln for ln in r.stdout.splitlines() if "<bool>" in ln), r.stdout
+    top = " ".join(ln.strip(" │╭╮╰╯─") for ln in invoke_cli("--help").stdout.splitlines())
+    top = " ".join(top.split())
+    for summary in ("Find probable label errors, copies under two classes and outliers; move "
+                    "the chosen ones, undoably.",
+                    "The whole loop in a local web app: collect, label, check, train, review, "
+                    "try, export."):
+        assert summary in top, top
+
+
+def test_int8_without_nncf_is_refused_before_any_work(tmp_path):
+    """A missing extra is said in one error line before a single image is read (it used to
+    come after "features 37/37")."""
+    import time
+
+    code = ("import sys; sys.modules['nncf'] = None; from headstart.cli.main import main; "
+            f"sys.argv = ['headstart', 'train', {str(EXAMPLES / 'train')!r}, '--out', "
+            f"{str(tmp_path / 'm')!r}, '--int8']; main()")
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert_user_error(r, "--int8", "pip install 'headstart[int8]'")
+    assert "features" not in r.stderr and not (tmp_path / "m").exists()
+    assert time.perf_counter() - t < 30

@@ -108,3 +108,32 @@ def test_report_renders_in_headless_chromium(reports, tmp_path):
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(keep) / "report.png")
+
+
+@pytest.mark.slow
+def test_report_numbers_come_with_words_and_round_ticks(reports):
+    """Per-class recall with its interval (as the README says), calibration in words, the
+    reliability chart's ticks at round values (never 0.204, 0.408...)."""
+    import base64
+
+    _, report = reports
+    text = report.read_text()
+    per_class = text[text.index('id="per-class"'):text.index("</section>",
+                                                              text.index('id="per-class"'))]
+    assert "recall (95% interval)" in per_class
+    assert len(re.findall(r"\(\d+%-\d+%\)", per_class)) == 2  # elephant, giraffe
+    assert "off by" in text and "When the model says 80%" in text
+    svgs = [base64.b64decode(b).decode() for b in
+            re.findall(r"data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)", text)]
+    reliability = next(s for s in svgs if "reliability" in s)
+    ticks = re.findall(r">(\d+(?:\.\d+)?)</text>", reliability)
+    assert "0.2" in ticks and "0.8" in ticks
+    assert not any(len(t) > 4 for t in ticks), ticks
+
+
+def test_nice_ticks_are_round():
+    from headstart.insight.charts import nice_ticks
+
+    assert nice_ticks(0.0, 1.02).tolist() == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert nice_ticks(1, 15).tolist() == [5.0, 10.0, 15.0]
+    assert nice_ticks(0.3, 0.97).tolist() == [0.4, 0.6, 0.8]

@@ -276,3 +276,26 @@ def test_undo_checks_the_whole_log_against_data_before_moving_anything(attacked,
     assert r.returncode == 0 and json.loads(r.stdout) == {"restored": 2}, r.stderr
     assert not log.exists()
     assert (data / "elephant").is_dir() and len(list((data / "elephant").iterdir())) == 10
+
+
+@pytest.mark.slow
+def test_a_photo_under_two_classes_is_one_suggestion_that_applies(tmp_path):
+    """The copy filed under the wrong class is set aside (its twin stays in the right one):
+    one CSV row for the pair, never a "move" onto the existing copy, and --apply works."""
+    data = tmp_path / "safari"
+    shutil.copytree(EXAMPLES / "train", data)
+    twin = sorted((data / "giraffe").iterdir())[2]
+    shutil.copy(twin, data / "elephant" / twin.name)
+    sheet = tmp_path / "s.csv"
+    r = run_cli("review", data, "--report", tmp_path / "page.html", "--csv", sheet)
+    assert r.returncode == 0, r.stderr
+    rows = [row for row in csv.DictReader(sheet.open()) if twin.name in row["path"]]
+    assert len(rows) == 1, rows
+    assert rows[0]["action"] == "set_aside" and rows[0]["label"] == "elephant"
+    assert "the copy in giraffe stays" in rows[0]["reason"]
+    assert (tmp_path / "page.html").is_file()
+    r = run_cli("review", data, "--apply", sheet)
+    assert r.returncode == 0, r.stderr
+    assert (data / "giraffe" / twin.name).is_file()
+    assert not (data / "elephant" / twin.name).exists()
+    assert (data / "_set_aside" / "elephant" / twin.name).is_file()

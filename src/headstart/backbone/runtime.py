@@ -185,7 +185,10 @@ def _cuda_available() -> bool:
 
 
 def _installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # set to None in sys.modules: blocked
+        return False
 
 
 def _compiled(backbone: Backbone, name: str, cache_root: Path, sample: np.ndarray

@@ -181,7 +181,8 @@ def print_predictions(rows: list[dict[str, Any]], threshold: float | None = None
 
 
 def print_training(s: Any, data: Path, saved: Path) -> None:
-    """What ``train`` did, one line per stage (``s``: the :class:`TrainingSummary`)."""
+    """What ``train`` did, one line per stage, each number with what it means (``s``: the
+    :class:`TrainingSummary`)."""
     counts = ", ".join(f"{c} {n}" for c, n in s.train_counts.items())
     out.print(f"data        {data} ({s.layout}): {counts}")
     if s.from_scratch:
@@ -191,37 +192,65 @@ def print_training(s: Any, data: Path, saved: Path) -> None:
     else:
         out.print(f"backbone    {s.backbone}: {s.features_computed} images computed "
                   f"({s.runtime}), {s.features_cached} from cache")
-    if s.domain_gap is not None and s.domain_gap.level in ("moderate", "far"):
-        out.print(f"domain      {explain(s.domain_gap)}")
-    cv = ", ".join(f"{k} {v:.3f}" for k, v in s.head_cv_accuracy.items())
+    cv = ", ".join(f"{k} {v:.1%}" for k, v in s.head_cv_accuracy.items())
     chose = s.head_choice()
     how = f", {chose}" if chose else ""
-    out.print(f"head        {s.head}" + (f" (CV accuracy: {cv}{how})" if cv else ""))
+    out.print(f"head        {s.head}" + (f" (cross-validated accuracy: {cv}{how})" if cv else ""))
     if s.val_images:
-        out.print(f"validation  accuracy {s.val_accuracy:.4f} on {s.val_images} images "
-                  f"({s.val_source})")
+        out.print(f"validation  accuracy {s.val_accuracy:.1%} on {s.val_images} held-out images "
+                  f"({s.val_source}): {_grade(s.val_accuracy)}")
     else:
-        out.print(f"validation  {s.val_source}")
+        out.print(f"validation  {s.val_source}: add more images per class to measure accuracy")
+    _print_domain(s)
+    _print_extras(s)
+    report = saved / "report.html"
+    out.print(f"saved       {saved} in {s.seconds:.1f} s" +
+              (f" (report: {report})" if report.is_file() else " (no report: nothing held out)"))
+
+
+def _grade(accuracy: float) -> str:
+    """A word on an accuracy, for a person."""
+    return ("very good" if accuracy >= 0.95 else "good" if accuracy >= 0.85 else
+            "fair: more or clearer images per class would help" if accuracy >= 0.7 else
+            "poor: check the labels ('headstart review') and add images")
+
+
+def _print_domain(s: Any) -> None:
+    """The domain gap, read beside the accuracy it did or did not cost."""
+    gap = s.domain_gap
+    if gap is None or gap.level not in ("moderate", "far"):
+        return
+    line = f"domain      {explain(gap)}"
+    if s.val_images and s.val_accuracy >= 0.9:
+        line += (f"; the accuracy above ({s.val_accuracy:.1%}) says the pretrained features "
+                 "work for these images anyway")
+    elif gap.level == "far":
+        line += "; transfer learning may not be the right tool: run 'headstart advise DATA'"
+    out.print(line)
+
+
+def _print_extras(s: Any) -> None:
+    """Fine-tuning, INT8 and calibration, in words."""
     if s.finetune:
         f = s.finetune
         if f.ran:
             out.print(f"finetune    {f.mode} at {f.image_size} px, {f.epochs} epochs: "
-                      f"val accuracy {f.val_accuracy_finetuned:.4f} vs head only "
-                      f"{f.val_accuracy_head_only:.4f}; kept {f.kept}")
+                      f"validation accuracy {f.val_accuracy_finetuned:.1%} vs head only "
+                      f"{f.val_accuracy_head_only:.1%}; kept {f.kept}")
         else:
             out.print(f"finetune    skipped: {f.reason}")
     if s.int8:
-        out.print(f"int8        validation accuracy {s.int8.val_accuracy_int8:.4f} "
-                  f"(FP32: {s.int8.val_accuracy_fp32:.4f})")
+        out.print(f"int8        validation accuracy {s.int8.val_accuracy_int8:.1%} "
+                  f"(FP32: {s.int8.val_accuracy_fp32:.1%})")
     c = s.calibration
     if c.fitted_on.startswith("not calibrated"):
         out.print(f"calibration temperature 1 ({c.fitted_on})")
     elif c.ece_before is not None:
-        out.print(f"calibration temperature {c.temperature:.2f} (ECE {c.ece_before:.3f} "
-                  f"-> {c.ece_after:.3f} on {c.images} {c.fitted_on})")
-    report = saved / "report.html"
-    out.print(f"saved       {saved} in {s.seconds:.1f} s" +
-              (f" (report: {report})" if report.is_file() else " (no report: nothing held out)"))
+        verdict = ("better" if c.ece_after < c.ece_before - 1e-4 else "no better: within "
+                   "noise on so few images" if c.ece_after <= c.ece_before + 0.01 else "worse")
+        out.print(f"calibration probabilities off by {c.ece_before:.1%} on average before, "
+                  f"{c.ece_after:.1%} after temperature {c.temperature:.2f} ({verdict}; "
+                  f"{c.images} {c.fitted_on})")
 
 
 def print_evaluation(m: dict[str, Any]) -> None:

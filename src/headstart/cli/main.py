@@ -26,6 +26,11 @@ from ..cli.console import (emit_json, err, health_line, out, print_advice,
                        print_training, progress_bar, rate_bar, user_errors)
 from ..errors import HeadstartError
 
+def flag(*decls: str, help: str, default: bool = False, **more: Any) -> Any:
+    """A boolean option, shown in ``--help`` without a type (not ``--json <bool>``)."""
+    return typer.Option(default, *decls, help=help, metavar="", **more)
+
+
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Transfer learning for image classification, on a CPU, in seconds.")
 RUNTIME_HELP = "Inference engine: auto | openvino | onnxruntime | torch."
@@ -34,7 +39,7 @@ FORMAT_HELP = "Export format (see 'headstart formats'; default onnx)."
 FINETUNE, DISTRIBUTED = "Fine-tuning and training from scratch", "Distributed (Lightning)"
 
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details."),
+def _main(verbose: bool = flag("--verbose", "-v", help="Log details."),
           threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads for "
                                                 "decoding and inference (default: the cores "
                                                 "this process may use; env "
@@ -67,11 +72,11 @@ def train(
     seed: int = typer.Option(0, help="Random seed."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
     runtime: str = typer.Option(defaults.RUNTIME, help=RUNTIME_HELP),
-    int8: bool = typer.Option(False, "--int8", help="Quantise the backbone to INT8 (NNCF)."),
+    int8: bool = flag("--int8", help="Quantise the backbone to INT8 (NNCF)."),
     finetune: str = typer.Option("off", help="off | auto | all | last-N: unfreeze the "
                                  "backbone (or its top N stages) and keep training.",
                                  rich_help_panel=FINETUNE),
-    from_scratch: bool = typer.Option(False, "--from-scratch", help="Train a compact CNN "
+    from_scratch: bool = flag("--from-scratch", help="Train a compact CNN "
                                       "from random weights instead of transfer learning.",
                                       rich_help_panel=FINETUNE),
     augment: Optional[str] = typer.Option(None, help="Augmentation: none|light|strong "
@@ -91,7 +96,7 @@ def train(
                                  "without improvement.", rich_help_panel=FINETUNE),
     max_minutes: Optional[float] = typer.Option(None, help="Time limit of fine-tuning.",
                                                 rich_help_panel=FINETUNE),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fine-tune.",
+    resume: bool = flag("--resume", help="Continue an interrupted fine-tune.",
                                 rich_help_panel=FINETUNE),
     accelerator: str = typer.Option("auto", help="Lightning accelerator: auto|cpu|gpu|...",
                                     rich_help_panel=DISTRIBUTED),
@@ -109,7 +114,7 @@ def train(
                                           rich_help_panel=DISTRIBUTED),
     workers: int = typer.Option(2, help="With --cluster: backbone replicas.",
                                 rich_help_panel=DISTRIBUTED),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    as_json: bool = flag("--json", help="Print one JSON object."),
 ) -> None:
     """Train a classifier on a folder of labelled images."""
     _train(SimpleNamespace(**locals()))
@@ -178,12 +183,12 @@ def _save_trained(o: SimpleNamespace, clf: Any) -> None:
 def predict(
     model: Path = typer.Argument(..., help="Model directory from 'headstart train'."),
     paths: List[Path] = typer.Argument(..., help="Image files or folders."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    as_json: bool = flag("--json", help="Print one JSON object."),
     csv_file: Optional[Path] = typer.Option(None, "--csv", help="Stream the predictions "
                                             "to this CSV, each row as soon as known."),
     jsonl: Optional[Path] = typer.Option(None, "--jsonl", help="Stream them to this JSON "
                                          "lines file instead."),
-    resume: bool = typer.Option(False, "--resume", help="With --csv/--jsonl: skip the "
+    resume: bool = flag("--resume", help="With --csv/--jsonl: skip the "
                                 "images already in the file (same path and bytes)."),
     chunk: int = typer.Option(256, help="With --csv/--jsonl: images predicted and written "
                               "per step (memory stays flat at any number of images)."),
@@ -193,7 +198,7 @@ def predict(
     workers: int = typer.Option(2, help="With --cluster: model replicas (one CPU each)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
     runtime: str = typer.Option(defaults.RUNTIME, help=RUNTIME_HELP),
-    no_unknown: bool = typer.Option(False, "--no-unknown",
+    no_unknown: bool = flag("--no-unknown",
                                     help="Never answer 'unknown' for unfamiliar images."),
 ) -> None:
     """Predict the class of images, then count images per class."""
@@ -240,17 +245,18 @@ def _stream(model: Path, clf: Any, paths: List[Path], target: Path, fmt: str, re
     print_stream(r, target, as_json)
 
 
-@app.command()
+@app.command(short_help="Accuracy with its interval, per-class precision/recall/F1"
+                          " and the confusion matrix.")
 @user_errors
 def evaluate(
     model: Path = typer.Argument(..., help="Model directory from 'headstart train'."),
     data: Path = typer.Argument(..., help="Labelled images (class folders, train/test, CSV)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    as_json: bool = flag("--json", help="Print one JSON object."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
     runtime: str = typer.Option(defaults.RUNTIME, help=RUNTIME_HELP),
     report: Optional[Path] = typer.Option(None, help="Write an HTML report here (and "
                                           "metrics.json beside it)."),
-    no_unknown: bool = typer.Option(False, "--no-unknown",
+    no_unknown: bool = flag("--no-unknown",
                                     help="Never answer 'unknown' for unfamiliar images."),
     review_page: Optional[Path] = typer.Option(None, "--review", help="Also review these "
                                                "images' labels (see 'headstart review'): "
@@ -299,7 +305,7 @@ def advise(
     backbone: str = typer.Option(defaults.BACKBONE, help="Backbone name."),
     seed: int = typer.Option(0, help="Random seed."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    as_json: bool = flag("--json", help="Print one JSON object."),
 ) -> None:
     """Measure whether transfer learning suits the data, and recommend what to do."""
     from ..insight.advise import advise as run_advise
@@ -319,8 +325,8 @@ def advise(
 def check(
     data: Path = typer.Argument(..., help="Folder of class folders, train/val/test folders, "
                                 "or CSV."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    near: bool = typer.Option(True, "--near/--no-near", help="Find near duplicates with "
+    as_json: bool = flag("--json", help="Print one JSON object."),
+    near: bool = flag("--near/--no-near", default=True, help="Find near duplicates with "
                               "backbone features (cached); --no-near: exact ones only."),
     near_threshold: Optional[float] = typer.Option(None, help="Cosine similarity above which "
                                                    "two images are near duplicates "
@@ -345,13 +351,15 @@ def check(
     raise typer.Exit(h["exit_code"])
 
 
-@app.command()
+@app.command(short_help="Find probable label errors, copies under two classes and"
+                          " outliers; move the chosen ones, undoably.")
 @user_errors
 def review(
     data: Path = typer.Argument(..., help="Labelled images: class folders, train/val "
                                 "folders, or CSV."),
-    out_html: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the review "
-                                            "page (HTML, thumbnails embedded) here."),
+    out_html: Optional[Path] = typer.Option(None, "--report", "--out", "-o", help="Write "
+                                            "the review page (HTML, thumbnails embedded) "
+                                            "to this file (as 'evaluate --report')."),
     csv_file: Optional[Path] = typer.Option(None, "--csv", help="Write the suggestions "
                                             "here, with an editable 'action' column."),
     apply_csv: Optional[Path] = typer.Option(None, "--apply", help="Carry out the 'action' "
@@ -359,7 +367,7 @@ def review(
                                              "set_aside / keep); never deletes."),
     undo_log: Optional[Path] = typer.Option(None, "--undo", help="Undo an --apply from "
                                             "its log."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    as_json: bool = flag("--json", help="Print one JSON object."),
     backbone: str = typer.Option(defaults.BACKBONE, help="Backbone name."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
 ) -> None:
@@ -388,7 +396,8 @@ def review(
         print_review(r, out_html, csv_file)
 
 
-@app.command()
+@app.command(short_help="Export the model for another runtime, a phone or a web"
+                          " page, checked before it is written.")
 @user_errors
 def export(
     model: Path = typer.Argument(..., help="Model directory from 'headstart train'."),
@@ -397,11 +406,11 @@ def export(
                                        "(default MODEL/model.<suffix of the format>)."),
     samples: Optional[List[Path]] = typer.Option(None, "--samples", help="Images or folders "
                                                  "for the parity check (repeatable)."),
-    int8: bool = typer.Option(False, "--int8", help="tflite: INT8 backbone, calibrated on the "
+    int8: bool = flag("--int8", help="tflite: INT8 backbone, calibrated on the "
                               "training images (about 3x smaller)."),
-    fp16: bool = typer.Option(False, "--fp16", help="web: float16 weights (half the "
+    fp16: bool = flag("--fp16", help="web: float16 weights (half the "
                               "download)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    as_json: bool = flag("--json", help="Print one JSON object."),
 ) -> None:
     """Export the model (ONNX, OpenVINO, TFLite, Core ML, an offline web page, or a plugin's
     format), checked against PyTorch on sample images (nothing written if it fails).
@@ -449,7 +458,8 @@ def serve(
                                           "(API docs: /docs; Ctrl+C stops)"))
 
 
-@app.command()
+@app.command(short_help="The whole loop in a local web app: collect, label, check,"
+                          " train, review, try, export.")
 @user_errors
 def studio(
     project: Path = typer.Argument(Path("headstart-project"), help="Project folder "
@@ -477,7 +487,7 @@ def studio(
 
 @app.command()
 @user_errors
-def backbones(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def backbones(as_json: bool = flag("--json", help="Print JSON.")) -> None:
     """List backbones: which work offline and which need a download."""
     from ..backbone.build import list_backbones
 
@@ -494,7 +504,7 @@ def backbones(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
 
 @app.command()
 @user_errors
-def heads(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def heads(as_json: bool = flag("--json", help="Print JSON.")) -> None:
     """List the head kinds 'train --head' takes (plugins add more)."""
     from ..heads import HEAD_KINDS
 
@@ -503,7 +513,7 @@ def heads(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
 
 @app.command()
 @user_errors
-def formats(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def formats(as_json: bool = flag("--json", help="Print JSON.")) -> None:
     """List the formats 'export --format' writes (plugins add more)."""
     from ..deploy.export import EXPORT_FORMATS
 

@@ -158,8 +158,8 @@ def _judge_domain(usable: Usable, head: str) -> Usable:
     if backbone.taps and not use_taps(head, usable.train_labels, gap.level):
         usable = replace(usable, X=backbone.final(X), backbone=backbone.without_taps(),
                          engine=None)
-    if gap.level == "far":
-        logger.warning("these images look far from the backbone's pretraining photos "
+    if gap.level == "far":  # the CLI and the report say it again beside the accuracy
+        logger.info("these images look far from the backbone's pretraining photos "
                        "(%s): transfer learning may not be the right tool; run "
                        "'headstart advise %s'", explain(gap), usable.data_path or "DATA")
     return replace(usable, gap=gap)

@@ -91,10 +91,10 @@ def lines_svg(series: Sequence[tuple[str, Sequence[float], Sequence[float], str,
     body = [f'<rect x="{left}" y="{top}" width="{width - left - right}" '
             f'height="{height - top - bottom}" fill="none" stroke="#999"/>']
     xticks = (np.arange(np.ceil(x0), np.floor(x1) + 1, max(1, round((x1 - x0) / 8)))
-              if whole_x else np.linspace(x0, x1, 6))
+              if whole_x else nice_ticks(x0, x1))
     for t in xticks:
         body.append(_text(px(t), height - bottom + 15, f"{t:.3g}"))
-    for t in np.linspace(y0, y1, 6):
+    for t in nice_ticks(y0, y1):
         body.append(f'<line x1="{left}" x2="{width - right}" y1="{py(t):.1f}" '
                     f'y2="{py(t):.1f}" stroke="#eee"/>')
         body.append(_text(left - 5, py(t) + 4, f"{t:.3g}", "end"))
@@ -115,6 +115,18 @@ def lines_svg(series: Sequence[tuple[str, Sequence[float], Sequence[float], str,
                     f'stroke="{colour}" stroke-width="2" stroke-dasharray="{dash}"/>')
         body.append(_text(left + 35, ly, name, "start"))
     return _svg(width, height, body, label)
+
+
+def nice_ticks(lo: float, hi: float, most: int = 6) -> np.ndarray:
+    """Round tick values (steps of 1, 2 or 5 times a power of ten) inside ``[lo, hi]``:
+    0, 0.2, ... 1 for ``(0, 1.02)``, never 0.204, 0.408."""
+    span = hi - lo
+    if span <= 0:
+        return np.array([lo])
+    power = 10 ** np.floor(np.log10(span / max(1, most - 1)))
+    step = next(m * power for m in (1, 2, 5, 10, 20) if span / (m * power) <= most)
+    ticks = np.arange(np.ceil(lo / step - 1e-9) * step, hi + step * 1e-9, step)
+    return np.round(ticks, 10) + 0.0
 
 
 def side_by_side(*charts: str, width: float = 460.0, height: float = 330.0,

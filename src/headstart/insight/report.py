@@ -25,7 +25,7 @@ from ..insight.charts import BLUE, GREEN, ORANGE, confusion_svg, lines_svg, side
 from ..io.files import check_output
 from ..fit.calibration import expected_calibration_error, reliability, softmax
 from ..io.decode import thumbnail_jpeg
-from ..insight.evaluate import scored_metrics
+from ..insight.evaluate import scored_metrics, wilson_ci
 from ..fit.finetune import read_metrics_csv
 from ..insight.review import Review
 
@@ -36,7 +36,7 @@ STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#22
          ".big{font-size:2em;margin:0}.big span{font-size:.45em;color:#555}"
          ".grid{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;width:130px;"
          "font-size:12px}figure img{max-width:112px;max-height:112px}img{max-width:100%}"
-         ".bad{color:#b00020}.good{color:#1b5e20}")
+         ".bad{color:#b00020}.good{color:#1b5e20}.muted{color:#666}")
 
 
 def _b64(svg: str) -> str:
@@ -53,7 +53,8 @@ def _reliability(y: np.ndarray, logits: np.ndarray, t: float) -> str:
         proba = softmax(logits, temp)
         r = reliability(proba, y)
         ece = expected_calibration_error(proba, y)
-        series.append((f"{name}: ECE {ece:.3f}", r["confidence"], r["accuracy"], colour, ""))
+        series.append((f"{name}: off by {ece:.1%} on average", r["confidence"], r["accuracy"],
+                       colour, ""))
     return _b64(lines_svg(series, "confidence", "accuracy", (0.0, 1.0), (0.0, 1.02),
                           diagonal=True, label="reliability diagram"))
 
@@ -162,14 +163,22 @@ def _accuracy_section(m: dict[str, Any]) -> str:
 
 
 def _per_class_section(m: dict[str, Any]) -> str:
-    """HTML table of each class's precision, recall, F1 and support."""
+    """HTML table of each class's precision, recall with its 95% Wilson interval, F1 and
+    support."""
     e = html.escape
-    rows = "".join(f"<tr><td>{e(c)}</td><td>{r['precision']:.3f}</td><td>{r['recall']:.3f}"
+
+    def recall(r: dict[str, Any]) -> str:
+        lo, hi = wilson_ci(round(r["recall"] * r["support"]), r["support"]) \
+            if r["support"] else (0.0, 1.0)
+        return f"{r['recall']:.1%} <span class=\"muted\">({lo:.0%}-{hi:.0%})</span>"
+    rows = "".join(f"<tr><td>{e(c)}</td><td>{r['precision']:.1%}</td><td>{recall(r)}"
                    f"</td><td>{r['f1']:.3f}</td><td>{r['support']}</td></tr>"
                    for c, r in m["per_class"].items())
-    return ('<section id="per-class"><h2>Per class</h2><table><tr><th>class</th>'
-            '<th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>'
-            f"{rows}</table></section>")
+    return ('<section id="per-class"><h2>Per class</h2><p>Recall: the share of each class\'s '
+            'images the model gets right, with its 95% interval (Wilson; wide for few '
+            'images). Precision: the share of the images it calls that class that are.</p>'
+            '<table><tr><th>class</th><th>precision</th><th>recall (95% interval)</th>'
+            f'<th>F1</th><th>images</th></tr>{rows}</table></section>')
 
 
 def _confusion_section(m: dict[str, Any], classes: list[str]) -> str:
@@ -184,10 +193,17 @@ def _calibration_section(m: dict[str, Any], y_true: np.ndarray, logits: np.ndarr
                          temperature: float, proba: np.ndarray) -> str:
     """HTML of the ECE before and after scaling, the reliability diagram and its bins."""
     c = m["calibration"]
+    before, after = c["ece_before"], c["ece_after"]
+    verdict = ("Scaling made them closer." if after < before - 1e-4 else
+               "Scaling changed little: on so few images the difference is noise."
+               if after <= before + 0.01 else
+               "Scaling made them slightly worse here: it was fitted on other images, and "
+               "differences this small are within noise.")
     return ('<section id="calibration"><h2>Calibration</h2>'
-            f'<p>Expected calibration error {c["ece_before"]:.3f} before, '
-            f'{c["ece_after"]:.3f} after temperature scaling (T = '
-            f'{c["temperature"]:.2f}, fitted on validation data at training time).</p>'
+            f'<p>When the model says 80%, is it right 80% of the time? Its probabilities '
+            f'were off by {before:.1%} on average (expected calibration error) before '
+            f'temperature scaling and {after:.1%} after (T = {c["temperature"]:.2f}, fitted '
+            f'at training time). {verdict}</p>'
             '<img alt="reliability diagram" src="data:image/svg+xml;base64,'
             f'{_reliability(y_true, logits, temperature)}">{_bins(proba, y_true)}'
             '</section>')

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -373,11 +374,25 @@ def _web_file(project: Project, run: str, name: str) -> Response:
 def _review_routes(app: FastAPI, project: Project) -> None:
     """The label review of the project's data, and one suggestion applied."""
 
+    seen = {"done": 0, "total": 0, "started": 0.0}
+
+    def progress(done: int, total: int) -> None:
+        seen.update(done=done, total=total)
+
+    @app.get("/api/review/progress")
+    async def review_progress() -> dict[str, Any]:
+        """How far the review in progress is: images read of ``total``, seconds so far."""
+        elapsed = time.time() - seen["started"] if seen["started"] else 0.0
+        frac = seen["done"] / seen["total"] if seen["total"] else None
+        return {"done": seen["done"], "total": seen["total"], "elapsed_s": elapsed,
+                "eta_s": elapsed * (1 - frac) / frac if frac and frac < 1 else None}
+
     @app.get("/api/review")
     async def review() -> dict[str, Any]:
         from ..insight.review import review as run_review
 
-        r = await asyncio.to_thread(run_review, project.data)
+        seen.update(done=0, total=0, started=time.time())
+        r = await asyncio.to_thread(run_review, project.data, progress=progress)
         base = str(project.data) + "/"
         return {"oof_accuracy": r.oof_accuracy, "images": r.images, "suggestions": [
             {**s.__dict__, "path": s.path[len(base):] if s.path.startswith(base) else s.path}
