@@ -307,7 +307,8 @@ def _fit_saved(root: Path, name: str, data: Any, labels: list[str] | None = None
 
 
 @pytest.fixture(scope="session")
-def deploy_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, Path, list[Path]]]:
+def deploy_models(tmp_path_factory: pytest.TempPathFactory
+                  ) -> dict[str, tuple[Any, Path, list[Path]]]:
     """Two saved models and 50 images each that they did not train on, for the phone and
     web exports: ``hymenoptera`` (near ImageNet: the last features) and ``steel`` (steel
     defects, 10 per class: far from ImageNet, so the intermediate blocks are tapped)."""

@@ -253,7 +253,8 @@ def test_help_shows_flags_without_a_type_and_whole_summaries():
     r = invoke_cli("review", "--help")
     assert "--report" in r.stdout
     assert all("--help" in ln for ln in r.stdout.splitlines() if "<bool>" in ln), r.stdout
-    top = " ".join(ln.strip(" │╭╮╰╯─") for ln in invoke_cli("--help").stdout.splitlines())
+    lines = invoke_cli("--help").stdout.splitlines()
+    top = " ".join(ln.strip(" │╭╮╰╯─") for ln in lines)
     top = " ".join(top.split())
     for summary in ("Find probable label errors, copies under two classes and outliers; move "
                     "the chosen ones, undoably.",
