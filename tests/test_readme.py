@@ -37,6 +37,6 @@ def test_readme_demo_runs_and_is_accurate(tmp_path):
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         outputs.append(r.stdout)
-    accuracy = float(re.match(r"accuracy (\S+) on 30 images", outputs[1]).group(1))
-    assert accuracy >= 0.9
+    accuracy = float(re.match(r"accuracy (\S+)% on 30 images", outputs[1]).group(1))
+    assert accuracy >= 90
     assert (tmp_path / "safari-model" / "headstart.json").is_file()

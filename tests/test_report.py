@@ -44,7 +44,7 @@ def reports(tmp_path_factory) -> tuple[Path, Path]:
                         str(EXAMPLES / "test"), "--report", str(report)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    assert "95% CI" in r.stdout and "unknown" in r.stdout
+    assert "95% interval" in r.stdout and "unknown" in r.stdout
     return model, report
 
 

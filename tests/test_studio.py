@@ -412,6 +412,20 @@ def test_phone_and_web_exports_and_live_camera_in_try(studio, tmp_path):
     assert not problems, problems
 
 
+def _blends(a, b, folder, steps: int = 21) -> list:
+    """``a`` fading into ``b`` (alpha 0 to 1) as JPEG files."""
+    from PIL import Image
+
+    folder.mkdir()
+    one = Image.open(a).convert("RGB").resize((320, 320))
+    two = Image.open(b).convert("RGB").resize((320, 320))
+    out = []
+    for i in range(steps):
+        out.append(folder / f"blend-{i:02d}.jpg")
+        Image.blend(one, two, i / (steps - 1)).save(out[-1])
+    return out
+
+
 _PAGE_PROBLEMS = """() => {
   const wide = [...document.querySelectorAll('body *')].filter(e => {
     const r = e.getBoundingClientRect();
@@ -518,7 +532,16 @@ def test_first_time_flow_is_guided(studio, tmp_path):
         expect(answer.locator("img")).to_be_visible(timeout=60_000)
         expect(answer.locator(".answer")).to_have_text("Unknown")
         expect(answer.locator(".why")).to_contain_text("Unlike every training image")
-        _check_screen(page, shots / "6-try.png")
         assert page.evaluate("document.querySelector('.prediction img').naturalWidth") > 0
+        # an elephant fading into a giraffe: somewhere on the way the model is not sure
+        blends = _blends(photos["elephant"][30], photos["giraffe"][30], tmp_path / "blends")
+        page.set_input_files("#try-files", [str(b) for b in blends])
+        expect(page.locator(".prediction")).to_have_count(len(blends), timeout=60_000)
+        unsure = page.locator(".prediction .answer.unsure")
+        assert unsure.count() >= 1
+        expect(unsure.first).to_contain_text("Not sure")
+        expect(unsure.first.locator("xpath=..").locator(".why")).to_contain_text(
+            "the model cannot tell")
+        _check_screen(page, shots / "6-try.png")
         browser.close()
     assert not problems, problems

@@ -255,18 +255,23 @@ def _print_extras(s: Any) -> None:
 
 def print_evaluation(m: dict[str, Any]) -> None:
     """Accuracy, unknown and calibration lines, the per-class table and the confusion
-    matrix of :func:`headstart.insight.evaluate.evaluate`."""
+    matrix of :func:`headstart.insight.evaluate.evaluate`, each number with its meaning."""
     lo, hi = m["accuracy_ci95"]
-    out.print(f"accuracy {m['accuracy']:.4f} on {m['n_images']} images "
-              f"(95% CI {lo:.4f}-{hi:.4f}, macro F1 {m['macro_f1']:.4f})")
+    out.print(f"accuracy {m['accuracy']:.1%} on {m['n_images']} images: {_grade(m['accuracy'])} "
+              f"(95% interval {lo:.1%}-{hi:.1%}, the range the true accuracy is likely in; "
+              f"macro F1 {m['macro_f1']:.3f})")
     u, c = m["unknown"], m["calibration"]
-    out.print(f"unknown  {u['rejected']} image(s) rejected ({u['rejected_fraction']:.1%}); "
-              f"calibration ECE {c['ece_before']:.3f} raw, {c['ece_after']:.3f} with "
-              f"temperature {c['temperature']:.2f}")
+    out.print(f"unknown  {u['rejected']} of {m['n_images']} images ({u['rejected_fraction']:.1%}) "
+              "called unknown (unlike every training image)")
+    verdict = ("better" if c["ece_after"] < c["ece_before"] - 1e-4 else "no better: within "
+               "noise" if c["ece_after"] <= c["ece_before"] + 0.01 else "worse on these images")
+    out.print(f"calibration probabilities off by {c['ece_before']:.1%} on average before "
+              f"temperature scaling, {c['ece_after']:.1%} after (T {c['temperature']:.2f}: "
+              f"{verdict})")
     a = c["above_90"]
     if a["images"]:
-        out.print(f"         above 90% confident: {a['images']} image(s), {a['wrong']} wrong "
-                  f"(the probabilities expected {a['expected_wrong']:.1f})")
+        out.print(f"         above 90% sure: {a['images']} image(s), {a['wrong']} wrong (the "
+                  f"probabilities predicted about {a['expected_wrong']:.1f} wrong)")
     table = Table("class", "precision", "recall", "f1", "support", box=None)
     for name, r in m["per_class"].items():
         table.add_row(name, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
