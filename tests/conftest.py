@@ -200,6 +200,15 @@ def launch_chromium(playwright, *extra: str):
         "--disable-component-update", "--disable-sync", "--no-first-run", *extra])
 
 
+def launch_with_camera(playwright, image: Path, folder: Path):
+    """Headless Chromium whose camera shows ``image`` (a fake device fed a Y4M video of it,
+    camera access granted without asking)."""
+    video = write_y4m(image, folder / f"{image.stem}.y4m")
+    return launch_chromium(playwright, "--use-fake-device-for-media-stream",
+                           "--use-fake-ui-for-media-stream",
+                           f"--use-file-for-fake-video-capture={video}")
+
+
 def run_cli(*args: Any, timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess:
     """``headstart ARGS`` as a subprocess; a hang fails the test after ``timeout`` s."""
     try:

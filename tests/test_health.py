@@ -204,3 +204,17 @@ def test_evaluate_finds_leakage_with_a_tapped_backbone_too(tmp_path):
     h = evaluate(clf, tmp_path / "test")["health"]
     kinds = {Path(g["members"][0]["path"]).name: g["kind"] for g in h["leakage"]}
     assert kinds == {"seen-before.jpg": "exact", "resaved.png": "near"}
+
+
+def test_the_review_set_aside_folder_is_not_a_class_folder(tmp_path):
+    """`_set_aside/<class>/` (written by review --apply and the studio) is never read as
+    data, so it is not a class with "nested folders" either."""
+    from headstart.fit.health import folder_problems
+
+    data = copy_images(tmp_path / "data", per_class=2)
+    aside = data / "_set_aside" / "giraffe"
+    aside.mkdir(parents=True)
+    shutil.copy(next((data / "giraffe").iterdir()), aside / "x.jpg")
+    assert folder_problems(data) == []
+    (data / "elephant" / "nested").mkdir()
+    assert [p["problem"][:14] for p in folder_problems(data)] == ["nested folders"]

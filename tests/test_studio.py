@@ -362,7 +362,7 @@ def test_phone_and_web_exports_and_live_camera_in_try(studio, tmp_path):
 
     from playwright.sync_api import expect, sync_playwright
 
-    from .conftest import copy_images, write_y4m
+    from .conftest import copy_images, launch_with_camera
 
     base, token, project = studio
     copy_images(project / "data", per_class=8)
@@ -374,13 +374,10 @@ def test_phone_and_web_exports_and_live_camera_in_try(studio, tmp_path):
         time.sleep(0.5)
     assert _call(f"{base}/api/project", headers=auth)[1]["current"]
     giraffe = sorted((EXAMPLES / "test" / "giraffe").iterdir())[0]
-    video = write_y4m(giraffe, tmp_path / "giraffe.y4m")
     requests: list[str] = []
     problems: list[str] = []
     with sync_playwright() as p:
-        browser = launch_chromium(p, "--use-fake-device-for-media-stream",
-                                  "--use-fake-ui-for-media-stream",
-                                  f"--use-file-for-fake-video-capture={video}")
+        browser = launch_with_camera(p, giraffe, tmp_path)
         context = browser.new_context(permissions=["camera"], accept_downloads=True)
         page = context.new_page()
         page.on("request", lambda r: requests.append(r.url))
@@ -412,18 +409,37 @@ def test_phone_and_web_exports_and_live_camera_in_try(studio, tmp_path):
     assert not problems, problems
 
 
-def _blends(a, b, folder, steps: int = 21) -> list:
-    """``a`` fading into ``b`` (alpha 0 to 1) as JPEG files."""
+def _unsure_blend(a, b, folder, predict_url: str, token: str):
+    """A blend of photos ``a`` and ``b`` on which the studio's model is not sure (top
+    probability under 60%): bisection on the blend weight, through the real predictions
+    (the model's answer flips from one class to the other along the way)."""
     from PIL import Image
 
     folder.mkdir()
     one = Image.open(a).convert("RGB").resize((320, 320))
     two = Image.open(b).convert("RGB").resize((320, 320))
-    out = []
-    for i in range(steps):
-        out.append(folder / f"blend-{i:02d}.jpg")
-        Image.blend(one, two, i / (steps - 1)).save(out[-1])
-    return out
+    lo, hi = 0.0, 1.0
+    first = None
+    for step in range(16):
+        alpha = (lo + hi) / 2
+        path = folder / f"blend-{step:02d}.jpg"
+        Image.blend(one, two, alpha).save(path, quality=95)
+        pred = _upload(predict_url, token, [(path.name, path.read_bytes())])["predictions"][0]
+        top = max(pred["probabilities"], key=pred["probabilities"].get)
+        if max(pred["probabilities"].values()) < 0.6 and not pred["unknown"]:
+            return path
+        first = first or _upload(predict_url, token, [("a.jpg", _jpeg(one))])[
+            "predictions"][0]["label"]
+        lo, hi = (alpha, hi) if top == first else (lo, alpha)
+    raise AssertionError("no blend left the model unsure")
+
+
+def _jpeg(image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=95)
+    return buf.getvalue()
 
 
 _PAGE_PROBLEMS = """() => {
@@ -534,14 +550,12 @@ def test_first_time_flow_is_guided(studio, tmp_path):
         expect(answer.locator(".why")).to_contain_text("Unlike every training image")
         assert page.evaluate("document.querySelector('.prediction img').naturalWidth") > 0
         # an elephant fading into a giraffe: somewhere on the way the model is not sure
-        blends = _blends(photos["elephant"][30], photos["giraffe"][30], tmp_path / "blends")
-        page.set_input_files("#try-files", [str(b) for b in blends])
-        expect(page.locator(".prediction")).to_have_count(len(blends), timeout=60_000)
-        unsure = page.locator(".prediction .answer.unsure")
-        assert unsure.count() >= 1
-        expect(unsure.first).to_contain_text("Not sure")
-        expect(unsure.first.locator("xpath=..").locator(".why")).to_contain_text(
-            "the model cannot tell")
+        unsure = _unsure_blend(photos["elephant"][30], photos["giraffe"][30],
+                               tmp_path / "blends", f"{base}/api/predict", token)
+        page.set_input_files("#try-files", [str(unsure)])
+        answer = page.locator(".prediction").first
+        expect(answer.locator(".answer")).to_contain_text("Not sure", timeout=60_000)
+        expect(answer.locator(".why")).to_contain_text("the model cannot tell")
         _check_screen(page, shots / "6-try.png")
         browser.close()
     assert not problems, problems

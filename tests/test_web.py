@@ -14,7 +14,7 @@ import pytest
 from headstart.backbone.features import prepare_image
 from headstart.deploy.export import export, read_metadata
 
-from .conftest import EXAMPLES, launch_chromium, run_cli, write_y4m
+from .conftest import EXAMPLES, launch_chromium, launch_with_camera, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 LOCAL = ("file:", "blob:", "data:")
@@ -100,13 +100,10 @@ def test_live_camera_label_within_3_seconds(trained, tmp_path):
     export(model_dir, "web", tmp_path, samples=[EXAMPLES / "test"])
     giraffe = sorted((EXAMPLES / "test" / "giraffe").iterdir())[0]
     assert clf.predict([giraffe]) == ["giraffe"]
-    video = write_y4m(giraffe, tmp_path / "giraffe.y4m")
     requests: list[str] = []
     problems: list[str] = []
     with sync_playwright() as p:
-        browser = launch_chromium(p, "--use-fake-device-for-media-stream",
-                                  "--use-fake-ui-for-media-stream",
-                                  f"--use-file-for-fake-video-capture={video}")
+        browser = launch_with_camera(p, giraffe, tmp_path)
         page = _open(browser, tmp_path / "model.web", requests, problems)
         t0 = time.perf_counter()
         page.click("#camera")

@@ -35,6 +35,7 @@ import numpy as np
 from ..io.dataset import (SPLIT_ORDER, SPLITS, Dataset, ImageSet, Skipped, layout, links_back,
                    load_splits)
 from ..errors import DataError, HeadstartError
+from ..io.walk import is_hidden
 from ..backbone.features import FileFacts, ProgressFn
 
 __all__ = ["Entry", "Health", "TrainedOn", "assess", "check", "dataset_health",
@@ -84,7 +85,7 @@ def folder_problems(source: str | os.PathLike) -> list[dict[str, str]]:
     out = []
     for parent in sorted(lay.class_parents):
         classes = sorted(d for d in parent.iterdir() if d.is_dir()
-                         and not d.name.startswith(".") and not links_back(d))
+                         and not is_hidden(d) and not links_back(d))
         groups: dict[str, list[str]] = defaultdict(list)
         for d in classes:
             groups[_norm_name(d.name)].append(d.name)

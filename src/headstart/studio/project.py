@@ -26,8 +26,7 @@ from typing import Any
 
 from .. import defaults
 from ..io.files import (FileProblem, clip_name, digest_bytes, inside, load_json, move_new,
-                        read_regular,
-                  write_text_atomic)
+                        read_regular, write_text_atomic)
 from ..io.decode import UnreadableImage, check_upload
 from ..errors import DataError, PathError
 from ..io.walk import IMAGE_EXTENSIONS
