@@ -533,6 +533,8 @@ def test_first_time_flow_is_guided(studio, tmp_path):
         shutil.copy(twin, project / "data" / "elephant" / twin.name)
         page.reload()
         page.click("#review-button")
+        expect(page.locator("#review-status")).to_contain_text("reviewing", timeout=30_000)
+        page.reload()  # mid-review: the page finds the review again and shows its result
         suggestion = page.locator(".suggestion", has_text=twin.name)
         expect(suggestion).to_have_count(1, timeout=120_000)
         _check_screen(page, shots / "5-review.png")
@@ -557,5 +559,12 @@ def test_first_time_flow_is_guided(studio, tmp_path):
         expect(answer.locator(".answer")).to_contain_text("Not sure", timeout=60_000)
         expect(answer.locator(".why")).to_contain_text("the model cannot tell")
         _check_screen(page, shots / "6-try.png")
+        page.click("#export-onnx")  # a bar with the stage while it converts and checks
+        expect(page.locator("#export-progress")).to_be_visible()
+        expect(page.locator("#export-status")).to_contain_text("exporting onnx")
+        expect(page.locator("#download-onnx")).to_be_visible(timeout=120_000)
+        expect(page.locator("#export-progress")).to_be_hidden()
+        page.set_viewport_size({"width": 700, "height": 900})  # a narrow window: one column
+        _check_screen(page, shots / "7-narrow.png")
         browser.close()
     assert not problems, problems

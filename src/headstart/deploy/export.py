@@ -37,7 +37,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -257,7 +257,8 @@ def export(model: str | os.PathLike | Classifier, fmt: str = "onnx",
            out: str | os.PathLike | None = None,
            samples: Sequence[str | os.PathLike] | None = None,
            model_dir: str | os.PathLike | None = None,
-           max_diff: float = PARITY_MAX_DIFF, quantize: str | None = None) -> dict[str, Any]:
+           max_diff: float = PARITY_MAX_DIFF, quantize: str | None = None,
+           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Export ``model`` (a model directory or a fitted :class:`Classifier`) and check it.
 
     Args:
@@ -273,6 +274,8 @@ def export(model: str | os.PathLike | Classifier, fmt: str = "onnx",
         quantize: ``int8`` or ``fp16`` where the format offers it (``tflite``: int8,
             calibrated on up to 200 training images; ``web``: fp16 weights); a quantised
             export passes when at least 90% of the sample labels agree.
+        progress: ``progress(stage)`` at each stage (reading the sample images,
+            converting, checking), for a progress display.
 
     Returns:
         ``path``, ``format``, ``bytes``, ``metadata``, ``parity`` (``images``,
@@ -300,7 +303,8 @@ def export(model: str | os.PathLike | Classifier, fmt: str = "onnx",
     if clf.int8:
         logger.warning("this model runs an INT8 backbone; the export uses the FP32 backbone, "
                        "whose probabilities differ slightly from the INT8 model's")
-    report = _write_checked(form, clf, out, samples, max_diff, quantize)
+    report = _write_checked(form, clf, out, samples, max_diff, quantize,
+                            progress or (lambda stage: None))
     size = sum(_size(f) for f in form.files(out))
     logger.info("exported %s (%s): %s", out, fmt, report["parity"])
     return {"path": str(out), "format": fmt, "bytes": size, "quantize": quantize,
@@ -315,7 +319,7 @@ def _size(path: Path) -> int:
 
 def _write_checked(form: ExportFormat, clf: Classifier, out: Path,
                    samples: Sequence[str | os.PathLike] | None, max_diff: float,
-                   quantize: str | None) -> dict[str, Any]:
+                   quantize: str | None, say: Callable[[str], None]) -> dict[str, Any]:
     """Write ``form`` into a temporary folder beside ``out``, check it, then move it into
     place (companions first, the main file last); nothing is left behind on failure."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -327,6 +331,7 @@ def _write_checked(form: ExportFormat, clf: Classifier, out: Path,
         except Exception:  # noqa: BLE001 - whatever is there is not ours to replace
             raise ExportError(f"{out} is a folder that holds something other than a headstart "
                               f"{form.name} export; choose another --out", param="out") from None
+    say("reading sample images")
     images, where = _samples(clf, samples)
     feats = _features(clf, images)
     reference = compact_reference(clf) if form.compact else None
@@ -335,12 +340,14 @@ def _write_checked(form: ExportFormat, clf: Classifier, out: Path,
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.stem}.export-", dir=out.parent))
     try:
         written = tmp / out.name
+        say(f"converting to {form.name}")
         try:
             form.write(clf, written, job) if form.takes_job else form.write(clf, written)
         except ExportError:
             raise
         except Exception as e:  # noqa: BLE001 - any exporter failure is reported plainly
             raise ExportError(f"export to {form.name} failed: {type(e).__name__}: {e}") from None
+        say(f"checking on {len(images)} images" if form.run else "checking its structure")
         if form.run is None:
             parity = {"numeric": False, **(form.inspect(written, clf) if form.inspect else {})}
         else:

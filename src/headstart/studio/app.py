@@ -310,13 +310,30 @@ def _run_routes(app: FastAPI, project: Project) -> None:
                 "predictions": records + [{"filename": b.filename, "refused": b.reason}
                                           for b in bad]}
 
+    exporting = Job()
+    took: dict[str, float] = {}  # seconds the last export of each format took
+
     @app.post("/api/runs/{run}/export")
     async def export(run: str, body: dict[str, Any]) -> dict[str, Any]:
         from ..deploy.export import export as run_export
 
         fmt, quantize = str(body.get("format", "onnx")), body.get("quantize") or None
-        return await asyncio.to_thread(run_export, project.run_dir(run), fmt,
-                                       quantize=None if quantize is None else str(quantize))
+        key = f"{fmt}-{quantize}"
+
+        def work() -> dict[str, Any]:
+            t = time.time()
+            r = run_export(project.run_dir(run), fmt, quantize=None if quantize is None
+                           else str(quantize), progress=exporting.stage)
+            took[key] = time.time() - t
+            return r
+        exporting.expected = took.get(key)
+        return await exporting.run(work, fresh=True)
+
+    @app.get("/api/export/progress")
+    async def export_progress() -> dict[str, Any]:
+        """The export in progress: its stage, seconds so far and (after one export of the
+        same format) about how many are left."""
+        return exporting.status()
 
     @app.get("/api/runs/{run}/web/{name:path}")
     async def web_page(run: str, name: str) -> Response:
@@ -356,6 +373,60 @@ WEB_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; chars
              ".txt": "text/plain; charset=utf-8"}
 
 
+class Job:
+    """One long action at a time (a review, an export) run in a thread, its progress
+    readable while it runs and its result after, so that a reloaded page can show both."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task | None = None
+        self.state, self.stage_name, self.error = "idle", "", ""
+        self.done = self.total = 0
+        self.started = 0.0
+        self.expected: float | None = None
+        self.result: Any = None
+
+    def progress(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        self.stage_name = f"reading images {done} of {total}"
+
+    def stage(self, name: str) -> None:
+        self.stage_name = name
+
+    async def run(self, work: Any, fresh: bool = False) -> Any:
+        """Start ``work()`` in a thread (or join the one running unless ``fresh``) and
+        return its result; its errors are raised to every caller."""
+        if self.task is None or self.task.done() or fresh:
+            if self.task is not None and not self.task.done():
+                raise HeadstartError("another one is running: wait for it to finish")
+            self.state, self.error, self.result, self.stage_name = "running", "", None, ""
+            self.done = self.total = 0
+            self.started = time.time()
+            self.task = asyncio.create_task(self._run(work))
+        return await asyncio.shield(self.task)
+
+    async def _run(self, work: Any) -> Any:
+        try:
+            self.result = await asyncio.to_thread(work)
+            self.state = "done"
+            return self.result
+        except Exception as e:
+            self.state, self.error = "error", str(e)
+            raise
+
+    def status(self) -> dict[str, Any]:
+        elapsed = time.time() - self.started if self.started else 0.0
+        frac = self.done / self.total if self.total else None
+        eta = elapsed * (1 - frac) / frac if frac and frac < 1 else None
+        if eta is None and self.expected and self.state == "running":
+            eta = max(0.0, self.expected - elapsed)
+        return {"state": self.state, "stage": self.stage_name, "done": self.done,
+                "total": self.total, "elapsed_s": elapsed, "eta_s": eta,
+                "fraction": frac if frac is not None else (
+                    min(0.95, elapsed / self.expected) if self.expected else None),
+                "error": self.error or None,
+                "result": self.result if self.state == "done" else None}
+
+
 def _web_file(project: Project, run: str, name: str) -> Response:
     """One file of the run's web export, checked to stay inside its folder."""
     from ..deploy.web import FORMAT
@@ -374,29 +445,26 @@ def _web_file(project: Project, run: str, name: str) -> Response:
 def _review_routes(app: FastAPI, project: Project) -> None:
     """The label review of the project's data, and one suggestion applied."""
 
-    seen = {"done": 0, "total": 0, "started": 0.0}
-
-    def progress(done: int, total: int) -> None:
-        seen.update(done=done, total=total)
+    job = Job()
 
     @app.get("/api/review/progress")
     async def review_progress() -> dict[str, Any]:
-        """How far the review in progress is: images read of ``total``, seconds so far."""
-        elapsed = time.time() - seen["started"] if seen["started"] else 0.0
-        frac = seen["done"] / seen["total"] if seen["total"] else None
-        return {"done": seen["done"], "total": seen["total"], "elapsed_s": elapsed,
-                "eta_s": elapsed * (1 - frac) / frac if frac and frac < 1 else None}
+        """The review in progress (or the last one): ``state``, images read of ``total``,
+        seconds so far and left, and its ``result`` once done (a reloaded page reads it)."""
+        return job.status()
 
     @app.get("/api/review")
     async def review() -> dict[str, Any]:
+        """Review the project's labels (joining a review already running)."""
         from ..insight.review import review as run_review
 
-        seen.update(done=0, total=0, started=time.time())
-        r = await asyncio.to_thread(run_review, project.data, progress=progress)
-        base = str(project.data) + "/"
-        return {"oof_accuracy": r.oof_accuracy, "images": r.images, "suggestions": [
-            {**s.__dict__, "path": s.path[len(base):] if s.path.startswith(base) else s.path}
-            for s in r.suggestions]}
+        def work() -> dict[str, Any]:
+            r = run_review(project.data, progress=job.progress)
+            base = str(project.data) + "/"
+            return {"oof_accuracy": r.oof_accuracy, "images": r.images, "suggestions": [
+                {**s.__dict__, "path": s.path[len(base):] if s.path.startswith(base)
+                 else s.path} for s in r.suggestions]}
+        return await job.run(work)
 
     @app.post("/api/review/apply")
     async def relabel(body: dict[str, str]) -> dict[str, Any]:

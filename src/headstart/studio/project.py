@@ -387,7 +387,8 @@ class Trainer:
         in an error, ``message``."""
         elapsed = time.time() - self.started if self.started else 0.0
         out: dict[str, Any] = {"state": self.state, "run": self.run, "stage": "",
-                               "fraction": None, "eta_s": None, "elapsed_s": elapsed,
+                               "fraction": None, "eta_s": None, "eta_is_bound": False,
+                               "elapsed_s": elapsed,
                                "images": self.images}
         for e in reversed(self.events):
             kind = e.get("stage")
@@ -396,8 +397,12 @@ class Trainer:
                 out.update(stage=f"reading images {e['done']} of {e['total']}", fraction=frac)
                 if 0 < frac < 1:
                     out["eta_s"] = elapsed * (1 - frac) / frac
-            elif kind == "epoch":
-                out["stage"] = f"fine-tuning, epoch {e.get('epoch')}"
+            elif kind == "epoch":  # early stopping may end it sooner: a bound, said so
+                n, most = int(e.get("epoch") or 0), defaults.EPOCHS
+                out.update(stage=f"fine-tuning, epoch {n} of at most {most}",
+                           fraction=min(1.0, n / most), eta_is_bound=True,
+                           eta_s=float(e.get("seconds") or 0) / n * max(0, most - n)
+                           if n else None)
             elif kind in ("begin", "end"):
                 out["stage"] = STAGE_WORDS.get(str(e.get("name")), str(e.get("name")))
             elif kind in ("error", "cancelled", "done"):
