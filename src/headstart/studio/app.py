@@ -132,6 +132,7 @@ def _routes(project: Project, token: str, host: str, port: int,
     _image_routes(app, project)
     _train_routes(app, trainer)
     _run_routes(app, project)
+    _export_routes(app, project)
     _review_routes(app, project)
     return app
 
@@ -310,6 +311,18 @@ def _run_routes(app: FastAPI, project: Project) -> None:
                 "predictions": records + [{"filename": b.filename, "refused": b.reason}
                                           for b in bad]}
 
+    @app.get("/api/runs/{run}/web/{name:path}")
+    async def web_page(run: str, name: str) -> Response:
+        """The run's web export (``model.web``), for live prediction in "Try"."""
+        return await asyncio.to_thread(_web_file, project, run, name)
+
+    @app.get("/api/runs/{run}/download")
+    async def download(run: str, format: str = "onnx") -> Any:
+        return await asyncio.to_thread(_download, project, run, format)
+
+
+def _export_routes(app: FastAPI, project: Project) -> None:
+    """Export a run (one at a time) and its progress."""
     exporting = Job()
     took: dict[str, float] = {}  # seconds the last export of each format took
 
@@ -334,15 +347,6 @@ def _run_routes(app: FastAPI, project: Project) -> None:
         """The export in progress: its stage, seconds so far and (after one export of the
         same format) about how many are left."""
         return exporting.status()
-
-    @app.get("/api/runs/{run}/web/{name:path}")
-    async def web_page(run: str, name: str) -> Response:
-        """The run's web export (``model.web``), for live prediction in "Try"."""
-        return await asyncio.to_thread(_web_file, project, run, name)
-
-    @app.get("/api/runs/{run}/download")
-    async def download(run: str, format: str = "onnx") -> Any:
-        return await asyncio.to_thread(_download, project, run, format)
 
 
 def _download(project: Project, run: str, format: str) -> Response:

@@ -64,7 +64,9 @@ def _run_record(run: str, meta: Any, s: dict[str, Any]) -> dict[str, Any]:
     from ..insight.evaluate import wilson_ci
 
     acc, n = s.get("val_accuracy"), s.get("val_images")
-    ok = isinstance(acc, (int, float)) and isinstance(n, int) and n > 0
+    if not isinstance(acc, (int, float)) or acc != acc:  # none, or not a number (NaN)
+        acc = None
+    ok = acc is not None and isinstance(n, int) and n > 0
     ft = s.get("finetune") if isinstance(s.get("finetune"), dict) else {}
     return {"id": run, "val_accuracy": acc, "val_images": n,
             "val_ci95": list(wilson_ci(round(acc * n), n)) if ok else None,
