@@ -3,9 +3,11 @@ probabilities and the unknown score, checked structurally (Core ML cannot run on
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
-from headstart.deploy.coreml import NOT_CHECKED
+from headstart.deploy.coreml import NOT_CHECKED, load_spec
 from headstart.deploy.export import ExportError, export, read_metadata
 
 from .conftest import run_cli
@@ -15,8 +17,6 @@ pytestmark = pytest.mark.slow  # every test converts a model
 
 @pytest.mark.parametrize("name", ["hymenoptera", "steel"])
 def test_coreml_package_has_the_structure_an_app_needs(deploy_models, name, tmp_path):
-    import coremltools as ct
-
     clf, model_dir, images = deploy_models[name]
     if name == "steel":  # through the CLI, as a user runs it: it says what was not checked
         cli = run_cli("export", model_dir, "--format", "coreml", "--out", tmp_path,
@@ -32,7 +32,9 @@ def test_coreml_package_has_the_structure_an_app_needs(deploy_models, name, tmp_
         assert all(r["parity"]["structure"].values())
     package = tmp_path / "model.mlpackage"
     assert (package / "Manifest.json").is_file()
-    spec = ct.utils.load_spec(str(package))
+    limit = sys.getrecursionlimit()
+    spec = load_spec(package)
+    assert sys.getrecursionlimit() == limit  # coremltools' import changes nothing global
     image = spec.description.input[0].type
     assert image.WhichOneof("Type") == "imageType"
     s = clf.backbone_.preprocess.size

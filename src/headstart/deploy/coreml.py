@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,30 @@ from ..io.files import load_json
 from .graph import (ExportError, ExportFormat, ExportJob, deploy_module, export_metadata,
                     has_modules, quiet)
 
-__all__ = ["FORMAT", "NOT_CHECKED"]
+__all__ = ["FORMAT", "NOT_CHECKED", "coremltools", "load_spec"]
 
 NOT_CHECKED = ("Core ML cannot run on Linux: the model's structure was checked, its numbers "
                "were not compared with PyTorch here (an ML program computes in float16 on "
                "Apple devices)")
 META_PREFIX = "headstart."
+
+
+def coremltools() -> Any:
+    """The ``coremltools`` module, imported without its side effect: importing it raises
+    the interpreter's recursion limit to 5000 for the whole process (a module of its
+    TensorFlow frontend calls ``sys.setrecursionlimit``), which headstart undoes."""
+    limit = sys.getrecursionlimit()
+    with quiet():
+        import coremltools as ct
+    sys.setrecursionlimit(limit)
+    return ct
+
+
+def load_spec(path: Path) -> Any:
+    """The protobuf spec of a saved ``.mlpackage``."""
+    ct = coremltools()
+    with quiet():
+        return ct.utils.load_spec(str(path))
 
 
 def _missing() -> str | None:
@@ -74,9 +93,8 @@ def _program(clf: Classifier, job: ExportJob) -> Any:
 
 def _write(clf: Classifier, path: Path, job: ExportJob) -> None:
     s = clf.backbone_.preprocess.size
+    ct = coremltools()
     with quiet():
-        import coremltools as ct
-
         logging.getLogger("coremltools").setLevel(logging.ERROR)
         model = ct.convert(
             _program(clf, job), convert_to="mlprogram",
@@ -101,12 +119,9 @@ def _write(clf: Classifier, path: Path, job: ExportJob) -> None:
 
 
 def _metadata(path: Path) -> dict[str, Any]:
-    import coremltools as ct
-
     if not (path / "Manifest.json").is_file():
         raise ExportError(f"{path}: not a Core ML package (no Manifest.json)")
-    with quiet():
-        spec = ct.utils.load_spec(str(path))
+    spec = load_spec(path)
     meta = spec.description.metadata.userDefined
     return {k[len(META_PREFIX):]: load_json(v) for k, v in meta.items()
             if k.startswith(META_PREFIX)}
@@ -114,10 +129,7 @@ def _metadata(path: Path) -> dict[str, Any]:
 
 def _inspect(path: Path, clf: Classifier) -> dict[str, Any]:
     """Check the saved package's structure; raises :class:`ExportError` on a failed check."""
-    import coremltools as ct
-
-    with quiet():
-        spec = ct.utils.load_spec(str(path))
+    spec = load_spec(path)
     desc, s = spec.description, clf.backbone_.preprocess.size
     image = desc.input[0].type.imageType
     ops = _operations(spec)
