@@ -223,8 +223,8 @@ class Project:
                 not d.name.startswith((".", "_"))]
 
     def snapshot(self, run: str) -> tuple[Path, dict[str, int]]:
-        """The images there now, as ``.snapshots/<run>.csv`` (``path,label``, paths
-        relative to it) and the count per class.
+        """The images there now, as ``.snapshots/<run>.csv`` (``path,label``, the paths
+        as the report and the health check show them) and the count per class.
 
         Raises:
             DataError: fewer than 2 classes have images.
@@ -239,7 +239,7 @@ class Project:
         text = io.StringIO()
         w = csv.writer(text, lineterminator="\n")
         w.writerow(["path", "label"])
-        w.writerows([f"../data/{rel}", c] for c in with_images for rel in self.images(c)
+        w.writerows([str(self.data / rel), c] for c in with_images for rel in self.images(c)
                     if Path(rel).suffix.lower() in IMAGE_EXTENSIONS)
         out = inside(folder, f"{safe_name(run, 'run')}.csv", "snapshot", "absent")
         write_text_atomic(out, text.getvalue())
