@@ -32,7 +32,7 @@ from ..backbone.build import Backbone
 from ..errors import HeadstartError
 
 __all__ = ["RUNTIMES", "Engine", "checked_ir", "cosine_parity", "image_features_module",
-           "int8_engine", "int8_missing", "make_engine", "openvino_ir_engine"]
+           "installed", "int8_engine", "int8_missing", "make_engine", "openvino_ir_engine"]
 
 logger = logging.getLogger(__name__)
 
@@ -184,9 +184,10 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def _installed(module: str) -> bool:
+def installed(*modules: str) -> bool:
+    """Whether every one of ``modules`` can be imported (asked without importing it)."""
     try:
-        return importlib.util.find_spec(module) is not None
+        return all(importlib.util.find_spec(m) is not None for m in modules)
     except (ImportError, ValueError):  # set to None in sys.modules: blocked
         return False
 
@@ -237,9 +238,9 @@ def make_engine(backbone: Backbone, cache_root: Path, runtime: str = "auto",
                              got=runtime)
     if runtime == "torch" or (runtime == "auto" and _cuda_available()):
         return _torch_engine(backbone)
-    names = [runtime] if runtime != "auto" else [n for n in _BACKENDS if _installed(n)]
+    names = [runtime] if runtime != "auto" else [n for n in _BACKENDS if installed(n)]
     for name in names:
-        if not _installed(_BACKENDS[name][0]):
+        if not installed(_BACKENDS[name][0]):
             raise HeadstartError(f"{name} is not installed (pip install {name})",
                                  param="runtime")
     if backbone.ir is not None and "openvino" in names:  # the graph a model carries
@@ -298,7 +299,7 @@ def int8_engine(backbone: Backbone, cache_root: Path, calibration: np.ndarray) -
 def int8_missing() -> str | None:
     """Why INT8 cannot run here (OpenVINO or NNCF not installed), or None."""
     for module in ("openvino", "nncf"):
-        if not _installed(module):
+        if not installed(module):
             return f"needs {module}, which is not installed: pip install 'headstart[int8]'"
     return None
 
@@ -306,7 +307,7 @@ def int8_missing() -> str | None:
 def openvino_ir_engine(xml: Path, variant: str, cache_root: Path) -> Engine:
     """An engine that runs a saved OpenVINO IR file (``.xml`` beside its ``.bin``);
     compiled blobs are kept under ``cache_root``."""
-    if not _installed("openvino"):
+    if not installed("openvino"):
         raise HeadstartError(f"{xml} needs OpenVINO: pip install openvino")
     return Engine("openvino-int8" if variant.startswith("int8") else "openvino",
                   _load_openvino(xml.parent, cache_root, xml.name), variant=variant, ir=xml)

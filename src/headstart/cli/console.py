@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
     TimeElapsedColumn, TimeRemainingColumn
 
 from .. import defaults
+from ..fit.calibration import calibration_change
 from ..fit.domain import explain
 from ..errors import HeadstartError
 from ..fit.summary import DomainGap
@@ -208,6 +209,10 @@ def print_training(s: Any, data: Path, saved: Path) -> None:
               (f" (report: {report})" if report.is_file() else " (no report: nothing held out)"))
 
 
+CALIBRATION_WORDS = {"better": "better", "same": "no better: within noise on so few images",
+                     "worse": "worse"}
+
+
 def _grade(accuracy: float) -> str:
     """A word on an accuracy, for a person."""
     return ("very good" if accuracy >= 0.95 else "good" if accuracy >= 0.85 else
@@ -246,8 +251,7 @@ def _print_extras(s: Any) -> None:
     if c.fitted_on.startswith("not calibrated"):
         out.print(f"calibration temperature 1 ({c.fitted_on})")
     elif c.ece_before is not None:
-        verdict = ("better" if c.ece_after < c.ece_before - 1e-4 else "no better: within "
-                   "noise on so few images" if c.ece_after <= c.ece_before + 0.01 else "worse")
+        verdict = CALIBRATION_WORDS[calibration_change(c.ece_before, c.ece_after)]
         out.print(f"calibration probabilities off by {c.ece_before:.1%} on average before, "
                   f"{c.ece_after:.1%} after temperature {c.temperature:.2f} ({verdict}; "
                   f"{c.images} {c.fitted_on})")
@@ -263,8 +267,7 @@ def print_evaluation(m: dict[str, Any]) -> None:
     u, c = m["unknown"], m["calibration"]
     out.print(f"unknown  {u['rejected']} of {m['n_images']} images ({u['rejected_fraction']:.1%}) "
               "called unknown (unlike every training image)")
-    verdict = ("better" if c["ece_after"] < c["ece_before"] - 1e-4 else "no better: within "
-               "noise" if c["ece_after"] <= c["ece_before"] + 0.01 else "worse on these images")
+    verdict = CALIBRATION_WORDS[calibration_change(c["ece_before"], c["ece_after"])]
     out.print(f"calibration probabilities off by {c['ece_before']:.1%} on average before "
               f"temperature scaling, {c['ece_after']:.1%} after (T {c['temperature']:.2f}: "
               f"{verdict})")

@@ -23,10 +23,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..backbone.runtime import installed
 from ..fit.classifier import Classifier
 from ..io.files import load_json
 from .graph import (ExportError, ExportFormat, ExportJob, deploy_module, export_metadata,
-                    has_modules, quiet)
+                    quiet)
 
 __all__ = ["FORMAT", "NOT_CHECKED", "coremltools", "load_spec"]
 
@@ -55,7 +56,7 @@ def load_spec(path: Path) -> Any:
 
 
 def _missing() -> str | None:
-    if has_modules("coremltools"):
+    if installed("coremltools"):
         return None
     return "the coreml format needs coremltools: pip install 'headstart[coreml]'"
 

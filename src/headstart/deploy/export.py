@@ -35,14 +35,12 @@ import logging
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
-from .. import __version__
 from ..backbone.build import Preprocess
 from ..backbone.features import normalize, prepare_image
 from ..fit.classifier import Classifier
@@ -52,7 +50,7 @@ from ..io.files import check_output, load_json
 from ..registry import Registry
 from . import coreml, tflite, web
 from .graph import (META_KEYS, Answers, ExportError, ExportFormat, ExportJob, compact_reference,
-                    deploy_module, export_metadata)
+                    deploy_module, export_metadata, write_onnx)
 
 __all__ = ["EXPORT_FORMATS", "PARITY_MAX_DIFF", "ExportError", "ExportFormat", "deploy_module",
            "export", "export_metadata", "read_metadata"]
@@ -106,25 +104,11 @@ def _openvino_metadata(path: Path) -> dict[str, Any]:
 
 
 def _write_onnx(clf: Classifier, path: Path) -> None:
-    import onnx
     import torch
 
     s = clf.backbone_.preprocess.size
-    module = deploy_module(clf)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.zeros(2, 3, s, s),), str(path),
-                          input_names=["images"],
-                          output_names=["probabilities", "unknown_score", "unknown"],
-                          opset_version=17, dynamo=False,
-                          dynamic_axes={n: {0: "n"} for n in ("images", "probabilities",
-                                                              "unknown_score", "unknown")})
-    model = onnx.load(str(path))
-    model.producer_name, model.producer_version = "headstart", __version__
-    model.doc_string = f"headstart classifier: {', '.join(clf.classes_)}"
-    for key, value in export_metadata(clf).items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(path))
+    write_onnx(deploy_module(clf), torch.zeros(2, 3, s, s), path, export_metadata(clf),
+               doc=f"headstart classifier: {', '.join(clf.classes_)}")
 
 
 def _write_openvino(clf: Classifier, path: Path) -> None:

@@ -27,7 +27,8 @@ from ..fit.classifier import Classifier
 from ..io.bundle import EXPORT_STEM
 
 __all__ = ["COMPACT_REFERENCE_ROWS", "Answers", "ExportError", "ExportFormat", "ExportJob",
-           "compact_reference", "deploy_module", "export_metadata", "has_modules", "quiet"]
+           "compact_reference", "deploy_module", "export_metadata", "quiet",
+           "write_onnx"]
 
 Answers = tuple[np.ndarray, np.ndarray, np.ndarray]  # probabilities, unknown score, unknown
 COMPACT_REFERENCE_ROWS = 500  # the unknown detector's rows kept in phone and web exports
@@ -165,6 +166,36 @@ def deploy_module(clf: Classifier, pixels: bool = False,
     return Deployed().eval()
 
 
+OUTPUTS = ("probabilities", "unknown_score", "unknown")
+
+
+def write_onnx(module: Any, sample: Any, path: Path, meta: dict[str, str], doc: str = "",
+               edit: Callable[[Any], None] | None = None) -> None:
+    """Export ``module`` (images -> :data:`OUTPUTS`, as :func:`deploy_module` builds it) to
+    the ONNX file ``path``, traced on ``sample`` with a dynamic batch: input ``images``,
+    ``meta`` as its ``metadata_props``, ``doc`` as its doc string; ``edit(model)`` may
+    change the graph before it is saved."""
+    import warnings
+
+    import onnx
+    import torch
+
+    with warnings.catch_warnings(), quiet():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (sample,), str(path), input_names=["images"],
+                          output_names=list(OUTPUTS), opset_version=17, dynamo=False,
+                          dynamic_axes={n: {0: "n"} for n in ("images", *OUTPUTS)})
+    model = onnx.load(str(path))
+    if edit is not None:
+        edit(model)
+    model.producer_name, model.producer_version = "headstart", __version__
+    if doc:
+        model.doc_string = doc
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+
+
 def compact_reference(clf: Classifier, rows: int = COMPACT_REFERENCE_ROWS) -> np.ndarray | None:
     """At most ``rows`` of the unknown detector's reference rows ``(R, D)``, chosen to cover
     the training images (greedy farthest-point in cosine distance, seeded at the row most
@@ -233,13 +264,3 @@ def quiet() -> Iterator[None]:
         os.dup2(saved[1], 2)
         for fd in (*saved, null):
             os.close(fd)
-
-
-def has_modules(*names: str) -> bool:
-    """Whether every one of the modules ``names`` can be imported (without importing)."""
-    import importlib.util
-
-    try:
-        return all(importlib.util.find_spec(n) is not None for n in names)
-    except (ImportError, ValueError):  # a module set to None in sys.modules: blocked
-        return False

@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 
 from .._threads import cores
+from ..backbone.runtime import installed
 from ..backbone.build import Preprocess
 from ..fit.classifier import Classifier
 from ..io.files import load_json
 from .graph import (Answers, ExportError, ExportFormat, ExportJob, deploy_module,
-                    export_metadata, has_modules, quiet)
+                    export_metadata, quiet)
 
 __all__ = ["FORMAT"]
 
@@ -40,7 +41,7 @@ EXTRA = "pip install 'headstart[tflite]'"
 
 
 def _missing() -> str | None:
-    if has_modules("litert_torch", "ai_edge_litert"):
+    if installed("litert_torch", "ai_edge_litert"):
         return None
     return f"the tflite format needs litert-torch and ai-edge-litert: {EXTRA}"
 

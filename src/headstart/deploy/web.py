@@ -22,20 +22,18 @@ from __future__ import annotations
 
 import base64
 import json
-import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import __version__
 from ..backbone.build import Preprocess
 from ..defaults import NOT_SURE_BELOW
 from ..fit.classifier import Classifier
 from ..io.files import load_json
 from .graph import (Answers, ExportError, ExportFormat, ExportJob, deploy_module,
-                    export_metadata, quiet)
+                    export_metadata, write_onnx)
 
 __all__ = ["FORMAT", "page_config"]
 
@@ -51,29 +49,16 @@ def page_config(clf: Classifier, meta: dict[str, str]) -> dict[str, Any]:
     """What the page needs to know: classes, preprocessing, unknown threshold, "not sure"
     level, backbone, validation accuracy."""
     values = {k: json.loads(v) for k, v in meta.items()}
-    return {**values, "not_sure_below": NOT_SURE_BELOW, "format": "headstart-web",
-            "headstart_version": __version__}
+    return {**values, "not_sure_below": NOT_SURE_BELOW, "format": "headstart-web"}
 
 
 def _write_onnx(clf: Classifier, path: Path, job: ExportJob, meta: dict[str, str]) -> None:
-    import onnx
     import torch
 
     s = clf.backbone_.preprocess.size
-    module = deploy_module(clf, pixels=True, reference=job.reference)
-    names = ["probabilities", "unknown_score", "unknown"]
-    with warnings.catch_warnings(), quiet():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.zeros(1, s, s, 3, dtype=torch.uint8),), str(path),
-                          input_names=["images"], output_names=names, opset_version=17,
-                          dynamo=False, dynamic_axes={n: {0: "n"} for n in ["images", *names]})
-    model = onnx.load(str(path))
-    if job.quantize == "fp16":
-        _fp16_weights(model)
-    model.producer_name, model.producer_version = "headstart", __version__
-    for key, value in meta.items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(path))
+    write_onnx(deploy_module(clf, pixels=True, reference=job.reference),
+               torch.zeros(1, s, s, 3, dtype=torch.uint8), path, meta,
+               edit=_fp16_weights if job.quantize == "fp16" else None)
 
 
 def _fp16_weights(model: Any) -> None:

@@ -28,7 +28,8 @@ from ..io.bundle import TEMPERATURE_RANGE
 from ..heads import make_head, softmax, stratified_folds
 from ..fit.summary import Calibration
 
-__all__ = ["Honesty", "OutOfDistribution", "expected_calibration_error", "fit_honesty",
+__all__ = ["Honesty", "OutOfDistribution", "calibration_change", "expected_calibration_error",
+           "fit_honesty",
            "fit_temperature", "leave_one_out_scores", "reliability", "robust_quantile",
            "softmax"]
 
@@ -115,6 +116,14 @@ def robust_quantile(scores: np.ndarray, q: float = 0.95) -> float:
     # a right-skewed distribution (varied photos) has more than 5% beyond the normal's
     # quantile: never go below the empirical quantile
     return max(robust, float(np.quantile(s, q))) if len(s) else robust
+
+
+def calibration_change(ece_before: float, ece_after: float) -> str:
+    """What temperature scaling did to the expected calibration error: ``better``, ``same``
+    (within 0.01, noise on the few images it is measured on) or ``worse``."""
+    if ece_after < ece_before - 1e-4:
+        return "better"
+    return "same" if ece_after <= ece_before + 0.01 else "worse"
 
 
 def leave_one_out_scores(unit: np.ndarray, k: int) -> np.ndarray:

@@ -23,7 +23,8 @@ import numpy as np
 
 from ..insight.charts import BLUE, GREEN, ORANGE, confusion_svg, lines_svg, side_by_side
 from ..io.files import check_output
-from ..fit.calibration import expected_calibration_error, reliability, softmax
+from ..fit.calibration import (calibration_change, expected_calibration_error, reliability,
+                               softmax)
 from ..io.decode import thumbnail_jpeg
 from ..insight.evaluate import scored_metrics, wilson_ci
 from ..fit.finetune import read_metrics_csv
@@ -194,11 +195,10 @@ def _calibration_section(m: dict[str, Any], y_true: np.ndarray, logits: np.ndarr
     """HTML of the ECE before and after scaling, the reliability diagram and its bins."""
     c = m["calibration"]
     before, after = c["ece_before"], c["ece_after"]
-    verdict = ("Scaling made them closer." if after < before - 1e-4 else
-               "Scaling changed little: on so few images the difference is noise."
-               if after <= before + 0.01 else
-               "Scaling made them slightly worse here: it was fitted on other images, and "
-               "differences this small are within noise.")
+    verdict = {"better": "Scaling made them closer.",
+               "same": "Scaling changed little: on so few images the difference is noise.",
+               "worse": "Scaling made them worse here: it was fitted on other images."
+               }[calibration_change(before, after)]
     return ('<section id="calibration"><h2>Calibration</h2>'
             f'<p>When the model says 80%, is it right 80% of the time? Its probabilities '
             f'were off by {before:.1%} on average (expected calibration error) before '
