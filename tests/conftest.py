@@ -141,7 +141,8 @@ def make_bad_corpus(root: Path) -> tuple[dict[str, str], dict[str, int]]:
     bad("giraffe/cut.png", png[: len(png) // 2], "cannot decode")
     bad("giraffe/page.jpg", b"<!DOCTYPE html><html><body>403 Forbidden</body></html>", "HTML")
     bad("giraffe/words.jpg", b"just some text, not a photo\n", "text file")
-    bad("giraffe/phone.heic", b"\0\0\0\x18ftypheic\0\0\0\0", "unsupported image format")
+    bad("giraffe/phone.heic", b"\0\0\0\x18ftypheic\0\0\0\0", "truncated HEIC")
+    bad("giraffe/raw.cr2", b"II*\0\x10\0\0\0CR", "unsupported image format")
     bad("elephant/notes.txt", b"field notes", "not an image type (.txt)")
     _png_header_only(data / "elephant" / "bomb.png", 30000, 30000)
     unusable["elephant/bomb.png"] = "too many pixels"

@@ -276,3 +276,27 @@ def test_int8_without_nncf_is_refused_before_any_work(tmp_path):
     assert_user_error(r, "--int8", "pip install 'headstart[int8]'")
     assert "features" not in r.stderr and not (tmp_path / "m").exists()
     assert time.perf_counter() - t < 30
+
+
+@pytest.mark.slow
+def test_heic_and_avif_phone_photos_through_check_train_and_predict(model_dir, tmp_path):
+    """Phone photos (HEIC, AVIF, turned by their EXIF orientation) are read like JPEGs by
+    check, train and predict."""
+    from .test_decode import phone_photo
+
+    data = copy_images(tmp_path / "d", 3)
+    phones = []
+    for cls in ("elephant", "giraffe"):
+        photos = sorted((EXAMPLES / "test" / cls).iterdir())
+        phones += [phone_photo(photos[0], data / cls / f"{cls}-phone.heic", "HEIF"),
+                   phone_photo(photos[1], data / cls / f"{cls}-phone.avif", "AVIF")]
+    r = run("check", data, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["unusable"] == [], r.stdout
+    r = run("train", data, "--out", tmp_path / "m", "--head", "linear", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["train_counts"] == {"elephant": 5, "giraffe": 5}
+    r = run("predict", model_dir, *phones, "--json")
+    assert r.returncode == 0, r.stderr
+    got = {Path(p["path"]).name: p["label"] for p in json.loads(r.stdout)["predictions"]}
+    assert got == {p.name: p.name.split("-")[0] for p in phones}, got

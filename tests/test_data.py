@@ -78,13 +78,13 @@ def test_non_images_and_loose_files_are_reported(small_data):
     (small_data / "giraffe" / "notes.txt").write_text("hello")
     (small_data / "readme.jpg").write_bytes(b"x")
     (small_data / "giraffe" / ".hidden.jpg").write_bytes(b"x")
-    (small_data / "giraffe" / "photo.heic").write_bytes(b"\0\0\0\x18ftypheic")
+    (small_data / "giraffe" / "photo.cr2").write_bytes(b"II*\0\x10\0\0\0CR")
     ds = load_dataset(small_data)
     reasons = {Path(s.path).name: s.reason for s in ds.skipped}
     assert reasons == {"notes.txt": "not an image type (.txt)",
                        "readme.jpg": "not inside a class folder",
                        ".hidden.jpg": "hidden file, ignored",
-                       "photo.heic": "unsupported image format (.heic): convert it to JPEG "
+                       "photo.cr2": "unsupported image format (.cr2): convert it to JPEG "
                                      "or PNG"}
 
 

@@ -117,3 +117,52 @@ def test_a_huge_file_is_refused_from_its_size(tmp_path):
         fh.truncate(3 << 30)
     with pytest.raises(UnreadableImage, match="file too large"):
         bounded(read_image, tmp_path / "huge.jpg", seconds=10)
+
+
+def phone_photo(src: Path, dest: Path, fmt: str, orientation: int = 6) -> Path:
+    """``src`` saved as a phone would (HEIC through pillow-heif, AVIF through Pillow), turned
+    on its side with an EXIF orientation ``orientation`` saying how to show it upright."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    img = Image.open(src).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    # stored sideways (as the sensor saw it): orientation 6 turns it back clockwise
+    stored = img.transpose(Image.Transpose.ROTATE_90)
+    return _save(stored, dest, format=fmt, exif=exif.tobytes(), quality=92)
+
+
+@pytest.mark.parametrize("fmt,suffix", [("HEIF", ".heic"), ("AVIF", ".avif")])
+def test_heic_and_avif_read_like_jpeg_upright(tmp_path, fmt, suffix):
+    src = sorted((EXAMPLES / "train" / "giraffe").iterdir())[0]
+    path = phone_photo(src, tmp_path / f"phone{suffix}", fmt)
+    want = read_image(src)
+    got = read_image(path)
+    assert got.mode == "RGB" and got.size == want.size
+    diff = np.abs(np.asarray(got, float) - np.asarray(want, float)).mean()
+    assert diff < 12, diff  # the same picture, upright (lossy codecs: a small difference)
+    sideways = np.abs(np.asarray(got.transpose(Image.Transpose.ROTATE_180), float)
+                      - np.asarray(want, float)).mean()
+    assert sideways > 2 * diff
+
+
+def test_heic_without_the_extra_names_it_and_damaged_files_say_so(tmp_path):
+    import subprocess
+    import sys
+
+    src = sorted((EXAMPLES / "train" / "giraffe").iterdir())[0]
+    heic = phone_photo(src, tmp_path / "phone.heic", "HEIF")
+    code = ("import sys; sys.modules['pillow_heif'] = None\n"
+            "from headstart.io.decode import read_image, UnreadableImage\n"
+            f"try: read_image({str(heic)!r})\n"
+            "except UnreadableImage as e: print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert "pip install 'headstart[heic]'" in out, out
+    for name in ("cut.heic", "cut.avif"):
+        data = (heic if name.endswith("heic") else
+                phone_photo(src, tmp_path / "p.avif", "AVIF")).read_bytes()
+        (tmp_path / name).write_bytes(data[: len(data) // 2])
+        with pytest.raises(UnreadableImage, match="cannot decode"):
+            read_image(tmp_path / name)

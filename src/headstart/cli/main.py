@@ -462,8 +462,9 @@ def serve(
                           " train, review, try, export.")
 @user_errors
 def studio(
-    project: Path = typer.Argument(Path("headstart-project"), help="Project folder "
-                                   "(created if missing): data/<class>/, models/."),
+    project: Optional[Path] = typer.Argument(None, help="Project folder (created if "
+                                             "missing): data/<class>/, models/. Without "
+                                             "it: a start page of recent projects."),
     host: str = typer.Option("127.0.0.1", help="Address to bind."),
     port: int = typer.Option(defaults.STUDIO_PORT, help="Port."),
     import_from: Optional[Path] = typer.Option(None, "--import", help="Copy the class "
@@ -473,16 +474,18 @@ def studio(
                                                    "set-up; repeatable). Others get 403."),
     body_timeout: float = typer.Option(defaults.BODY_TIMEOUT_S, help="Seconds a request "
                                        "body may take, plus 1 s per KiB (408 after)."),
+    projects: Optional[Path] = typer.Option(None, help="Where the start page makes new "
+                                            "projects [default: ~/headstart-projects]."),
 ) -> None:
     """The whole loop in a local web app: collect, label, check, train, review, try,
     export. Open the address it prints (it carries this launch's token)."""
-    from ..studio.app import studio as run_studio
+    from ..studio.start import studio as run_studio
 
     if body_timeout <= 0:
         raise HeadstartError(param="body_timeout", expected="a number > 0", got=body_timeout)
     run_studio(project, host, port, on_ready=lambda url: out.print(f"studio      {url}"),
                import_from=import_from, allow_hosts=tuple(allow_host or ()),
-               body_timeout=body_timeout)
+               body_timeout=body_timeout, projects=projects)
 
 
 @app.command()

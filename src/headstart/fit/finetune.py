@@ -29,6 +29,7 @@ Rules:
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
@@ -41,7 +42,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import defaults
-from ..io.files import worker_count
+from ..io.files import FileProblem, read_regular, worker_count
 from .._threads import before_torch, size_torch
 from ..fit.training import Images, epoch_seconds, history_callback, module_class, transforms
 from ..backbone.build import Preprocess
@@ -443,19 +444,23 @@ def measured(name: str, timm_name: str, kind: str, pre: Preprocess, res: Finetun
 
 
 def read_metrics_csv(path: Path) -> list[dict[str, float]]:
-    """The rows written by :func:`write_metrics_csv` (none if the file is missing)."""
+    """The rows written by :func:`write_metrics_csv` (none if the file is missing, not a
+    regular file, or not numbers)."""
     try:
-        with path.open(newline="") as fh:
-            return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
-    except (OSError, ValueError):
+        text = read_regular(path, 16 << 20).decode("utf-8")
+        return [{k: float(v) for k, v in r.items() if k is not None}
+                for r in csv.DictReader(io.StringIO(text, newline=""))]
+    except (FileProblem, UnicodeDecodeError, ValueError, TypeError):
         return []
 
 
 def write_metrics_csv(history: list[dict[str, float]], path: Path) -> None:
-    """One row per epoch: epoch, train_loss, val_loss, val_accuracy, lr, seconds."""
+    """One row per epoch: epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr,
+    seconds (a column an earlier run's rows lack is written as nan)."""
     if not history:
         return
     with path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(history[0]))
+        w = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in history for k in r)),
+                           restval="nan")
         w.writeheader()
         w.writerows(history)

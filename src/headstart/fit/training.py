@@ -79,9 +79,12 @@ def module_class() -> Any:
 
         def training_step(self, batch: Any, _: int) -> torch.Tensor:
             x, y = batch
-            loss = self.loss(self(x), y)
+            logits = self(x)
+            loss = self.loss(logits, y)
             self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True,
                      batch_size=len(y))
+            self.log("train_accuracy", (logits.argmax(1) == y).float().mean(),
+                     on_step=False, on_epoch=True, sync_dist=True, batch_size=len(y))
             return loss
 
         def validation_step(self, batch: Any, _: int) -> None:
@@ -157,6 +160,7 @@ def history_callback(history: list[dict[str, float]],
             m = trainer.callback_metrics  # validation of this epoch has run already
             row = {"epoch": trainer.current_epoch + 1,
                    "train_loss": float(m.get("train_loss", float("nan"))),
+                   "train_accuracy": float(m.get("train_accuracy", float("nan"))),
                    "val_loss": float(m.get("val_loss", float("nan"))),
                    "val_accuracy": float(m.get("val_accuracy", float("nan"))),
                    "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),

@@ -71,12 +71,21 @@ def _bins(proba: np.ndarray, y: np.ndarray) -> str:
 
 
 def _curves(rows: list[dict[str, float]]) -> str:
+    """Loss and accuracy per epoch, training (augmented images) and validation; a column a
+    model written before it was recorded lacks is left out."""
     epochs = [r["epoch"] for r in rows]
-    loss = lines_svg([("train loss", epochs, [r["train_loss"] for r in rows], BLUE, "")],
-                     "epoch", "loss", label="training loss", whole_x=True)
-    acc = lines_svg([("val accuracy", epochs, [r["val_accuracy"] for r in rows], GREEN,
-                      "")], "epoch", "validation accuracy", ylim=(0.0, 1.02),
-                    label="validation accuracy", whole_x=True)
+
+    def series(kind: str) -> list[tuple[str, list[float], list[float], str, str]]:
+        out = []
+        for split, colour, dash in (("train", BLUE, ""), ("val", GREEN, "4 3")):
+            ys = [float(r.get(f"{split}_{kind}", float("nan"))) for r in rows]
+            if any(y == y for y in ys):
+                out.append((f"{'training' if split == 'train' else 'validation'} {kind}",
+                            epochs, ys, colour, dash))
+        return out
+    loss = lines_svg(series("loss"), "epoch", "loss", label="loss per epoch", whole_x=True)
+    acc = lines_svg(series("accuracy"), "epoch", "accuracy", ylim=(0.0, 1.02),
+                    label="accuracy per epoch", whole_x=True)
     return _b64(side_by_side(loss, acc, label="training curves"))
 
 
@@ -118,7 +127,8 @@ def write_report(out: str | os.PathLike, classes: list[str], sources: Sequence[A
                  rejected: np.ndarray | None = None, model_dir: str | os.PathLike | None = None,
                  dataset: dict[str, Any] | None = None, title: str = "headstart evaluation",
                  health: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``out`` (HTML) and ``metrics.json`` beside it; returns the metrics.
+    """Write ``out`` (HTML) and ``metrics.json`` beside it (the metrics, and ``images``:
+    each evaluated image's path, label, prediction and probability); returns the metrics.
 
     Args:
         sources: the N evaluated images (paths or PIL images), ``y_true`` ``(N,)`` their
@@ -150,8 +160,22 @@ def write_report(out: str | os.PathLike, classes: list[str], sources: Sequence[A
                      f'{_curves(history)}"></section>')
     parts.append(_dataset_section(m, classes, dataset))
     _page(out, title, parts)
-    (out.parent / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
+    rows = _image_rows(sources, classes, y_true, proba, rejected)
+    (out.parent / "metrics.json").write_text(json.dumps({**m, "images": rows}, indent=1)
+                                             + "\n")
     return m
+
+
+def _image_rows(sources: Sequence[Any], classes: list[str], y_true: np.ndarray,
+                proba: np.ndarray, rejected: np.ndarray | None) -> list[dict[str, Any]]:
+    """One row per evaluated image given by its path (``path``, ``label``, ``predicted``,
+    ``probability``, ``unknown``): what a confusion-matrix cell opens."""
+    pred = proba.argmax(axis=1)
+    return [{"path": str(src), "label": classes[int(y)], "predicted": classes[int(p)],
+             "probability": round(float(q.max()), 4),
+             "unknown": bool(rejected[i]) if rejected is not None else False}
+            for i, (src, y, p, q) in enumerate(zip(sources, y_true, pred, proba))
+            if isinstance(src, (str, os.PathLike))]
 
 
 def _accuracy_section(m: dict[str, Any]) -> str:

@@ -1,15 +1,21 @@
 """Decoding one image file (or upload) to 8-bit RGB, with a reason in words when it fails.
 
 Every failure is an :class:`UnreadableImage` whose message says what the file is: empty,
-truncated, text or HTML saved as an image, an unsupported format (HEIC, RAW...), too many
+truncated, text or HTML saved as an image, an unsupported format (RAW, PSD...), too many
 pixels (refused from the header, before any decoding), a broken link, a float image with
 no finite pixel, unreadable; or not a regular file at all (a folder, a named pipe, a
 device such as ``/dev/zero``: refused from ``stat``, never opened in a way that blocks).
 Files are read whole, once, and decoded from memory.
+
+Phone photos: AVIF is decoded by Pillow itself; HEIC/HEIF by ``pillow-heif`` (the optional
+extra ``headstart[heic]``: its wheels bundle libheif and libde265, LGPL, and the x265
+encoder, GPL), whose opener is registered the first time a HEIF file is met, never at
+import. Both have their orientation applied like a JPEG's EXIF orientation.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
@@ -21,14 +27,21 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..io.files import FileProblem, read_regular
 
-__all__ = ["MAX_PIXELS", "UNSUPPORTED_EXTENSIONS", "UnreadableImage", "check_pixels",
+__all__ = ["HEIF_EXTENSIONS", "MAX_PIXELS", "UNSUPPORTED_EXTENSIONS", "UnreadableImage", "check_pixels",
            "check_upload", "image_error", "load_bytes", "open_image", "read_image",
-           "thumbnail_jpeg", "unsupported_reason"]
+           "heif_reader", "thumbnail_jpeg", "unsupported_reason"]
 
 # Image formats people have but Pillow cannot decode: named in the reason for skipping.
 UNSUPPORTED_EXTENSIONS = frozenset(
-    {".heic", ".heif", ".avif", ".svg", ".psd", ".raw", ".cr2", ".cr3", ".nef", ".arw",
+    {".svg", ".psd", ".raw", ".cr2", ".cr3", ".nef", ".arw",
      ".dng", ".orf", ".rw2", ".jxl", ".ico", ".eps", ".pdf"})
+# Phone photos (HEIC/HEIF) read with the ``heic`` extra, and the ISO-BMFF brands that
+# mark them (bytes 8-12 of the file, after the "ftyp" box type).
+HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".hif"})
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1",
+                         b"msf1"})
+HEIC_EXTRA = ("HEIC/HEIF photos need the optional extra: pip install 'headstart[heic]' "
+              "(pillow-heif), or convert them to JPEG")
 # Images with more pixels than this are refused before decoding (decompression bombs).
 MAX_PIXELS = 100_000_000
 
@@ -70,6 +83,8 @@ def open_image(source: str | os.PathLike | bytes | BinaryIO) -> Image.Image:
     suffix = Path(source).suffix.lower() if isinstance(source, (str, os.PathLike)) else ""
     data = load_bytes(source) if isinstance(source, (str, os.PathLike)) else source
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
+    if _is_heif(stream) and not heif_reader():
+        raise UnreadableImage(HEIC_EXTRA)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -78,6 +93,29 @@ def open_image(source: str | os.PathLike | bytes | BinaryIO) -> Image.Image:
         raise image_error(e, stream, suffix) from None
     check_pixels(img)
     return img
+
+
+def _is_heif(stream: BinaryIO) -> bool:
+    """Whether the stream holds a HEIF image (not AVIF, which Pillow reads itself)."""
+    try:
+        pos = stream.tell()
+        head = stream.read(16)
+        stream.seek(pos)
+    except (OSError, ValueError):
+        return False
+    return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS and b"avif" not in head
+
+
+@functools.lru_cache(maxsize=1)
+def heif_reader() -> bool:
+    """Register ``pillow-heif``'s HEIF opener with Pillow (once, on the first HEIF file);
+    False when the ``heic`` extra is not installed."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
 
 
 def read_image(source: str | os.PathLike | bytes | Image.Image) -> Image.Image:
@@ -172,9 +210,16 @@ def _not_an_image(stream: BinaryIO | None, suffix: str) -> str:
     low = head.lstrip().lower()
     if low.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")) or b"<html" in low:
         return "not an image: an HTML/XML page saved with an image name"
-    if suffix in UNSUPPORTED_EXTENSIONS or head[4:12] in (b"ftypheic", b"ftypheix",
-                                                          b"ftypmif1", b"ftypavif"):
-        return unsupported_reason(suffix or "HEIC/AVIF")
+    if head[4:12] == b"ftypavif":
+        from PIL import features
+
+        return "cannot decode: a damaged or truncated AVIF file" if features.check("avif") \
+            else "an AVIF image this Pillow cannot decode (built without libavif): " \
+                 "convert it to JPEG or install a Pillow wheel with AVIF support"
+    if head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS:
+        return "cannot decode: a damaged or truncated HEIC/HEIF file"
+    if suffix in UNSUPPORTED_EXTENSIONS:
+        return unsupported_reason(suffix)
     try:
         head.decode("utf-8")
         return "not an image: a text file"

@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..io.files import file_problem
-from ..io.decode import UNSUPPORTED_EXTENSIONS, unsupported_reason
+from ..io.decode import HEIF_EXTENSIONS, UNSUPPORTED_EXTENSIONS, unsupported_reason
 from ..errors import DataError
 
 __all__ = ["IMAGE_EXTENSIONS", "LINK_LOOP", "SET_ASIDE", "Skipped", "existing",
            "find_images", "is_hidden", "iter_images", "links_back"]
 
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+    {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".avif"}
+    | HEIF_EXTENSIONS)
 @dataclass(frozen=True)
 class Skipped:
     """A file or folder left out of the run, with the reason.

@@ -4,7 +4,8 @@ local web app over the same library.
 A project is a plain folder the CLI understands too: ``PROJECT/data/<class>/<images>``,
 ``PROJECT/models/<run>/`` (model directories), ``PROJECT/studio.json`` (the current run)
 and ``PROJECT/_trash/`` (deleted classes and images: never removed
-from disk). :func:`create_studio_app` serves it; :func:`studio` runs it on uvicorn.
+from disk). :func:`create_studio_app` serves it; :func:`headstart.studio.start.studio` runs
+it on uvicorn, behind the start page of recent projects.
 
 Security: a request whose ``Host`` is not a name the studio serves on (``127.0.0.1``,
 ``localhost``, ``::1``, the ``host`` it listens on, and the names given in
@@ -26,6 +27,7 @@ so no half model is left), and its progress reaches the page as server-sent even
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import io
 import json
@@ -46,7 +48,7 @@ from ..io.decode import thumbnail_jpeg
 from ..io.files import inside, read_regular
 from .project import COOKIE, GOOD_PER_CLASS, PAGE, TOKEN_HEADER, Project, Trainer, zip_run
 
-__all__ = ["create_studio_app", "studio"]
+__all__ = ["create_studio_app", "guarded"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +102,11 @@ def _refusal(request: Request, token: str, hosts: set[str], port: int) -> str | 
     return None
 
 
-def _routes(project: Project, token: str, host: str, port: int,
-            allow_hosts: tuple[str, ...], body_timeout: float) -> Any:
-    app = FastAPI(title="headstart studio", docs_url=None, redoc_url=None, openapi_url=None)
-    trainer = Trainer(project)
-    hosts = allowed_hosts(host, allow_hosts)
+def guarded(app: FastAPI, token: str, hosts: set[str], port: int,
+            body_timeout: float) -> FastAPI:
+    """``app`` behind the studio's checks: Host, Origin and token (403 otherwise; the token
+    from ``?token=`` is kept in a same-site cookie), serve's body limits, and a
+    :class:`HeadstartError` answered as 400 with its message."""
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
@@ -123,6 +125,15 @@ def _routes(project: Project, token: str, host: str, port: int,
     @app.exception_handler(HeadstartError)
     async def user_error(request: Request, exc: HeadstartError) -> JSONResponse:
         return JSONResponse({"detail": exc.describe(_spelled)}, status_code=400)
+    return app
+
+
+def _routes(project: Project, token: str, host: str, port: int,
+            allow_hosts: tuple[str, ...], body_timeout: float) -> Any:
+    app = FastAPI(title="headstart studio", docs_url=None, redoc_url=None, openapi_url=None)
+    trainer = Trainer(project)
+    app.state.trainer = trainer
+    guarded(app, token, allowed_hosts(host, allow_hosts), port, body_timeout)
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
@@ -132,6 +143,7 @@ def _routes(project: Project, token: str, host: str, port: int,
     _image_routes(app, project)
     _train_routes(app, trainer)
     _run_routes(app, project)
+    _compare_routes(app, project)
     _export_routes(app, project)
     _review_routes(app, project)
     return app
@@ -139,7 +151,8 @@ def _routes(project: Project, token: str, host: str, port: int,
 
 def _spelled(param: str) -> str:
     """A library parameter as the page names it."""
-    return {"head": "Head", "finetune": "Fine-tune", "int8": "INT8", "fmt": "format"}.get(
+    return {"head": "Head", "finetune": "Fine-tune", "int8": "INT8", "fmt": "format",
+            "epochs": "Epochs", "augment": "Augmentation"}.get(
         param, param)
 
 
@@ -229,6 +242,25 @@ def _image_routes(app: FastAPI, project: Project) -> None:
         return Response(data or _red_square(), media_type="image/jpeg")
 
 
+def _train_settings(body: dict[str, Any]) -> dict[str, Any]:
+    """The page's training settings, each checked (a bad one refused before any work):
+    ``head``, ``finetune`` (off, auto, all, last-N), ``epochs`` (1-100: at most this many
+    fine-tuning epochs), ``augment`` and ``int8``."""
+    from ..fit.finetune import AUGMENTS, FinetuneConfig, parse_mode
+
+    epochs = body.get("epochs") or FinetuneConfig.max_epochs
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or not 1 <= epochs <= 100:
+        raise HeadstartError(param="epochs", expected="a whole number 1-100", got=epochs)
+    augment = str(body.get("augment") or FinetuneConfig.augment)
+    if augment not in AUGMENTS:
+        raise HeadstartError(param="augment", expected=f"one of {', '.join(AUGMENTS)}",
+                             got=augment)
+    finetune = str(body.get("finetune", "off"))
+    parse_mode(finetune)
+    return {"head": str(body.get("head", defaults.HEAD)), "finetune": finetune,
+            "epochs": epochs, "augment": augment, "int8": bool(body.get("int8", False))}
+
+
 def _train_routes(app: FastAPI, trainer: Trainer) -> None:
     """Start and cancel a training run; its progress as server-sent events."""
 
@@ -237,9 +269,7 @@ def _train_routes(app: FastAPI, trainer: Trainer) -> None:
         from ..backbone.runtime import int8_missing
         from ..heads import HEAD_KINDS
 
-        settings = {"head": str(body.get("head", defaults.HEAD)),
-                    "finetune": str(body.get("finetune", "off")),
-                    "int8": bool(body.get("int8", False))}
+        settings = _train_settings(body)
         HEAD_KINDS.get(settings["head"], param="head")  # refused before any work
         if settings["int8"] and int8_missing():
             raise HeadstartError(int8_missing(), param="int8")
@@ -300,8 +330,11 @@ def _run_routes(app: FastAPI, project: Project) -> None:
         if run is None:
             raise HeadstartError("no model yet: train first")
         predictor = await asyncio.to_thread(_predictor, run)
-        records, bad = await predictor.answer([(f.filename or f"file{i}", await f.read())
-                                               for i, f in enumerate(files)])
+        given = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
+        records, bad = await predictor.answer(given)
+        previews = await asyncio.to_thread(_previews, given)
+        for r in records:  # the page shows what a browser cannot (HEIC, TIFF) as a JPEG
+            r["preview"] = previews.get(r["filename"])
         counts: dict[str, int] = {}
         for r in records:
             counts[r["label"]] = counts.get(r["label"], 0) + 1
@@ -319,6 +352,29 @@ def _run_routes(app: FastAPI, project: Project) -> None:
     @app.get("/api/runs/{run}/download")
     async def download(run: str, format: str = "onnx") -> Any:
         return await asyncio.to_thread(_download, project, run, format)
+
+
+def _previews(files: list[tuple[str, bytes]], size: int = 192) -> dict[str, str | None]:
+    """A small JPEG (a ``data:`` URL) of each uploaded image by its file name."""
+    out: dict[str, str | None] = {}
+    for name, data in files:
+        if name not in out:
+            jpeg = thumbnail_jpeg(data, size)
+            out[name] = ("data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+                         if jpeg else None)
+    return out
+
+
+def _compare_routes(app: FastAPI, project: Project) -> None:
+    """A run's confusion matrix with each cell's images; two runs side by side."""
+
+    @app.get("/api/runs/{run}/confusion")
+    async def confusion(run: str) -> dict[str, Any]:
+        return await asyncio.to_thread(project.confusion, run)
+
+    @app.get("/api/compare")
+    async def compare(a: str, b: str) -> dict[str, Any]:
+        return await asyncio.to_thread(project.compare, a, b)
 
 
 def _export_routes(app: FastAPI, project: Project) -> None:
@@ -487,30 +543,3 @@ def create_studio_app(project: str | os.PathLike, token: str, host: str = "127.0
     ``host``/``port``: where it is served; ``allow_hosts``: more ``Host`` names to answer
     (a LAN address or name); ``body_timeout``: see :class:`headstart.deploy.serve.LimitBody`."""
     return _routes(Project(project), token, host, port, tuple(allow_hosts), body_timeout)
-
-
-def studio(project: str | os.PathLike, host: str = "127.0.0.1",
-           port: int = defaults.STUDIO_PORT, on_ready: Any = None,
-           import_from: str | os.PathLike | None = None, allow_hosts: tuple[str, ...] = (),
-           body_timeout: float = defaults.BODY_TIMEOUT_S) -> None:
-    """Serve the studio until interrupted; ``on_ready(url)`` gets the address with the
-    token, just before the server starts listening. ``import_from``: a folder of class
-    folders copied into the project's ``data`` first; ``allow_hosts``, ``body_timeout``:
-    see :func:`create_studio_app`.
-
-    Raises:
-        HeadstartError: the port is out of range or busy.
-    """
-    import uvicorn
-
-    from ..deploy.serve import check_port
-
-    check_port(host, port)
-    if import_from is not None:
-        Project(project).import_classes(import_from)
-    token = secrets.token_urlsafe(24)
-    app = create_studio_app(project, token, host, port, allow_hosts, body_timeout)
-    if on_ready is not None:
-        shown = "127.0.0.1" if host_name(host) in WILDCARDS else host
-        on_ready(f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/?token={token}")
-    uvicorn.run(app, host=host, port=port, log_level="warning")

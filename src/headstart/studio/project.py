@@ -68,13 +68,36 @@ def _run_record(run: str, meta: Any, s: dict[str, Any]) -> dict[str, Any]:
         acc = None
     ok = acc is not None and isinstance(n, int) and n > 0
     ft = s.get("finetune") if isinstance(s.get("finetune"), dict) else {}
+    cfg = ft.get("config") if isinstance(ft.get("config"), dict) else {}
     return {"id": run, "val_accuracy": acc, "val_images": n,
             "val_ci95": list(wilson_ci(round(acc * n), n)) if ok else None,
+            "val_source": s.get("val_source"),
             "head": s.get("head"), "trained_at": s.get("trained_at"),
             "backbone": s.get("backbone"), "finetune": bool(ft.get("ran")),
-            "finetune_mode": ft.get("mode", "off"),
+            "finetune_mode": ft.get("mode", "off"), "finetune_kept": ft.get("kept"),
+            "augment": cfg.get("augment") if ft.get("ran") else None,
+            "epochs": ft.get("epochs") if ft.get("ran") else None,
             "int8": bool(meta.get("int8")) if isinstance(meta, dict) else False,
             "counts": s.get("train_counts") if isinstance(s.get("train_counts"), dict) else {}}
+
+
+def _verdict(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """Which of two runs measured better, said no more firmly than their intervals allow."""
+    if a["val_accuracy"] is None or b["val_accuracy"] is None:
+        return "cannot compare: a run has no measured accuracy (too few held-out images)"
+    diff = 100 * (a["val_accuracy"] - b["val_accuracy"])
+    better, worse = (a, b) if diff > 0 else (b, a)
+    same = ("" if a.get("val_images") == b.get("val_images") else
+            f" (measured on different numbers of held-out images: {a.get('val_images')} "
+            f"and {b.get('val_images')})")
+    if abs(diff) < 0.05:
+        return f"the same measured accuracy{same}"
+    lo_b, hi_w = better["val_ci95"][0], worse["val_ci95"][1]
+    if lo_b > hi_w:
+        return (f"{better['id']} is better by {abs(diff):.1f} points: the 95% intervals do "
+                f"not overlap{same}")
+    return (f"{better['id']} measured {abs(diff):.1f} points higher, but the 95% intervals "
+            f"overlap: with this many held-out images the difference may be chance{same}")
 
 
 class Project:
@@ -191,6 +214,84 @@ class Project:
         if not os.path.lexists(d / name):
             return None
         return inside(d, name, "file", "folder" if (d / name).is_dir() else "file")
+
+    def confusion(self, run: str) -> dict[str, Any]:
+        """The run's confusion matrix on its held-out images, with each cell's images:
+        ``classes``, ``matrix`` ``[true][predicted]`` counts, ``cells`` ``[true][predicted]``
+        lists of ``{"path", "probability", "unknown"}`` for the images still where they
+        were (``path`` relative to ``data``; a path in ``metrics.json`` that leads outside
+        ``data`` is never used), and ``gone``: how many were moved or removed since.
+
+        Raises:
+            DataError: no such run, or it measured nothing (no held-out images).
+        """
+        m = self.metrics(run)
+        if m is None or not isinstance(m.get("images"), list):
+            raise DataError(f"run {run}: no held-out predictions to show (nothing was held "
+                            "out, or the run predates them)")
+        classes = [str(c) for c in m.get("classes", [])]
+        index = {c: i for i, c in enumerate(classes)}
+        k = len(classes)
+        matrix = [[0] * k for _ in range(k)]
+        cells: list[list[list[dict[str, Any]]]] = [[[] for _ in range(k)] for _ in range(k)]
+        gone = 0
+        for row in m["images"]:
+            if not isinstance(row, dict):
+                continue
+            i, j = index.get(row.get("label")), index.get(row.get("predicted"))
+            if i is None or j is None:
+                continue
+            matrix[i][j] += 1
+            rel = self._data_rel(row.get("path"))
+            if rel is None:
+                gone += 1
+                continue
+            cells[i][j].append({"path": rel, "probability": row.get("probability"),
+                                "unknown": bool(row.get("unknown"))})
+        return {"run": run, "classes": classes, "matrix": matrix, "cells": cells,
+                "gone": gone}
+
+    def metrics(self, run: str) -> dict[str, Any] | None:
+        """The run's ``metrics.json`` (its held-out figures), or None when it has none."""
+        path = self.run_file(run, "metrics.json")
+        try:
+            m = load_json(read_regular(path, 64 << 20)) if path is not None else None
+        except (FileProblem, ValueError):
+            return None
+        return m if isinstance(m, dict) else None
+
+    def compare(self, a: str, b: str) -> dict[str, Any]:
+        """Runs ``a`` and ``b`` side by side: each run's record (see :meth:`runs`) with its
+        per-class ``recall`` and interval, and a ``verdict`` in words.
+
+        Raises:
+            DataError: either run does not exist.
+        """
+        records = {r["id"]: r for r in self.runs()}
+        out = []
+        for run in (a, b):
+            self.run_dir(run)  # it exists, inside models
+            if run not in records:
+                raise DataError(f"run: {run!r} cannot be read")
+            m = self.metrics(run) or {}
+            per = m.get("per_class") if isinstance(m.get("per_class"), dict) else {}
+            out.append({**records[run], "recall": {
+                c: {"recall": v.get("recall"), "ci95": v.get("recall_ci95"),
+                    "support": v.get("support")}
+                for c, v in per.items() if isinstance(v, dict)}})
+        return {"runs": out, "verdict": _verdict(*out)}
+
+    def _data_rel(self, path: Any) -> str | None:
+        """``path`` (from a model file) as ``<class>/<file>`` relative to ``data`` when it
+        is an image there now, else None (outside ``data``, moved, not a file)."""
+        if not isinstance(path, str) or not path:
+            return None
+        try:
+            rel = Path(os.path.normpath(path)).relative_to(self.data).as_posix()
+            self.inside(rel)
+        except (ValueError, PathError):
+            return None
+        return rel
 
     # ------------------------------------------------------------ classes and images
     def inside(self, rel: str) -> Path:
@@ -355,6 +456,7 @@ class Trainer:
         self.state = "idle"
         self.started = 0.0
         self.images: dict[str, int] = {}
+        self.max_epochs = defaults.EPOCHS
 
     def start(self, settings: dict[str, Any]) -> dict[str, Any]:
         """Start a run on the images there now (a snapshot: images added during the run
@@ -374,6 +476,7 @@ class Trainer:
         snapshot, counts = self.project.snapshot(run)
         self.run, self.events, self.state = run, [{"stage": "start", "run": run}], "running"
         self.started, self.images = time.time(), counts
+        self.max_epochs = int(settings.get("epochs") or defaults.EPOCHS)
         cmd = [sys.executable, "-m", "headstart.studio.worker", str(self.project.root), run]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True)
@@ -392,6 +495,7 @@ class Trainer:
                                "fraction": None, "eta_s": None, "eta_is_bound": False,
                                "elapsed_s": elapsed,
                                "images": self.images}
+        out["epochs"] = self.epochs()
         for e in reversed(self.events):
             kind = e.get("stage")
             if kind == "features" and e.get("total"):
@@ -400,7 +504,7 @@ class Trainer:
                 if 0 < frac < 1:
                     out["eta_s"] = elapsed * (1 - frac) / frac
             elif kind == "epoch":  # early stopping may end it sooner: a bound, said so
-                n, most = int(e.get("epoch") or 0), defaults.EPOCHS
+                n, most = int(e.get("epoch") or 0), self.max_epochs
                 out.update(stage=f"fine-tuning, epoch {n} of at most {most}",
                            fraction=min(1.0, n / most), eta_is_bound=True,
                            eta_s=float(e.get("seconds") or 0) / n * max(0, most - n)
@@ -414,6 +518,18 @@ class Trainer:
                 continue
             break
         return out
+
+    def epochs(self) -> list[dict[str, Any]]:
+        """The figures of each epoch of the run's last training stage (fine-tuning or
+        from scratch): ``epoch``, ``train_loss``, ``val_loss``, ``train_accuracy``,
+        ``val_accuracy``, ``seconds`` (a value not measured is None)."""
+        rows: list[dict[str, Any]] = []
+        for e in self.events:
+            if e.get("stage") == "begin":
+                rows = []  # a new stage: its own epochs
+            elif e.get("stage") == "epoch":
+                rows.append({k: _number(e.get(k)) for k in EPOCH_KEYS})
+        return rows
 
     def _read(self, proc: subprocess.Popen) -> None:
         assert proc.stdout is not None
@@ -439,6 +555,16 @@ class Trainer:
         self.proc.kill()
         self.proc.wait()
         return True
+
+
+EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy",
+              "seconds")
+
+
+def _number(x: Any) -> float | None:
+    """A finite number from an event, else None (JSON has no NaN)."""
+    return float(x) if isinstance(x, (int, float)) and x == x and abs(x) != float("inf") \
+        else None
 
 
 STAGE_WORDS = {"read_data": "reading images", "fit_head": "fitting the classifier",

@@ -1,5 +1,6 @@
 """The studio's training process: ``python -m headstart.studio.worker PROJECT RUN`` reads
-its settings as JSON on stdin (``head``, ``finetune``, ``int8`` and ``snapshot``: the CSV of
+its settings as JSON on stdin (``head``, ``finetune``, ``epochs``, ``augment``, ``int8`` and
+``snapshot``: the CSV of
 the images present when Train was clicked), trains into ``PROJECT/models/RUN`` (atomically,
 with its report) and prints its progress as JSON lines on stdout: ``stage`` ``begin`` /
 ``end`` with the stage's ``name``, ``features`` with ``done``/``total``, ``epoch`` with the
@@ -45,12 +46,15 @@ class Reporter(Callback):
 
 def main(project: str, run: str, settings: dict[str, Any]) -> int:
     from ..fit.classifier import Classifier
+    from ..fit.finetune import FinetuneConfig
     from ..insight.report import write_model_report
 
     root = Path(project)
     try:
+        cfg = FinetuneConfig(max_epochs=int(settings.get("epochs") or FinetuneConfig.max_epochs),
+                             augment=str(settings.get("augment") or FinetuneConfig.augment))
         clf = Classifier(head=settings.get("head", "auto"),
-                         finetune=settings.get("finetune", "off"),
+                         finetune=settings.get("finetune", "off"), finetune_config=cfg,
                          int8=bool(settings.get("int8", False)))
         clf.fit(settings.get("snapshot") or root / "data", callbacks=Reporter())
         out = root / "models" / run
