@@ -30,12 +30,16 @@ def studio(tmp_path):
     yield from _studio(tmp_path)
 
 
-def _studio(tmp_path, *options: str):
-    port, project = _free_port(), tmp_path / "project"
-    proc = subprocess.Popen([sys.executable, "-m", "headstart", "studio", str(project),
-                             "--port", str(port), *options], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+def _studio(tmp_path, *options: str, project: bool = True, env: dict | None = None):
+    """``headstart studio`` on a free port; ``project``: with ``tmp_path/project`` open,
+    else the start page; ``env``: more environment variables."""
+    port, folder = _free_port(), tmp_path / "project"
+    proc = subprocess.Popen([sys.executable, "-m", "headstart", "studio",
+                             *([str(folder)] if project else []), "--port", str(port),
+                             *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                            "XDG_CONFIG_HOME": str(tmp_path / "config"),
+                                            **(env or {})})
     line = proc.stdout.readline()
     m = re.search(r"http://127\.0\.0\.1:\d+/\?token=(\S+)", line)
     assert m, line
@@ -49,7 +53,7 @@ def _studio(tmp_path, *options: str):
         except OSError:
             assert time.time() < deadline and proc.poll() is None, "studio did not start"
             time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}", m[1], project
+    yield f"http://127.0.0.1:{port}", m[1], folder
     proc.kill()
     proc.wait()
 
@@ -290,8 +294,14 @@ def test_studio_never_moves_reads_or_serves_outside_the_project(studio, tmp_path
     (run / "headstart.json").write_text("{}")
     os.symlink(outside / "secret.html", run / "report.html")
     os.symlink(outside / "secret.jpg", run / "model.onnx")
+    (outside / "metrics.json").write_text(json.dumps({"classes": ["elephant", "giraffe"],
+                                                      "images": []}))
+    os.symlink(outside / "metrics.json", run / "metrics.json")
     os.symlink(outside, project / "models" / "run2")      # a run linked out
     x = sorted((data / "elephant").iterdir())[0].name
+    other = outside / "other"  # a studio project never opened
+    (other / "data").mkdir(parents=True)
+    (other / "studio.json").write_text("{}")
     before = tree(project), tree(outside)
     attacks = [
         ("POST", "/api/review/apply", {"path": f"elephant/{x}", "suggested": "../models"}),
@@ -315,6 +325,15 @@ def test_studio_never_moves_reads_or_serves_outside_the_project(studio, tmp_path
         ("GET", "/api/runs/run1/download?format=onnx", None),
         ("GET", "/api/runs/run2/report", None),
         ("POST", "/api/runs/run2/current", None),
+        ("GET", "/api/runs/run1/confusion", None),   # its metrics.json is a link out
+        ("GET", "/api/runs/run2/confusion", None),
+        ("GET", "/api/runs/..%2F..%2Foutside/confusion", None),
+        ("GET", "/api/compare?a=run2&b=run1", None),
+        ("GET", "/api/compare?a=..%2F..%2Foutside&b=run1", None),
+        ("POST", "/api/start/open", {"path": str(outside)}),
+        ("POST", "/api/start/open", {"path": str(other)}),  # not in the recent list
+        ("POST", "/api/start/new", {"name": ".."}),
+        ("POST", "/api/start/new", {"name": "/"}),
     ]
     for method, path, body in attacks:
         status, answer = _call(f"{base}{path}", method, body, ok)
@@ -327,6 +346,22 @@ def test_studio_never_moves_reads_or_serves_outside_the_project(studio, tmp_path
     names = zipfile.ZipFile(io.BytesIO(zipped)).namelist()
     assert status == 200 and names == ["run1/headstart.json"]  # the links stay out
     assert (tree(project), tree(outside)) == before  # byte for byte, inside and out
+    # a confusion cell opens only images inside data, whatever metrics.json names
+    run3 = project / "models" / "run3"
+    run3.mkdir()
+    (run3 / "headstart.json").write_text("{}")
+    named = [outside / "secret.jpg", data / "zebra" / "secret.jpg", data / "elephant" /
+             "link.jpg", f"{data}/../../outside/secret.jpg", data / "elephant", "", 7,
+             data / "elephant" / x]
+    (run3 / "metrics.json").write_text(json.dumps({"classes": ["elephant", "giraffe"],
+                                                   "images": [{"path": str(p) if p != 7
+                                                               else p, "label": "elephant",
+                                                               "predicted": "giraffe"}
+                                                              for p in named] + ["junk"]}))
+    status, m = _call(f"{base}/api/runs/run3/confusion", headers=ok)
+    assert status == 200 and m["matrix"] == [[0, len(named)], [0, 0]], m
+    assert m["cells"][0][1] == [{"path": f"elephant/{x}", "probability": None,
+                                 "unknown": False}] and m["gone"] == len(named) - 1
 
 
 @pytest.mark.slow
@@ -403,6 +438,13 @@ def test_phone_and_web_exports_and_live_camera_in_try(studio, tmp_path):
         expect(live.locator("#live-label")).to_have_attribute("data-label", "giraffe",
                                                               timeout=60_000)
         page.locator("#try").screenshot(path=str(tmp_path / "try-live.png"))
+        # once the run's web export exists: the camera's label within 3 s of the click
+        page.evaluate("document.getElementById('live').src = 'about:blank'")
+        t0 = time.perf_counter()
+        page.click("#live-button")
+        expect(live.locator("#live-label")).to_have_attribute("data-label", "giraffe",
+                                                              timeout=3_000)
+        assert time.perf_counter() - t0 < 3.0
         browser.close()
     for fmt, inner in (("tflite", "model.tflite"), ("tflite", "model.labels.txt"),
                        ("coreml", "model.mlpackage/Manifest.json"),
@@ -572,3 +614,160 @@ def test_first_time_flow_is_guided(studio, tmp_path):
         _check_screen(page, shots / "7-narrow.png")
         browser.close()
     assert not problems, problems
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_start_page_phone_photos_epochs_confusion_cells_and_compare(tmp_path):
+    """``headstart studio`` with no folder: a start page, a new project; HEIC and AVIF
+    uploads show as thumbnails and train; a short fine-tune draws one point per epoch; a
+    confusion-matrix cell opens exactly its images, one of which is set aside in a click;
+    two runs side by side; a second launch lists the project and opens it."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from .conftest import copy_images
+    from .test_decode import phone_photo
+
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "config")}
+    projects, shots = tmp_path / "projects", tmp_path / "shots"
+    shots.mkdir()
+    phones = [phone_photo(sorted((EXAMPLES / "test" / "giraffe").iterdir())[i],
+                          tmp_path / f"giraffe-{i}{ext}", fmt)
+              for i, (fmt, ext) in enumerate((("HEIF", ".heic"), ("AVIF", ".avif")))]
+    launch = _studio(tmp_path, "--projects", str(projects), project=False, env=env)
+    base, token, _ = next(launch)
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        problems: list[str] = []
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto(f"{base}/?token={token}")
+        expect(page.locator("#none")).to_be_visible()
+        expect(page.locator("#projects-dir")).to_have_text(str(projects))
+        _check_screen(page, shots / "1-start-empty.png")
+        page.fill("#new-name", "safari trip")
+        page.click("#new-form button")
+        expect(page.locator("#root")).to_have_text(str(projects / "safari trip"))
+        project = projects / "safari trip"
+        copy_images(project / "data", per_class=6)
+        page.reload()
+        page.set_input_files('.cls[data-class="giraffe"] input[type=file]',
+                             [str(f) for f in phones])
+        expect(page.locator("#upload-status")).to_contain_text("2 image(s) added to giraffe")
+        for f in phones:
+            thumb = page.locator(f'figure[data-path="giraffe/{f.name}"] img')
+            expect(thumb).to_be_visible()
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                                   arg=thumb.element_handle())
+            assert thumb.evaluate("img => img.naturalWidth") == 160  # the photo, not red
+        # a short fine-tune: one point per epoch, live and in the report
+        page.select_option("#finetune", "last-1")
+        page.click("#train details summary")
+        page.fill("#epochs", "2")
+        page.click("#train-button")
+        expect(page.locator("#train-status")).to_contain_text("done", timeout=300_000)
+        run = page.locator("#runs tr", has_text="(current)").get_attribute("data-run")
+        rows = (project / "models" / run / "metrics.csv").read_text().splitlines()
+        assert len(rows) == 1 + 2 and "train_accuracy" in rows[0]
+        for series in ("train_accuracy", "val_accuracy", "train_loss", "val_loss"):
+            expect(page.locator(f'#epoch-chart circle[data-series="{series}"]')).to_have_count(2)
+        expect(page.locator("#report")).to_be_visible()
+        report = page.frame_locator("#report")
+        expect(report.locator("#curves img")).to_be_visible()
+        _check_screen(page, shots / "2-epochs-and-matrix.png")
+        # each confusion cell opens exactly its images
+        held = json.loads((project / "models" / run / "metrics.json").read_text())["images"]
+        classes = ["elephant", "giraffe"]
+        for i, t in enumerate(classes):
+            for j, q in enumerate(classes):
+                want = sorted(os.path.relpath(r["path"], project / "data") for r in held
+                              if r["label"] == t and r["predicted"] == q)
+                cell = page.locator(f'#matrix-table button[data-cell="{i},{j}"]')
+                expect(cell).to_have_text(str(len(want)))
+                if want:
+                    cell.click()
+                    shown = page.locator("#cell .suggestion")
+                    expect(shown).to_have_count(len(want))
+                    assert sorted(shown.evaluate_all(
+                        "els => els.map(e => e.dataset.path)")) == want
+        first = page.locator("#cell .suggestion").first
+        gone = first.get_attribute("data-path")
+        first.get_by_role("button", name="Set aside").click()
+        expect(page.locator(f'#cell .suggestion[data-path="{gone}"]')).to_have_count(0)
+        assert not (project / "data" / gone).exists()
+        assert (project / "data" / "_set_aside" / gone).is_file()
+        # a second run, head only: the two side by side
+        page.select_option("#finetune", "off")
+        page.click("#train-button")
+        expect(page.locator("#runs tr[data-run]")).to_have_count(2, timeout=120_000)
+        expect(page.locator("#train-status")).to_contain_text("done", timeout=120_000)
+        for box in page.locator('#runs input[type="checkbox"]').all():
+            box.check()
+        table = page.locator("#compare table")
+        expect(table).to_be_visible()
+        expect(table).to_contain_text("fine-tune last-1 (2 epochs")
+        expect(table).to_contain_text("fine-tune off")
+        expect(table.locator("tr", has_text="giraffe found")).to_be_visible()
+        expect(page.locator("#compare .verdict")).not_to_be_empty()
+        page.locator("#compare").scroll_into_view_if_needed()
+        _check_screen(page, shots / "3-compare.png")
+        next(launch, None)  # the studio stops
+        base, token, _ = next(_studio(tmp_path, "--projects", str(projects), project=False,
+                                      env=env))
+        page.goto(f"{base}/?token={token}")
+        listed = page.locator("#recent-list tr", has_text="safari trip")
+        expect(listed).to_contain_text("13")  # images: 6 + 6 + 2 - 1 set aside
+        _check_screen(page, shots / "4-start-recent.png")
+        listed.get_by_role("button", name="Open").click()
+        expect(page.locator("#root")).to_have_text(str(project))
+        expect(page.locator("#runs tr[data-run]")).to_have_count(2)
+        browser.close()
+    assert not problems, problems
+
+
+@pytest.mark.slow
+def test_start_page_lists_and_opens_only_real_recent_projects(tmp_path):
+    """The recent list is read like any file from outside: entries that are not studio
+    projects (a plain folder, a link to a project, a relative path, junk) are neither listed
+    nor opened; a new project is made only inside the projects folder; the start page
+    answers only its own Host and Origin, with the token."""
+    config, projects = tmp_path / "config", tmp_path / "projects"
+    real, plain = tmp_path / "real", tmp_path / "plain"
+    (real / "data" / "cat").mkdir(parents=True)
+    (real / "studio.json").write_text("{}")
+    plain.mkdir()
+    os.symlink(real, tmp_path / "linked")
+    (config / "headstart").mkdir(parents=True)
+    entries = [str(real), str(plain), str(tmp_path / "linked"), "real", str(tmp_path / "no")]
+    (config / "headstart" / "recent.json").write_text(json.dumps({"projects": [
+        {"path": p, "opened": 1.0} for p in entries] + ["junk", {"path": 3}]}))
+    base, token, _ = next(_studio(tmp_path, "--projects", str(projects), project=False,
+                                  env={"XDG_CONFIG_HOME": str(config)}))
+    ok = {"X-Headstart-Token": token}
+    status, listed = _call(f"{base}/api/start/projects", headers=ok)
+    assert status == 200 and [p["path"] for p in listed["recent"]] == [str(real)]
+    assert listed["recent"][0]["classes"] == 1 and listed["open"] is None
+    for path in entries[1:]:
+        status, answer = _call(f"{base}/api/start/open", "POST", {"path": path}, ok)
+        assert status == 400 and "not one of the recent projects" in answer["detail"]
+    assert not (plain / "data").exists() and sorted(p.name for p in plain.iterdir()) == []
+    for name in ("../escape", "a/../../b"):
+        status, answer = _call(f"{base}/api/start/new", "POST", {"name": name}, ok)
+        assert status == 200, answer
+    assert sorted(p.name for p in projects.iterdir()) == ["b", "escape"]
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "b").exists()
+    (projects / "empty").mkdir()
+    status, answer = _call(f"{base}/api/start/new", "POST", {"name": "empty"}, ok)
+    assert status == 200  # an empty folder of that name is taken up, not an error
+    status, answer = _call(f"{base}/api/start/new", "POST", {"name": "escape"}, ok)
+    assert status == 400 and "is taken" in answer["detail"]
+    status, listed = _call(f"{base}/api/start/projects", headers=ok)
+    assert [p["name"] for p in listed["recent"]] == ["empty", "b", "escape", "real"]
+    assert listed["open"] == str(projects / "empty")
+    for headers in ({}, {**ok, "Host": "evil.example"},
+                    {**ok, "Origin": "http://evil.example"}):
+        for path in ("/start", "/api/start/projects"):
+            req = urllib.request.Request(f"{base}{path}", headers=headers)
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(req, timeout=10)
+            assert e.value.code == 403, (path, headers)

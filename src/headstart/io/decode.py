@@ -27,9 +27,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..io.files import FileProblem, read_regular
 
-__all__ = ["HEIF_EXTENSIONS", "MAX_PIXELS", "UNSUPPORTED_EXTENSIONS", "UnreadableImage", "check_pixels",
-           "check_upload", "image_error", "load_bytes", "open_image", "read_image",
-           "heif_reader", "thumbnail_jpeg", "unsupported_reason"]
+__all__ = ["HEIF_EXTENSIONS", "MAX_PIXELS", "UNSUPPORTED_EXTENSIONS", "UnreadableImage",
+           "check_pixels", "check_upload", "heif_reader", "image_error", "load_bytes",
+           "open_image", "read_image", "thumbnail_jpeg", "unsupported_reason"]
 
 # Image formats people have but Pillow cannot decode: named in the reason for skipping.
 UNSUPPORTED_EXTENSIONS = frozenset(

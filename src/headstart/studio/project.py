@@ -478,8 +478,10 @@ class Trainer:
         self.started, self.images = time.time(), counts
         self.max_epochs = int(settings.get("epochs") or defaults.EPOCHS)
         cmd = [sys.executable, "-m", "headstart.studio.worker", str(self.project.root), run]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True)
+        log = inside(snapshot.parent, f"{run}.log", "log", "absent")
+        with open(log, "wb") as err:  # the worker's warnings and any traceback
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=err, text=True)
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps({**settings, "snapshot": str(snapshot)}))
         self.proc.stdin.close()
@@ -525,8 +527,8 @@ class Trainer:
         ``val_accuracy``, ``seconds`` (a value not measured is None)."""
         rows: list[dict[str, Any]] = []
         for e in self.events:
-            if e.get("stage") == "begin":
-                rows = []  # a new stage: its own epochs
+            if e.get("stage") == "begin" and e.get("name") in ("finetune", "scratch"):
+                rows = []  # a new training stage: its own epochs
             elif e.get("stage") == "epoch":
                 rows.append({k: _number(e.get(k)) for k in EPOCH_KEYS})
         return rows

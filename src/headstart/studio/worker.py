@@ -41,7 +41,7 @@ class Reporter(Callback):
             _say(stage="features", done=done, total=total)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        _say(stage="epoch", epoch=epoch, **logs)
+        _say(**{**logs, "stage": "epoch", "epoch": epoch})
 
 
 def main(project: str, run: str, settings: dict[str, Any]) -> int:
@@ -66,6 +66,13 @@ def main(project: str, run: str, settings: dict[str, Any]) -> int:
     except HeadstartError as e:
         _say(stage="error", message=str(e))
         return 2
+    except Exception as e:  # noqa: BLE001 - a bug: said on the page, its trace in the log
+        import traceback
+
+        traceback.print_exc()
+        _say(stage="error", message=f"internal error ({type(e).__name__}: {e}); the details "
+                                    f"are in {root / '.snapshots' / (run + '.log')}")
+        return 1
 
 
 if __name__ == "__main__":
