@@ -27,6 +27,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from .. import defaults
 from ..errors import DataError, PathError
 from ..io.files import FileProblem, inside, load_json, read_regular, write_text_atomic
+from ..io.walk import IMAGE_EXTENSIONS
 from .app import _routes, allowed_hosts, guarded
 from .project import Project, safe_name
 
@@ -94,7 +95,8 @@ def recent() -> list[dict[str, Any]]:
         models = path / "models"
         out.append({"path": str(path), "name": path.name, "opened": item["opened"],
                     "classes": len(classes),
-                    "images": sum(1 for d in classes for f in d.iterdir() if f.is_file()),
+                    "images": sum(1 for d in classes for f in d.iterdir()
+                                  if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS),
                     "runs": sum(1 for d in models.iterdir() if d.is_dir())
                     if models.is_dir() else 0})
     return out
