@@ -203,6 +203,7 @@ def print_training(s: Any, data: Path, saved: Path) -> None:
     else:
         out.print(f"validation  {s.val_source}: add more images per class to measure accuracy")
     _print_domain(s)
+    _print_pile(s.unlabelled)
     _print_extras(s)
     report = saved / "report.html"
     out.print(f"saved       {saved} in {s.seconds:.1f} s" +
@@ -218,6 +219,23 @@ def _grade(accuracy: float) -> str:
     return ("very good" if accuracy >= 0.95 else "good" if accuracy >= 0.85 else
             "fair: more or clearer images per class would help" if accuracy >= 0.7 else
             "poor: check the labels ('headstart review') and add images")
+
+
+PILE_WORDS = {"agree": "where the model and the similarity graph agree",
+              "propagate": "by the similarity graph", "selftrain": "by the model"}
+
+
+def _print_pile(p: Any) -> None:
+    """What the unlabelled images did (``p``: the summary's ``unlabelled`` record)."""
+    if not p:
+        return
+    p = p if isinstance(p, dict) else p.to_dict()
+    read = f"{p['images']} read" + (f", {p['skipped']} skipped" if p.get("skipped") else "")
+    unlike = f", {p['unlike']} unlike every labelled image left out" if p.get("unlike") else ""
+    used = (f"; {p['used']} joined the training with the label they were given "
+            f"({PILE_WORDS.get(p.get('method'), p.get('method'))})"
+            if p.get("used") and p.get("kept") else "")
+    out.print(f"unlabelled  {read}{unlike}{used}: {p['reason']}")
 
 
 def _print_domain(s: Any) -> None:
@@ -372,6 +390,26 @@ def print_review(r: Any, page: Path | None, csv_file: Path | None, limit: int = 
     if csv_file is not None:
         out.print(f"csv      {csv_file} (edit the action column, then: headstart review "
                   f"DATA --apply {csv_file})")
+
+
+def print_suggestions(s: Any, csv_file: Path | None) -> None:
+    """What ``suggest`` found: the images to label next, then those like no class."""
+    out.print(f"{s.images} images; label these {len(s.label_next)} next (each stands for "
+              "a group of similar images the model is unsure of):")
+    table = Table("#", "image", "guess", "why", box=None)
+    table.columns[1].overflow = "fold"
+    for i, x in enumerate(s.label_next, 1):
+        table.add_row(str(i), Text(x.path), Text(f"{x.guess} ({x.probability:.0%})"),
+                      Text(x.why))
+    out.print(table)
+    if s.unlike:
+        out.print(f"{len(s.unlike)} image(s) look like none of the classes (a new class, or "
+                  "ones to leave out):")
+        for x in s.unlike:
+            out.print(Text(f"  {x.path} (closest: {x.guess}, unknown score "
+                           f"{x.unknown_score:.2f})"))
+    if csv_file is not None:
+        out.print(f"csv      {csv_file}")
 
 
 def print_moves(data: Path, n: int, log: Path | None, as_json: bool) -> None:

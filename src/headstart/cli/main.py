@@ -21,9 +21,10 @@ from rich.table import Table
 
 from .. import defaults
 from ..cli.console import (emit_json, err, health_line, out, print_advice,
-                       print_evaluation, print_export, print_health, print_moves,
-                       print_predictions, print_review, print_skipped, print_stream,
-                       print_training, progress_bar, rate_bar, user_errors)
+                           print_evaluation, print_export, print_health, print_moves,
+                           print_predictions, print_review, print_skipped, print_stream,
+                           print_suggestions, print_training, progress_bar, rate_bar,
+                           user_errors)
 from ..errors import HeadstartError
 
 def flag(*decls: str, help: str, default: bool = False, **more: Any) -> Any:
@@ -69,6 +70,10 @@ def train(
     weights: Optional[Path] = typer.Option(None, help="Local weights file for the backbone."),
     head: str = typer.Option(defaults.HEAD, help=HEAD_HELP),
     val: Optional[Path] = typer.Option(None, help="Validation folder of class folders."),
+    unlabelled: Optional[Path] = typer.Option(None, help="Folder of unlabelled images "
+                                              "(any layout; folder names are not labels) "
+                                              "the head learns from too, where that does "
+                                              "not lower the cross-validated accuracy."),
     seed: int = typer.Option(0, help="Random seed."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
     runtime: str = typer.Option(defaults.RUNTIME, help=RUNTIME_HELP),
@@ -142,7 +147,8 @@ def _train(o: SimpleNamespace) -> None:
         features_ray(o.backbone, paths, o.cache_dir, o.cluster, o.workers,
                      taps=use_taps(o.head, y[is_train]))
     with progress_bar("features") as progress:
-        clf.fit(o.data, val=o.val, callbacks=Callbacks(progress, _print_epoch))
+        clf.fit(o.data, val=o.val, callbacks=Callbacks(progress, _print_epoch),
+                unlabelled=o.unlabelled)
     if is_rank_zero():  # other DDP ranks: rank 0 writes the model and the report
         _save_trained(o, clf)
 
@@ -349,6 +355,40 @@ def check(
     else:
         print_health(h)
     raise typer.Exit(h["exit_code"])
+
+
+@app.command(short_help="The unlabelled images to label next, and those like none of"
+                          " the classes.")
+@user_errors
+def suggest(
+    model: Path = typer.Argument(..., help="Model directory from 'headstart train'."),
+    folder: Path = typer.Argument(..., help="Folder of unlabelled images (searched "
+                                  "recursively; folder names are not labels)."),
+    n: int = typer.Option(20, "--n", min=1, max=10_000, help="How many to suggest."),
+    csv_file: Optional[Path] = typer.Option(None, "--csv", help="Write the suggestions here "
+                                            "(path, guess, probability, ..., why)."),
+    as_json: bool = flag("--json", help="Print one JSON object."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
+) -> None:
+    """The unlabelled images most worth labelling next (typical of many others and
+    uncertain to the model, spread over the pile, near duplicates collapsed), each with the
+    model's guess; then the images that look like none of the classes."""
+    from ..fit.classifier import Classifier
+    from ..insight.suggest import suggest as run_suggest, write_csv
+
+    from ..io.files import check_output
+
+    if csv_file is not None:
+        check_output(csv_file, "csv")
+    clf = Classifier.load(model, cache_dir=cache_dir)
+    with progress_bar("predict") as progress:
+        s = run_suggest(clf, folder, n, progress)
+    print_skipped(s.skipped)
+    if csv_file is not None:
+        write_csv(s, csv_file)
+    if as_json:
+        return emit_json(s.to_dict())
+    print_suggestions(s, csv_file)
 
 
 @app.command(short_help="Find probable label errors, copies under two classes and"

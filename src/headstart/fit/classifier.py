@@ -124,7 +124,8 @@ class Classifier:
     # ----------------------------------------------------------------- training
     def fit(self, data: str | os.PathLike | Sequence[Any], labels: Sequence[str] | None = None,
             *, val: str | os.PathLike | None = None,
-            callbacks: Callback | Sequence[Callback] | None = None) -> "Classifier":
+            callbacks: Callback | Sequence[Callback] | None = None,
+            unlabelled: str | os.PathLike | Sequence[Any] | None = None) -> "Classifier":
         """Train the head on frozen features (or a network from scratch).
 
         Args:
@@ -137,8 +138,17 @@ class Classifier:
             callbacks: a :class:`~headstart.fit.callbacks.Callback` or a list of them
                 (stages, feature-extraction progress, epochs; see
                 :mod:`headstart.fit.callbacks`).
+            unlabelled: a folder of unlabelled images (searched recursively; its folder
+                names are never read as labels) or their paths: the head learns from them
+                too where that does not lower the cross-validated accuracy (see
+                :mod:`headstart.fit.unlabelled`); ``summary_.unlabelled`` says what was
+                done.
         """
         self._check_params()
+        if unlabelled is not None and self.from_scratch:
+            raise HeadstartError(param="unlabelled", expected="no unlabelled images when "
+                                 "training from scratch (they help the head on frozen "
+                                 "features)", got=str(unlabelled))
         settings = self._settings(callbacks)
         if self.from_scratch:
             trained = scratch(data, labels, val, self.finetune_config, settings)
@@ -146,7 +156,8 @@ class Classifier:
             plain = load_backbone(self.backbone, self.weights, cache_dir=self.cache_dir)
             cfg = replace(self.finetune_config or FinetuneConfig(), mode=self.finetune) \
                 if self.finetune != "off" else None
-            trained = transfer(data, labels, val, plain, settings, cfg, self.int8)
+            trained = transfer(data, labels, val, plain, settings, cfg, self.int8,
+                               unlabelled)
         self._set_fitted(trained)
         logger.info("trained %s head: val accuracy %.4f", trained.fitted.head.kind,
                     trained.fitted.val_accuracy)

@@ -58,11 +58,13 @@ class _State:
 
 def transfer(data: Any, labels: Sequence[str] | None, val: Any, plain: Backbone,
              settings: FitSettings, finetune: FinetuneConfig | None = None,
-             int8: bool = False) -> Trained:
-    """Frozen features, a new head, optionally fine-tuning and INT8, then calibration.
+             int8: bool = False, unlabelled: Any = None) -> Trained:
+    """Frozen features, a new head (with the unlabelled pile where it helps), optionally
+    fine-tuning and INT8, then calibration.
 
     ``finetune``: the fine-tuning settings (None: no fine-tuning); ``int8``: quantise the
-    backbone and refit the head on its features.
+    backbone and refit the head on its features; ``unlabelled``: a folder (or paths) of
+    unlabelled images for the head (see :mod:`headstart.fit.unlabelled`).
     """
     t0, cb = time.perf_counter(), settings.callbacks
     with cb.stage("read_data"):
@@ -75,6 +77,9 @@ def transfer(data: Any, labels: Sequence[str] | None, val: Any, plain: Backbone,
                           usable.backbone.tap_widths)
     run = _State(usable.backbone, usable.X, usable.engine, fitted, [],
                  {"domain_gap": usable.gap})
+    if unlabelled is not None:
+        with cb.stage("unlabelled"):
+            run = _with_pile(run, usable, unlabelled, settings, imagenet)
     if finetune is not None:
         with cb.stage("finetune"):
             run = _finetune(run, usable, plain, finetune, settings)
@@ -91,6 +96,35 @@ def transfer(data: Any, labels: Sequence[str] | None, val: Any, plain: Backbone,
                         calibration=calibrated.calibration, **run.records)
     return Trained(usable, run.backbone, run.fitted, run.engine, calibrated, summary,
                    run.history)
+
+
+def _with_pile(run: _State, usable: Usable, pile: Any, settings: FitSettings,
+               imagenet: Any) -> _State:
+    """The head trained with the unlabelled pile too, where that is safe (see
+    :func:`headstart.fit.unlabelled.learn_from_pile`), and the pile's record."""
+    from .unlabelled import learn_from_pile
+    from .stages import read_pile
+
+    Xu, skipped = read_pile(pile, run.backbone, settings)
+    tr = usable.is_train
+    head, report = learn_from_pile(run.X[tr], usable.y[tr], Xu, run.fitted.head,
+                                   run.backbone.tap_widths, imagenet)
+    report.skipped = len(skipped)
+    logger.info("unlabelled images: %s", report.reason)
+    fitted = run.fitted
+    if report.kept and head is not run.fitted.head:
+        if (~tr).any():  # a validation split: measured there, as without the pile
+            acc = float(np.mean(head.predict(run.X[~tr]) == usable.y[~tr]))
+            fitted = FittedHead(head, fitted.cv_scores, acc, int((~tr).sum()),
+                                "validation split")
+        elif report.cv_with is not None:
+            fitted = FittedHead(head, fitted.cv_scores, report.cv_with, report.cv_images,
+                                "cross-validation on the labelled images: each predicted "
+                                "by a head that saw neither it nor pile labels drawn from "
+                                "it")
+        else:
+            fitted = replace(fitted, head=head)
+    return replace(run, fitted=fitted, records={**run.records, "unlabelled": report})
 
 
 def _finetune(run: _State, usable: Usable, plain: Backbone, cfg: FinetuneConfig,

@@ -33,6 +33,7 @@ from ..errors import DataError
 from ..heads import FEW_SHOT_MAX_PER_CLASS, HEAD_KINDS, make_head
 from ..io.dataset import (Dataset, ImageSet, Skipped, check_classes, drop_unreadable_classes,
                           load_dataset, split_rows, stratified_split)
+from ..io.walk import find_images
 from .calibration import Honesty, fit_honesty
 from .domain import domain_gap, explain
 from .health import Health, dataset_health
@@ -163,6 +164,24 @@ def _judge_domain(usable: Usable, head: str) -> Usable:
                        "(%s): transfer learning may not be the right tool; run "
                        "'headstart advise %s'", explain(gap), usable.data_path or "DATA")
     return replace(usable, gap=gap)
+
+
+def read_pile(pile: Any, backbone: Backbone, settings: FitSettings
+              ) -> tuple[np.ndarray, list[Skipped]]:
+    """The features ``(M, D)`` under ``backbone`` of the unlabelled images in ``pile`` (a
+    folder searched recursively, whose folder names are never read as labels, or a list of
+    paths), and the files skipped with their reasons (logged, like any input's).
+
+    Raises:
+        DataError: the pile does not exist.
+    """
+    items = [pile] if isinstance(pile, (str, os.PathLike)) else list(pile)
+    files, skipped = find_images(items)
+    feats = settings.extract(backbone, files, progress=True)
+    skipped = skipped + feats.skipped
+    for s in skipped:
+        logger.warning("unlabelled: skipped %s: %s", s.path, s.reason)
+    return feats.X, skipped
 
 
 @dataclass

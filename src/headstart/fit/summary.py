@@ -158,6 +158,7 @@ class TrainingSummary:
     finetune: FinetuneSummary | None = None
     from_scratch: ScratchSummary | None = None
     domain_gap: DomainGap | None = None
+    unlabelled: dict[str, Any] | None = None
     val_images: int = 0
     val_accuracy: float | None = None
     val_source: str = ""

@@ -571,7 +571,8 @@ def _number(x: Any) -> float | None:
 
 STAGE_WORDS = {"read_data": "reading images", "fit_head": "fitting the classifier",
                "calibrate": "calibrating the probabilities", "finetune": "fine-tuning",
-               "quantize": "quantising to INT8", "scratch": "training from scratch"}
+               "quantize": "quantising to INT8", "scratch": "training from scratch",
+               "unlabelled": "learning from the unlabelled images"}
 
 
 def advice(counts: dict[str, int]) -> str | None:
