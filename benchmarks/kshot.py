@@ -3,6 +3,13 @@ tasks of every shared dataset, whole processes both.
 
     python benchmarks/kshot.py [--datasets ../shared/datasets] [--k 1 5 20] [--seeds 3]
         [--sets hymenoptera safari ...] [--json results.json]
+    python benchmarks/kshot.py --unlabelled [--foreign digits] ...
+
+``--unlabelled`` (issue 30): per task, also an unlabelled pile of the same set's other
+images (up to 200 per class, test images and the task's labelled images excluded), copied
+into one flat folder under names that carry no label; headstart trained with ``train
+--unlabelled PILE`` against headstart without it, on the same splits (the baseline is not
+run). ``--foreign NAME``: the pile is NAME's images instead (another domain).
 
 Tasks: for each set, a test set of up to 50 images per class (drawn once, seed 12345:
 the `val` split where the set has one, else drawn from each class folder), and for each k
@@ -149,6 +156,54 @@ def one_task(work: Path, train_csv: Path, test_csv: Path, env: dict[str, str]
             "above_90_expected_wrong": c["above_90"]["expected_wrong"]}
 
 
+def write_pile(folder: Path, pool: dict[str, list[Path]], taken: dict[str, list[Path]],
+               per_class: int = 200) -> Path:
+    """Up to ``per_class`` images per class of ``pool`` not in ``taken``, copied into
+    ``folder`` as ``000000.ext``... (no label in any name)."""
+    import shutil
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir()
+    files = []
+    for c, fs in pool.items():
+        used = set(taken.get(c, []))
+        files += [f for f in fs if f not in used][:per_class]
+    order = np.random.default_rng(0).permutation(len(files))
+    for n, i in enumerate(order):
+        shutil.copy(files[i], folder / f"{n:06d}{files[i].suffix.lower()}")
+    return folder
+
+
+def pile_task(work: Path, train_csv: Path, test_csv: Path, pile: Path,
+              env: dict[str, str]) -> dict[str, float]:
+    """headstart without and with the pile: test accuracy, seconds, and the pile record."""
+    headstart = [sys.executable, "-m", "headstart"]
+    out: dict[str, float] = {}
+    for name, extra in (("headstart", []), ("pile", ["--unlabelled", str(pile)])):
+        model = work / f"model-{name}"
+        t, said = timed(headstart + ["train", str(train_csv), "--out", str(model), "--json",
+                                     *extra], env)
+        _, ev = timed(headstart + ["evaluate", str(model), str(test_csv), "--json",
+                                   "--no-unknown"], env)
+        out[name], out[f"{name}_s"] = json.loads(ev)["accuracy"], t
+        if extra:
+            out["record"] = json.loads(said).get("unlabelled")
+    return out
+
+
+def report_pile(results: list[dict]) -> None:
+    for k in sorted({r["k"] for r in results}):
+        rows = [r for r in results if r["k"] == k]
+        per = {n: 100 * np.mean([r["pile"] - r["headstart"] for r in rows if r["set"] == n])
+               for n in dict.fromkeys(r["set"] for r in rows)}
+        worst = min(per, key=per.get)
+        print(f"k = {k}: mean gain {np.mean(list(per.values())):+.2f} points; worst {worst} "
+              f"{per[worst]:+.2f}; " + ", ".join(f"{n} {v:+.1f}" for n, v in per.items()) +
+              f"; train seconds without {np.mean([r['headstart_s'] for r in rows]):.1f}, "
+              f"with {np.mean([r['pile_s'] for r in rows]):.1f}")
+
+
 def report(results: list[dict]) -> None:
     for k in sorted({r["k"] for r in results}):
         rows = [r for r in results if r["k"] == k]
@@ -185,6 +240,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--sets", nargs="+", default=list(SETS))
     ap.add_argument("--json", type=Path, help="write every task's figures here")
+    ap.add_argument("--unlabelled", action="store_true", help="with and without a pile")
+    ap.add_argument("--foreign", help="with --unlabelled: the pile from this set instead")
     args = ap.parse_args()
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="kshot-") as tmp:
@@ -196,14 +253,26 @@ def main() -> None:
             test_csv = write_csv(work / f"{name}-test.csv", test)
             for k in args.k:
                 for seed in range(args.seeds):
-                    train_csv = write_csv(work / "train.csv", draw(pool, k, seed))
+                    drawn = draw(pool, k, seed)
+                    train_csv = write_csv(work / "train.csv", drawn)
+                    if args.unlabelled:
+                        source = pools(args.datasets, args.foreign)[1] if args.foreign \
+                            else pool
+                        pile = write_pile(work / "pile", source, drawn)
+                        r = {"set": name, "k": k, "seed": seed,
+                             **pile_task(work, train_csv, test_csv, pile, env)}
+                        results.append(r)
+                        print(f"{name} k={k} seed={seed}: without {r['headstart']:.3f} with "
+                              f"{r['pile']:.3f} ({r['headstart_s']:.1f} s / {r['pile_s']:.1f}"
+                              f" s) {r['record']['reason']}", flush=True)
+                        continue
                     r = {"set": name, "k": k, "seed": seed,
                          **one_task(work, train_csv, test_csv, env)}
                     results.append(r)
                     print(f"{name} k={k} seed={seed}: baseline {r['baseline']:.3f} "
                           f"headstart {r['headstart']:.3f} ({r['baseline_s']:.1f} s / "
                           f"{r['headstart_s']:.1f} s)", flush=True)
-    report(results)
+    (report_pile if args.unlabelled else report)(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -771,3 +771,94 @@ def test_start_page_lists_and_opens_only_real_recent_projects(tmp_path):
             with pytest.raises(urllib.error.HTTPError) as e:
                 urllib.request.urlopen(req, timeout=10)
             assert e.value.code == 403, (path, headers)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_unlabelled_tray_trains_orders_and_files_in_one_click(studio, tmp_path):
+    """A pile in the tray (with a broken file, a FIFO and a duplicate) takes part in
+    training; afterwards it is ordered by "label these next" with guesses; one click, a
+    key, and a reviewed bulk filing move images into classes, each undoable; the tray's
+    endpoints refuse paths out of it."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from .conftest import copy_images, shared, strange_files
+
+    base, token, project = studio
+    ok = {"X-Headstart-Token": token}
+    copy_images(project / "data", per_class=5)
+    pile = [f for c in ("elephant", "giraffe") for f in sorted(shared("safari", c).iterdir())
+            [120:128]]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        problems: list[str] = []
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto(f"{base}/?token={token}")
+        expect(page.locator("#tray-why")).to_have_text("(no unlabelled images yet)")
+        page.set_input_files("#tray-files", [str(f) for f in pile] + [str(pile[0]),
+                                                                       str(broken)])
+        expect(page.locator("#tray-status")).to_contain_text("17 image(s) added to the tray")
+        expect(page.locator("#tray-status")).to_contain_text("broken.jpg")
+        strange_files(project / "unlabelled")  # never listed, never read in a way that blocks
+        expect(page.locator("#tray-list figure")).to_have_count(17)
+        page.click("#train-button")
+        expect(page.locator("#train-status")).to_contain_text("done", timeout=180_000)
+        run = page.locator("#runs tr", has_text="(current)").get_attribute("data-run")
+        record = json.loads((project / "models" / run / "headstart.json").read_text())
+        pile_record = record["summary"]["unlabelled"]
+        assert pile_record["images"] == 17 and pile_record["skipped"] == 2, pile_record
+        expect(page.locator("#tray-list .rank").first).to_have_text("#1", timeout=60_000)
+        _check_screen(page, tmp_path / "tray-ordered.png")
+        first = page.locator("#tray-list figure").first
+        name = first.get_attribute("data-name")
+        guess = first.locator(".guess").inner_text().split(" ")[0]
+        first.get_by_role("button", name=f"File as {guess}").click()
+        expect(page.locator("#tray-status")).to_contain_text("1 image(s) filed")
+        assert (project / "data" / guess / name).is_file()
+        page.locator("#tray-status").get_by_role("button", name="Undo").click()
+        expect(page.locator("#tray-status")).to_have_text("put back in the tray")
+        expect(page.locator("#tray-list figure")).to_have_count(17)
+        assert (project / "unlabelled" / name).is_file()
+        assert not (project / "data" / guess / name).exists()
+        key = page.locator("#tray-list figure").nth(1)
+        keyed = key.get_attribute("data-name")
+        key.focus()
+        page.keyboard.press("2")  # the second class: giraffe
+        expect(page.locator(f'#tray-list figure[data-name="{keyed}"]')).to_have_count(0)
+        assert (project / "data" / "giraffe" / keyed).is_file()
+        page.click("#tray-accept")
+        boxes = page.locator("#tray-bulk input[type=checkbox]")
+        expect(boxes.first).to_be_visible()
+        sure = boxes.count()
+        spared = boxes.first.get_attribute("data-name")
+        boxes.first.uncheck()
+        _check_screen(page, tmp_path / "tray-bulk.png")
+        page.get_by_role("button", name="File the checked ones").click()
+        expect(page.locator("#tray-status")).to_contain_text(f"{sure - 1} image(s) filed")
+        assert (project / "unlabelled" / spared).is_file()
+        browser.close()
+    assert not problems, problems
+    outside = tmp_path / "outside.jpg"
+    shutil.copy(pile[0], outside)
+    before = tree(project), outside.read_bytes()
+    for method, path, body in [
+            ("GET", "/api/unlabelled/thumb?name=..%2Fdata%2Felephant%2F" +
+             sorted((project / "data" / "elephant").iterdir())[0].name, None),
+            ("GET", f"/api/unlabelled/thumb?name={quote(str(outside))}", None),
+            ("GET", "/api/unlabelled/thumb?name=pipe.jpg", None),
+            ("GET", "/api/unlabelled/thumb?name=zero.jpg", None),
+            ("POST", "/api/unlabelled/file", {"items": [{"name": "../outside.jpg",
+                                                         "to": "giraffe"}]}),
+            ("POST", "/api/unlabelled/file", {"items": [{"name": spared, "to": "../.."}]}),
+            ("POST", "/api/unlabelled/file", {"items": [{"name": spared, "to": "giraffe"},
+                                                        {"name": "pipe.jpg", "to": "giraffe"}]}),
+            ("POST", "/api/unlabelled/file", {"items": "all"}),
+            ("POST", "/api/unlabelled/undo", {"paths": [str(outside)]}),
+            ("POST", "/api/unlabelled/undo", {"paths": ["../unlabelled/" + spared]})]:
+        t0 = time.time()
+        status, answer = _call(f"{base}{path}", method, body, ok)
+        assert 400 <= status < 500 and time.time() - t0 < 10, (path, body, status, answer)
+        assert (tree(project), outside.read_bytes()) == before, (path, body)

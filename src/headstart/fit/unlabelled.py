@@ -3,14 +3,20 @@
 Features ``X`` are ``(N, D)`` rows of the run's feature matrix (the same columns the head
 reads), labels ``y`` ``(N,)`` in ``0..K-1``; the pile ``Xu`` is ``(M, D)``.
 
-Methods (``UnlabelledConfig.method``):
+The default (``agree``, measured in benchmarks/README.md, "Learning from unlabelled
+images"): label propagation (Zhou et al. 2004) over a 10-nearest-neighbour graph of the
+labelled and the pile images (power-L2 final features centred on the mean of all of them,
+edge weights ``max(cos, 0)^3``, ``alpha`` 0.99) gives each pile image class scores; where
+its top class is also the head's, the image may join the training under that label. The
+most confident of them, in equal numbers per class (``fraction`` of the pile, doubled in a
+second round with the refitted head), join, and the head is fitted again. Other
+``method`` values, for the studies: ``propagate`` (the graph alone), ``selftrain`` (the
+head alone), ``kmeans`` / ``agreek`` (soft k-means prototypes instead of the graph),
+``off``.
 
-* ``propagate``: label propagation over a k-nearest-neighbour graph of labelled and pile
-  images (Zhou et al. 2004, on power-L2 final features, edge weights ``max(cos, 0)^3``,
-  ``alpha`` 0.99), then the most confident pile images of each class, in equal numbers,
-  join the labelled ones under the label they received, and the head is fitted again;
-* ``selftrain``: the same selection from the head's own probabilities (one round);
-* ``off``: the pile is not used.
+:func:`learn_from_pile` is what ``train --unlabelled`` runs: pile images the unknown
+detector rejects are left out (the whole pile when too few are left), and the pile is kept
+only when it does not lower the cross-validated accuracy on the labelled images.
 """
 
 from __future__ import annotations
@@ -39,14 +45,14 @@ class UnlabelledConfig:
     of the pile that may join with a label (spread equally over the classes), ``knn`` and
     ``alpha``: the graph's neighbours and propagation strength."""
 
-    method: str = "propagate"
-    fraction: float = 0.5
+    method: str = "agree"
+    fraction: float = 0.2
     knn: int = 10
     alpha: float = 0.99
     kind: str = "auto"
     seed: int = 0
-    rep: str = "final"
-    rounds: int = 1
+    rep: str = "centred"
+    rounds: int = 2
 
 
 def fit_labelled(X: np.ndarray, y: np.ndarray, blocks: tuple[int, ...] = (),

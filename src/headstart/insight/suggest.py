@@ -55,6 +55,7 @@ class Suggestions:
     unlike: list[Suggested]
     images: int
     skipped: list[Any] = field(default_factory=list)
+    predictions: Any = None  # the model's predictions of every image (not in to_dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"images": self.images, "label_next": [asdict(s) for s in self.label_next],
@@ -143,7 +144,7 @@ def suggest(clf: Any, images: str | os.PathLike | Sequence[Any], n: int = 20,
     return Suggestions([words(i, counts.get(int(i), 1), sizes.get(int(j), 1))
                         for i, j in zip(chosen, at)],
                        [words(i, 1) for i in unlike_rows[:n]], len(pred.sources),
-                       list(skipped) + list(pred.skipped))
+                       list(skipped) + list(pred.skipped), pred)
 
 
 class _Words:

@@ -47,6 +47,7 @@ from ..errors import HeadstartError
 from ..io.decode import thumbnail_jpeg
 from ..io.files import inside, read_regular
 from .project import COOKIE, GOOD_PER_CLASS, PAGE, TOKEN_HEADER, Project, Trainer, zip_run
+from .tray import tray_routes
 
 __all__ = ["create_studio_app", "guarded"]
 
@@ -146,6 +147,7 @@ def _routes(project: Project, token: str, host: str, port: int,
     _compare_routes(app, project)
     _export_routes(app, project)
     _review_routes(app, project)
+    tray_routes(app, project)
     return app
 
 
@@ -245,7 +247,8 @@ def _image_routes(app: FastAPI, project: Project) -> None:
 def _train_settings(body: dict[str, Any]) -> dict[str, Any]:
     """The page's training settings, each checked (a bad one refused before any work):
     ``head``, ``finetune`` (off, auto, all, last-N), ``epochs`` (1-100: at most this many
-    fine-tuning epochs), ``augment`` and ``int8``."""
+    fine-tuning epochs), ``augment``, ``int8`` and ``unlabelled`` (learn from the tray's
+    images too)."""
     from ..fit.finetune import AUGMENTS, FinetuneConfig, parse_mode
 
     epochs = body.get("epochs") or FinetuneConfig.max_epochs
@@ -258,7 +261,8 @@ def _train_settings(body: dict[str, Any]) -> dict[str, Any]:
     finetune = str(body.get("finetune", "off"))
     parse_mode(finetune)
     return {"head": str(body.get("head", defaults.HEAD)), "finetune": finetune,
-            "epochs": epochs, "augment": augment, "int8": bool(body.get("int8", False))}
+            "epochs": epochs, "augment": augment, "int8": bool(body.get("int8", False)),
+            "unlabelled": bool(body.get("unlabelled", False))}
 
 
 def _train_routes(app: FastAPI, trainer: Trainer) -> None:

@@ -1,6 +1,6 @@
 """The studio's training process: ``python -m headstart.studio.worker PROJECT RUN`` reads
-its settings as JSON on stdin (``head``, ``finetune``, ``epochs``, ``augment``, ``int8`` and
-``snapshot``: the CSV of
+its settings as JSON on stdin (``head``, ``finetune``, ``epochs``, ``augment``, ``int8``,
+``unlabelled``: learn from ``PROJECT/unlabelled`` too, and ``snapshot``: the CSV of
 the images present when Train was clicked), trains into ``PROJECT/models/RUN`` (atomically,
 with its report) and prints its progress as JSON lines on stdout: ``stage`` ``begin`` /
 ``end`` with the stage's ``name``, ``features`` with ``done``/``total``, ``epoch`` with the
@@ -56,12 +56,16 @@ def main(project: str, run: str, settings: dict[str, Any]) -> int:
         clf = Classifier(head=settings.get("head", "auto"),
                          finetune=settings.get("finetune", "off"), finetune_config=cfg,
                          int8=bool(settings.get("int8", False)))
-        clf.fit(settings.get("snapshot") or root / "data", callbacks=Reporter())
+        pile = root / "unlabelled"
+        use_pile = settings.get("unlabelled") and pile.is_dir() and any(pile.iterdir())
+        clf.fit(settings.get("snapshot") or root / "data", callbacks=Reporter(),
+                unlabelled=pile if use_pile else None)
         out = root / "models" / run
         clf.save(out, extra=lambda folder: write_model_report(clf, folder, run))
         s = clf.summary_
         _say(stage="done", run=run, val_accuracy=s.val_accuracy, val_images=s.val_images,
-             val_source=s.val_source, head=s.head, seconds=s.seconds)
+             val_source=s.val_source, head=s.head, seconds=s.seconds,
+             unlabelled=s.to_dict().get("unlabelled"))
         return 0
     except HeadstartError as e:
         _say(stage="error", message=str(e))
