@@ -137,22 +137,26 @@ def active(args) -> None:
                 order = np.arange(len(pile))
                 kept, _ = collapse(Z, order)
                 proba = base.predict_proba(X[pile][kept])
-                chosen = pile[kept[pick(Z[kept], proba, 5 * K, seed)]]
+                Zl = _unit(X[lab][:, :X.shape[1] - sum(blocks)])
                 rand = pile[np.random.default_rng(seed).permutation(len(pile))[:5 * K]]
                 row = {"set": name, "k": k, "seed": seed}
-                for what, more in (("suggest", chosen), ("random", rand)):
+                picks = {m: pile[kept[pick(Z[kept], proba, 5 * K, seed,
+                                           labelled=Zl if m.startswith("cov") else None,
+                                           weight=float(m.split(":")[1]))]]
+                         for m in args.methods}
+                for what, more in (*picks.items(), ("random", rand)):
                     rows = np.concatenate([lab, more])
                     head = fit_labelled(X[rows], d["y"][rows], blocks, imagenet)
                     row[what] = float(np.mean(head.predict(X[test]) == d["y"][test]))
                 out.append(row)
-                print(f"{name} k={k} s={seed}: suggest {row['suggest']:.3f} random "
-                      f"{row['random']:.3f} ({100 * (row['suggest'] - row['random']):+.1f})",
-                      flush=True)
+                print(f"{name} k={k} s={seed}: random {row['random']:.3f} " + " ".join(
+                    f"{m} {100 * (row[m] - row['random']):+.1f}" for m in picks), flush=True)
     for k in args.k:
-        per = {n: 100 * np.mean([r["suggest"] - r["random"] for r in out
-                                 if r["set"] == n and r["k"] == k]) for n in args.sets}
-        print(f"k={k} suggest - random: mean {np.mean(list(per.values())):+.2f}; " +
-              ", ".join(f"{n} {v:+.1f}" for n, v in per.items()))
+        for m in args.methods:
+            per = {n: 100 * np.mean([r[m] - r["random"] for r in out
+                                     if r["set"] == n and r["k"] == k]) for n in args.sets}
+            print(f"k={k} {m} - random: mean {np.mean(list(per.values())):+.2f}; " +
+                  ", ".join(f"{n} {v:+.1f}" for n, v in per.items()))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
 

@@ -52,7 +52,7 @@ class UnlabelledConfig:
     kind: str = "auto"
     seed: int = 0
     rep: str = "centred"
-    rounds: int = 2
+    rounds: int = 3
 
 
 def fit_labelled(X: np.ndarray, y: np.ndarray, blocks: tuple[int, ...] = (),

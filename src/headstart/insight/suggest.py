@@ -86,12 +86,15 @@ def collapse(Z: np.ndarray, order: np.ndarray, threshold: float = NEAR_DUPLICATE
 
 
 def pick(Z: np.ndarray, proba: np.ndarray, n: int, seed: int = 0,
-         sizes: dict[int, int] | None = None) -> np.ndarray:
+         sizes: dict[int, int] | None = None, labelled: np.ndarray | None = None,
+         weight: float = 0.5) -> np.ndarray:
     """``n`` rows of unit features ``Z`` ``(N, d)`` worth labelling, given the model's
-    probabilities ``proba`` ``(N, K)``: one per k-means cluster, the row that best combines
-    typicality (cosine to its cluster's centre) and uncertainty (1 - the margin between the
-    top two probabilities); ordered most uncertain first. ``sizes``, when given, receives
-    each chosen row's cluster size."""
+    probabilities ``proba`` ``(N, K)``. The rows (with the ``labelled`` images' unit
+    features ``(L, d)``, when given) are grouped by k-means into ``n + L`` clusters; the
+    largest clusters without a labelled image come first, and from each the row that best
+    combines typicality (cosine to its cluster's centre) and, at ``weight``, uncertainty
+    (1 - the margin between the top two probabilities) is taken; ordered most uncertain
+    first. ``sizes``, when given, receives each chosen row's cluster size."""
     from sklearn.cluster import KMeans
 
     n = min(n, len(Z))
@@ -99,15 +102,20 @@ def pick(Z: np.ndarray, proba: np.ndarray, n: int, seed: int = 0,
         return np.zeros(0, int)
     top2 = -np.sort(-proba, axis=1)[:, :2]
     unsure = 1.0 - (top2[:, 0] - (top2[:, 1] if proba.shape[1] > 1 else 0.0))
-    km = KMeans(n_clusters=n, n_init=3, random_state=seed).fit(Z)
+    L = labelled if labelled is not None else Z[:0]
+    km = KMeans(n_clusters=min(n + len(L), len(Z) + len(L)), n_init=3,
+                random_state=seed).fit(np.vstack([Z, L]))
+    mine, theirs = km.labels_[:len(Z)], set(km.labels_[len(Z):].tolist())
     centres = km.cluster_centers_ / (np.linalg.norm(km.cluster_centers_, axis=1,
                                                     keepdims=True) + 1e-12)
-    typical = np.sum(Z * centres[km.labels_], axis=1)
+    typical = np.sum(Z * centres[mine], axis=1)
+    size = np.bincount(mine, minlength=len(centres))
+    order = sorted(range(len(centres)), key=lambda c: (c in theirs, -size[c]))
     chosen = []
-    for c in range(n):
-        rows = np.flatnonzero(km.labels_ == c)
-        if len(rows):
-            chosen.append(rows[np.argmax(typical[rows] + 0.5 * unsure[rows])])
+    for c in order:
+        rows = np.flatnonzero(mine == c)
+        if len(rows) and len(chosen) < n:
+            chosen.append(rows[np.argmax(typical[rows] + weight * unsure[rows])])
             if sizes is not None:
                 sizes[int(chosen[-1])] = len(rows)
     chosen = np.array(chosen, int)
