@@ -143,7 +143,7 @@ def active(args) -> None:
                 picks = {m: pile[kept[pick(Z[kept], proba, 5 * K, seed,
                                            labelled=Zl if m.startswith("cov") else None,
                                            weight=float(m.split(":")[1]))]]
-                         for m in args.methods}
+                         for m in args.methods}  # km:W (no labelled) or cov:W
                 for what, more in (*picks.items(), ("random", rand)):
                     rows = np.concatenate([lab, more])
                     head = fit_labelled(X[rows], d["y"][rows], blocks, imagenet)

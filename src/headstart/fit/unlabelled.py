@@ -217,6 +217,7 @@ class PileSummary:
 
 
 MIN_LIKE_SHARE = 0.2  # below this share of the pile like the labelled images: ignore it
+STRICT_FROM_PER_CLASS = 10  # from this many labelled images per class, the pile must win
 
 
 def learn_from_pile(Xl: np.ndarray, yl: np.ndarray, Xu: np.ndarray, base: Any,
@@ -251,9 +252,12 @@ def learn_from_pile(Xl: np.ndarray, yl: np.ndarray, Xu: np.ndarray, base: Any,
         return head, report
     with_pile, without, logits = check
     report.cv_with, report.cv_without, report.cv_images = with_pile, without, len(yl)
-    if with_pile < without:
-        report.reason = (f"not kept: it lowered the cross-validated accuracy on the "
-                         f"labelled images ({with_pile:.1%} with it, {without:.1%} without)")
+    # with many labelled images a tie is no evidence the pile helps: it must win
+    tie_ok = int(np.bincount(yl).min()) < STRICT_FROM_PER_CLASS
+    if with_pile < without or (with_pile == without and not tie_ok):
+        report.reason = (f"not kept: it {'lowered' if with_pile < without else 'did not raise'}"
+                         f" the cross-validated accuracy on the labelled images "
+                         f"({with_pile:.1%} with it, {without:.1%} without)")
         return base, report
     head.oof_logits_, head.oof_rows_, head.oof_scale_ = logits, np.arange(len(yl)), 1.0
     report.kept = True

@@ -6,11 +6,12 @@ as labels). Images the unknown detector rejects are listed apart: candidates for
 class or for removal. Among the others, near duplicates (cosine similarity of the power-L2
 final features >= :data:`NEAR_DUPLICATE`) are collapsed to one, then :func:`pick` chooses
 ``n`` images that are both representative and uncertain: the images are grouped into
-``n`` clusters (k-means on the features), and from each cluster the image that is most
-typical of it and least certain to the model is taken. Labelling images spread over the
-whole pile this way teaches a few-shot model more than labelling its most uncertain
-images (which at few shots are mostly outliers) or images at random; see
-benchmarks/README.md for the measured difference.
+clusters (k-means on the features, the model's labelled images included), and from each
+of the largest clusters without a labelled image the image most typical of it is taken
+(listed most uncertain first). Labelling images spread over the pile where the model has
+no example teaches a few-shot model more than labelling at random or its most uncertain
+images (at few shots mostly outliers); see benchmarks/README.md for the measured
+difference.
 """
 
 from __future__ import annotations
@@ -64,50 +65,88 @@ class Suggestions:
 
 
 def _unit(X: np.ndarray) -> np.ndarray:
-    return power_l2(np.asarray(X, np.float64), 1.0)
+    return power_l2(np.asarray(X, np.float32), 1.0).astype(np.float32)
 
 
 def collapse(Z: np.ndarray, order: np.ndarray, threshold: float = NEAR_DUPLICATE
              ) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``order`` of unit features ``Z`` ``(N, d)`` with near duplicates removed (the
-    first of each group kept) and, per kept row, how many it stands for."""
-    kept: list[int] = []
-    count: list[int] = []
-    for i in order:
-        if kept:
-            sims = Z[kept] @ Z[i]
-            j = int(np.argmax(sims))
-            if sims[j] >= threshold:
-                count[j] += 1
-                continue
-        kept.append(int(i))
-        count.append(1)
-    return np.array(kept, int), np.array(count, int)
+    first of each group kept) and, per kept row, how many it stands for. Pairs are found on
+    a seeded random projection to 256 dimensions (at cosines near 1 it errs by about
+    0.005), then confirmed on the whole features; blocks of 2048 rows keep memory flat."""
+    order = np.asarray(order, int)
+    Zo = np.asarray(Z[order], np.float32)
+    proj = np.random.default_rng(0).normal(size=(Zo.shape[1], min(256, Zo.shape[1])))
+    P = (Zo @ proj.astype(np.float32))
+    P /= np.linalg.norm(P, axis=1, keepdims=True) + 1e-12
+    rep = np.arange(len(order))
+    for a in range(0, len(order), 2048):
+        S = P[a:a + 2048] @ P[:a + 2048].T
+        for r in range(len(S)):
+            i = a + r
+            hits = np.flatnonzero(S[r, :i] >= threshold - 0.03)
+            if len(hits):
+                sure = hits[Zo[hits] @ Zo[i] >= threshold]
+                if len(sure):
+                    rep[i] = rep[sure[0]]
+    keep = np.flatnonzero(rep == np.arange(len(order)))
+    counts = np.bincount(rep, minlength=len(order))[keep]
+    return order[keep], counts
+
+
+def kmeans(X: np.ndarray, k: int, seed: int = 0, iters: int = 25, sample: int = 3000
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """k-means of rows ``X`` ``(N, d)``: ``(centres (k, d), labels (N,))``. k-means++
+    seeding and Lloyd iterations on a seeded sample of at most ``sample`` rows (enough for
+    ``k`` in the tens), then every row assigned to its nearest centre."""
+    rng = np.random.default_rng(seed)
+    S = X if len(X) <= sample else X[np.sort(rng.choice(len(X), sample, replace=False))]
+    sq = np.einsum("ij,ij->i", S, S)
+    centres = [S[rng.integers(len(S))]]
+    dist = sq - 2 * S @ centres[0] + centres[0] @ centres[0]
+    for _ in range(1, k):
+        p = np.maximum(dist, 0)
+        c = S[rng.choice(len(S), p=p / p.sum())] if p.sum() > 0 else S[rng.integers(len(S))]
+        centres.append(c)
+        dist = np.minimum(dist, sq - 2 * S @ c + c @ c)
+    C = np.stack(centres)
+    for _ in range(iters):
+        near = np.argmin((C * C).sum(axis=1) - 2 * S @ C.T, axis=1)
+        moved = np.stack([S[near == j].mean(axis=0) if np.any(near == j) else C[j]
+                          for j in range(k)])
+        if np.allclose(moved, C, atol=1e-6):
+            break
+        C = moved
+    labels = np.concatenate([np.argmin((C * C).sum(axis=1) - 2 * X[a:a + 4096] @ C.T, axis=1)
+                             for a in range(0, len(X), 4096)])
+    return C, labels
 
 
 def pick(Z: np.ndarray, proba: np.ndarray, n: int, seed: int = 0,
-         sizes: dict[int, int] | None = None, labelled: np.ndarray | None = None,
-         weight: float = 0.5) -> np.ndarray:
+         sizes: dict[int, tuple[int, bool]] | None = None,
+         labelled: np.ndarray | None = None, weight: float = 0.0) -> np.ndarray:
     """``n`` rows of unit features ``Z`` ``(N, d)`` worth labelling, given the model's
     probabilities ``proba`` ``(N, K)``. The rows (with the ``labelled`` images' unit
     features ``(L, d)``, when given) are grouped by k-means into ``n + L`` clusters; the
     largest clusters without a labelled image come first, and from each the row that best
     combines typicality (cosine to its cluster's centre) and, at ``weight``, uncertainty
     (1 - the margin between the top two probabilities) is taken; ordered most uncertain
-    first. ``sizes``, when given, receives each chosen row's cluster size."""
-    from sklearn.cluster import KMeans
-
+    first. ``sizes``, when given, receives each chosen row's cluster size and whether a
+    labelled image is in its cluster. The defaults (``weight`` 0: typicality alone, and
+    clusters without a labelled image first) measured best against random picks; see
+    benchmarks/README.md, "Learning from unlabelled images"."""
     n = min(n, len(Z))
     if n <= 0:
         return np.zeros(0, int)
     top2 = -np.sort(-proba, axis=1)[:, :2]
     unsure = 1.0 - (top2[:, 0] - (top2[:, 1] if proba.shape[1] > 1 else 0.0))
     L = labelled if labelled is not None else Z[:0]
-    km = KMeans(n_clusters=min(n + len(L), len(Z) + len(L)), n_init=3,
-                random_state=seed).fit(np.vstack([Z, L]))
-    mine, theirs = km.labels_[:len(Z)], set(km.labels_[len(Z):].tolist())
-    centres = km.cluster_centers_ / (np.linalg.norm(km.cluster_centers_, axis=1,
-                                                    keepdims=True) + 1e-12)
+    if len(L) > 4 * n:  # enough to mark the clusters the model has examples in
+        L = L[np.sort(np.random.default_rng(seed).choice(len(L), 4 * n, replace=False))]
+    both = np.vstack([Z, L]).astype(np.float32)
+    centres, labels = kmeans(both, min(n + len(L), len(both)), seed)
+    mine, theirs = labels[:len(Z)], set(labels[len(Z):].tolist())
+    centres = centres / (np.linalg.norm(centres, axis=1, keepdims=True) + 1e-12)
     typical = np.sum(Z * centres[mine], axis=1)
     size = np.bincount(mine, minlength=len(centres))
     order = sorted(range(len(centres)), key=lambda c: (c in theirs, -size[c]))
@@ -117,7 +156,7 @@ def pick(Z: np.ndarray, proba: np.ndarray, n: int, seed: int = 0,
         if len(rows) and len(chosen) < n:
             chosen.append(rows[np.argmax(typical[rows] + weight * unsure[rows])])
             if sizes is not None:
-                sizes[int(chosen[-1])] = len(rows)
+                sizes[int(chosen[-1])] = (len(rows), c in theirs)
     chosen = np.array(chosen, int)
     return chosen[np.argsort(-unsure[chosen], kind="stable")]
 
@@ -146,10 +185,14 @@ def suggest(clf: Any, images: str | os.PathLike | Sequence[Any], n: int = 20,
     unlike_rows = unlike_rows[np.argsort(-pred.ood_score[unlike_rows], kind="stable")]
     kept, dup = collapse(Z, np.flatnonzero(~rejected))
     counts = dict(zip(kept.tolist(), dup.tolist()))
-    sizes: dict[int, int] = {}
-    at = pick(Z[kept], pred.proba[kept], n, sizes=sizes) if len(kept) else kept
+    sizes: dict[int, tuple[int, bool]] = {}
+    ref = clf.ood_.reference_ if clf.ood_ is not None else None
+    labelled = _unit(clf.backbone_.final(ref)) if ref is not None and \
+        ref.shape[1] == pred.features.shape[1] else None
+    at = pick(Z[kept], pred.proba[kept], n, sizes=sizes, labelled=labelled) \
+        if len(kept) else kept
     chosen = kept[at]
-    return Suggestions([words(i, counts.get(int(i), 1), sizes.get(int(j), 1))
+    return Suggestions([words(i, counts.get(int(i), 1), *sizes.get(int(j), (1, True)))
                         for i, j in zip(chosen, at)],
                        [words(i, 1) for i in unlike_rows[:n]], len(pred.sources),
                        list(skipped) + list(pred.skipped), pred)
@@ -161,7 +204,8 @@ class _Words:
     def __init__(self, pred: Any, classes: list[str]) -> None:
         self.pred, self.classes = pred, classes
 
-    def __call__(self, i: int, duplicates: int, group: int = 1) -> Suggested:
+    def __call__(self, i: int, duplicates: int, group: int = 1, covered: bool = True
+                 ) -> Suggested:
         p = self.pred.proba[i]
         order = np.argsort(-p)
         first, second = self.classes[order[0]], self.classes[order[min(1, len(order) - 1)]]
@@ -171,7 +215,8 @@ class _Words:
         elif p[order[0]] < 0.6:
             why = f"the model cannot tell {first} from {second}"
         else:
-            why = f"the most typical of a group of {group} similar unlabelled images"
+            why = (f"the most typical of a group of {group} similar unlabelled images" +
+                   ("" if covered else " with no labelled image among them"))
         if duplicates > 1:
             why += f" (stands for {duplicates} near-identical images)"
         return Suggested(self.pred.sources[i], first, float(p[order[0]]), second, duplicates,
