@@ -16,7 +16,8 @@ head alone), ``kmeans`` / ``agreek`` (soft k-means prototypes instead of the gra
 
 :func:`learn_from_pile` is what ``train --unlabelled`` runs: pile images the unknown
 detector rejects are left out (the whole pile when too few are left), and the pile is kept
-only when it does not lower the cross-validated accuracy on the labelled images.
+only when it does not lower the cross-validated accuracy on the labelled images (from
+:data:`STRICT_FROM_PER_CLASS` labelled images per class, only when it raises it).
 """
 
 from __future__ import annotations
