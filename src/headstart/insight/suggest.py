@@ -94,32 +94,52 @@ def collapse(Z: np.ndarray, order: np.ndarray, threshold: float = NEAR_DUPLICATE
     return order[keep], counts
 
 
-def kmeans(X: np.ndarray, k: int, seed: int = 0, iters: int = 25, sample: int = 3000
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """k-means of rows ``X`` ``(N, d)``: ``(centres (k, d), labels (N,))``. k-means++
+def kmeans(X: np.ndarray, k: int, seed: int = 0, iters: int = 25, sample: int = 3000,
+           restarts: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """k-means of rows ``X`` ``(N, d)``: ``(centres (k, d), labels (N,))``. Greedy k-means++
     seeding and Lloyd iterations on a seeded sample of at most ``sample`` rows (enough for
-    ``k`` in the tens), then every row assigned to its nearest centre."""
+    ``k`` in the tens), the best of ``restarts`` by inertia, then every row assigned to its
+    nearest centre."""
     rng = np.random.default_rng(seed)
     S = X if len(X) <= sample else X[np.sort(rng.choice(len(X), sample, replace=False))]
     sq = np.einsum("ij,ij->i", S, S)
-    centres = [S[rng.integers(len(S))]]
-    dist = sq - 2 * S @ centres[0] + centres[0] @ centres[0]
-    for _ in range(1, k):
-        p = np.maximum(dist, 0)
-        c = S[rng.choice(len(S), p=p / p.sum())] if p.sum() > 0 else S[rng.integers(len(S))]
-        centres.append(c)
-        dist = np.minimum(dist, sq - 2 * S @ c + c @ c)
-    C = np.stack(centres)
-    for _ in range(iters):
-        near = np.argmin((C * C).sum(axis=1) - 2 * S @ C.T, axis=1)
-        moved = np.stack([S[near == j].mean(axis=0) if np.any(near == j) else C[j]
-                          for j in range(k)])
-        if np.allclose(moved, C, atol=1e-6):
-            break
-        C = moved
+    best: tuple[float, np.ndarray] | None = None
+    for _ in range(restarts):
+        C = _seed_centres(S, sq, k, rng)
+        for _ in range(iters):
+            d = (C * C).sum(axis=1) - 2 * S @ C.T
+            near = np.argmin(d, axis=1)
+            moved = np.stack([S[near == j].mean(axis=0) if np.any(near == j) else C[j]
+                              for j in range(k)])
+            if np.allclose(moved, C, atol=1e-6):
+                break
+            C = moved
+        inertia = float(np.sum(sq + ((C * C).sum(axis=1) - 2 * S @ C.T).min(axis=1)))
+        if best is None or inertia < best[0]:
+            best = (inertia, C)
+    assert best is not None
+    C = best[1]
     labels = np.concatenate([np.argmin((C * C).sum(axis=1) - 2 * X[a:a + 4096] @ C.T, axis=1)
                              for a in range(0, len(X), 4096)])
     return C, labels
+
+
+def _seed_centres(S: np.ndarray, sq: np.ndarray, k: int, rng: np.random.Generator
+                  ) -> np.ndarray:
+    """Greedy k-means++: each new centre the best of a few candidates drawn in proportion
+    to the squared distance to the nearest centre so far."""
+    tries = 2 + int(np.log(max(k, 1)))
+    first = S[rng.integers(len(S))]
+    centres, dist = [first], np.maximum(sq - 2 * S @ first + first @ first, 0)
+    for _ in range(1, k):
+        p = dist / dist.sum() if dist.sum() > 0 else np.full(len(S), 1 / len(S))
+        cand = S[rng.choice(len(S), size=tries, p=p)]
+        d = np.minimum(dist[None, :], np.maximum(sq[None, :] - 2 * cand @ S.T +
+                                                 (cand * cand).sum(axis=1)[:, None], 0))
+        j = int(np.argmin(d.sum(axis=1)))
+        centres.append(cand[j])
+        dist = d[j]
+    return np.stack(centres)
 
 
 def pick(Z: np.ndarray, proba: np.ndarray, n: int, seed: int = 0,
@@ -144,8 +164,13 @@ def pick(Z: np.ndarray, proba: np.ndarray, n: int, seed: int = 0,
     if len(L) > 4 * n:  # enough to mark the clusters the model has examples in
         L = L[np.sort(np.random.default_rng(seed).choice(len(L), 4 * n, replace=False))]
     both = np.vstack([Z, L]).astype(np.float32)
-    centres, labels = kmeans(both, min(n + len(L), len(both)), seed)
+    # clustered on a seeded projection to 256 dimensions (the groups hardly change, the
+    # time falls 5-fold); centres and typicality on the whole features
+    proj = np.random.default_rng(seed).normal(size=(both.shape[1], min(256, both.shape[1])))
+    _, labels = kmeans(both @ proj.astype(np.float32), min(n + len(L), len(both)), seed)
     mine, theirs = labels[:len(Z)], set(labels[len(Z):].tolist())
+    centres = np.stack([both[labels == c].mean(axis=0) if np.any(labels == c) else
+                        np.zeros(both.shape[1], np.float32) for c in range(labels.max() + 1)])
     centres = centres / (np.linalg.norm(centres, axis=1, keepdims=True) + 1e-12)
     typical = np.sum(Z * centres[mine], axis=1)
     size = np.bincount(mine, minlength=len(centres))
