@@ -174,6 +174,10 @@ def test_cli_finetune_prints_epochs_and_writes_metrics(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "epoch   1" in r.stderr and "epoch   2" in r.stderr
     assert "finetune    last-1 at 64 px, 2 epochs" in r.stdout
+    # the lines the user sees are headstart's: none of Lightning's own
+    assert "eval mode" not in r.stderr and "Checkpoint directory" not in r.stderr, r.stderr
+    assert [ln for ln in r.stderr.splitlines() if ln.strip()
+            and not ln.startswith("epoch ")] == [], r.stderr
     assert len((tmp_path / "m" / "metrics.csv").read_text().splitlines()) == 3
     bad = subprocess.run([sys.executable, "-m", "headstart", "train", str(EXAMPLES / "train"),
                           "--out", str(tmp_path / "m2"), "--finetune", "last-zero"],

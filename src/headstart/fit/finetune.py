@@ -294,6 +294,11 @@ def _fit(trainer: Any, module: Any, train_dl: Any, val_dl: Any, cfg: FinetuneCon
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+        # frozen stages are in eval mode on purpose (their BatchNorm keeps ImageNet's
+        # statistics), and the checkpoint folder is ours: Lightning's lines say otherwise
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is "
+                                "not empty.*")
         trainer.fit(module, train_dl, val_dl,
                     ckpt_path=str(ckpt) if cfg.resume and ckpt.is_file() else None)
 
