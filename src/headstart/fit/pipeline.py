@@ -88,6 +88,11 @@ def transfer(data: Any, labels: Sequence[str] | None, val: Any, plain: Backbone,
             q = quantize(run.backbone, usable, run.fitted, settings, imagenet)
             run = replace(run, X=q.X, engine=q.engine, fitted=q.fitted,
                           records={**run.records, "int8": q.summary})
+        pile = run.records.get("unlabelled")
+        if pile is not None and pile.kept:  # the INT8 head is refitted on labelled rows
+            pile.kept = False
+            pile.reason = ("not used in the end: --int8 refits the head on the labelled "
+                           "images' INT8 features alone")
     with cb.stage("calibrate"):
         calibrated = calibrate(run.fitted.head, run.X, usable, run.tuned and not int8,
                                settings)
