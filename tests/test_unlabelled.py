@@ -128,11 +128,29 @@ def test_suggest_picks_spread_out_images_collapses_copies_and_lists_strangers(tm
     assert human.returncode == 0 and "label these 3 next" in human.stdout, human.stderr
 
 
+@pytest.mark.slow
+def test_one_labelled_image_per_class_learns_from_the_pile_unmeasured(tmp_path):
+    """With one labelled image per class nothing can be cross-checked: the pile is used,
+    and accuracy and calibration stay unmeasured, as without it (the head's own
+    cross-validation over pile labels drawn from those images is no measure)."""
+    lab, heap, held = _steel(tmp_path, labelled=1)
+    r = run_cli("train", lab, "--out", tmp_path / "m", "--unlabelled", heap, "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["unlabelled"]["kept"] and s["unlabelled"]["used"] > 0, s["unlabelled"]
+    assert s["unlabelled"]["cv_with"] is None and s["val_images"] == 0
+    assert s["calibration"]["temperature"] == 1.0
+    assert _accuracy(tmp_path / "m", held) > 0.5  # 4 classes: far above chance
+
+
 def test_suggest_and_unlabelled_refuse_bad_arguments(tmp_path):
     from headstart import Classifier
+    from headstart.fit.unlabelled import UnlabelledConfig
 
     with pytest.raises(HeadstartError, match="unlabelled"):
         Classifier(from_scratch=True).fit(tmp_path, unlabelled=tmp_path)
+    with pytest.raises(HeadstartError, match="method"):
+        UnlabelledConfig(method="magic")
     r = run_cli("suggest", tmp_path / "no-model", tmp_path, timeout=60)
     assert_user_error(r)
     r = run_cli("suggest", tmp_path, tmp_path, "--n", "0", timeout=60)

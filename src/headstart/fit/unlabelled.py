@@ -8,8 +8,9 @@ images"): label propagation (Zhou et al. 2004) over a 10-nearest-neighbour graph
 labelled and the pile images (power-L2 final features centred on the mean of all of them,
 edge weights ``max(cos, 0)^3``, ``alpha`` 0.99) gives each pile image class scores; where
 its top class is also the head's, the image may join the training under that label. The
-most confident of them, in equal numbers per class (``fraction`` of the pile, doubled in a
-second round with the refitted head), join, and the head is fitted again. Other
+most confident of them, in equal numbers per class, join and the head is fitted again,
+in ``rounds`` rounds (``fraction``, then twice and three times that share of the pile,
+each round's agreement taken with the head refitted in the round before). Other
 ``method`` values, for the studies: ``propagate`` (the graph alone), ``selftrain`` (the
 head alone), ``kmeans`` / ``agreek`` (soft k-means prototypes instead of the graph),
 ``off``.
@@ -29,6 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import HeadstartError
 from ..heads import make_head
 from ..heads.normalise import power_l2
 
@@ -37,7 +39,7 @@ __all__ = ["PileSummary", "UnlabelledConfig", "fit_labelled", "fit_with_pile",
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("propagate", "selftrain", "agree", "off")
+METHODS = ("agree", "propagate", "selftrain", "kmeans", "agreek", "off")
 
 
 @dataclass
@@ -54,6 +56,11 @@ class UnlabelledConfig:
     seed: int = 0
     rep: str = "centred"
     rounds: int = 3
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise HeadstartError(param="method", expected=f"one of {', '.join(METHODS)}",
+                                 got=self.method)
 
 
 def fit_labelled(X: np.ndarray, y: np.ndarray, blocks: tuple[int, ...] = (),
@@ -72,8 +79,7 @@ def _graph(Z: np.ndarray, knn: int) -> Any:
     rows, cols, vals = [], [], []
     for a in range(0, n, 1024):
         s = Z[a:a + 1024] @ Z.T
-        for i in range(len(s)):
-            s[i, a + i] = -np.inf
+        s[np.arange(len(s)), a + np.arange(len(s))] = -np.inf  # no edge to itself
         idx = np.argpartition(-s, k - 1, axis=1)[:, :k]
         rows.append(np.repeat(np.arange(a, a + len(s)), k))
         cols.append(idx.ravel())
@@ -111,11 +117,11 @@ def soft_kmeans(Zl: np.ndarray, yl: np.ndarray, Zu: np.ndarray, n_classes: int,
     """Transductive prototypes: class means of the labelled rows, refined by soft
     assignments of the pile rows (labelled rows keep their class): ``(M, K)`` scores."""
     P = np.stack([Zl[yl == c].mean(axis=0) for c in range(n_classes)])
+    L = np.eye(n_classes)[yl]
     for _ in range(iters):
         logits = beta * (Zu @ P.T - 0.5 * (P * P).sum(axis=1))
         A = np.exp(logits - logits.max(axis=1, keepdims=True))
         A /= A.sum(axis=1, keepdims=True)
-        L = np.eye(n_classes)[yl]
         P = (L.T @ Zl + A.T @ Zu) / (L.sum(axis=0) + A.sum(axis=0))[:, None]
     return A
 
@@ -246,8 +252,12 @@ def learn_from_pile(Xl: np.ndarray, yl: np.ndarray, Xu: np.ndarray, base: Any,
     refit = (lambda X, y: type(base)(**base.refit_params()).fit(X, y))
     head, info = fit_with_pile(Xl, yl, Xu, blocks, imagenet, cfg, base)
     report.used = info["used"]
-    check = _cross_check(Xl, yl, Xu, blocks, imagenet, cfg, refit, base)
+    check = _cross_check(Xl, yl, Xu, blocks, imagenet, cfg, refit)
     if check is None:
+        # the head's own cross-validation ran over pile rows too, whose labels came from
+        # the very images it would be measured on: not a measure, so none (as without
+        # the pile, one image in a class leaves accuracy and calibration unmeasured)
+        head.oof_logits_ = head.oof_rows_ = None
         report.kept, report.reason = True, "kept (one labelled image in a class: nothing " \
                                            "to cross-check on)"
         return head, report
@@ -268,7 +278,7 @@ def learn_from_pile(Xl: np.ndarray, yl: np.ndarray, Xu: np.ndarray, base: Any,
 
 
 def _cross_check(Xl: np.ndarray, yl: np.ndarray, Xu: np.ndarray, blocks: tuple[int, ...],
-                 imagenet: Any, cfg: UnlabelledConfig, refit: Fit, base: Any
+                 imagenet: Any, cfg: UnlabelledConfig, refit: Fit
                  ) -> tuple[float, float, np.ndarray] | None:
     """Out-of-fold accuracy on the labelled rows with and without the pile (each fold's
     pile labelled from the other folds only), and the with-pile logits ``(N, K)``; None
