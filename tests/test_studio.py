@@ -498,6 +498,17 @@ _PAGE_PROBLEMS = """() => {
 }"""
 
 
+def _open_studio(playwright, base: str, token: str, height: int = 800):
+    """Headless Chromium on the studio's page: ``(browser, page, problems)``, where
+    ``problems`` collects the page's uncaught errors."""
+    browser = launch_chromium(playwright)
+    page = browser.new_page(viewport={"width": 1280, "height": height})
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto(f"{base}/?token={token}")
+    return browser, page, problems
+
+
 def _check_screen(page, path) -> None:
     """The page as a reviewer reads it: nothing wider than the window, no null / undefined
     / NaN in its text; a screenshot for a person to look at."""
@@ -523,11 +534,7 @@ def test_first_time_flow_is_guided(studio, tmp_path):
     # photos no other test reads, so that their features are computed here (a real run)
     photos = {c: sorted(shared("safari", c).iterdir())[60:91] for c in ("elephant", "giraffe")}
     with sync_playwright() as p:
-        browser = launch_chromium(p)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        problems: list[str] = []
-        page.on("pageerror", lambda e: problems.append(str(e)))
-        page.goto(f"{base}/?token={token}")
+        browser, page, problems = _open_studio(p, base, token, height=800)
         expect(page.locator("#hint")).to_contain_text("Start here: add a class")
         expect(page.locator("#train-button")).to_be_disabled()
         expect(page.locator("#export-onnx")).to_be_disabled()
@@ -637,11 +644,7 @@ def test_start_page_phone_photos_epochs_confusion_cells_and_compare(tmp_path):
     launch = _studio(tmp_path, "--projects", str(projects), project=False, env=env)
     base, token, _ = next(launch)
     with sync_playwright() as p:
-        browser = launch_chromium(p)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        problems: list[str] = []
-        page.on("pageerror", lambda e: problems.append(str(e)))
-        page.goto(f"{base}/?token={token}")
+        browser, page, problems = _open_studio(p, base, token, height=900)
         expect(page.locator("#none")).to_be_visible()
         expect(page.locator("#projects-dir")).to_have_text(str(projects))
         _check_screen(page, shots / "1-start-empty.png")
@@ -792,11 +795,7 @@ def test_unlabelled_tray_trains_orders_and_files_in_one_click(studio, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 cut short")
     with sync_playwright() as p:
-        browser = launch_chromium(p)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        problems: list[str] = []
-        page.on("pageerror", lambda e: problems.append(str(e)))
-        page.goto(f"{base}/?token={token}")
+        browser, page, problems = _open_studio(p, base, token, height=900)
         expect(page.locator("#tray-why")).to_have_text("(no unlabelled images yet)")
         page.set_input_files("#tray-files", [str(f) for f in pile] + [str(pile[0]),
                                                                        str(broken)])

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .. import defaults
 from ..heads.normalise import power_l2
 
 __all__ = ["NEAR_DUPLICATE", "Suggested", "Suggestions", "pick", "suggest", "write_csv"]
@@ -237,7 +238,7 @@ class _Words:
         unknown = bool(self.pred.rejected[i]) if self.pred.rejected is not None else False
         if unknown:
             why = "unlike every training image: a new class, or one to leave out"
-        elif p[order[0]] < 0.6:
+        elif p[order[0]] < defaults.NOT_SURE_BELOW:
             why = f"the model cannot tell {first} from {second}"
         else:
             why = (f"the most typical of a group of {group} similar unlabelled images" +

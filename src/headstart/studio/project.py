@@ -100,6 +100,33 @@ def _verdict(a: dict[str, Any], b: dict[str, Any]) -> str:
             f"overlap: with this many held-out images the difference may be chance{same}")
 
 
+def free_path(folder: Path, name: str) -> Path:
+    """``folder/name``, or ``name-1``, ``name-2``... when taken."""
+    stem, ext = os.path.splitext(name)
+    target, n = folder / name, 0
+    while os.path.lexists(target):
+        n += 1
+        target = folder / f"{stem}-{n}{ext}"
+    return target
+
+
+def upload_name(filename: str) -> str:
+    """An uploaded file's name made safe (:func:`safe_name`), with an image suffix."""
+    name = safe_name(filename or "image.jpg", "filename")
+    stem, ext = os.path.splitext(name)
+    return name if ext.lower() in IMAGE_EXTENSIONS else f"{stem}.jpg"
+
+
+def upload_refusal(data: bytes, max_pixels: int = defaults.MAX_PIXELS) -> str | None:
+    """Why uploaded bytes cannot be kept (empty, not an image, too many pixels, cannot be
+    decoded), or None."""
+    try:
+        check_upload(data, max_pixels, decode=True)
+    except UnreadableImage as e:
+        return str(e)
+    return None
+
+
 class Project:
     """A studio project folder (see the module docstring); created if missing."""
 
@@ -134,9 +161,9 @@ class Project:
                 dest = self.data / self.add_class(d.name)
                 for f in sorted(d.iterdir()):
                     if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
-                        shutil.copy2(f, self._free(dest, f.name))
+                        shutil.copy2(f, free_path(dest, f.name))
                 names.append(dest.name)
-        self._digests = None
+        self.forget_digests()
         return names
 
     # ------------------------------------------------------------ settings and runs
@@ -367,57 +394,52 @@ class Project:
         if dest == src:
             return new
         for f in sorted(src.iterdir()):
-            move_new(f, self._free(dest, f.name))
+            move_new(f, free_path(dest, f.name))
         src.rmdir()
         return new
 
     def delete_class(self, name: str) -> None:
         src = self.class_dir(name)
         self.trash.mkdir(exist_ok=True)
-        move_new(src, self._free(self.trash, f"{src.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
+        move_new(src, free_path(self.trash, f"{src.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
 
     def delete_image(self, rel: str) -> None:
         src = self.inside(rel)
         folder = self.trash / src.parent.name
         folder.mkdir(parents=True, exist_ok=True)
-        move_new(src, self._free(folder, src.name))
+        move_new(src, free_path(folder, src.name))
 
     def move_image(self, rel: str, to: str) -> str:
-        src, dest = self.inside(rel), self.class_dir(to)
+        return self.move_into(self.inside(rel), to)
+
+    def move_into(self, src: Path, to: str) -> str:
+        """Move the file ``src`` (a path the caller has checked) into class ``to`` under a
+        free name (a merge never overwrites); its path relative to ``data``."""
+        dest = self.class_dir(to)
         if dest == src.parent:
             return f"{dest.name}/{src.name}"
-        target = self._free(dest, src.name)
+        target = free_path(dest, src.name)
         move_new(src, target)
         return f"{dest.name}/{target.name}"
 
-    @staticmethod
-    def _free(folder: Path, name: str) -> Path:
-        """``folder/name``, or ``name-1``, ``name-2``... when taken."""
-        stem, ext = os.path.splitext(name)
-        target, n = folder / name, 0
-        while os.path.lexists(target):
-            n += 1
-            target = folder / f"{stem}-{n}{ext}"
-        return target
+    def forget_digests(self) -> None:
+        """Images came or went other than through :meth:`add_image`: hash them again when
+        next needed."""
+        self._digests = None
 
     def add_image(self, cls: str, filename: str, data: bytes,
                   max_pixels: int = defaults.MAX_PIXELS) -> dict[str, Any]:
         """Save an uploaded image into class ``cls`` under a safe, free name, if the
         library can decode it: ``{"saved": rel, "duplicate_of": rel or None}``, or
         ``{"refused": reason}``."""
-        folder = self.class_dir(cls)
-        name = safe_name(filename or "image.jpg", "filename")
-        stem, ext = os.path.splitext(name)
-        if ext.lower() not in IMAGE_EXTENSIONS:
-            name = f"{stem}.jpg"
-        try:
-            check_upload(data, max_pixels, decode=True)
-        except UnreadableImage as e:
-            return {"refused": str(e)}
+        folder, name = self.class_dir(cls), upload_name(filename)
+        refused = upload_refusal(data, max_pixels)
+        if refused:
+            return {"refused": refused}
         digest = digest_bytes(data)
         with self.lock:
             known = self.digests()
-            target = self._free(folder, name)
+            target = free_path(folder, name)
             target.write_bytes(data)
             rel = f"{folder.name}/{target.name}"
             duplicate = known.get(digest)

@@ -18,12 +18,11 @@ from typing import Any
 from fastapi import FastAPI, File, UploadFile
 from fastapi.responses import Response
 
-from .. import defaults
 from ..errors import DataError, PathError
-from ..io.decode import UnreadableImage, check_upload, thumbnail_jpeg
+from ..io.decode import thumbnail_jpeg
 from ..io.files import inside, move_new
 from ..io.walk import IMAGE_EXTENSIONS
-from .project import Project, safe_name
+from .project import Project, free_path, upload_name, upload_refusal
 
 __all__ = ["Tray", "tray_routes"]
 
@@ -55,31 +54,25 @@ class Tray:
     def add(self, filename: str, data: bytes) -> dict[str, Any]:
         """Save an upload under a safe, free name if it decodes: ``{"saved": name}`` or
         ``{"refused": reason}``."""
-        name = safe_name(filename or "image.jpg", "filename")
-        if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
-            name = f"{Path(name).stem}.jpg"
-        try:
-            check_upload(data, defaults.MAX_PIXELS, decode=True)
-        except UnreadableImage as e:
-            return {"refused": str(e)}
-        target = self.project._free(self.folder, name)
+        refused = upload_refusal(data)
+        if refused:
+            return {"refused": refused}
+        target = free_path(self.folder, upload_name(filename))
         target.write_bytes(data)
         return {"saved": target.name}
 
     def file_under(self, name: str, cls: str) -> str:
         """Move tray image ``name`` into class ``cls``; its new path relative to data."""
-        src, dest = self.file(name), self.project.class_dir(cls)
-        target = self.project._free(dest, src.name)
-        move_new(src, target)
-        self.project._digests = None
-        return f"{dest.name}/{target.name}"
+        rel = self.project.move_into(self.file(name), cls)
+        self.project.forget_digests()
+        return rel
 
     def give_back(self, rel: str) -> str:
         """Move image ``rel`` of ``data`` back to the tray (the undo of a filing)."""
         src = self.project.inside(rel)
-        target = self.project._free(self.folder, src.name)
+        target = free_path(self.folder, src.name)
         move_new(src, target)
-        self.project._digests = None
+        self.project.forget_digests()
         return target.name
 
     def ranked(self, run: str | None, n: int = 20) -> dict[str, Any]:
