@@ -8,35 +8,70 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from headstart.insight.advise import MARGIN, advise, recommend
+from headstart.insight.advise import MARGIN, OPTIONS, Option, advise, recommend
+from headstart.insight.curves import fit_curve
 from headstart.fit.domain import SIMILARITY_FAR, SIMILARITY_NEAR, domain_gap
 from headstart.backbone.features import extract_features
 
 from .conftest import EXAMPLES, copy_digits, invoke_cli, shared
 
 TRANSFER = {"head only", "head + fine-tune"}
+QUICK = dict(ft_epochs=2, scratch_epochs=3)
 
 
 def consistent(r: dict) -> bool:
-    """The recommendation follows from the accuracies advise itself measured."""
-    a = r["accuracy"]
-    gain = None
-    if len(r["learning_curve"]) >= 2:
-        gain = r["learning_curve"][-1]["accuracy"] - r["learning_curve"][-2]["accuracy"]
-    choice, predicted, _ = recommend(a["head_only"], a["finetuned"], a["from_scratch"], gain,
-                                     r["data_size"]["val_images"])
-    return choice == r["recommendation"] and predicted == r["predicted_accuracy"]
+    """The recommendation follows from the options advise itself measured: the best
+    prediction, or the simplest of those too close to call with it."""
+    pred = {k: o["predicted"] for k, o in r["options"].items()}
+    best = max(pred, key=pred.get)
+    tied = set(r["too_close_to_call"]) | {r["recommendation"]}
+    simplest = min(tied, key=OPTIONS.index)
+    return (r["recommendation"] == simplest and (best in tied)
+            and r["predicted_accuracy"] == pred[r["recommendation"]]
+            and r["interval"][0] <= r["predicted_accuracy"] <= r["interval"][1])
+
+
+def option(name: str, acc: float, val: int, images: int = 100, target: int = 100,
+           curve: list | None = None) -> Option:
+    return Option(name, acc, images, val, fit_curve(curve or [(images, acc)]), target)
 
 
 def test_recommend_rules():
-    assert recommend(0.80, 0.85, 0.95, 0.0)[0] == "train from scratch"
-    assert recommend(0.80, 0.90, 0.85, 0.0)[0] == "head + fine-tune"
-    assert recommend(0.80, 0.805, None, 0.05)[0] == "collect more data"
-    assert recommend(0.97, 0.975, 0.90, 0.05)[0] == "head only"
-    # with 4 validation images one image is 25 points: not a real difference
-    assert recommend(0.75, 1.0, None, 0.0, n_val=4)[0] == "head only"
-    choice, predicted, reasons = recommend(0.9, 0.9 + MARGIN, None, None, n_val=10_000)
-    assert choice == "head + fine-tune" and predicted == 0.9 + MARGIN and reasons
+    # clear winners, measured on many validation images
+    many = 5000
+    assert recommend({"head only": option("head only", 0.80, many),
+                      "train from scratch": option("train from scratch", 0.95, many)}
+                     )[0] == "train from scratch"
+    choice, predicted, reasons, tied = recommend({
+        "head only": option("head only", 0.80, many),
+        "head + fine-tune": option("head + fine-tune", 0.90, many),
+        "train from scratch": option("train from scratch", 0.85, many)})
+    assert (choice, predicted, tied) == ("head + fine-tune", 0.90, []) and reasons
+    # nine validation images: 1.0 against 0.889 is too close to call; the simpler option
+    choice, _, reasons, tied = recommend({"head only": option("head only", 8 / 9, 9),
+                                          "head + fine-tune": option("head + fine-tune",
+                                                                     1.0, 9)})
+    assert choice == "head only" and tied == ["head + fine-tune"]
+    assert any("too close to call" in r for r in reasons)
+    # a margin under 1 point is never a win, however many images
+    choice, _, _, tied = recommend({"head only": option("head only", 0.90, 10**6),
+                                    "head + fine-tune": option("head + fine-tune",
+                                                               0.90 + MARGIN / 2, 10**6)})
+    assert choice == "head only" and tied == ["head + fine-tune"]
+
+
+def test_recommend_extrapolates_and_says_what_more_images_bring():
+    # from scratch measured below the head with 500 images, but rising steeply: with the
+    # user's 4,000 images it is expected to win
+    head = option("head only", 0.90, 1000, 500, 4000, [(250, 0.89), (500, 0.90)])
+    scratch = option("train from scratch", 0.88, 1000, 500, 4000, [(250, 0.80), (500, 0.88)])
+    assert scratch.predicted > head.predicted and scratch.predicted > scratch.measured
+    assert scratch.interval[0] < scratch.predicted < scratch.interval[1]
+    choice, _, reasons, _ = recommend({"head only": head, "train from scratch": scratch})
+    assert choice == "train from scratch"
+    rising = option("head only", 0.80, 1000, 100, 100, [(50, 0.70), (100, 0.80)])
+    _, _, reasons, _ = recommend({"head only": rising})
+    assert any(r.startswith("collecting 100 more images (2x)") for r in reasons), reasons
 
 
 @pytest.mark.slow
@@ -79,20 +114,22 @@ def test_domain_gap_scale_on_every_shared_dataset_and_synthetic_extremes(backbon
 
 @pytest.mark.slow
 def test_advise_on_few_photos_recommends_transfer_learning():
-    r = advise(EXAMPLES / "train", budget=20)
+    r = advise(EXAMPLES / "train", **QUICK)
     assert r["domain_gap"]["level"] == "near"
     assert r["recommendation"] in TRANSFER
     assert consistent(r)
     assert r["data_size"]["train_counts"] == {"elephant": 8, "giraffe": 8}
-    assert [c["fraction"] for c in r["learning_curve"]][-1] == 1.0
+    assert r["learning_curve"][-1]["images"] == 16 and r["work"]["repeats"] == 3
+    assert r["reasons"][-1].startswith("every accuracy here is measured on held-out images")
     json.dumps(r)  # serialisable as documented
 
 
 @pytest.mark.slow
 def test_advise_cli_on_digits_is_far_and_consistent(tmp_path):
     data = copy_digits(tmp_path / "d", train=30, val=10)
-    r = subprocess.run([sys.executable, "-m", "headstart", "advise", str(data), "--budget",
-                        "24", "--json"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-m", "headstart", "advise", str(data),
+                        "--max-images", "60", "--json"], capture_output=True, text=True,
+                       timeout=600)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["domain_gap"]["level"] == "far"
@@ -126,6 +163,22 @@ def test_train_does_not_warn_on_photos(trained):
     assert clf.summary_.domain_gap.level == "near"
 
 
-def test_budget_must_be_positive():
-    r = invoke_cli("advise", EXAMPLES / "train", "--budget", "0")
-    assert r.returncode == 2 and "--budget" in r.stderr
+def test_settings_are_checked():
+    r = invoke_cli("advise", EXAMPLES / "train", "--max-images", "3")
+    assert r.returncode == 2 and "--max-images: expected an integer >= 20, got 3" in r.stderr
+
+
+@pytest.mark.slow
+def test_advice_is_the_same_on_a_busy_machine(tmp_path):
+    """Fixed work, not seconds: two busy loops beside it change nothing it measures."""
+    data = copy_digits(tmp_path / "d", train=12, val=6)
+    quiet = advise(data, cache_dir=tmp_path / "c", **QUICK)
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        busy = advise(data, cache_dir=tmp_path / "c", **QUICK)
+    finally:
+        for p in loops:
+            p.kill()
+    assert busy["recommendation"] == quiet["recommendation"]
+    assert busy["accuracy"] == quiet["accuracy"]
+    assert busy["options"] == quiet["options"]

@@ -307,24 +307,29 @@ def print_evaluation(m: dict[str, Any]) -> None:
 def print_advice(r: dict[str, Any]) -> None:
     """The measurements and the recommendation of :func:`headstart.insight.advise.advise`."""
 
-    d, g, a = r["data_size"], r["domain_gap"], r["accuracy"]
+    d, g = r["data_size"], r["domain_gap"]
     out.print(f"data          {d['train_images']} training images "
               f"({', '.join(f'{c} {n}' for c, n in d['train_counts'].items())}), "
-              f"imbalance {d['imbalance_ratio']:.1f}x; {d['val_images']} validation images")
+              f"imbalance {d['imbalance_ratio']:.1f}x; {d['val_images']} validation images"
+              + (f" ({r['work']['repeats']} splits, averaged)" if r["work"]["repeats"] > 1
+                 else ""))
     if g["level"]:
         out.print(f"domain gap    {explain(DomainGap(**g))}")
-    curve = ", ".join(f"{c['images']}: {c['accuracy']:.3f}" for c in r["learning_curve"])
-    out.print(f"learning curve {curve}"
-              + (" (still rising)" if r["learning_curve_still_rising"] else ""))
-
-    def fmt(v: float | None) -> str:
-        return f"{v:.4f}" if v is not None else "not run (budget)"
-    out.print(f"accuracy      head only {fmt(a['head_only'])}, fine-tuned "
-              f"{fmt(a['finetuned'])}, from scratch {fmt(a['from_scratch'])}")
+    table = Table("option", "measured", "with images", "expected with all", "95% interval",
+                  "with 2x images", "with 10x", box=None)
+    for name, o in r["options"].items():
+        lo, hi = o["interval"]
+        table.add_row(name, f"{o['measured']:.1%}", str(o["images"]), f"{o['predicted']:.1%}",
+                      f"{lo:.0%}-{hi:.0%}", f"{o['with_more_images']['2x']:.1%}",
+                      f"{o['with_more_images']['10x']:.1%}")
+    out.print(table)
+    tied = r["too_close_to_call"]
     out.print(f"recommend     {r['recommendation']} (expected accuracy "
-              f"{r['predicted_accuracy']:.4f})")
+              f"{r['predicted_accuracy']:.1%}"
+              + (f"; too close to call with {', '.join(tied)}" if tied else "") + ")")
     for reason in r["reasons"]:
-        out.print(f"  because {reason}")
+        out.print(f"  because {reason}" if not reason.startswith("every accuracy")
+                  else f"  note: {reason}")
 
 
 def print_export(r: dict[str, Any]) -> None:

@@ -306,8 +306,9 @@ def evaluate(
 @user_errors
 def advise(
     data: Path = typer.Argument(..., help="Labelled images (class folders, train/val, CSV)."),
-    budget: float = typer.Option(defaults.BUDGET_SECONDS, help="Seconds of training for the "
-                                 "from-scratch baseline and the short fine-tune together."),
+    max_images: int = typer.Option(2000, help="Training images per fine-tuning or "
+                                   "from-scratch run (a sample beyond; the learning curves "
+                                   "extrapolate to all of them)."),
     backbone: str = typer.Option(defaults.BACKBONE, help="Backbone name."),
     seed: int = typer.Option(0, help="Random seed."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),
@@ -318,7 +319,7 @@ def advise(
     from ..fit.callbacks import Callbacks
 
     with progress_bar("features") as progress:
-        r = run_advise(data, budget=budget, backbone=backbone, seed=seed,
+        r = run_advise(data, max_images=max_images, backbone=backbone, seed=seed,
                        cache_dir=cache_dir, callbacks=Callbacks(progress))
     if as_json:
         emit_json(r)

@@ -44,7 +44,8 @@ import numpy as np
 from .. import defaults
 from ..io.files import FileProblem, read_regular, worker_count
 from .._threads import before_torch, size_torch
-from ..fit.training import Images, epoch_seconds, history_callback, module_class, transforms
+from ..fit.training import (Images, augmenter, epoch_seconds, history_callback, module_class,
+                            transforms)
 from ..backbone.build import Preprocess
 from ..io.dataset import median_short_side, split_rows
 from ..errors import HeadstartError
@@ -191,12 +192,14 @@ def finetune(model: Any, pre: Preprocess, train: tuple[Sequence[Any], Sequence[i
         logging.getLogger(name).setLevel(logging.WARNING)
     chosen = _chosen_stages(model, cfg.mode)
     trainable = {n for _, names in chosen for n in names}
-    train_dl, val_dl = _loaders(pre, train, val, cfg)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in trainable)
+    net, train_dl, val_dl, cfg = _inputs(model, pre, train, val, cfg)
     class_weight = _class_weight(train[1], head[0].shape[0])
 
     def make(c: FinetuneConfig) -> Any:
-        return module_class()(model, head[0].astype(np.float32), head[1].astype(np.float32),
-                               trainable, c, class_weight, max(1, len(train_dl)))
+        return module_class()(net, head[0].astype(np.float32), head[1].astype(np.float32),
+                               None, c, class_weight, max(1, len(train_dl)))
     cfg = _fit_to_time_limit(cfg, make, train_dl, len(val[0]))
     module = make(cfg)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -213,7 +216,25 @@ def finetune(model: Any, pre: Preprocess, train: tuple[Sequence[Any], Sequence[i
             on_epoch(row)
     trainer = _trainer(cfg, workdir, best, history, record)
     _fit(trainer, module, train_dl, val_dl, cfg, workdir)
-    return _result(trainer, module, best, history, earlier, chosen)
+    return _result(trainer, module, model, best, history, earlier, chosen)
+
+
+def _inputs(model: Any, pre: Preprocess, train: tuple[Sequence[Any], Sequence[int]],
+            val: tuple[Sequence[Any], Sequence[int]], cfg: FinetuneConfig
+            ) -> tuple[Any, Any, Any, FinetuneConfig]:
+    """``(network to train, train loader, val loader, cfg)``: the unfrozen top of ``model``
+    over cached trunk activations (:mod:`headstart.fit.cached`; the time limit less the
+    caching time), else the whole model over images decoded each epoch."""
+    from .cached import cached_run
+
+    run = cached_run(model, pre, train, val, cfg.augment, cfg.batch_size,
+                     augmenter(pre, cfg.augment) if cfg.augment != "none" else None)
+    if run is None:
+        return (model, *_loaders(pre, train, val, cfg), cfg)
+    if cfg.max_minutes:
+        cfg = replace(cfg, max_minutes=max(cfg.max_minutes - run.seconds / 60,
+                                           0.2 * cfg.max_minutes))
+    return run.top, run.train_dl, run.val_dl, cfg
 
 
 def _chosen_stages(model: Any, mode: str) -> list[tuple[str, list[str]]]:
@@ -303,10 +324,11 @@ def _fit(trainer: Any, module: Any, train_dl: Any, val_dl: Any, cfg: FinetuneCon
                     ckpt_path=str(ckpt) if cfg.resume and ckpt.is_file() else None)
 
 
-def _result(trainer: Any, module: Any, best: Any, history: list[dict[str, float]],
+def _result(trainer: Any, module: Any, model: Any, best: Any, history: list[dict[str, float]],
             earlier: list[dict[str, float]], chosen: list[tuple[str, list[str]]]
             ) -> FinetuneResult:
-    """The best epoch's frozen CPU backbone, head ``(K, D)``, ``(K,)``, and all epochs' rows."""
+    """The best epoch's frozen CPU backbone (``model``, which ``module`` trained all or the
+    top of), head ``(K, D)``, ``(K,)``, and all epochs' rows."""
     import torch
 
     if best.best_model_path:
@@ -318,7 +340,7 @@ def _result(trainer: Any, module: Any, best: Any, history: list[dict[str, float]
         history[:0] = [r for r in earlier if r["epoch"] < history[0]["epoch"]]
     best_epoch = max(history, key=lambda r: r["val_accuracy"])["epoch"] if history else 0
     module.eval()
-    model = module.backbone.cpu().eval().requires_grad_(False)
+    model = model.cpu().eval().requires_grad_(False).to(memory_format=torch.contiguous_format)
     return FinetuneResult(
         model=model, head_weight=module.head.weight.detach().cpu().numpy().copy(),
         head_bias=module.head.bias.detach().cpu().numpy().copy(), val_accuracy=best_acc,

@@ -29,8 +29,22 @@ class Images:
         return self.transform(self.paths[i]), int(self.labels[i])
 
 
-def transforms(pre: Preprocess, augment: str) -> tuple[Callable, Callable]:
+def augmenter(pre: Preprocess, augment: str) -> Callable[[Any], Any]:
+    """A decoded image -> one random ``(3, S, S)`` training view (``light``: crops of 60-100%
+    of the image and flips; ``strong``: 25-100%, colour jitter, RandAugment, erasing)."""
     import timm.data
+
+    strong = augment == "strong"
+    return timm.data.create_transform(
+        input_size=(3, pre.size, pre.size), is_training=True,
+        scale=(0.25, 1.0) if strong else (0.6, 1.0), hflip=0.5,
+        color_jitter=0.4 if strong else 0.0,
+        auto_augment="rand-m9-mstd0.5" if strong else None, re_prob=0.25 if strong else 0.0,
+        interpolation=pre.interpolation, mean=pre.mean, std=pre.std)
+
+
+def transforms(pre: Preprocess, augment: str) -> tuple[Callable, Callable]:
+    """``(train, evaluate)``: a path -> a ``(3, S, S)`` tensor, augmented or as at inference."""
     import torch
 
     from ..backbone.features import preprocess_image
@@ -40,13 +54,7 @@ def transforms(pre: Preprocess, augment: str) -> tuple[Callable, Callable]:
 
     if augment == "none":
         return evaluate, evaluate
-    strong = augment == "strong"
-    augmented = timm.data.create_transform(
-        input_size=(3, pre.size, pre.size), is_training=True,
-        scale=(0.25, 1.0) if strong else (0.6, 1.0), hflip=0.5,
-        color_jitter=0.4 if strong else 0.0,
-        auto_augment="rand-m9-mstd0.5" if strong else None, re_prob=0.25 if strong else 0.0,
-        interpolation=pre.interpolation, mean=pre.mean, std=pre.std)
+    augmented = augmenter(pre, augment)
 
     def train(path: Any) -> Any:
         return augmented(read_image(path))
@@ -62,14 +70,20 @@ def module_class() -> Any:
         """Backbone + linear head, with discriminative learning rates."""
 
         def __init__(self, backbone: nn.Module, weight: np.ndarray, bias: np.ndarray,
-                     trainable: set[str], cfg: Any, class_weight: np.ndarray,
+                     trainable: set[str] | None, cfg: Any, class_weight: np.ndarray,
                      steps_per_epoch: int) -> None:
             super().__init__()
             _set_up(self, backbone, weight, bias, trainable, cfg, class_weight,
                     steps_per_epoch)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.backbone(x))
+            if x.dtype != torch.float32:  # cached activations are float16
+                x = x.float()
+            if x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16,
+                                enabled=self.bf16 and x.device.type == "cpu"):
+                return self.head(self.backbone(x)).float()
 
         def train(self, mode: bool = True) -> "FinetuneModule":
             super().train(mode)
@@ -102,19 +116,24 @@ def module_class() -> Any:
 
 
 def _set_up(module: Any, backbone: Any, weight: np.ndarray, bias: np.ndarray,
-            trainable: set[str], cfg: Any, class_weight: np.ndarray,
+            trainable: set[str] | None, cfg: Any, class_weight: np.ndarray,
             steps_per_epoch: int) -> None:
-    """Attach backbone, head (``weight`` ``(K, D)``, ``bias`` ``(K,)``), frozen BNs, loss."""
+    """Attach backbone (channels-last; parameters named in ``trainable`` train, or as they
+    are when None), head (``weight`` ``(K, D)``, ``bias`` ``(K,)``), frozen BNs, loss."""
     import torch
     from torch import nn
 
-    module.backbone = backbone
+    from .cached import use_bfloat16
+
+    module.backbone = backbone.to(memory_format=torch.channels_last)
+    module.bf16 = use_bfloat16()
     module.head = nn.Linear(weight.shape[1], weight.shape[0])
     with torch.no_grad():
         module.head.weight.copy_(torch.from_numpy(weight))
         module.head.bias.copy_(torch.from_numpy(bias))
     for name, p in module.backbone.named_parameters():
-        p.requires_grad_(name in trainable)
+        if trainable is not None:
+            p.requires_grad_(name in trainable)
     module.frozen_bn = [m for m in module.backbone.modules()
                         if isinstance(m, nn.modules.batchnorm._BatchNorm)
                         and not any(p.requires_grad for p in m.parameters())]

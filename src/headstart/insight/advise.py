@@ -1,190 +1,370 @@
 """Is transfer learning the right tool for this data? Measure it, then say so.
 
-:func:`advise` reports, with numbers: the data size and balance; the domain gap between the
-images and the backbone's pretraining photos (:func:`headstart.fit.domain.domain_gap`); a
-learning curve of the frozen-feature head; a from-scratch baseline and a short fine-tune
-trained within a time budget (``budget`` seconds of training for the two together).
-Every accuracy is measured on the same validation images (the
-dataset's validation split, else the same stratified held-out fold ``train`` uses). Then
-one recommendation, by these rules, in order (margin: 1 point of accuracy):
+:func:`advise` measures three options on a fixed amount of work (images and epochs, never
+seconds, so that a busy machine gives the same advice as a quiet one):
 
-1. ``train from scratch`` if the from-scratch accuracy beats the best transfer-learning
-   accuracy (head only, fine-tuned) by the margin (1 point, and at least 2 validation
-   images);
-2. ``head + fine-tune`` if fine-tuning beats the head alone by the margin;
-3. ``collect more data`` if the best accuracy is under 95% and the learning curve still
-   rises (from half to all the training images, >= 2 points);
-4. ``head only`` otherwise.
+* ``head only``: the frozen-feature head (the kind ``train`` chooses) at 10/25/50/100% of
+  the training images;
+* ``head + fine-tune``: ``last-3`` (``all`` where the images are far from ImageNet), at most
+  :data:`FT_EPOCHS` epochs, on the training images and on half of them;
+* ``train from scratch``: ``resnet10t``, at most :data:`SCRATCH_EPOCHS` epochs, likewise.
 
-``predicted_accuracy`` is the measured accuracy of the recommended option (for "collect
-more data", of the best option so far).
+The expensive runs use at most :data:`MAX_IMAGES` training and :data:`MAX_VAL` validation
+images (stratified samples); with fewer than :data:`FEW_VAL` validation images every
+option is measured on :data:`REPEATS` stratified splits of all the labelled images and
+averaged. Every option is measured on the same validation images (the dataset's
+validation split, else the held-out fold ``train`` uses), then each option's learning
+curve (:mod:`headstart.insight.curves`) gives what it would reach with all the training
+images, and with 2x and 10x as many, with a 95% interval.
+
+The recommendation: the option with the highest predicted accuracy, except that options
+the validation images cannot tell apart (a difference under one standard error of the
+difference, 1 point or 2 validation images) are "too close to call", and of those the
+simplest is recommended (head only, then fine-tune, then from scratch). Where the best
+prediction is under 95% and 2x the images would add 2 points or more, the advice says
+how much collecting them would likely bring.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 
-from .. import defaults
-from ..backbone.build import DEFAULT_BACKBONE
+from ..backbone.build import DEFAULT_BACKBONE, Backbone
 from ..io.dataset import Dataset, load_dataset, split_rows, stratified_split
+from ..io.files import resolve_cache_dir
 from ..fit.domain import domain_gap, explain
 from ..errors import HeadstartError
 from ..backbone.features import FeatureCache, extract_features
-from ..fit.finetune import FinetuneConfig
+from ..fit.finetune import FinetuneConfig, finetune_stage
+from ..fit.scratch import scratch_stage
 from ..heads.linear import LinearHead
 from ..fit.classifier import Classifier
 from ..fit.callbacks import Callbacks
-from ..fit.stages import holdout_accuracy
-from ..fit.summary import DomainGap
+from .curves import Curve, binomial_halfwidth, fit_curve
 
-__all__ = ["DEFAULT_BUDGET", "MARGIN", "advise", "recommend"]
+__all__ = ["FEW_VAL", "FT_EPOCHS", "MARGIN", "MAX_IMAGES", "MAX_VAL", "OPTIONS", "Option",
+           "REPEATS", "SCRATCH_EPOCHS", "advise", "recommend"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BUDGET = defaults.BUDGET_SECONDS
 MARGIN = 0.01
+FT_EPOCHS = 8
+SCRATCH_EPOCHS = 15
+MAX_IMAGES = 2000
+MAX_VAL = 1000
+FEW_VAL = 100
+REPEATS = 3
 CURVE_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+OPTIONS = ("head only", "head + fine-tune", "train from scratch")  # simplest first
+CAVEAT = ("every accuracy here is measured on held-out images from the same folders as the "
+          "training images; photos from another camera, place or time can score lower")
 
 
-def recommend(head_only: float, finetuned: float | None, scratch: float | None,
-              curve_gain: float | None, n_val: int = 1000) -> tuple[str, float, list[str]]:
-    """Apply the rules of the module docstring: ``(recommendation, predicted, reasons)``.
+@dataclass
+class Option:
+    """One option as measured and extrapolated.
 
-    With ``n_val`` validation images, a difference counts only if it is at least
-    ``MARGIN`` and at least two images (``2 / n_val``): with 4 validation images, one image
-    is 25 points of noise.
-    """
-    margin = max(MARGIN, 2.0 / max(n_val, 1))
-    transfer = max(head_only, finetuned if finetuned is not None else -1.0)
-    best = max(transfer, scratch if scratch is not None else -1.0)
-    if scratch is not None and scratch >= transfer + margin:
-        return "train from scratch", scratch, [
-            f"a network trained from scratch reached {scratch:.1%}, above transfer learning "
-            f"({transfer:.1%}) on the same validation images"]
-    if finetuned is not None and finetuned >= head_only + margin:
-        return "head + fine-tune", finetuned, [
-            f"fine-tuning reached {finetuned:.1%}, above the head alone ({head_only:.1%})"]
-    if best < 0.95 and curve_gain is not None and curve_gain >= 0.02:
-        return "collect more data", best, [
-            f"accuracy is {best:.1%} and still rising with more images "
-            f"(+{curve_gain:.1%} from half to all of them)"]
-    return "head only", head_only, [
-        f"the head on frozen features reached {head_only:.1%}; fine-tuning or training from "
-        f"scratch did not beat it by {margin:.1%} (1 point, and 2 validation images)"]
+    ``measured``: mean validation accuracy with ``images`` training images (``val_images``
+    validation images over all repeats); ``curve``: its learning curve; ``predicted``:
+    with the user's ``target`` training images; ``interval``: 95% of ``predicted``;
+    ``more``: predicted with 2x and 10x the images."""
 
+    name: str
+    measured: float
+    images: int
+    val_images: int
+    curve: Curve
+    target: int
+    predicted: float = float("nan")
+    interval: tuple[float, float] = (0.0, 1.0)
+    more: dict[str, float] = field(default_factory=dict)
 
-def _learning_curve(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray,
-                    seed: int) -> list[dict[str, float]]:
-    rows = []
-    for frac in CURVE_FRACTIONS:
-        if frac < 1.0:
-            keep, _ = stratified_split(y[tr], 1.0 - frac, seed)  # keep ~frac of each class
-            sub = tr[keep]
-        else:
-            sub = tr
-        if len(np.unique(y[sub])) < len(np.unique(y)):
-            continue
-        head = LinearHead(cv=3, random_state=seed).fit(X[sub], y[sub])
-        rows.append({"fraction": frac, "images": int(len(sub)),
-                     "accuracy": float(np.mean(head.predict(X[va]) == y[va]))})
-    return rows
+    def __post_init__(self) -> None:
+        self.predicted = self.curve.at(self.target)
+        half = binomial_halfwidth(self.measured, self.val_images) \
+            + 0.5 * abs(self.predicted - self.measured)
+        self.interval = (max(0.0, self.predicted - half), min(1.0, self.predicted + half))
+        self.more = {"2x": self.curve.at(2 * self.target), "10x": self.curve.at(10 * self.target)}
+
+    @property
+    def se(self) -> float:
+        """Standard error of ``predicted`` (from its interval)."""
+        return (self.interval[1] - self.interval[0]) / (2 * 1.96)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"measured": self.measured, "images": self.images,
+                "val_images": self.val_images, "predicted": self.predicted,
+                "interval": list(self.interval), "with_more_images": self.more,
+                "training_images": self.target,
+                "curve": [{"images": n, "accuracy": a} for n, a in self.curve.points]}
 
 
-def advise(data: str | os.PathLike, budget: float = DEFAULT_BUDGET,
-           backbone: str = DEFAULT_BACKBONE, seed: int = 0, val_fraction: float = 0.2,
-           cache_dir: str | os.PathLike | None = None,
-           callbacks: Callbacks | None = None) -> dict[str, Any]:
+def recommend(options: dict[str, Option]) -> tuple[str, float, list[str], list[str]]:
+    """The rules of the module docstring: ``(recommendation, predicted accuracy, reasons,
+    options too close to call with it)``."""
+    ranked = sorted(options.values(), key=lambda o: -o.predicted)
+    best = ranked[0]
+
+    def close(o: Option) -> bool:
+        n = min(best.val_images, o.val_images)
+        gap = max(MARGIN, 2.0 / max(n, 1), math.hypot(best.se, o.se))
+        return best.predicted - o.predicted < gap
+    tied = [o for o in ranked if close(o)]
+    chosen = min(tied, key=lambda o: OPTIONS.index(o.name))
+    reasons = [f"{o.name}: {_says(o)}" for o in ranked]
+    others = [o.name for o in tied if o is not chosen]
+    if others:
+        reasons.append(f"too close to call: {chosen.name} and {', '.join(others)} differ by "
+                       "less than these validation images can tell apart; the simpler one "
+                       "is recommended")
+    elif len(ranked) > 1:
+        runner = ranked[1] if ranked[0] is chosen else ranked[0]
+        reasons.append(f"{chosen.name} is ahead of {runner.name} by "
+                       f"{chosen.predicted - runner.predicted:.1%}, more than the "
+                       "measurement's noise")
+    more = _more_data(chosen)
+    if more:
+        reasons.append(more)
+    return chosen.name, chosen.predicted, reasons, others
+
+
+def _says(o: Option) -> str:
+    """One option's figures in words."""
+    lo, hi = o.interval
+    text = (f"{o.measured:.1%} on {o.val_images} validation images with {o.images} training "
+            f"images; expected {o.predicted:.1%} with all {o.target} (95% interval "
+            f"{lo:.0%}-{hi:.0%})")
+    return text
+
+
+def _more_data(o: Option) -> str | None:
+    """What collecting more images would likely bring ``o``, when it is worth saying."""
+    if o.predicted >= 0.95 or o.more["2x"] - o.predicted < 0.02:
+        return None
+    return (f"collecting {o.target} more images (2x) would likely bring {o.name} to "
+            f"~{o.more['2x']:.0%} ({o.more['10x']:.0%} with 10x)")
+
+
+def advise(data: str | os.PathLike, backbone: str = DEFAULT_BACKBONE, seed: int = 0,
+           val_fraction: float = 0.2, cache_dir: str | os.PathLike | None = None,
+           callbacks: Callbacks | None = None, max_images: int = MAX_IMAGES,
+           ft_epochs: int = FT_EPOCHS, scratch_epochs: int = SCRATCH_EPOCHS
+           ) -> dict[str, Any]:
     """Measure whether transfer learning suits ``data`` and recommend what to do.
 
     Args:
-        budget: seconds of training for the from-scratch baseline and the short fine-tune
-            together (half each; fine-tuning also gets what the first run left unused).
-            The frozen-feature measurements come on top (seconds once features are cached).
+        max_images: training images per fine-tuning or from-scratch run (a stratified
+            sample beyond; the learning curves extrapolate to all of them).
+        ft_epochs, scratch_epochs: the most epochs of those runs (early stopping after
+            3 epochs without improvement).
 
     Returns:
         a JSON-serialisable dict (keys documented in the README).
 
     Raises:
-        HeadstartError: ``budget`` is not a positive number of seconds.
+        HeadstartError: a setting is out of range.
     """
-    if not isinstance(budget, (int, float)) or budget <= 0:
-        raise HeadstartError(param="budget", expected="seconds > 0", got=budget)
+    for name, v, low in (("max_images", max_images, 20), ("ft_epochs", ft_epochs, 1),
+                         ("scratch_epochs", scratch_epochs, 1)):
+        if not isinstance(v, int) or v < low:
+            raise HeadstartError(param=name, expected=f"an integer >= {low}", got=v)
     t0 = time.perf_counter()
     cb = callbacks or Callbacks()
     ds = load_dataset(data)
-    head_only = Classifier(backbone=backbone, head="auto", seed=seed, cache_dir=cache_dir,
-                           val_fraction=val_fraction).fit(data, callbacks=Callbacks(cb.progress))
-    bb = head_only.backbone_  # features below come from the cache this fit filled
+    fitted = Classifier(backbone=backbone, head="auto", seed=seed, cache_dir=cache_dir,
+                        val_fraction=val_fraction).fit(data, callbacks=Callbacks(cb.progress))
+    bb = fitted.backbone_  # features below come from the cache this fit filled
     items, y_all, is_train = ds.rows()
-    feats = extract_features(bb, items, FeatureCache(cache_dir))
-    X, y = feats.X, y_all[feats.index]
-    tr, va = split_rows(y, is_train[feats.index], val_fraction, seed)
-    curve = _learning_curve(X, y, tr, va, seed)
-    h, _ = holdout_accuracy(head_only.head_, X, y, is_train[feats.index], seed,
-                            val_fraction)  # on the rows the other runs are measured on
-    gap = domain_gap(bb, X[tr])
-    runs = _budget_runs(data, budget, backbone, seed, val_fraction, cache_dir,
-                        gap.level == "far", Callbacks(epoch=cb.epoch))
+    cache = FeatureCache(cache_dir)
+    feats = extract_features(bb, items, cache)
+    rows = _Rows([items[i] for i in feats.index], y_all[feats.index],
+                 is_train[feats.index], feats.X)
+    gap = domain_gap(bb, rows.X[split_rows(rows.y, rows.is_train, val_fraction, seed)[0]])
+    splits = _splits(rows, val_fraction, seed)
+    work = _Work(bb, fitted.head_, gap.level == "far", seed, resolve_cache_dir(cache_dir),
+                 _features_of(bb, cache), max_images,
+                 ft_epochs, scratch_epochs)
+    options, runs = _measure(rows, splits, work)
+    choice, predicted, reasons, tied = recommend(options)
+    if gap.level == "far":
+        reasons.append(f"the images are far from the pretraining photos ({explain(gap)})")
+    reasons.append(CAVEAT)
+    head = options["head only"]
     return {
-        "data": str(data),
-        "classes": list(ds.train.classes),
-        "data_size": _data_size(ds, y[tr], len(va), len(feats.skipped)),
+        "data": str(data), "classes": list(ds.train.classes),
+        "data_size": _data_size(ds, rows.y[splits[0][0]], len(splits[0][1]),
+                                len(feats.skipped)),
         "domain_gap": gap.to_dict(),
-        **_advice(h, runs, curve, len(va), gap),
-        "budget_seconds": budget,
+        "learning_curve": [{"images": n, "accuracy": a} for n, a in head.curve.points],
+        "learning_curve_still_rising": bool(head.more["2x"] - head.predicted >= 0.02),
+        "accuracy": {"head_only": head.measured,
+                     "finetuned": _measured(options, "head + fine-tune"),
+                     "from_scratch": _measured(options, "train from scratch")},
+        "options": {k: o.to_dict() for k, o in options.items()},
+        "runs": runs, "recommendation": choice, "predicted_accuracy": predicted,
+        "interval": list(options[choice].interval), "too_close_to_call": tied,
+        "reasons": reasons,
+        "work": {"max_images": max_images, "ft_epochs": ft_epochs,
+                 "scratch_epochs": scratch_epochs, "repeats": len(splits)},
         "seconds": round(time.perf_counter() - t0, 1),
     }
 
 
-def _advice(h: float, runs: dict[str, Any], curve: list[dict[str, float]], n_val: int,
-            gap: DomainGap) -> dict[str, Any]:
-    """The learning curve, accuracies, runs, recommendation and reasons (result keys)."""
-    s, f = runs.get("from_scratch"), runs.get("finetune")
-    scratch = float(s.val_accuracy) if s else None
-    finetuned = float(f.val_accuracy_finetuned) if f and f.ran else None
-    gain = (curve[-1]["accuracy"] - curve[-2]["accuracy"]) if len(curve) >= 2 else None
-    choice, predicted, reasons = recommend(h, finetuned, scratch, gain, n_val)
-    if gap.level == "far":
-        reasons.append(f"the images are far from the pretraining photos ({explain(gap)})")
-    return {
-        "learning_curve": curve,
-        "learning_curve_still_rising": bool(gain is not None and gain >= 0.02),
-        "accuracy": {"head_only": h, "finetuned": finetuned, "from_scratch": scratch},
-        "runs": {k: v.to_dict() for k, v in runs.items()},
-        "recommendation": choice,
-        "predicted_accuracy": predicted,
-        "reasons": reasons,
-    }
+def _features_of(bb: Backbone, cache: FeatureCache) -> Callable[[Backbone, list[Any]],
+                                                                   np.ndarray]:
+    """Features ``(N, D)`` under a backbone: the frozen one's (any image size) through the
+    cache and the fastest engine; a trained one's with PyTorch (no engine export for a
+    network measured once)."""
+    def features(b: Backbone, paths: list[Any]) -> np.ndarray:
+        tuned = b.model is not None and b.model is not bb.model
+        return extract_features(b, paths, cache, runtime="torch" if tuned else "auto").X
+    return features
 
 
-def _budget_runs(data: str | os.PathLike, budget: float, backbone: str, seed: int,
-                 val_fraction: float, cache_dir: str | os.PathLike | None, far: bool,
-                 epochs: Callbacks) -> dict[str, Any]:
-    """Summaries of the from-scratch run and the short fine-tune that fit in ``budget``."""
-    t_runs = time.perf_counter()
+def _measured(options: dict[str, Option], name: str) -> float | None:
+    return options[name].measured if name in options else None
+
+
+@dataclass
+class _Rows:
+    """The readable labelled images: paths, labels ``(N,)``, training rows ``(N,)`` bool
+    and frozen features ``(N, D)``."""
+
+    paths: list[Any]
+    y: np.ndarray
+    is_train: np.ndarray
+    X: np.ndarray
+
+
+@dataclass
+class _Work:
+    """What the measurements run with (see :func:`_measure`)."""
+
+    backbone: Backbone
+    head: Any
+    far: bool
+    seed: int
+    cache_root: Any
+    features: Callable[[Any, list[Any]], np.ndarray]
+    max_images: int
+    ft_epochs: int
+    scratch_epochs: int
+
+
+def _splits(rows: _Rows, val_fraction: float, seed: int
+            ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[(train rows, validation rows)]``: the split ``train`` uses (validation capped at
+    :data:`MAX_VAL`, stratified), or with fewer than :data:`FEW_VAL` validation images,
+    :data:`REPEATS` stratified splits of all the rows (the first one ``train``'s)."""
+    tr, va = split_rows(rows.y, rows.is_train, val_fraction, seed)
+    if len(va) > MAX_VAL:
+        keep, _ = stratified_split(rows.y[va], 1.0 - MAX_VAL / len(va), seed)
+        va = va[keep]
+    out = [(tr, va)]
+    if len(va) < FEW_VAL:
+        everything = np.arange(len(rows.y))
+        frac = max(val_fraction, len(va) / len(rows.y))
+        for r in range(1, REPEATS):
+            a, b = stratified_split(rows.y, frac, seed + r)
+            if len(np.unique(rows.y[a])) == len(np.unique(rows.y)) and len(b):
+                out.append((everything[a], everything[b]))
+    return out
+
+
+def _subsample(y: np.ndarray, rows: np.ndarray, n: int, seed: int) -> np.ndarray | None:
+    """A stratified sample of about ``n`` of ``rows`` (all if fewer), or None when a class
+    would be left without an image."""
+    if n >= len(rows):
+        return rows
+    keep, _ = stratified_split(y[rows], 1.0 - n / len(rows), seed)
+    sub = rows[keep]
+    return sub if len(np.unique(y[sub])) == len(np.unique(y[rows])) else None
+def _measure(rows: _Rows, splits: list[tuple[np.ndarray, np.ndarray]], work: _Work
+             ) -> tuple[dict[str, Option], dict[str, Any]]:
+    """Each option measured on ``splits`` and extrapolated to the user's training images;
+    the summaries of the full-size fine-tuning and from-scratch runs of the first split."""
+    target = len(splits[0][0])
+    options = {"head only": _head_option(rows, splits, work, target)}
     runs: dict[str, Any] = {}
-    share = budget / 2
-    if share >= 10:
-        cfg = FinetuneConfig(max_minutes=share / 60, augment="none", lr=3e-3, patience=3)
-        clf = Classifier(from_scratch=True, seed=seed, cache_dir=cache_dir,
-                         val_fraction=val_fraction, finetune_config=cfg).fit(
-            data, callbacks=epochs)
-        runs["from_scratch"] = clf.summary_.from_scratch
-    left = budget - (time.perf_counter() - t_runs)
-    if left >= 10:
-        mode = "all" if far else "last-3"
-        cfg = FinetuneConfig(max_minutes=left / 60, augment="none", patience=3,
-                             backbone_lr_factor=0.5 if mode == "all" else 0.1)
-        clf = Classifier(backbone=backbone, head="linear", finetune=mode, seed=seed,
-                         cache_dir=cache_dir, val_fraction=val_fraction,
-                         finetune_config=cfg).fit(data, callbacks=epochs)
-        runs["finetune"] = clf.summary_.finetune
-    return runs
+    for name in OPTIONS[1:]:
+        points: dict[int, list[tuple[float, int]]] = {}
+        for r, (tr, va) in enumerate(splits):
+            full = _subsample(rows.y, tr, work.max_images, work.seed)
+            half = _subsample(rows.y, full, len(full) // 2, work.seed) \
+                if full is not None else None
+            for sub in (half, full):
+                if sub is None or len(sub) < 2 * len(np.unique(rows.y)):
+                    continue
+                acc, summary = _train_option(name, rows, sub, va, work)
+                points.setdefault(len(sub), []).append((acc, len(va)))
+                if r == 0 and sub is full:
+                    runs["finetune" if name == OPTIONS[1] else "from_scratch"] = summary
+        if points:
+            options[name] = _option(name, points, target)
+    return options, runs
+
+
+def _option(name: str, points: dict[int, list[tuple[float, int]]], target: int) -> Option:
+    """An :class:`Option` from ``{images: [(accuracy, validation images)]}`` (repeats
+    averaged, weighted by their validation images)."""
+    curve_pts = []
+    for n, accs in sorted(points.items()):
+        total = sum(v for _, v in accs)
+        curve_pts.append((n, sum(a * v for a, v in accs) / max(total, 1)))
+    n_top = max(points)
+    return Option(name, curve_pts[-1][1], n_top, sum(v for _, v in points[n_top]),
+                  fit_curve(curve_pts), target)
+
+
+def _head_option(rows: _Rows, splits: list[tuple[np.ndarray, np.ndarray]], work: _Work,
+                 target: int) -> Option:
+    """The frozen-feature head (``train``'s kind and settings) at 10/25/50/100% of the
+    training rows of each split."""
+    points: dict[int, list[tuple[float, int]]] = {}
+    params = work.head.refit_params() if hasattr(work.head, "refit_params") else None
+    for tr, va in splits:
+        for frac in CURVE_FRACTIONS:
+            sub = _subsample(rows.y, tr, max(1, round(frac * len(tr))), work.seed)
+            if sub is None or (frac < 1.0 and len(sub) == len(tr)):
+                continue
+            head = type(work.head)(**params) if params is not None else \
+                LinearHead(cv=3, random_state=work.seed)
+            try:
+                head.fit(rows.X[sub], rows.y[sub])
+            except (ValueError, HeadstartError):  # too few images of a class to fit
+                continue
+            acc = float(np.mean(head.predict(rows.X[va]) == rows.y[va]))
+            points.setdefault(len(sub), []).append((acc, len(va)))
+    return _option("head only", points, target)
+
+
+def _train_option(name: str, rows: _Rows, sub: np.ndarray, va: np.ndarray, work: _Work
+                  ) -> tuple[float, Any]:
+    """Fine-tune (or train from scratch) on rows ``sub``, validated on ``va``: ``(accuracy,
+    summary)``."""
+    idx = np.concatenate([sub, va])
+    paths = [rows.paths[i] for i in idx]
+    y = rows.y[idx]
+    is_train = np.arange(len(idx)) < len(sub)
+    if name == "head + fine-tune":
+        mode = "all" if work.far else "last-3"
+        cfg = FinetuneConfig(mode=mode, augment="none", patience=3, max_epochs=work.ft_epochs,
+                             backbone_lr_factor=0.5 if mode == "all" else 0.1,
+                             keep="finetuned")
+        res = finetune_stage(work.backbone, paths, y, is_train, float("nan"), cfg,
+                             work.cache_root, work.features, work.seed, far=work.far)
+        return float(res.summary.val_accuracy_finetuned), res.summary.to_dict()
+    cfg = FinetuneConfig(max_epochs=work.scratch_epochs, augment="none", lr=3e-3, patience=4)
+    res = scratch_stage(paths, y, is_train, int(rows.y.max()) + 1, cfg, work.cache_root,
+                        work.features, work.seed)
+    return float(res.val_accuracy), res.summary.to_dict()
 
 
 def _data_size(ds: Dataset, y_train: np.ndarray, n_val: int, unreadable: int

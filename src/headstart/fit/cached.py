@@ -1,0 +1,256 @@
+"""Fine-tuning without recomputing what does not change (private; used by
+:func:`headstart.fit.finetune.finetune`).
+
+The stages below the first unfrozen one never change during fine-tuning, so their output
+(the activations at the cut) is computed once per image, and once per augmented view when
+augmentation is on, before the first epoch; every epoch then runs only the unfrozen stages
+on those cached activations. Decoding and resizing happen once.
+
+Rules:
+
+* the backbone is split where its forward is a plain chain of modules (timm's CNNs:
+  stem, each block, the final conv), checked on a random input: the split model must give
+  the same features as the whole one, else the images are decoded and run through the
+  whole network each epoch as before;
+* views per training image: 1 without augmentation, :data:`VIEWS` with it (each epoch
+  picks one at random), fewer when the cache would pass :data:`CACHE_BYTES`; with
+  augmentation and room for fewer than 2 views, nothing is cached;
+* activations are stored as float16 (float32 if they exceed its range), the network
+  runs channels-last, and in bfloat16 autocast where the CPU has bfloat16 matrix units
+  (:func:`use_bfloat16`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..backbone.build import Preprocess
+from ..io.decode import read_image
+
+__all__ = ["CACHE_BYTES", "VIEWS", "CachedRun", "cached_run", "cpu_flags", "split_backbone",
+           "use_bfloat16"]
+
+logger = logging.getLogger(__name__)
+
+VIEWS = 4
+CACHE_BYTES = 1 << 30
+_HEAD_PARTS = ("global_pool", "head", "fc", "classifier", "head_drop", "fc_norm", "head_dist")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def use_bfloat16() -> bool:
+    """True where the CPU has bfloat16 matrix units (AMX or AVX-512 BF16) and
+    ``HEADSTART_BF16`` is not ``0``; ``HEADSTART_BF16=1`` forces it on. Without those
+    units bfloat16 is emulated and several times slower than float32."""
+    env = os.environ.get("HEADSTART_BF16", "").strip()
+    if env in ("0", "1"):
+        return env == "1"
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+
+def _chain(model: Any) -> tuple[list[tuple[str, Any]], list[Any]] | None:
+    """``model``'s feature path as ``[(name, module)]`` in order (one level of
+    ``Sequential`` / ``ModuleList`` unrolled) and its head modules; None when the model
+    has no ``forward_head``."""
+    from torch import nn
+
+    if not callable(getattr(model, "forward_head", None)):
+        return None
+    chain: list[tuple[str, Any]] = []
+    head: list[Any] = []
+    for name, child in model.named_children():
+        if name in _HEAD_PARTS:
+            head.append(child)
+        elif isinstance(child, (nn.Sequential, nn.ModuleList)):
+            chain += [(f"{name}.{n}", c) for n, c in child.named_children()]
+        else:
+            chain.append((name, child))
+    return chain, head
+
+
+def split_backbone(model: Any, size: int) -> tuple[Any, Any] | None:
+    """``(trunk, top)`` with ``top(trunk(x)) == model(x)``: ``trunk`` the modules below
+    the first one with a trainable parameter, ``top`` the rest with the model's pooling
+    head (sharing ``model``'s modules, so training ``top`` trains ``model``). None when
+    ``model``'s forward is not that chain (checked in eval mode on a ``(2, 3, size,
+    size)`` random input)."""
+    import torch
+    from torch import nn
+
+    parts = _chain(model)
+    if parts is None:
+        return None
+    chain, head = parts
+    cut = next((i for i, (_, m) in enumerate(chain)
+                if any(p.requires_grad for p in m.parameters())), len(chain))
+    trunk = nn.Sequential(*[m for _, m in chain[:cut]])
+    top = _Top([m for _, m in chain[cut:]], head, model.forward_head)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            x = torch.randn(2, 3, size, size)
+            same = torch.allclose(top(trunk(x)), model(x), rtol=1e-3, atol=1e-4)
+    except Exception as e:  # noqa: BLE001 - a chain that does not run is not the model
+        logger.debug("backbone is not a plain chain: %s", e)
+        same = False
+    finally:
+        model.train(was_training)
+    return (trunk, top) if same else None
+
+
+def _top_class() -> Any:
+    from torch import nn
+
+    class Top(nn.Module):
+        """The unfrozen modules of a chain, then the model's pooling head."""
+
+        def __init__(self, blocks: list[Any], head: list[Any], forward_head: Callable) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList(blocks)
+            self.head_parts = nn.ModuleList(head)  # registered, so their parameters train
+            self.forward_head = forward_head
+
+        def forward(self, x: Any) -> Any:
+            for b in self.blocks:
+                x = b(x)
+            return self.forward_head(x)
+
+    return Top
+
+
+def _Top(blocks: list[Any], head: list[Any], forward_head: Callable) -> Any:
+    return _top_class()(blocks, head, forward_head)
+
+
+@dataclass
+class CachedRun:
+    """What :func:`cached_run` built: the module to train (``top``), the loaders over
+    cached activations, and the cache's size."""
+
+    top: Any
+    train_dl: Any
+    val_dl: Any
+    views: int
+    bytes: int
+    seconds: float
+
+
+def cached_run(model: Any, pre: Preprocess, train: tuple[Sequence[Any], Sequence[int]],
+               val: tuple[Sequence[Any], Sequence[int]], augment: str, batch_size: int,
+               augmented: Callable[[Any], Any] | None, seed: int = 0) -> CachedRun | None:
+    """Split ``model``, cache its trunk's activations for ``train`` (augmented views made
+    by ``augmented(decoded image)``, or the inference view without augmentation) and
+    ``val`` (the inference view), and return loaders over them; None where the model
+    cannot be split or the cache would not fit (rules in the module docstring)."""
+    import time
+
+    import torch
+
+    split = split_backbone(model, pre.size)
+    if split is None or not train[0]:
+        return None
+    trunk, top = split
+    t0 = time.perf_counter()
+    one = _trunk_outputs(trunk, [_plain(train[0][0], pre)])[0]
+    per_view = int(one.numel()) * 2 * len(train[0])
+    views = 1 if augment == "none" else int(min(VIEWS, CACHE_BYTES // max(per_view, 1)))
+    if views < 1 or (augment != "none" and views < 2):
+        logger.info("fine-tuning cache would not fit (%d MB a view): decoding every epoch",
+                    per_view >> 20)
+        return None
+
+    def train_views(path: Any) -> list[Any]:
+        if augment == "none":
+            return [_plain(path, pre)]
+        img = read_image(path)  # decoded once, augmented ``views`` times
+        return [augmented(img) for _ in range(views)]  # type: ignore[misc]
+    acts = _cache(trunk, train[0], train_views)  # (N, V, ...)
+    val_acts = _cache(trunk, val[0], lambda p: [_plain(p, pre)])
+    loader = torch.utils.data.DataLoader
+    g = torch.Generator().manual_seed(seed)
+    train_dl = loader(_Views(acts, train[1], seed), batch_size=batch_size, shuffle=True,
+                      drop_last=len(train[0]) > batch_size, generator=g)
+    val_dl = loader(_Views(val_acts, val[1], seed), batch_size=batch_size * 2)
+    size = int(acts.numel() * acts.element_size() + val_acts.numel() * val_acts.element_size())
+    seconds = time.perf_counter() - t0
+    logger.info("fine-tuning cache: %d view(s), %d MB, %.1f s", views, size >> 20, seconds)
+    return CachedRun(top, train_dl, val_dl, views, size, seconds)
+
+
+def _plain(path: Any, pre: Preprocess) -> Any:
+    """The inference view of one image: ``(3, S, S)`` float32, decoded as at inference."""
+    import torch
+
+    from ..backbone.features import preprocess_image
+
+    return torch.from_numpy(preprocess_image(path, pre))
+
+
+def _trunk_outputs(trunk: Any, inputs: list[Any], batch: int = 32) -> list[Any]:
+    """The trunk's outputs for ``inputs`` (``(3, S, S)`` tensors), in eval mode."""
+    import torch
+
+    trunk.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(inputs), batch):
+            x = torch.stack(inputs[i:i + batch]).contiguous(memory_format=torch.channels_last)
+            out += list(trunk(x).contiguous())
+    return out
+
+
+def _cache(trunk: Any, paths: Sequence[Any], views_of: Callable[[Any], list[Any]],
+           batch: int = 32) -> Any:
+    """``(N, V, ...)`` trunk outputs of each image's ``V`` views (``views_of(path)``), as
+    float16 (float32 past float16's range); images decoded a batch at a time."""
+    import torch
+
+    parts = []
+    for i in range(0, len(paths), batch):
+        views = [views_of(p) for p in paths[i:i + batch]]
+        out = _trunk_outputs(trunk, [v for vs in views for v in vs], batch)
+        parts.append(torch.stack(out).reshape(len(views), len(views[0]), *out[0].shape))
+    acts = torch.cat(parts)
+    return acts.half() if float(acts.abs().max()) < 6e4 else acts
+
+
+def _views_class() -> Any:
+    import torch
+
+    class Views(torch.utils.data.Dataset):
+        """Cached ``(N, V, ...)`` activations; each read picks one of an image's views."""
+
+        def __init__(self, acts: Any, labels: Sequence[int], seed: int) -> None:
+            self.acts, self.labels = acts, list(labels)
+            self.rng = np.random.default_rng(seed)
+
+        def __len__(self) -> int:
+            return len(self.labels)
+
+        def __getitem__(self, i: int) -> tuple[Any, int]:
+            v = int(self.rng.integers(self.acts.shape[1])) if self.acts.shape[1] > 1 else 0
+            return self.acts[i, v], int(self.labels[i])
+
+    return Views
+
+
+def _Views(acts: Any, labels: Sequence[int], seed: int) -> Any:
+    return _views_class()(acts, labels, seed)
