@@ -192,28 +192,36 @@ def advise(data: str | os.PathLike, backbone: str = DEFAULT_BACKBONE, seed: int 
                  _features_of(bb, cache), max_images,
                  ft_epochs, scratch_epochs)
     options, runs = _measure(rows, splits, work)
+    out = _report(options, gap)
+    return {
+        "data": str(data), "classes": list(ds.train.classes),
+        "data_size": _data_size(ds, rows.y[splits[0][0]], len(splits[0][1]),
+                                len(feats.skipped)),
+        "domain_gap": gap.to_dict(), **out, "runs": runs,
+        "work": {"max_images": max_images, "ft_epochs": ft_epochs,
+                 "scratch_epochs": scratch_epochs, "repeats": len(splits)},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def _report(options: dict[str, Option], gap: Any) -> dict[str, Any]:
+    """The result keys that come from the measured options: the head's learning curve,
+    accuracies, options, recommendation, interval, ties and reasons."""
     choice, predicted, reasons, tied = recommend(options)
     if gap.level == "far":
         reasons.append(f"the images are far from the pretraining photos ({explain(gap)})")
     reasons.append(CAVEAT)
     head = options["head only"]
     return {
-        "data": str(data), "classes": list(ds.train.classes),
-        "data_size": _data_size(ds, rows.y[splits[0][0]], len(splits[0][1]),
-                                len(feats.skipped)),
-        "domain_gap": gap.to_dict(),
         "learning_curve": [{"images": n, "accuracy": a} for n, a in head.curve.points],
         "learning_curve_still_rising": bool(head.more["2x"] - head.predicted >= 0.02),
         "accuracy": {"head_only": head.measured,
                      "finetuned": _measured(options, "head + fine-tune"),
                      "from_scratch": _measured(options, "train from scratch")},
         "options": {k: o.to_dict() for k, o in options.items()},
-        "runs": runs, "recommendation": choice, "predicted_accuracy": predicted,
+        "recommendation": choice, "predicted_accuracy": predicted,
         "interval": list(options[choice].interval), "too_close_to_call": tied,
         "reasons": reasons,
-        "work": {"max_images": max_images, "ft_epochs": ft_epochs,
-                 "scratch_epochs": scratch_epochs, "repeats": len(splits)},
-        "seconds": round(time.perf_counter() - t0, 1),
     }
 
 
