@@ -24,6 +24,8 @@ Rules:
   are restored at the end.
 * the fine-tuned model replaces the head-only one only if its validation accuracy is
   higher on the same validation images (``keep="finetuned"`` keeps it regardless).
+* the frozen stages run once per image (and augmented view), not once per epoch: see
+  :mod:`headstart.fit.cached`.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 MARGIN = 0.01
 FT_EPOCHS = 8
-SCRATCH_EPOCHS = 15
+SCRATCH_EPOCHS = 10
 MAX_IMAGES = 2000
 MAX_VAL = 1000
 FEW_VAL = 100
