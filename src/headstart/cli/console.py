@@ -315,8 +315,8 @@ def print_advice(r: dict[str, Any]) -> None:
                  else ""))
     if g["level"]:
         out.print(f"domain gap    {explain(DomainGap(**g))}")
-    table = Table("option", "measured", "with images", "expected with all", "95% interval",
-                  "with 2x images", "with 10x", box=None)
+    table = Table("option", "measured", "trained on", f"expected ({d['train_images']})",
+                  "95% interval", "2x images", "10x images", box=None)
     for name, o in r["options"].items():
         lo, hi = o["interval"]
         table.add_row(name, f"{o['measured']:.1%}", str(o["images"]), f"{o['predicted']:.1%}",
