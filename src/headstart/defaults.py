@@ -7,7 +7,7 @@ here, and so does the CLI; this module imports nothing, so ``headstart --help`` 
 """
 
 __all__ = ["BACKBONE", "BACKBONE_LR_FACTOR", "BATCH_WAIT_MS", "BODY_MIN_RATE", "BODY_TIMEOUT_S",
-           "EPOCHS",
+           "ADVISE_MAX_IMAGES", "EPOCHS",
            "HEAD", "LR", "MAX_BATCH", "MAX_FILES", "MAX_PIXELS", "MAX_UPLOAD_MB", "NOT_SURE_BELOW", "PATIENCE",
            "PORT", "RUNTIME", "SCRATCH_LR", "STUDIO_PORT", "VAL_FRACTION"]
 
@@ -22,6 +22,9 @@ LR = 1e-3                          # the head's learning rate
 SCRATCH_LR = 3e-3                  # from scratch, where the whole network learns
 BACKBONE_LR_FACTOR = 0.1           # backbone learning rate = LR x this
 PATIENCE = 4                       # epochs without improvement before stopping
+
+# advise: training images per fine-tuning or from-scratch run (a sample beyond)
+ADVISE_MAX_IMAGES = 2000
 
 # a prediction whose top probability is below this is shown as "not sure" (web page, studio)
 NOT_SURE_BELOW = 0.6

@@ -306,9 +306,9 @@ def evaluate(
 @user_errors
 def advise(
     data: Path = typer.Argument(..., help="Labelled images (class folders, train/val, CSV)."),
-    max_images: int = typer.Option(2000, help="Training images per fine-tuning or "
-                                   "from-scratch run (a sample beyond; the learning curves "
-                                   "extrapolate to all of them)."),
+    max_images: int = typer.Option(
+        defaults.ADVISE_MAX_IMAGES, help="Training images per fine-tuning or from-scratch run "
+        "(a sample beyond; the learning curves extrapolate to all of them)."),
     backbone: str = typer.Option(defaults.BACKBONE, help="Backbone name."),
     seed: int = typer.Option(0, help="Random seed."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache directory."),

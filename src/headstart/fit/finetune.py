@@ -21,7 +21,8 @@ Rules:
   cross-entropy with label smoothing and class-balanced weights.
 * BatchNorm layers in frozen stages keep their ImageNet statistics (always in eval mode).
 * early stopping on validation accuracy (``patience`` epochs); the best epoch's weights
-  are restored at the end.
+  are restored at the end (``restore_best=False`` keeps the last epoch's: a measurement
+  not chosen on the validation images it is reported on, as ``advise`` needs).
 * the fine-tuned model replaces the head-only one only if its validation accuracy is
   higher on the same validation images (``keep="finetuned"`` keeps it regardless).
 * the frozen stages run once per image (and augmented view), not once per epoch: see
@@ -108,6 +109,7 @@ class FinetuneConfig:
     precision: str | None = None
     num_workers: int | None = None
     keep: str = "better"
+    restore_best: bool = True
 
     def __post_init__(self) -> None:
         self.check()
@@ -333,14 +335,18 @@ def _result(trainer: Any, module: Any, model: Any, best: Any, history: list[dict
     top of), head ``(K, D)``, ``(K,)``, and all epochs' rows."""
     import torch
 
-    if best.best_model_path:
+    restore = best.best_model_path and module.cfg.restore_best
+    if restore:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
         module.load_state_dict(state["state_dict"])
     best_acc = float(best.best_model_score) if best.best_model_score is not None else \
         float("nan")
+    if not restore and history:
+        best_acc = history[-1]["val_accuracy"]
     if history:  # epochs run before an interruption, then the resumed ones
         history[:0] = [r for r in earlier if r["epoch"] < history[0]["epoch"]]
-    best_epoch = max(history, key=lambda r: r["val_accuracy"])["epoch"] if history else 0
+    best_epoch = (max(history, key=lambda r: r["val_accuracy"])["epoch"] if restore
+                  else history[-1]["epoch"]) if history else 0
     module.eval()
     model = model.cpu().eval().requires_grad_(False).to(memory_format=torch.contiguous_format)
     return FinetuneResult(
