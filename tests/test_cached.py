@@ -84,7 +84,7 @@ def test_cached_finetune_trains_the_top_only_and_reports_honest_accuracy(backbon
     d, k = int(model.num_features), 2
     head = (np.zeros((k, d), np.float32), np.zeros(k, np.float32))
     cfg = FinetuneConfig(mode="last-2", max_epochs=2, augment="none", batch_size=4,
-                         num_workers=0)
+                         num_workers=0, restore_best=False)
     res = finetune(model, pre, (paths[:10], labels[:10]), (paths[10:], labels[10:]), head, cfg,
                    tmp_path / "ft")
     trained = {n for _, ns in _chosen_stages(res.model, "last-2") for n in ns}
@@ -93,6 +93,8 @@ def test_cached_finetune_trains_the_top_only_and_reports_honest_accuracy(backbon
     assert all(torch.equal(before[n], after[n]) for n in before if n not in trained)
     assert all(p.is_contiguous() for p in res.model.parameters())  # safetensors needs it
     assert len(res.history) == 2 and 0.0 <= res.val_accuracy <= 1.0
+    # restore_best=False: the last epoch is kept and reported, not the best one
+    assert res.best_epoch == 2 and res.val_accuracy == res.history[-1]["val_accuracy"]
 
 
 def test_bfloat16_only_where_the_cpu_has_the_units(monkeypatch):
@@ -117,3 +119,25 @@ def test_forced_bfloat16_still_trains(backbone, tmp_path, monkeypatch):
                                   num_workers=0), tmp_path / "ft")
     assert np.isfinite(res.history[0]["train_loss"])
     assert all(p.dtype == torch.float32 for p in res.model.parameters())
+
+
+def test_inference_views_are_computed_once_per_process(backbone):
+    from headstart.fit import cached
+
+    model = copy.deepcopy(backbone.model)
+    _unfreeze(model, "last-1")
+    paths, labels = _images()
+    pre = Preprocess(48, 1.0, "bilinear", backbone.preprocess.mean, backbone.preprocess.std)
+    first = cached_run(model, pre, (paths[:6], labels[:6]), (paths[6:9], labels[6:9]), "none",
+                       4, None)
+    size = cached._MEMO.bytes
+    assert size > 0
+    again = cached_run(model, pre, (paths[:3], labels[:3]), (paths[6:9], labels[6:9]), "none",
+                       4, None)  # a subset of the same images: nothing new computed
+    assert cached._MEMO.bytes == size
+    assert torch.equal(again.train_dl.dataset.acts, first.train_dl.dataset.acts[:3])
+    # other weights, other activations
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    cached_run(model, pre, (paths[:3], labels[:3]), (paths[6:9], labels[6:9]), "none", 4, None)
+    assert cached._MEMO.bytes > size

@@ -178,12 +178,11 @@ def cached_run(model: Any, pre: Preprocess, train: tuple[Sequence[Any], Sequence
         return None
 
     def train_views(path: Any) -> list[Any]:
-        if augment == "none":
-            return [_plain(path, pre)]
         img = read_image(path)  # decoded once, augmented ``views`` times
         return [augmented(img) for _ in range(views)]  # type: ignore[misc]
-    acts = _cache(trunk, train[0], train_views)  # (N, V, ...)
-    val_acts = _cache(trunk, val[0], lambda p: [_plain(p, pre)])
+    acts = _plain_cache(trunk, train[0], pre) if augment == "none" else \
+        _cache(trunk, train[0], train_views)  # (N, V, ...)
+    val_acts = _plain_cache(trunk, val[0], pre)
     loader = torch.utils.data.DataLoader
     g = torch.Generator().manual_seed(seed)
     train_dl = loader(_Views(acts, train[1], seed), batch_size=batch_size, shuffle=True,
@@ -230,6 +229,74 @@ def _cache(trunk: Any, paths: Sequence[Any], views_of: Callable[[Any], list[Any]
         parts.append(torch.stack(out).reshape(len(views), len(views[0]), *out[0].shape))
     acts = torch.cat(parts)
     return acts.half() if float(acts.abs().max()) < 6e4 else acts
+
+
+def _plain_cache(trunk: Any, paths: Sequence[Any], pre: Preprocess) -> Any:
+    """``(N, 1, ...)`` trunk outputs of the inference views, as :func:`_cache`; each one
+    remembered for the process (:data:`_MEMO`, up to :data:`MEMO_BYTES`), keyed by the
+    trunk's weights, the preprocessing and the file (path, size, modification time), so
+    that runs over the same images (``advise``'s splits and sizes) compute it once."""
+    import torch
+
+    key = _trunk_key(trunk, pre)
+    keys = [(key, *_file_key(p)) for p in paths]
+    missing = [i for i, k in enumerate(keys) if k not in _MEMO]
+    if missing:
+        fresh = _cache(trunk, [paths[i] for i in missing], lambda p: [_plain(p, pre)])
+        for i, act in zip(missing, fresh):
+            _MEMO.put(keys[i], act)
+    out = [_MEMO.get(k) for k in keys]
+    if any(a is None for a in out):  # the memo was too small to hold them all
+        return _cache(trunk, paths, lambda p: [_plain(p, pre)])
+    return torch.stack(out)
+
+
+MEMO_BYTES = 512 << 20
+
+
+class _Memo:
+    """Trunk outputs by key, oldest dropped past :data:`MEMO_BYTES`."""
+
+    def __init__(self) -> None:
+        self.items: dict[tuple[Any, ...], Any] = {}
+        self.bytes = 0
+
+    def __contains__(self, key: tuple[Any, ...]) -> bool:
+        return key in self.items
+
+    def get(self, key: tuple[Any, ...]) -> Any:
+        return self.items.get(key)
+
+    def put(self, key: tuple[Any, ...], act: Any) -> None:
+        act = act.clone()  # not a view that keeps its whole batch alive
+        self.items[key] = act
+        self.bytes += act.numel() * act.element_size()
+        while self.bytes > MEMO_BYTES and self.items:
+            old = self.items.pop(next(iter(self.items)))
+            self.bytes -= old.numel() * old.element_size()
+
+
+_MEMO = _Memo()
+
+
+def _trunk_key(trunk: Any, pre: Preprocess) -> str:
+    """A hash of the trunk's modules and weights and of the preprocessing."""
+    import hashlib
+
+    h = hashlib.sha256(repr((pre, [type(m).__name__ for m in trunk])).encode())
+    for name, t in trunk.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _file_key(path: Any) -> tuple[Any, ...]:
+    """``(path, size, mtime)`` of an image file (the path alone when it cannot be read)."""
+    try:
+        st = os.stat(path)
+        return (str(path), st.st_size, st.st_mtime_ns)
+    except (OSError, TypeError):
+        return (str(path), -1, -1)
 
 
 def _views_class() -> Any:
