@@ -171,11 +171,12 @@ def test_settings_are_checked():
 @pytest.mark.slow
 def test_advice_is_the_same_on_a_busy_machine(tmp_path):
     """Fixed work, not seconds: two busy loops beside it change nothing it measures."""
-    data = copy_digits(tmp_path / "d", train=12, val=6)
-    quiet = advise(data, cache_dir=tmp_path / "c", **QUICK)
+    data = copy_digits(tmp_path / "d", classes=("0", "1"), train=10, val=5)
+    fixed = dict(ft_epochs=1, scratch_epochs=2)
+    quiet = advise(data, cache_dir=tmp_path / "c", **fixed)
     loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
-        busy = advise(data, cache_dir=tmp_path / "c", **QUICK)
+        busy = advise(data, cache_dir=tmp_path / "c", **fixed)
     finally:
         for p in loops:
             p.kill()
