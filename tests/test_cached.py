@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from headstart.backbone.build import Preprocess
-from headstart.fit.cached import cached_run, cpu_flags, split_backbone, use_bfloat16
+from headstart.fit.cached import cached_run, split_backbone
+from headstart.fit.training import cpu_flags, use_bfloat16
 from headstart.fit.finetune import FinetuneConfig, _chosen_stages, finetune
 
 from .conftest import EXAMPLES

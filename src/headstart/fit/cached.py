@@ -17,7 +17,7 @@ Rules:
   augmentation and room for fewer than 2 views, nothing is cached;
 * activations are stored as float16 (float32 if they exceed its range), the network
   runs channels-last, and in bfloat16 autocast where the CPU has bfloat16 matrix units
-  (:func:`use_bfloat16`).
+  (:func:`headstart.fit.training.use_bfloat16`).
 """
 
 from __future__ import annotations
@@ -31,37 +31,15 @@ import numpy as np
 
 from ..backbone.build import Preprocess
 from ..io.decode import read_image
+from .training import inference_view, weights_digest
 
-__all__ = ["CACHE_BYTES", "VIEWS", "CachedRun", "cached_run", "cpu_flags", "split_backbone",
-           "use_bfloat16"]
+__all__ = ["CACHE_BYTES", "VIEWS", "CachedRun", "cached_run", "split_backbone"]
 
 logger = logging.getLogger(__name__)
 
 VIEWS = 4
 CACHE_BYTES = 1 << 30
 _HEAD_PARTS = ("global_pool", "head", "fc", "classifier", "head_drop", "fc_norm", "head_dist")
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def use_bfloat16() -> bool:
-    """True where the CPU has bfloat16 matrix units (AMX or AVX-512 BF16) and
-    ``HEADSTART_BF16`` is not ``0``; ``HEADSTART_BF16=1`` forces it on. Without those
-    units bfloat16 is emulated and several times slower than float32."""
-    env = os.environ.get("HEADSTART_BF16", "").strip()
-    if env in ("0", "1"):
-        return env == "1"
-    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
 
 
 def _chain(model: Any) -> tuple[list[tuple[str, Any]], list[Any]] | None:
@@ -169,7 +147,7 @@ def cached_run(model: Any, pre: Preprocess, train: tuple[Sequence[Any], Sequence
         return None
     trunk, top = split
     t0 = time.perf_counter()
-    one = _trunk_outputs(trunk, [_plain(train[0][0], pre)])[0]
+    one = _trunk_outputs(trunk, [inference_view(train[0][0], pre)])[0]
     per_view = int(one.numel()) * 2 * len(train[0])
     views = 1 if augment == "none" else int(min(VIEWS, CACHE_BYTES // max(per_view, 1)))
     if views < 1 or (augment != "none" and views < 2):
@@ -192,15 +170,6 @@ def cached_run(model: Any, pre: Preprocess, train: tuple[Sequence[Any], Sequence
     seconds = time.perf_counter() - t0
     logger.info("fine-tuning cache: %d view(s), %d MB, %.1f s", views, size >> 20, seconds)
     return CachedRun(top, train_dl, val_dl, views, size, seconds)
-
-
-def _plain(path: Any, pre: Preprocess) -> Any:
-    """The inference view of one image: ``(3, S, S)`` float32, decoded as at inference."""
-    import torch
-
-    from ..backbone.features import preprocess_image
-
-    return torch.from_numpy(preprocess_image(path, pre))
 
 
 def _trunk_outputs(trunk: Any, inputs: list[Any], batch: int = 32) -> list[Any]:
@@ -242,12 +211,12 @@ def _plain_cache(trunk: Any, paths: Sequence[Any], pre: Preprocess) -> Any:
     keys = [(key, *_file_key(p)) for p in paths]
     missing = [i for i, k in enumerate(keys) if k not in _MEMO]
     if missing:
-        fresh = _cache(trunk, [paths[i] for i in missing], lambda p: [_plain(p, pre)])
+        fresh = _cache(trunk, [paths[i] for i in missing], lambda p: [inference_view(p, pre)])
         for i, act in zip(missing, fresh):
             _MEMO.put(keys[i], act)
     out = [_MEMO.get(k) for k in keys]
     if any(a is None for a in out):  # the memo was too small to hold them all
-        return _cache(trunk, paths, lambda p: [_plain(p, pre)])
+        return _cache(trunk, paths, lambda p: [inference_view(p, pre)])
     return torch.stack(out)
 
 
@@ -280,14 +249,8 @@ _MEMO = _Memo()
 
 
 def _trunk_key(trunk: Any, pre: Preprocess) -> str:
-    """A hash of the trunk's modules and weights and of the preprocessing."""
-    import hashlib
-
-    h = hashlib.sha256(repr((pre, [type(m).__name__ for m in trunk])).encode())
-    for name, t in trunk.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    """The trunk's modules and weights and the preprocessing, as a string."""
+    return repr((pre, [type(m).__name__ for m in trunk], weights_digest(trunk)))
 
 
 def _file_key(path: Any) -> tuple[Any, ...]:

@@ -48,7 +48,7 @@ from .. import defaults
 from ..io.files import FileProblem, read_regular, worker_count
 from .._threads import before_torch, size_torch
 from ..fit.training import (Images, augmenter, epoch_seconds, history_callback, module_class,
-                            transforms)
+                            transforms, weights_digest)
 from ..backbone.build import Preprocess
 from ..io.dataset import median_short_side, split_rows
 from ..errors import HeadstartError
@@ -363,19 +363,6 @@ def _linear_init(X: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, n
     return w.astype(np.float32), (h.intercept_ - w @ h.mean_).astype(np.float32)
 
 
-def _weights_digest(model: Any, *arrays: np.ndarray) -> str:
-    """Hash of a module's state (and extra arrays): equal hashes, equal weights."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:16]
-
-
 @dataclass
 class StageResult:
     """Outcome of :func:`finetune_stage` (or :func:`headstart.fit.scratch.scratch_stage`): the
@@ -438,7 +425,7 @@ def finetune_stage(backbone: Any, paths: Sequence[Any], y: np.ndarray, is_train:
                      backbone.preprocess.mean, backbone.preprocess.std)
     X = features(backbone.with_preprocess(pre), [paths[i] for i in train_rows])
     w, b = _linear_init(X, y[train_rows], seed)
-    key = _weights_digest(backbone.model)[:8] + f"-{size}-{cfg.mode}-{len(paths)}"
+    key = weights_digest(backbone.model)[:8] + f"-{size}-{cfg.mode}-{len(paths)}"
     t0 = time.perf_counter()
     res = finetune(copy.deepcopy(backbone.model), pre,
                    ([paths[i] for i in train_rows], y[train_rows].tolist()),
@@ -451,7 +438,7 @@ def finetune_stage(backbone: Any, paths: Sequence[Any], y: np.ndarray, is_train:
                       epochs=res.epochs, best_epoch=res.best_epoch,
                       train_images=int(len(train_rows)), val_images=int(len(val_rows)),
                       minutes=round((time.perf_counter() - t0) / 60, 2),
-                      weights_digest=_weights_digest(res.model, res.head_weight,
+                      weights_digest=weights_digest(res.model, res.head_weight,
                                                      res.head_bias),
                       config=asdict(cfg), val_accuracy_finetuned=accuracy,
                       kept="finetuned" if kept else "head-only")
@@ -470,7 +457,7 @@ def measured(name: str, timm_name: str, kind: str, pre: Preprocess, res: Finetun
     from ..backbone.build import Backbone
 
     tuned = Backbone(name, timm_name, pre,
-                     f"{kind}-{_weights_digest(res.model)}", int(res.model.num_features),
+                     f"{kind}-{weights_digest(res.model)}", int(res.model.num_features),
                      model=res.model)
     Xv = features(tuned, val_paths)
     head = LinearHead.from_weights(res.head_weight, res.head_bias)

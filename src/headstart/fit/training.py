@@ -8,6 +8,7 @@ estimate used to fit a schedule into a time limit. The rules live in
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -43,14 +44,55 @@ def augmenter(pre: Preprocess, augment: str) -> Callable[[Any], Any]:
         interpolation=pre.interpolation, mean=pre.mean, std=pre.std)
 
 
-def transforms(pre: Preprocess, augment: str) -> tuple[Callable, Callable]:
-    """``(train, evaluate)``: a path -> a ``(3, S, S)`` tensor, augmented or as at inference."""
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def use_bfloat16() -> bool:
+    """True where the CPU has bfloat16 matrix units (AMX or AVX-512 BF16) and
+    ``HEADSTART_BF16`` is not ``0``; ``HEADSTART_BF16=1`` forces it on. Without those
+    units bfloat16 is emulated and several times slower than float32."""
+    env = os.environ.get("HEADSTART_BF16", "").strip()
+    if env in ("0", "1"):
+        return env == "1"
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+
+def inference_view(path: Any, pre: Preprocess) -> Any:
+    """One image as a ``(3, S, S)`` float32 tensor, decoded and resized exactly as at
+    inference."""
     import torch
 
     from ..backbone.features import preprocess_image
 
-    def evaluate(path: Any) -> Any:  # exactly the decoding and resizing of inference
-        return torch.from_numpy(preprocess_image(path, pre))
+    return torch.from_numpy(preprocess_image(path, pre))
+
+
+def weights_digest(model: Any, *arrays: np.ndarray) -> str:
+    """Hash of a module's state (and extra arrays): equal hashes, equal weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def transforms(pre: Preprocess, augment: str) -> tuple[Callable, Callable]:
+    """``(train, evaluate)``: a path -> a ``(3, S, S)`` tensor, augmented or as at inference."""
+    def evaluate(path: Any) -> Any:
+        return inference_view(path, pre)
 
     if augment == "none":
         return evaluate, evaluate
@@ -122,8 +164,6 @@ def _set_up(module: Any, backbone: Any, weight: np.ndarray, bias: np.ndarray,
     are when None), head (``weight`` ``(K, D)``, ``bias`` ``(K,)``), frozen BNs, loss."""
     import torch
     from torch import nn
-
-    from .cached import use_bfloat16
 
     module.backbone = backbone.to(memory_format=torch.channels_last)
     module.bf16 = use_bfloat16()

@@ -49,7 +49,6 @@ from ..errors import HeadstartError
 from ..backbone.features import FeatureCache, extract_features
 from ..fit.finetune import FinetuneConfig, finetune_stage
 from ..fit.scratch import scratch_stage
-from ..heads.linear import LinearHead
 from ..fit.classifier import Classifier
 from ..fit.callbacks import Callbacks
 from .curves import Curve, binomial_halfwidth, fit_curve
@@ -299,6 +298,8 @@ def _subsample(y: np.ndarray, rows: np.ndarray, n: int, seed: int) -> np.ndarray
     keep, _ = stratified_split(y[rows], 1.0 - n / len(rows), seed)
     sub = rows[keep]
     return sub if len(np.unique(y[sub])) == len(np.unique(y[rows])) else None
+
+
 def _measure(rows: _Rows, splits: list[tuple[np.ndarray, np.ndarray]], work: _Work
              ) -> tuple[dict[str, Option], dict[str, Any]]:
     """Each option measured on ``splits`` and extrapolated to the user's training images;
@@ -341,14 +342,13 @@ def _head_option(rows: _Rows, splits: list[tuple[np.ndarray, np.ndarray]], work:
     """The frozen-feature head (``train``'s kind and settings) at 10/25/50/100% of the
     training rows of each split."""
     points: dict[int, list[tuple[float, int]]] = {}
-    params = work.head.refit_params() if hasattr(work.head, "refit_params") else None
+    params = work.head.refit_params()
     for tr, va in splits:
         for frac in CURVE_FRACTIONS:
             sub = _subsample(rows.y, tr, max(1, round(frac * len(tr))), work.seed)
             if sub is None or (frac < 1.0 and len(sub) == len(tr)):
                 continue
-            head = type(work.head)(**params) if params is not None else \
-                LinearHead(cv=3, random_state=work.seed)
+            head = type(work.head)(**params)
             try:
                 head.fit(rows.X[sub], rows.y[sub])
             except (ValueError, HeadstartError):  # too few images of a class to fit
@@ -375,7 +375,7 @@ def _train_option(name: str, rows: _Rows, sub: np.ndarray, va: np.ndarray, work:
         res = finetune_stage(work.backbone, paths, y, is_train, float("nan"), cfg,
                              work.cache_root, work.features, work.seed, far=work.far)
         return float(res.summary.val_accuracy_finetuned), res.summary.to_dict()
-    cfg = FinetuneConfig(max_epochs=work.scratch_epochs, augment="none", lr=3e-3,
+    cfg = FinetuneConfig(max_epochs=work.scratch_epochs, augment="none", lr=defaults.SCRATCH_LR,
                          patience=work.scratch_epochs, restore_best=False)
     res = scratch_stage(paths, y, is_train, int(rows.y.max()) + 1, cfg, work.cache_root,
                         work.features, work.seed)
