@@ -15,7 +15,8 @@ from headstart import Classifier
 from headstart.errors import HeadstartError
 from headstart.insight.evaluate import evaluate
 from headstart.fit.finetune import (AUTO_MIN_PER_CLASS, FinetuneConfig, _stages,
-                                choose_image_size, parse_mode, skip_reason)
+                                    choose_image_size, clear_gain, parse_mode, schedule,
+                                    skip_reason)
 from headstart.fit.callbacks import Callbacks
 
 from .conftest import EXAMPLES
@@ -34,6 +35,28 @@ def test_parse_mode_and_config_errors():
         FinetuneConfig(image_size=4)
     with pytest.raises(HeadstartError, match="keep"):
         FinetuneConfig(keep="worse")
+
+
+def test_a_gain_within_noise_keeps_the_head():
+    # issue 31: 9 validation images, a 2-image gain (88.9% -> 100%) is chance
+    clear, why = clear_gain(8 / 9, 1.0, 9)
+    assert not clear and "within the" in why and "head-only model is kept" in why
+    assert "9 validation images" in why
+    # the same gain on 900 images is not
+    clear, why = clear_gain(0.889, 1.0, 900)
+    assert clear and "more than the" in why
+    assert not clear_gain(0.9, 0.9, 1000)[0] and not clear_gain(0.95, 0.90, 1000)[0]
+    assert not clear_gain(0.5, 0.6, 10, margin_se=0)[0]  # one image is never enough
+    # the margin shrinks with more images
+    assert clear_gain(0.90, 0.92, 4000)[0] and not clear_gain(0.90, 0.92, 100)[0]
+
+
+def test_auto_runs_a_fixed_schedule_and_keeps_the_last_epoch():
+    cfg = schedule(FinetuneConfig(mode="auto", max_epochs=12))
+    assert cfg.patience == 12 and not cfg.restore_best and cfg.max_minutes == 5.0
+    assert schedule(FinetuneConfig(mode="auto", max_minutes=2)).max_minutes == 2
+    given = FinetuneConfig(mode="last-3", patience=3)
+    assert schedule(given) == given  # an explicit mode early-stops as asked
 
 
 def test_image_size_rule(tmp_path):
@@ -86,10 +109,11 @@ def test_finetune_keeps_the_better_model_and_reports_both(tmp_path):
     assert f.ran and f.image_size == 64 and f.unfrozen == ["stage 6", "stage 7"]
     assert [e["epoch"] for e in epochs] == [1, 2]
     assert all(0 <= e["val_accuracy"] <= 1 and e["train_loss"] > 0 for e in epochs)
-    best = max(f.val_accuracy_head_only, f.val_accuracy_finetuned)
-    assert clf.summary_.val_accuracy == pytest.approx(best)
-    assert f.kept == ("finetuned" if f.val_accuracy_finetuned >
-                      f.val_accuracy_head_only else "head-only")
+    clear, why = clear_gain(f.val_accuracy_head_only, f.val_accuracy_finetuned,
+                            f.val_images)
+    assert f.kept == ("finetuned" if clear else "head-only") and f.keep_reason == why
+    assert clf.summary_.val_accuracy == pytest.approx(
+        f.val_accuracy_finetuned if clear else f.val_accuracy_head_only)
     out = clf.save(tmp_path / "m")
     rows = (out / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,train_loss") and len(rows) == 3

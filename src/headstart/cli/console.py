@@ -259,7 +259,8 @@ def _print_extras(s: Any) -> None:
         if f.ran:
             out.print(f"finetune    {f.mode} at {f.image_size} px, {f.epochs} epochs: "
                       f"validation accuracy {f.val_accuracy_finetuned:.1%} vs head only "
-                      f"{f.val_accuracy_head_only:.1%}; kept {f.kept}")
+                      f"{f.val_accuracy_head_only:.1%}; kept {f.kept}"
+                      + (f" ({f.keep_reason})" if f.keep_reason else ""))
         else:
             out.print(f"finetune    skipped: {f.reason}")
     if s.int8:

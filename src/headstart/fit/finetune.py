@@ -12,7 +12,10 @@ Rules:
   when every class has at least :data:`AUTO_MIN_PER_CLASS` training images, or
   :data:`AUTO_MIN_PER_CLASS_FAR` when the images are far from ImageNet
   (:mod:`headstart.fit.domain`), within :data:`AUTO_MAX_MINUTES` unless ``max_minutes`` says
-  otherwise; then it is kept only if it beats the head on the validation images.
+  otherwise. ``auto`` runs a fixed schedule (``max_epochs``, no early stopping) and keeps
+  the last epoch's weights, so the validation images choose nothing before they judge.
+  The thresholds and the margin below were chosen with a leave-one-dataset-out study
+  (``benchmarks/finetune_auto.py``; figures in ``benchmarks/README.md``).
 * image size: the backbone's input size, unless the images are much smaller: when their
   median shorter side is under half the input size they train at twice that side, rounded
   up to a multiple of 32 and at least 64 px (28 px digits train at 64 px).
@@ -24,7 +27,9 @@ Rules:
   are restored at the end (``restore_best=False`` keeps the last epoch's: a measurement
   not chosen on the validation images it is reported on, as ``advise`` needs).
 * the fine-tuned model replaces the head-only one only if its validation accuracy is
-  higher on the same validation images (``keep="finetuned"`` keeps it regardless).
+  higher on the same validation images by at least two images and by more than
+  :data:`KEEP_MARGIN_SE` standard errors of the difference (:func:`clear_gain`: one
+  image of 9 is chance); ``keep="finetuned"`` keeps it regardless.
 * the frozen stages run once per image (and augmented view), not once per epoch: see
   :mod:`headstart.fit.cached`.
 """
@@ -56,8 +61,9 @@ from ..heads.linear import LinearHead
 from ..fit.summary import FinetuneSummary, ScratchSummary
 
 __all__ = ["AUTO_MAX_MINUTES", "AUTO_MIN_PER_CLASS", "AUTO_MIN_PER_CLASS_FAR",
-           "FinetuneConfig", "FinetuneResult", "StageResult",
+           "KEEP_MARGIN_SE", "FinetuneConfig", "clear_gain", "FinetuneResult", "StageResult",
            "choose_image_size", "finetune", "finetune_stage", "is_rank_zero", "parse_mode",
+           "schedule",
            "skip_reason",
            "read_metrics_csv", "write_metrics_csv"]
 
@@ -66,6 +72,7 @@ logger = logging.getLogger(__name__)
 AUTO_MIN_PER_CLASS = 50
 AUTO_MIN_PER_CLASS_FAR = 20  # far from ImageNet: where fine-tuning gains most
 AUTO_MAX_MINUTES = 5.0  # the budget of an 'auto' fine-tune without --max-minutes
+KEEP_MARGIN_SE = 1.0  # keep="better": the validation gain must exceed this many std errors
 AUGMENTS = ("none", "light", "strong")
 
 
@@ -391,6 +398,16 @@ def skip_reason(cfg: FinetuneConfig, y: np.ndarray, is_train: np.ndarray,
     return None
 
 
+def schedule(cfg: FinetuneConfig) -> FinetuneConfig:
+    """``cfg`` as it runs: ``auto`` within :data:`AUTO_MAX_MINUTES` unless ``max_minutes``
+    says otherwise, for all ``max_epochs`` (no early stopping) and keeping the last epoch,
+    so that the validation images only judge; other modes as given."""
+    if parse_mode(cfg.mode) != "auto":
+        return cfg
+    return replace(cfg, max_minutes=cfg.max_minutes or AUTO_MAX_MINUTES,
+                   patience=cfg.max_epochs, restore_best=False)
+
+
 def finetune_stage(backbone: Any, paths: Sequence[Any], y: np.ndarray, is_train: np.ndarray,
                    head_only_accuracy: float, cfg: FinetuneConfig, cache_root: Path,
                    features: Callable[[Any, list[Any]], np.ndarray], seed: int = 0,
@@ -416,8 +433,7 @@ def finetune_stage(backbone: Any, paths: Sequence[Any], y: np.ndarray, is_train:
     summary.reason = skip_reason(cfg, y, is_train, far)
     if summary.reason is not None:
         return StageResult(summary, [])
-    if parse_mode(cfg.mode) == "auto" and cfg.max_minutes is None:
-        cfg = replace(cfg, max_minutes=AUTO_MAX_MINUTES)
+    cfg = schedule(cfg)
     train_rows, val_rows = split_rows(y, is_train, val_fraction, seed)
     size = cfg.image_size or choose_image_size([paths[i] for i in train_rows],
                                                backbone.preprocess.size)
@@ -433,7 +449,8 @@ def finetune_stage(backbone: Any, paths: Sequence[Any], y: np.ndarray, is_train:
                    cache_root / "finetune" / key, on_epoch)
     tuned, head, accuracy = measured(backbone.name, backbone.timm_name, "finetuned", pre, res,
                                      features, [paths[i] for i in val_rows], y[val_rows])
-    kept = accuracy > head_only_accuracy or cfg.keep == "finetuned"
+    clear, why = clear_gain(head_only_accuracy, accuracy, len(val_rows))
+    kept = clear or cfg.keep == "finetuned"
     summary = replace(summary, ran=True, image_size=size, unfrozen=res.unfrozen,
                       epochs=res.epochs, best_epoch=res.best_epoch,
                       train_images=int(len(train_rows)), val_images=int(len(val_rows)),
@@ -441,12 +458,30 @@ def finetune_stage(backbone: Any, paths: Sequence[Any], y: np.ndarray, is_train:
                       weights_digest=weights_digest(res.model, res.head_weight,
                                                      res.head_bias),
                       config=asdict(cfg), val_accuracy_finetuned=accuracy,
-                      kept="finetuned" if kept else "head-only")
+                      kept="finetuned" if kept else "head-only",
+                      keep_reason=why if cfg.keep == "better" else None)
     out = StageResult(summary, res.history)
     if kept:
         out.backbone, out.head = tuned, head
         out.val_accuracy, out.val_images = accuracy, int(len(val_rows))
     return out
+
+
+def clear_gain(head: float, tuned: float, images: int,
+               margin_se: float = KEEP_MARGIN_SE) -> tuple[bool, str]:
+    """Whether validation accuracy ``tuned`` beats ``head`` (both on the same ``images``)
+    by at least two images and by more than ``margin_se`` standard errors of the
+    difference, and why, in words."""
+    p = (head + tuned) / 2
+    margin = max(margin_se * math.sqrt(max(p * (1 - p), 1e-4) * 2 / max(images, 1)),
+                 1.5 / max(images, 1))
+    gain = tuned - head
+    if gain > margin:
+        return True, (f"fine-tuning gained {gain:+.1%} on {images} validation images, more "
+                      f"than the {margin:.1%} that chance alone could give")
+    return False, (f"fine-tuning {'gained' if gain > 0 else 'changed'} {gain:+.1%} on "
+                   f"{images} validation images, within the {margin:.1%} that chance "
+                   "alone could give; the simpler head-only model is kept")
 
 
 def measured(name: str, timm_name: str, kind: str, pre: Preprocess, res: FinetuneResult,

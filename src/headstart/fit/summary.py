@@ -98,6 +98,7 @@ class FinetuneSummary:
     config: dict[str, Any] | None = None
     val_accuracy_finetuned: float | None = None
     kept: str | None = None
+    keep_reason: str | None = None
 
     @property
     def changed_backbone(self) -> bool:
