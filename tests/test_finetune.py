@@ -88,13 +88,13 @@ def test_auto_skips_small_data_with_reason():
     assert clf.summary_.val_accuracy == f.val_accuracy_head_only
 
 
-def test_auto_fine_tunes_far_data_from_fewer_images():
-    y, train = np.repeat([0, 1, 2], 25), np.ones(75, bool)
-    cfg = FinetuneConfig(mode="auto")
-    assert "fewer than 50" in skip_reason(cfg, y, train)
-    assert skip_reason(cfg, y, train, far=True) is None  # 25 >= 20 far from ImageNet
-    assert "fewer than 20 (images far from ImageNet)" in skip_reason(
-        cfg, np.repeat([0, 1, 2], 10), np.ones(30, bool), far=True)
+def test_auto_fine_tunes_only_from_enough_images_per_class():
+    cfg, n = FinetuneConfig(mode="auto"), AUTO_MIN_PER_CLASS
+    y = np.repeat([0, 1, 2], n)
+    assert skip_reason(cfg, y, np.ones(3 * n, bool)) is None
+    train = np.ones(3 * n, bool)
+    train[-1] = False  # validation rows do not count
+    assert f"a class has {n - 1} training images, fewer than {n}" in skip_reason(cfg, y, train)
     assert skip_reason(FinetuneConfig(mode="last-2"), np.repeat([0, 1], 2),
                        np.ones(4, bool)) is None  # only auto decides
 

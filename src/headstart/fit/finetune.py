@@ -9,9 +9,7 @@ Rules:
 
 * ``mode``: ``off``; ``all``; ``last-N`` (unfreeze the top N stages of the backbone, as timm
   groups them: stem, each block stage, the final conv); ``auto`` fine-tunes ``last-3`` only
-  when every class has at least :data:`AUTO_MIN_PER_CLASS` training images, or
-  :data:`AUTO_MIN_PER_CLASS_FAR` when the images are far from ImageNet
-  (:mod:`headstart.fit.domain`), within :data:`AUTO_MAX_MINUTES` unless ``max_minutes`` says
+  when every class has at least :data:`AUTO_MIN_PER_CLASS` training images, within :data:`AUTO_MAX_MINUTES` unless ``max_minutes`` says
   otherwise. ``auto`` runs a fixed schedule (``max_epochs``, no early stopping) and keeps
   the last epoch's weights, so the validation images choose nothing before they judge.
   The thresholds and the margin below were chosen with a leave-one-dataset-out study
@@ -60,7 +58,7 @@ from ..errors import HeadstartError
 from ..heads.linear import LinearHead
 from ..fit.summary import FinetuneSummary, ScratchSummary
 
-__all__ = ["AUTO_MAX_MINUTES", "AUTO_MIN_PER_CLASS", "AUTO_MIN_PER_CLASS_FAR",
+__all__ = ["AUTO_MAX_MINUTES", "AUTO_MIN_PER_CLASS",
            "KEEP_MARGIN_SE", "FinetuneConfig", "clear_gain", "FinetuneResult", "StageResult",
            "choose_image_size", "finetune", "finetune_stage", "is_rank_zero", "parse_mode",
            "schedule",
@@ -69,8 +67,7 @@ __all__ = ["AUTO_MAX_MINUTES", "AUTO_MIN_PER_CLASS", "AUTO_MIN_PER_CLASS_FAR",
 
 logger = logging.getLogger(__name__)
 
-AUTO_MIN_PER_CLASS = 50
-AUTO_MIN_PER_CLASS_FAR = 20  # far from ImageNet: where fine-tuning gains most
+AUTO_MIN_PER_CLASS = 200  # below it, no measured task gained (benchmarks/README.md)
 AUTO_MAX_MINUTES = 5.0  # the budget of an 'auto' fine-tune without --max-minutes
 KEEP_MARGIN_SE = 1.0  # keep="better": the validation gain must exceed this many std errors
 AUGMENTS = ("none", "light", "strong")
@@ -384,17 +381,13 @@ class StageResult:
     val_images: int = 0
 
 
-def skip_reason(cfg: FinetuneConfig, y: np.ndarray, is_train: np.ndarray,
-                far: bool = False) -> str | None:
-    """Why :func:`finetune_stage` would not fine-tune (``auto`` with too few images per
-    class: fewer than 50, or 20 when the images are ``far`` from ImageNet), or None when
-    it would."""
+def skip_reason(cfg: FinetuneConfig, y: np.ndarray, is_train: np.ndarray) -> str | None:
+    """Why :func:`finetune_stage` would not fine-tune (``auto`` with fewer than
+    :data:`AUTO_MIN_PER_CLASS` training images in a class), or None when it would."""
     counts = np.bincount(y[is_train])
-    need = AUTO_MIN_PER_CLASS_FAR if far else AUTO_MIN_PER_CLASS
-    if parse_mode(cfg.mode) == "auto" and counts.min() < need:
+    if parse_mode(cfg.mode) == "auto" and counts.min() < AUTO_MIN_PER_CLASS:
         return (f"finetune='auto': a class has {int(counts.min())} training images, fewer "
-                f"than {need}{' (images far from ImageNet)' if far else ''}; kept the head "
-                "only")
+                f"than {AUTO_MIN_PER_CLASS}; kept the head only")
     return None
 
 
@@ -412,8 +405,8 @@ def finetune_stage(backbone: Any, paths: Sequence[Any], y: np.ndarray, is_train:
                    head_only_accuracy: float, cfg: FinetuneConfig, cache_root: Path,
                    features: Callable[[Any, list[Any]], np.ndarray], seed: int = 0,
                    val_fraction: float = 0.2,
-                   on_epoch: Callable[[dict[str, float]], None] | None = None,
-                   far: bool = False) -> StageResult:
+                   on_epoch: Callable[[dict[str, float]], None] | None = None
+                   ) -> StageResult:
     """Decide, fine-tune, compare with the head-only model, keep the better.
 
     Args:
@@ -424,13 +417,11 @@ def finetune_stage(backbone: Any, paths: Sequence[Any], y: np.ndarray, is_train:
             accuracy was measured on).
         head_only_accuracy: validation accuracy of the head-only model on those rows.
         features: ``features(backbone, paths) -> (N, D)`` (cached frozen features).
-        far: the images are far from ImageNet (``auto`` then fine-tunes from 20 images per
-            class).
     """
     import copy
 
     summary = FinetuneSummary(mode=cfg.mode, val_accuracy_head_only=head_only_accuracy)
-    summary.reason = skip_reason(cfg, y, is_train, far)
+    summary.reason = skip_reason(cfg, y, is_train)
     if summary.reason is not None:
         return StageResult(summary, [])
     cfg = schedule(cfg)

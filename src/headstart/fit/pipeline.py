@@ -137,13 +137,12 @@ def _finetune(run: _State, usable: Usable, plain: Backbone, cfg: FinetuneConfig,
     """Fine-tune where the data allows; the tuned backbone and head replace the run's only
     when they beat the head alone on the same validation images."""
     head_only = run.fitted.val_accuracy
-    far = usable.gap is not None and usable.gap.level == "far"
-    if skip_reason(cfg, usable.y, usable.is_train, far) is None:  # on the same rows
+    if skip_reason(cfg, usable.y, usable.is_train) is None:  # on the same rows
         head_only, _ = holdout_accuracy(run.fitted.head, usable.X, usable.y, usable.is_train,
                                         settings.seed, settings.val_fraction)
     ft = finetune_stage(plain, usable.paths, usable.y, usable.is_train, head_only, cfg,
                         settings.cache_root, lambda b, images: settings.extract(b, images).X,
-                        settings.seed, settings.val_fraction, settings.callbacks.epoch, far)
+                        settings.seed, settings.val_fraction, settings.callbacks.epoch)
     records = {**run.records, "finetune": ft.summary}
     if ft.backbone is None:
         return replace(run, history=ft.history, records=records)

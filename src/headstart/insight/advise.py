@@ -373,7 +373,7 @@ def _train_option(name: str, rows: _Rows, sub: np.ndarray, va: np.ndarray, work:
                              backbone_lr_factor=0.5 if mode == "all" else 0.1,
                              keep="finetuned")
         res = finetune_stage(work.backbone, paths, y, is_train, float("nan"), cfg,
-                             work.cache_root, work.features, work.seed, far=work.far)
+                             work.cache_root, work.features, work.seed)
         return float(res.summary.val_accuracy_finetuned), res.summary.to_dict()
     cfg = FinetuneConfig(max_epochs=work.scratch_epochs, augment="none", lr=defaults.SCRATCH_LR,
                          patience=work.scratch_epochs, restore_best=False)
