@@ -182,6 +182,21 @@ def test_two_process_ddp_on_cpu_gives_identical_weights_and_one_writer(tmp_path)
 
 
 @pytest.mark.slow
+def test_a_fixed_schedule_can_validate_its_last_epoch_only(tmp_path):
+    with pytest.raises(HeadstartError, match="validate_each_epoch"):
+        FinetuneConfig(validate_each_epoch=False)  # early stopping needs every epoch
+    cfg = FinetuneConfig(**{**QUICK, "max_epochs": 3, "patience": 3, "restore_best": False,
+                            "validate_each_epoch": False, "keep": "finetuned"})
+    clf = Classifier(head="linear", finetune="last-1", finetune_config=cfg,
+                     cache_dir=tmp_path).fit(EXAMPLES / "train")
+    rows = clf.history_
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert all(np.isnan(r["val_accuracy"]) for r in rows[:2])
+    assert 0.0 <= rows[2]["val_accuracy"] <= 1.0
+    assert clf.summary_.finetune.epochs == 3
+
+
+@pytest.mark.slow
 def test_max_minutes_bounds_training():
     cfg = FinetuneConfig(**{**QUICK, "max_epochs": 50, "patience": 50, "max_minutes": 0.002})
     clf = Classifier(head="linear", finetune="last-1", finetune_config=cfg).fit(

@@ -23,7 +23,8 @@ Rules:
 * BatchNorm layers in frozen stages keep their ImageNet statistics (always in eval mode).
 * early stopping on validation accuracy (``patience`` epochs); the best epoch's weights
   are restored at the end (``restore_best=False`` keeps the last epoch's: a measurement
-  not chosen on the validation images it is reported on, as ``advise`` needs).
+  not chosen on the validation images it is reported on, as ``advise`` needs; with it and
+  no early stopping, ``validate_each_epoch=False`` validates the last epoch only).
 * the fine-tuned model replaces the head-only one only if its validation accuracy is
   higher on the same validation images by at least two images and by more than
   :data:`KEEP_MARGIN_SE` standard errors of the difference (:func:`clear_gain`: one
@@ -114,6 +115,7 @@ class FinetuneConfig:
     num_workers: int | None = None
     keep: str = "better"
     restore_best: bool = True
+    validate_each_epoch: bool = True
 
     def __post_init__(self) -> None:
         self.check()
@@ -132,6 +134,13 @@ class FinetuneConfig:
                                  got=self.image_size)
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise HeadstartError(param="max_minutes", expected="> 0", got=self.max_minutes)
+        if not self.validate_each_epoch and (self.restore_best
+                                             or self.patience < self.max_epochs):
+            raise HeadstartError(
+                param="validate_each_epoch",
+                expected="True unless restore_best=False and patience >= max_epochs (early "
+                         "stopping and the best epoch need every epoch validated)",
+                got=self.validate_each_epoch)
 
 
 @dataclass
@@ -306,7 +315,8 @@ def _trainer(cfg: FinetuneConfig, workdir: Path, best: Any, history: list[dict[s
         callbacks=[best, EarlyStopping("val_accuracy", mode="max", patience=cfg.patience),
                    history_callback(history, record)],
         logger=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, deterministic=False, default_root_dir=str(workdir))
+        num_sanity_val_steps=0, deterministic=False, default_root_dir=str(workdir),
+        check_val_every_n_epoch=1 if cfg.validate_each_epoch else cfg.max_epochs)
 
 
 def _fit(trainer: Any, module: Any, train_dl: Any, val_dl: Any, cfg: FinetuneConfig,

@@ -9,9 +9,9 @@ seconds, so that a busy machine gives the same advice as a quiet one):
   :data:`FT_EPOCHS` epochs, on the training images and on half of them;
 * ``train from scratch``: ``resnet10t``, :data:`SCRATCH_EPOCHS` epochs, likewise.
 
-Both are measured at their last epoch: the best epoch, chosen on the validation images,
-would be measured on the images that chose it (on 24 images, the best of 8 epochs reads
-high by luck).
+Both are measured at their last epoch (the only one validated): the best epoch, chosen
+on the validation images, would be measured on the images that chose it (on 24 images,
+the best of 8 epochs reads high by luck).
 
 The expensive runs use at most :data:`MAX_IMAGES` training and :data:`MAX_VAL` validation
 images (stratified samples); with fewer than :data:`FEW_VAL` validation images every
@@ -371,12 +371,13 @@ def _train_option(name: str, rows: _Rows, sub: np.ndarray, va: np.ndarray, work:
         cfg = FinetuneConfig(mode=mode, augment="none", patience=work.ft_epochs,
                              max_epochs=work.ft_epochs, restore_best=False,
                              backbone_lr_factor=0.5 if mode == "all" else 0.1,
-                             keep="finetuned")
+                             keep="finetuned", validate_each_epoch=False)
         res = finetune_stage(work.backbone, paths, y, is_train, float("nan"), cfg,
                              work.cache_root, work.features, work.seed)
         return float(res.summary.val_accuracy_finetuned), res.summary.to_dict()
     cfg = FinetuneConfig(max_epochs=work.scratch_epochs, augment="none", lr=defaults.SCRATCH_LR,
-                         patience=work.scratch_epochs, restore_best=False)
+                         patience=work.scratch_epochs, restore_best=False,
+                         validate_each_epoch=False)
     res = scratch_stage(paths, y, is_train, int(rows.y.max()) + 1, cfg, work.cache_root,
                         work.features, work.seed)
     return float(res.val_accuracy), res.summary.to_dict()
