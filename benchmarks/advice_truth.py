@@ -28,12 +28,11 @@ prints the table from the JSON without training. Runs on a GPU where one is avai
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import parser
+from common import resumable
 
 OPTIONS = ("head only", "head + fine-tune", "train from scratch")
 
@@ -60,9 +59,11 @@ TASKS = {
 }
 
 
-def split(datasets: Path, task: str, folder: Path) -> tuple[Path, list[str], list[str]]:
-    """``(train.csv, test paths, test labels)`` for ``task`` in ``folder``."""
-    name, k, n_test = TASKS[task]
+def split(datasets: Path, task: str, spec: tuple[str, int, int], folder: Path
+          ) -> tuple[Path, list[str], list[str]]:
+    """``(train.csv, test paths, test labels)`` for ``task`` in ``folder``; ``spec``:
+    (dataset, training images per class, test images per class)."""
+    name, k, n_test = spec
     root = datasets / name
     train_root = root / "train" if (root / "train").is_dir() else root
     rows, test, labels = ["path,label"], [], []
@@ -151,22 +152,15 @@ def summary(results: dict) -> None:
 
 
 def main() -> None:
-    ap = parser(__doc__)
-    ap.add_argument("--out", type=Path, default=Path(__file__).with_name("advice_truth.json"))
-    ap.add_argument("--tasks", default=",".join(TASKS))
-    ap.add_argument("--summary", action="store_true")
-    a = ap.parse_args()
-    results = json.loads(a.out.read_text()) if a.out.is_file() else {}
+    a, tasks, results = resumable(__doc__, "advice_truth.json", TASKS)
     if a.summary:
         summary(results)
         return
     with tempfile.TemporaryDirectory() as tmp_:
         tmp = Path(tmp_)
-        for task in a.tasks.split(","):
-            if task not in TASKS:
-                sys.exit(f"unknown task {task!r}: one of {', '.join(TASKS)}")
+        for task in tasks:
             entry = results.setdefault(task, {})
-            csv, test, labels = split(a.datasets, task, tmp)
+            csv, test, labels = split(a.datasets, task, TASKS[task], tmp)
             cache = tmp / "cache"
             if "advise" not in entry:
                 entry["advise"] = advice(csv, cache)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -26,6 +28,24 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", type=Path, default=DATASETS)
     return ap
+
+
+def resumable(doc: str | None, results_file: str, tasks: dict
+              ) -> tuple[argparse.Namespace, list[str], dict]:
+    """``(args, task names, results so far)`` for a script that records its results per task
+    in a JSON file beside it and resumes from it: ``--datasets``, ``--out`` (default
+    ``results_file``), ``--tasks`` (comma-separated, default all of ``tasks``; an unknown
+    one ends the script before any work), ``--summary`` (print the table only)."""
+    ap = parser(doc)
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_name(results_file))
+    ap.add_argument("--tasks", default=",".join(tasks))
+    ap.add_argument("--summary", action="store_true")
+    a = ap.parse_args()
+    names = a.tasks.split(",")
+    for task in names:
+        if task not in tasks:
+            sys.exit(f"unknown task {task!r}: one of {', '.join(tasks)}")
+    return a, names, json.loads(a.out.read_text()) if a.out.is_file() else {}
 
 
 def safari_split(datasets: Path, folder: Path) -> tuple[Path, Path]:

@@ -25,13 +25,12 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from advice_truth import TASKS as TRUTH_TASKS, split
-from common import parser
+from advice_truth import split
+from common import resumable
 
 EPOCHS = 15
 # name: (dataset, training images per class, test images per class)
@@ -116,24 +115,16 @@ def summary(results: dict) -> None:
 
 
 def main() -> None:
-    ap = parser(__doc__)
-    ap.add_argument("--out", type=Path, default=Path(__file__).with_name("finetune_auto.json"))
-    ap.add_argument("--tasks", default=",".join(TASKS))
-    ap.add_argument("--summary", action="store_true")
-    a = ap.parse_args()
-    results = json.loads(a.out.read_text()) if a.out.is_file() else {}
+    a, tasks, results = resumable(__doc__, "finetune_auto.json", TASKS)
     if a.summary:
         summary(results)
         return
-    TRUTH_TASKS.update(TASKS)
     with tempfile.TemporaryDirectory() as tmp_:
         tmp = Path(tmp_)
-        for task in a.tasks.split(","):
-            if task not in TASKS:
-                sys.exit(f"unknown task {task!r}: one of {', '.join(TASKS)}")
+        for task in tasks:
             if task in results:
                 continue
-            csv, test, labels = split(a.datasets, task, tmp)
+            csv, test, labels = split(a.datasets, task, TASKS[task], tmp)
             results[task] = run(csv, test, labels, tmp / "cache")
             a.out.write_text(json.dumps(results, indent=1))
             print(task, results[task], flush=True)

@@ -9,11 +9,11 @@ Rules:
 
 * ``mode``: ``off``; ``all``; ``last-N`` (unfreeze the top N stages of the backbone, as timm
   groups them: stem, each block stage, the final conv); ``auto`` fine-tunes ``last-3`` only
-  when every class has at least :data:`AUTO_MIN_PER_CLASS` training images, within :data:`AUTO_MAX_MINUTES` unless ``max_minutes`` says
-  otherwise. ``auto`` runs a fixed schedule (``max_epochs``, no early stopping) and keeps
-  the last epoch's weights, so the validation images choose nothing before they judge.
-  The thresholds and the margin below were chosen with a leave-one-dataset-out study
-  (``benchmarks/finetune_auto.py``; figures in ``benchmarks/README.md``).
+  when every class has at least :data:`AUTO_MIN_PER_CLASS` training images, within
+  :data:`AUTO_MAX_MINUTES` unless ``max_minutes`` says otherwise. ``auto`` runs a fixed
+  schedule (``max_epochs``, no early stopping) and keeps the last epoch's weights, so the
+  validation images choose nothing before they judge. The threshold and the keep margin
+  below come from ``benchmarks/finetune_auto.py`` (figures in ``benchmarks/README.md``).
 * image size: the backbone's input size, unless the images are much smaller: when their
   median shorter side is under half the input size they train at twice that side, rounded
   up to a multiple of 32 and at least 64 px (28 px digits train at 64 px).
@@ -59,12 +59,10 @@ from ..errors import HeadstartError
 from ..heads.linear import LinearHead
 from ..fit.summary import FinetuneSummary, ScratchSummary
 
-__all__ = ["AUTO_MAX_MINUTES", "AUTO_MIN_PER_CLASS",
-           "KEEP_MARGIN_SE", "FinetuneConfig", "clear_gain", "FinetuneResult", "StageResult",
-           "choose_image_size", "finetune", "finetune_stage", "is_rank_zero", "parse_mode",
-           "schedule",
-           "skip_reason",
-           "read_metrics_csv", "write_metrics_csv"]
+__all__ = ["AUTO_MAX_MINUTES", "AUTO_MIN_PER_CLASS", "KEEP_MARGIN_SE", "FinetuneConfig",
+           "FinetuneResult", "StageResult", "choose_image_size", "clear_gain", "finetune",
+           "finetune_stage", "is_rank_zero", "parse_mode", "read_metrics_csv", "schedule",
+           "skip_reason", "write_metrics_csv"]
 
 logger = logging.getLogger(__name__)
 
