@@ -12,6 +12,7 @@ from headstart.insight.advise import MARGIN, OPTIONS, Option, advise, recommend
 from headstart.insight.curves import fit_curve
 from headstart.fit.domain import SIMILARITY_FAR, SIMILARITY_NEAR, domain_gap
 from headstart.backbone.features import extract_features
+from headstart.cli.console import print_advice
 
 from .conftest import EXAMPLES, copy_digits, invoke_cli, shared
 
@@ -113,7 +114,7 @@ def test_domain_gap_scale_on_every_shared_dataset_and_synthetic_extremes(backbon
 
 
 @pytest.mark.slow
-def test_advise_on_few_photos_recommends_transfer_learning():
+def test_advise_on_few_photos_recommends_transfer_learning(capsys):
     r = advise(EXAMPLES / "train", **QUICK)
     assert r["domain_gap"]["level"] == "near"
     assert r["recommendation"] in TRANSFER
@@ -122,6 +123,10 @@ def test_advise_on_few_photos_recommends_transfer_learning():
     assert r["learning_curve"][-1]["images"] == 16 and r["work"]["repeats"] == 3
     assert r["reasons"][-1].startswith("every accuracy here is measured on held-out images")
     json.dumps(r)  # serialisable as documented
+    print_advice(r)
+    assert "skipped" not in capsys.readouterr().out
+    print_advice({**r, "data_size": {**r["data_size"], "skipped": 3}})
+    assert "; 3 file(s) skipped (unreadable" in capsys.readouterr().out
 
 
 @pytest.mark.slow

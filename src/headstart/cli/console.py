@@ -313,7 +313,9 @@ def print_advice(r: dict[str, Any]) -> None:
               f"({', '.join(f'{c} {n}' for c, n in d['train_counts'].items())}), "
               f"imbalance {d['imbalance_ratio']:.1f}x; {d['val_images']} validation images"
               + (f" ({r['work']['repeats']} splits, averaged)" if r["work"]["repeats"] > 1
-                 else ""))
+                 else "")
+              + (f"; {d['skipped']} file(s) skipped (unreadable, not an image, or outside "
+                 "the folder)" if d.get("skipped") else ""))
     if g["level"]:
         out.print(f"domain gap    {explain(DomainGap(**g))}")
     table = Table("option", "measured", "trained on", f"expected ({d['train_images']})",
